@@ -1,0 +1,27 @@
+# Finds every third-party package; each optional one sets an IRIS_HAVE_* flag.
+find_package(Torch REQUIRED)
+find_package(Threads REQUIRED)
+
+if(IRIS_WITH_ITK)
+  find_package(ITK REQUIRED)
+  # Without this no ImageIO factory registers and every read fails.
+  include(${ITK_USE_FILE})
+endif()
+
+if(IRIS_WITH_YAML)
+  find_package(yaml-cpp REQUIRED)
+endif()
+
+if(IRIS_BUILD_APPS)
+  find_package(CLI11 CONFIG QUIET)
+  find_package(spdlog CONFIG QUIET)
+  find_package(fmt CONFIG QUIET)
+  if(NOT CLI11_FOUND)
+    message(FATAL_ERROR "CLI11 not found: apt-get install libcli11-dev, or configure with -DIRIS_BUILD_APPS=OFF")
+  endif()
+endif()
+
+if(IRIS_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+  enable_testing()
+endif()

@@ -1,0 +1,127 @@
+# Libraries, apps and tests. Each area of src/ is its own static library, so a
+# change in one area rebuilds only what depends on it. Sources are globbed per
+# area: adding a file needs no CMake edit.
+
+set(IRIS_AREA_LIBS)
+# iris_add_area(NAME DEPS...): src/NAME/*.cpp -> library iris_NAME
+function(iris_add_area name)
+  file(GLOB srcs CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/${name}/*.cpp)
+  if(NOT IRIS_WITH_YAML)
+    list(FILTER srcs EXCLUDE REGEX ".*_yaml\\.cpp$")
+  endif()
+  if(NOT srcs)
+    add_library(iris_${name} INTERFACE)
+    target_link_libraries(iris_${name} INTERFACE ${ARGN})
+  else()
+    add_library(iris_${name} STATIC ${srcs})
+    target_include_directories(iris_${name} PUBLIC
+      $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
+      $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+    target_compile_features(iris_${name} PUBLIC cxx_std_17)
+    target_compile_options(iris_${name} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+    target_link_libraries(iris_${name} PUBLIC ${ARGN})
+  endif()
+  set_target_properties(iris_${name} PROPERTIES EXPORT_NAME ${name})
+  add_library(iris::${name} ALIAS iris_${name})
+  set(IRIS_AREA_LIBS ${IRIS_AREA_LIBS} iris_${name} PARENT_SCOPE)
+endfunction()
+
+include(GNUInstallDirs)
+
+# Base: errors, atomic writes, config text, compat, logging. Torch only.
+iris_add_area(common ${TORCH_LIBRARIES} Threads::Threads)
+target_compile_definitions(iris_common PUBLIC IRIS_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+if(IRIS_WITH_YAML)
+  target_compile_definitions(iris_common PUBLIC IRIS_HAVE_YAML=1)
+  target_link_libraries(iris_common PRIVATE yaml-cpp)
+endif()
+if(IRIS_WITH_ITK)
+  target_compile_definitions(iris_common PUBLIC IRIS_HAVE_ITK=1)
+endif()
+
+iris_add_area(model iris_common)
+iris_add_area(data iris_common)
+iris_add_area(train iris_model iris_data)
+set(IRIS_CORE_DEPS iris_common iris_model iris_data iris_train)
+if(IRIS_WITH_ITK)
+  iris_add_area(io iris_common ${ITK_LIBRARIES})
+  iris_add_area(eval iris_io)
+  iris_add_area(infer iris_model iris_data iris_io)
+  list(APPEND IRIS_CORE_DEPS iris_io iris_eval iris_infer)
+endif()
+
+# iris::core is everything that was built.
+add_library(iris_core INTERFACE)
+target_link_libraries(iris_core INTERFACE ${IRIS_CORE_DEPS})
+set_target_properties(iris_core PROPERTIES EXPORT_NAME core)
+add_library(iris::core ALIAS iris_core)
+
+# ---- apps: apps/iris_foo.cpp becomes the program iris-foo -----------------
+set(IRIS_APP_TARGETS)
+if(IRIS_BUILD_APPS)
+  file(GLOB IRIS_APP_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/apps/iris_*.cpp)
+  set(IRIS_ITK_APPS iris_infer iris_eval iris_preprocess iris_dicom)
+  file(GLOB IRIS_APP_COMMON CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/apps/common/*.cpp)
+  add_library(iris_app_common STATIC ${IRIS_APP_COMMON})
+  target_include_directories(iris_app_common PUBLIC ${PROJECT_SOURCE_DIR}/apps)
+  target_link_libraries(iris_app_common PUBLIC iris_common CLI11::CLI11)
+  if(spdlog_FOUND)
+    target_compile_definitions(iris_app_common PUBLIC IRIS_HAVE_SPDLOG=1)
+    target_link_libraries(iris_app_common PUBLIC spdlog::spdlog)
+  endif()
+  foreach(src ${IRIS_APP_SOURCES})
+    get_filename_component(stem ${src} NAME_WE)
+    if(NOT IRIS_WITH_ITK AND stem IN_LIST IRIS_ITK_APPS)
+      continue()
+    endif()
+    string(REPLACE "_" "-" exe ${stem})
+    add_executable(${exe} ${src})
+    target_link_libraries(${exe} PRIVATE iris_core iris_app_common)
+    list(APPEND IRIS_APP_TARGETS ${exe})
+  endforeach()
+endif()
+
+# ---- tests: one executable per area, tests/<area>/*_test.cpp ---------------
+if(IRIS_BUILD_TESTS)
+  include(GoogleTest)
+  set(IRIS_TEST_AREAS common model data train)
+  if(IRIS_WITH_ITK)
+    list(APPEND IRIS_TEST_AREAS io eval infer apps)
+  endif()
+  foreach(area ${IRIS_TEST_AREAS})
+    file(GLOB srcs CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/${area}/*_test.cpp)
+    if(NOT srcs)
+      continue()
+    endif()
+    add_executable(iris_${area}_tests ${srcs})
+    target_include_directories(iris_${area}_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+    if(TARGET iris_${area})
+      target_link_libraries(iris_${area}_tests PRIVATE iris_${area})
+    else()
+      target_link_libraries(iris_${area}_tests PRIVATE iris_core)
+    endif()
+    target_link_libraries(iris_${area}_tests PRIVATE GTest::gtest GTest::gtest_main)
+    target_compile_definitions(iris_${area}_tests PRIVATE
+      IRIS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests"
+      IRIS_BINARY_DIR="${PROJECT_BINARY_DIR}")
+    gtest_discover_tests(iris_${area}_tests DISCOVERY_TIMEOUT 120
+      PROPERTIES ENVIRONMENT "IRIS_BIN_DIR=${PROJECT_BINARY_DIR}")
+  endforeach()
+endif()
+
+# ---- install + export so that find_package(iris) works --------------------
+include(CMakePackageConfigHelpers)
+install(TARGETS ${IRIS_AREA_LIBS} iris_core ${IRIS_APP_TARGETS} EXPORT irisTargets
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/iris DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/configs/ DESTINATION ${CMAKE_INSTALL_DATADIR}/iris/configs)
+install(EXPORT irisTargets NAMESPACE iris:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iris)
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/irisConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/irisConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iris)
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/irisConfigVersion.cmake
+  COMPATIBILITY SameMajorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/irisConfig.cmake ${PROJECT_BINARY_DIR}/irisConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iris)

@@ -1,0 +1,33 @@
+#pragma once
+// Every difference between LibTorch 1.13 (Debian) and 2.x (CUDA wheels) lives
+// here, so the rest of the code is written once.
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#define IRIS_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) ||       \
+   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+namespace iris::compat {
+
+// softmax(q kᵀ / sqrt(d)) v for [B, H, L, D] tensors. 2.x has a fused kernel
+// (flash / memory-efficient attention on CUDA); 1.13 gets the plain maths.
+inline at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k,
+                                               const at::Tensor& v) {
+#if IRIS_TORCH_AT_LEAST(2, 0)
+  return at::scaled_dot_product_attention(q, k, v);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  return at::matmul(at::softmax(at::matmul(q, k.transpose(-2, -1)) * scale, -1), v);
+#endif
+}
+
+inline bool cuda_available() {
+#ifdef IRIS_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace iris::compat

@@ -1,0 +1,59 @@
+#pragma once
+// Configuration as an ordered map of dotted keys to scalar or list text, so
+// that YAML files, files embedded in model files and `--set key=value` CLI
+// overrides all layer the same way (later layers override earlier ones), as
+// Marian does. Typed structs read from it and reject keys they do not know.
+#include <map>
+#include <string>
+#include <vector>
+
+namespace iris {
+
+class ConfigMap {
+ public:
+  // Sets `key` (dotted, e.g. "model.channels") to `value` ("3", "[32, 64]", "true").
+  void set(const std::string& key, const std::string& value, const std::string& origin = "");
+  bool has(const std::string& key) const;
+  const std::string& get(const std::string& key) const;
+  // Where the value came from ("configs/x.yaml", "--set", ...), for messages.
+  const std::string& origin(const std::string& key) const;
+  const std::map<std::string, std::string>& entries() const { return values_; }
+
+  // Applies `other` on top of this one.
+  void merge(const ConfigMap& other);
+  // Keys under `prefix.` with the prefix removed.
+  ConfigMap subtree(const std::string& prefix) const;
+
+  // Flat "key: value" lines (a YAML subset); parse_text reads the same back.
+  std::string to_text() const;
+  static ConfigMap parse_text(const std::string& text, const std::string& origin);
+  // "key=value" as given on a command line.
+  void apply_override(const std::string& assignment);
+
+  // Reads a YAML file, flattening nested maps into dotted keys (needs yaml-cpp;
+  // without it, only the flat subset that parse_text understands).
+  static ConfigMap load_yaml_file(const std::string& path);
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::map<std::string, std::string> origins_;
+};
+
+// Typed readers that name the key and its origin in their errors.
+long config_int(const ConfigMap& m, const std::string& key);
+double config_double(const ConfigMap& m, const std::string& key);
+bool config_bool(const ConfigMap& m, const std::string& key);
+std::vector<long> config_int_list(const ConfigMap& m, const std::string& key);
+std::string config_string(const ConfigMap& m, const std::string& key);
+
+// Throws iris::Error for keys of `m` not in `known`, suggesting the nearest
+// known key ("did you mean 'channels'?").
+void reject_unknown_keys(const ConfigMap& m, const std::vector<std::string>& known,
+                         const std::string& what);
+
+// The closest of `candidates` to `word` by edit distance, or "" if none is close.
+std::string nearest_word(const std::string& word, const std::vector<std::string>& candidates);
+
+std::string format_int_list(const std::vector<long>& values);
+
+}  // namespace iris

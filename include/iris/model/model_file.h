@@ -1,0 +1,32 @@
+#pragma once
+// The self-describing iris model file (.iris): weights, architecture config,
+// memory-bank class names and a fingerprint in one file, so no other flag is
+// needed to load it.
+#include <string>
+#include <vector>
+
+#include "iris/model/iris_net.h"
+
+namespace iris::model {
+
+struct IrisModel {
+  ModelConfig config;
+  IrisNet net{nullptr};
+  // Names of memory-bank entries (index = class id); may be shorter than the bank.
+  std::vector<std::string> class_names;
+  std::string fingerprint;
+  std::string description;  // free text: where the weights came from
+};
+
+// Fingerprint of a network's weights and architecture (64-bit hash, hex).
+std::string compute_fingerprint(const IrisNetImpl& net);
+
+// Writes atomically; computes and stores the fingerprint (and sets model.fingerprint).
+void save_model(IrisModel& model, const std::string& path);
+// Loads onto the CPU; throws iris::Error naming the file on any problem.
+IrisModel load_model(const std::string& path);
+
+// Class id of a memory-bank class name; iris::Error listing the names if unknown.
+long class_id(const IrisModel& model, const std::string& name);
+
+}  // namespace iris::model

@@ -1,0 +1,200 @@
+#include "iris/common/config_map.h"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include "iris/common/error.h"
+
+namespace iris {
+namespace {
+
+std::string trim(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
+std::string unquote(const std::string& s) {
+  if (s.size() >= 2 && ((s.front() == '"' && s.back() == '"') || (s.front() == '\'' && s.back() == '\'')))
+    return s.substr(1, s.size() - 2);
+  return s;
+}
+
+std::string describe_origin(const ConfigMap& m, const std::string& key) {
+  const std::string& o = m.origin(key);
+  return o.empty() ? key : o + ": " + key;
+}
+
+}  // namespace
+
+void ConfigMap::set(const std::string& key, const std::string& value, const std::string& origin) {
+  values_[key] = value;
+  origins_[key] = origin;
+}
+
+bool ConfigMap::has(const std::string& key) const { return values_.count(key) > 0; }
+
+const std::string& ConfigMap::get(const std::string& key) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) throw Error(key, "required configuration key is missing");
+  return it->second;
+}
+
+const std::string& ConfigMap::origin(const std::string& key) const {
+  static const std::string none;
+  auto it = origins_.find(key);
+  return it == origins_.end() ? none : it->second;
+}
+
+void ConfigMap::merge(const ConfigMap& other) {
+  for (const auto& [k, v] : other.values_) set(k, v, other.origin(k));
+}
+
+ConfigMap ConfigMap::subtree(const std::string& prefix) const {
+  ConfigMap out;
+  const std::string p = prefix + ".";
+  for (const auto& [k, v] : values_)
+    if (k.compare(0, p.size(), p) == 0) out.set(k.substr(p.size()), v, origin(k));
+  return out;
+}
+
+std::string ConfigMap::to_text() const {
+  std::ostringstream s;
+  for (const auto& [k, v] : values_) s << k << ": " << v << "\n";
+  return s.str();
+}
+
+ConfigMap ConfigMap::parse_text(const std::string& text, const std::string& origin) {
+  ConfigMap m;
+  std::istringstream in(text);
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    const auto hash = line.find('#');
+    if (hash != std::string::npos) line = line.substr(0, hash);
+    if (trim(line).empty()) continue;
+    const auto colon = line.find(':');
+    if (colon == std::string::npos)
+      throw Error(origin + ":" + std::to_string(number), "expected 'key: value', got '" + trim(line) + "'");
+    const std::string key = trim(line.substr(0, colon));
+    const std::string value = unquote(trim(line.substr(colon + 1)));
+    if (key.empty()) throw Error(origin + ":" + std::to_string(number), "empty key");
+    m.set(key, value, origin);
+  }
+  return m;
+}
+
+void ConfigMap::apply_override(const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error("--set " + assignment, "expected key=value");
+  set(trim(assignment.substr(0, eq)), unquote(trim(assignment.substr(eq + 1))), "--set");
+}
+
+#ifndef IRIS_HAVE_YAML
+ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error(path, "cannot open configuration file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_text(ss.str(), path);
+}
+#endif
+
+long config_int(const ConfigMap& m, const std::string& key) {
+  const std::string& v = m.get(key);
+  try {
+    size_t used = 0;
+    long x = std::stol(v, &used);
+    if (used != v.size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    throw Error(describe_origin(m, key), "expected an integer, got '" + v + "'");
+  }
+}
+
+double config_double(const ConfigMap& m, const std::string& key) {
+  const std::string& v = m.get(key);
+  try {
+    size_t used = 0;
+    double x = std::stod(v, &used);
+    if (used != v.size()) throw std::invalid_argument(v);
+    return x;
+  } catch (const std::exception&) {
+    throw Error(describe_origin(m, key), "expected a number, got '" + v + "'");
+  }
+}
+
+bool config_bool(const ConfigMap& m, const std::string& key) {
+  std::string v = m.get(key);
+  std::transform(v.begin(), v.end(), v.begin(), ::tolower);
+  if (v == "true" || v == "yes" || v == "on" || v == "1") return true;
+  if (v == "false" || v == "no" || v == "off" || v == "0") return false;
+  throw Error(describe_origin(m, key), "expected true or false, got '" + v + "'");
+}
+
+std::vector<long> config_int_list(const ConfigMap& m, const std::string& key) {
+  std::string v = trim(m.get(key));
+  if (v.size() < 2 || v.front() != '[' || v.back() != ']')
+    throw Error(describe_origin(m, key), "expected a list like [32, 64], got '" + v + "'");
+  std::vector<long> out;
+  std::stringstream ss(v.substr(1, v.size() - 2));
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    item = trim(item);
+    if (item.empty()) continue;
+    try {
+      size_t used = 0;
+      out.push_back(std::stol(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw Error(describe_origin(m, key), "list item '" + item + "' is not an integer");
+    }
+  }
+  return out;
+}
+
+std::string config_string(const ConfigMap& m, const std::string& key) { return m.get(key); }
+
+std::string format_int_list(const std::vector<long>& values) {
+  std::string s = "[";
+  for (size_t i = 0; i < values.size(); ++i) s += (i ? ", " : "") + std::to_string(values[i]);
+  return s + "]";
+}
+
+std::string nearest_word(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_distance = std::max<size_t>(3, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    std::vector<size_t> prev(c.size() + 1), cur(c.size() + 1);
+    for (size_t j = 0; j <= c.size(); ++j) prev[j] = j;
+    for (size_t i = 1; i <= word.size(); ++i) {
+      cur[0] = i;
+      for (size_t j = 1; j <= c.size(); ++j)
+        cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (word[i - 1] != c[j - 1])});
+      std::swap(prev, cur);
+    }
+    if (prev[c.size()] < best_distance) {
+      best_distance = prev[c.size()];
+      best = c;
+    }
+  }
+  return best;
+}
+
+void reject_unknown_keys(const ConfigMap& m, const std::vector<std::string>& known,
+                         const std::string& what) {
+  for (const auto& [k, v] : m.entries()) {
+    if (std::find(known.begin(), known.end(), k) != known.end()) continue;
+    std::string msg = "unknown " + what + " key '" + k + "'";
+    const std::string hint = nearest_word(k, known);
+    if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+    throw Error(m.origin(k).empty() ? k : m.origin(k), msg);
+  }
+}
+
+}  // namespace iris

@@ -1,0 +1,71 @@
+#include "iris/model/decoder.h"
+
+#include <ATen/ATen.h>
+
+namespace iris::model {
+
+namespace nn = torch::nn;
+
+FusionLayerImpl::FusionLayerImpl(long dim, long heads, long mlp_ratio, long blocks) {
+  attn_layers = register_module("attn_layers", nn::ModuleList());
+  for (long i = 0; i < blocks; ++i) attn_layers->push_back(TwoWayFusionBlock(dim, heads, mlp_ratio));
+}
+
+std::pair<at::Tensor, at::Tensor> FusionLayerImpl::forward(const at::Tensor& features,
+                                                           const at::Tensor& tokens) {
+  const long B = features.size(0), C = features.size(1);
+  const auto spatial = features.sizes().slice(2).vec();
+  at::Tensor image = features.flatten(2).transpose(1, 2);  // [B, N, C]
+  at::Tensor flat_tokens = tokens.reshape({B, -1, C});      // [B, K*T, C]
+  for (const auto& layer : *attn_layers) layer->as<TwoWayFusionBlock>()->forward(image, flat_tokens);
+  std::vector<int64_t> shape{B, C};
+  shape.insert(shape.end(), spatial.begin(), spatial.end());
+  return {image.transpose(1, 2).reshape(shape), flat_tokens.view(tokens.sizes())};
+}
+
+UpStageImpl::UpStageImpl(long in_ch, long out_ch, long blocks) {
+  conv = register_module("conv", nn::Sequential());
+  conv->push_back(ResidualBlock(in_ch + out_ch, out_ch));
+  for (long i = 1; i < blocks; ++i) conv->push_back(ResidualBlock(out_ch, out_ch));
+}
+
+at::Tensor UpStageImpl::forward(const at::Tensor& deep, const at::Tensor& skip) {
+  // Interpolate in float32: trilinear has no bfloat16 kernel on every build.
+  at::Tensor up = at::upsample_trilinear3d(deep.to(at::kFloat), skip.sizes().slice(2), true,
+                                           c10::nullopt, c10::nullopt, c10::nullopt)
+                      .to(deep.scalar_type());
+  return conv->forward(at::cat({skip, up}, 1));
+}
+
+DecoderImpl::DecoderImpl(const ModelConfig& c) {
+  const auto& ch = c.channels;
+  const auto& nb = c.blocks_per_stage;
+  prior_fuse = register_module("prior_fuse", nn::ModuleList());
+  for (long i = 0; i < c.prior_stages; ++i) {
+    const long dim = c.stage_channels(i);
+    prior_fuse->push_back(FusionLayer(dim, dim / c.head_dim, c.mlp_ratio, c.attention_blocks));
+  }
+  up1 = register_module("up1", UpStage(ch[4], ch[3], nb[3]));
+  up2 = register_module("up2", UpStage(ch[3], ch[2], nb[2]));
+  up3 = register_module("up3", UpStage(ch[2], ch[1], nb[1]));
+  up4 = register_module("up4", UpStage(ch[1], ch[0], nb[0]));
+}
+
+DecoderOutput DecoderImpl::forward(const std::vector<at::Tensor>& f, const std::vector<at::Tensor>& tokens) {
+  DecoderOutput result;
+  UpStage ups[] = {up1, up2, up3, up4};
+  at::Tensor out = f[0];
+  for (size_t stage = 0; stage < 4; ++stage) {
+    if (stage < prior_fuse->size()) {
+      auto fused = prior_fuse[stage]->as<FusionLayer>()->forward(out, tokens[stage]);
+      out = fused.first;
+      // Token 0 of each class summarises the class at this scale for the head.
+      result.class_tokens.push_back(fused.second.select(2, 0));
+    }
+    out = ups[stage]->forward(out, f[stage + 1]);
+  }
+  result.features = out;
+  return result;
+}
+
+}  // namespace iris::model

@@ -1,0 +1,137 @@
+#include "iris/model/task_embedding.h"
+
+#include <torch/serialize.h>
+
+#include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
+#include "iris/model/iris_net.h"
+
+namespace iris::model {
+
+namespace {
+const char* kFormat = "iris-task-embedding-v1";
+
+std::string join(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "\n" : "") + v[i];
+  return s;
+}
+std::vector<std::string> split_lines(const std::string& s, size_t expected) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (out.size() + 1 < expected) {
+    size_t nl = s.find('\n', start);
+    if (nl == std::string::npos) break;
+    out.push_back(s.substr(start, nl - start));
+    start = nl + 1;
+  }
+  if (expected > 0) out.push_back(s.substr(start));
+  return out;
+}
+}  // namespace
+
+TaskEmbedding TaskEmbedding::to(const at::Device& device) const {
+  TaskEmbedding t = *this;
+  for (auto& s : t.stages) s = s.to(device);
+  return t;
+}
+
+TaskEmbedding TaskEmbedding::select(const std::vector<long>& indices) const {
+  TaskEmbedding t;
+  t.model_fingerprint = model_fingerprint;
+  at::Tensor idx = at::tensor(std::vector<int64_t>(indices.begin(), indices.end()), at::kLong);
+  for (const auto& s : stages) t.stages.push_back(s.index_select(0, idx.to(s.device())));
+  for (long i : indices) {
+    if (i < 0 || i >= num_classes()) throw Error("task embedding", "class index out of range");
+    if (!labels.empty()) t.labels.push_back(labels[i]);
+    if (!names.empty()) t.names.push_back(names[i]);
+  }
+  return t;
+}
+
+TaskEmbedding TaskEmbedding::mean(const std::vector<TaskEmbedding>& embeddings) {
+  if (embeddings.empty()) throw Error("context ensemble", "needs at least one task embedding");
+  TaskEmbedding result = embeddings[0];
+  for (size_t e = 1; e < embeddings.size(); ++e) {
+    const auto& other = embeddings[e];
+    if (other.model_fingerprint != result.model_fingerprint)
+      throw Error("context ensemble", "embeddings come from different models");
+    if (other.stages.size() != result.stages.size() || other.num_classes() != result.num_classes())
+      throw Error("context ensemble", "embeddings have different class counts or stages");
+  }
+  for (size_t i = 0; i < result.stages.size(); ++i) {
+    std::vector<at::Tensor> parts;
+    for (const auto& e : embeddings) parts.push_back(e.stages[i]);
+    result.stages[i] = at::stack(parts).mean(0);
+  }
+  return result;
+}
+
+void TaskEmbedding::save(const std::string& path) const {
+  torch::serialize::OutputArchive archive;
+  archive.write("format", c10::IValue(std::string(kFormat)));
+  archive.write("model_fingerprint", c10::IValue(model_fingerprint));
+  archive.write("num_stages", c10::IValue(static_cast<int64_t>(stages.size())));
+  archive.write("labels", at::tensor(std::vector<int64_t>(labels.begin(), labels.end()), at::kLong));
+  archive.write("names", c10::IValue(join(names)));
+  archive.write("num_names", c10::IValue(static_cast<int64_t>(names.size())));
+  for (size_t i = 0; i < stages.size(); ++i)
+    archive.write("stage" + std::to_string(i), stages[i].detach().to(at::kCPU).contiguous());
+  write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+}
+
+TaskEmbedding TaskEmbedding::load(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    throw Error(path, "not a readable iris task embedding file");
+  }
+  c10::IValue v;
+  if (!archive.try_read("format", v) || !v.isString() || v.toStringRef() != kFormat)
+    throw Error(path, "not an iris task embedding (format tag missing or different)");
+  TaskEmbedding t;
+  archive.read("model_fingerprint", v);
+  t.model_fingerprint = v.toStringRef();
+  archive.read("num_stages", v);
+  const long n = v.toInt();
+  at::Tensor labels;
+  archive.read("labels", labels);
+  for (long i = 0; i < labels.numel(); ++i) t.labels.push_back(labels[i].item<long>());
+  archive.read("num_names", v);
+  const long num_names = v.toInt();
+  archive.read("names", v);
+  t.names = split_lines(v.toStringRef(), static_cast<size_t>(num_names));
+  for (long i = 0; i < n; ++i) {
+    at::Tensor s;
+    archive.read("stage" + std::to_string(i), s);
+    t.stages.push_back(s);
+  }
+  return t;
+}
+
+TaskEmbedding encode_task(IrisNetImpl& net, const at::Tensor& reference, const at::Tensor& masks,
+                          const std::string& fingerprint) {
+  if (masks.dim() != 5 || masks.size(0) != reference.size(0))
+    throw Error("reference mask", "expected [batch, classes, D, H, W] matching the reference image");
+  const at::Tensor voxels = masks.sum({2, 3, 4});
+  for (long b = 0; b < voxels.size(0); ++b)
+    for (long k = 0; k < voxels.size(1); ++k)
+      if (voxels[b][k].item<double>() <= 0)
+        throw Error("reference mask", "class " + std::to_string(k) + " is empty: a reference needs at least one voxel");
+  auto tokens = net.encode_task_tokens(net.encode_image(reference), masks);
+  TaskEmbedding t;
+  t.model_fingerprint = fingerprint;
+  // Several reference pairs in one batch: their mean (context ensemble).
+  for (auto& s : tokens) t.stages.push_back(s.mean(0).to(at::kFloat));
+  for (long k = 0; k < masks.size(1); ++k) t.labels.push_back(k + 1);
+  return t;
+}
+
+at::Tensor segment(IrisNetImpl& net, const at::Tensor& query, const TaskEmbedding& task) {
+  std::vector<at::Tensor> tokens;
+  for (const auto& s : task.stages) tokens.push_back(s.to(query.device()));
+  return net.decode(net.encode_image(query), tokens);
+}
+
+}  // namespace iris::model
