@@ -3,7 +3,12 @@ find_package(Torch REQUIRED)
 find_package(Threads REQUIRED)
 
 if(IRIS_WITH_ITK)
-  find_package(ITK REQUIRED)
+  # Only the modules iris uses: the full set drags in FFTW, VTK glue, etc.
+  find_package(ITK REQUIRED COMPONENTS
+    ITKCommon ITKIOImageBase ITKIONIFTI ITKIONRRD ITKIOMeta ITKIOGDCM ITKIOPNG
+    ITKImageGrid ITKImageIntensity ITKImageFunction ITKImageFilterBase ITKImageStatistics
+    ITKTransform ITKDistanceMap ITKConnectedComponents ITKThresholding ITKLabelMap
+    ITKMathematicalMorphology ITKBiasCorrection ITKSmoothing ITKImageCompare ITKImageLabel)
   # Without this no ImageIO factory registers and every read fails.
   include(${ITK_USE_FILE})
 endif()

@@ -38,6 +38,10 @@ endif()
 if(IRIS_WITH_ITK)
   target_compile_definitions(iris_common PUBLIC IRIS_HAVE_ITK=1)
 endif()
+# CUDA builds of LibTorch list torch_cuda / c10_cuda among their libraries.
+if("${TORCH_LIBRARIES}" MATCHES "cuda" OR TARGET c10_cuda)
+  target_compile_definitions(iris_common PUBLIC IRIS_HAVE_CUDA=1)
+endif()
 
 iris_add_area(model iris_common)
 iris_add_area(data iris_common)

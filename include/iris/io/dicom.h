@@ -1,0 +1,43 @@
+#pragma once
+// DICOM series: listing the series of a folder and reading one as a volume.
+// Slices are sorted along the slice normal; RescaleSlope/Intercept are applied.
+#include <string>
+#include <vector>
+
+#include "iris/io/image.h"
+
+namespace iris::io {
+
+struct DicomSeriesInfo {
+  // Identifier to pass to read_dicom_series. It is the SeriesInstanceUID,
+  // extended by GDCM with a few details (series number, size) when one UID
+  // holds images of different shapes, so that one volume never mixes them.
+  std::string uid;
+  std::string series_instance_uid;  // (0020,000E) as stored
+  std::string description;          // (0008,103E)
+  std::string modality;             // (0008,0060)
+  int number_of_slices = 0;
+  std::vector<std::string> files;  // sorted along the slice normal
+
+  std::string describe() const;  // "UID | description | MR | 20 slices"
+};
+
+struct DicomReadOptions {
+  // Slice spacing may vary a little (rounded positions); above these
+  // fractions of the mean spacing we warn (Image::warnings) or refuse.
+  double spacing_warn_fraction = 0.01;
+  double spacing_error_fraction = 0.25;
+  bool recursive = true;  // look into sub-folders too
+};
+
+// Every series under `folder`. Throws iris::Error when the folder is missing
+// or holds no DICOM image.
+std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive = true);
+
+// Reads one series as float32 [Z,Y,X]. With an empty `series_uid` the folder
+// must hold exactly one series; otherwise the error lists them. `series_uid`
+// may be DicomSeriesInfo::uid or the plain SeriesInstanceUID when unambiguous.
+Image read_dicom_series(const std::string& folder, const std::string& series_uid = "",
+                        const DicomReadOptions& options = {});
+
+}  // namespace iris::io

@@ -1,0 +1,50 @@
+#pragma once
+// Private to src/io: the glue between ITK images and iris::io::Image. Not
+// installed and never included outside src/io, so ITK stays out of the API.
+#include <string>
+
+#include <itkMacro.h>
+#include <itkImage.h>
+#include <torch/types.h>
+
+#include "iris/io/image.h"
+
+namespace iris::io::detail {
+
+template <typename Pixel> constexpr at::ScalarType torch_dtype_of();
+template <> constexpr at::ScalarType torch_dtype_of<float>() { return at::kFloat; }
+template <> constexpr at::ScalarType torch_dtype_of<double>() { return at::kDouble; }
+template <> constexpr at::ScalarType torch_dtype_of<int32_t>() { return at::kInt; }
+template <> constexpr at::ScalarType torch_dtype_of<int16_t>() { return at::kShort; }
+template <> constexpr at::ScalarType torch_dtype_of<uint8_t>() { return at::kByte; }
+
+Geometry geometry_of(const itk::ImageBase<3>& image);
+
+// Wraps the ITK buffer without copying: the tensor's deleter holds the ITK
+// image alive for as long as the tensor (or a view of it) lives.
+template <typename Pixel>
+Image image_from_itk(const typename itk::Image<Pixel, 3>::Pointer& itk_image,
+                     const std::string& source) {
+  Image out;
+  out.geometry = geometry_of(*itk_image);
+  out.source = source;
+  const auto& g = out.geometry;
+  typename itk::Image<Pixel, 3>::Pointer keep_alive = itk_image;
+  out.voxels = torch::from_blob(
+      itk_image->GetBufferPointer(), {g.size[2], g.size[1], g.size[0]},
+      [keep_alive](void*) mutable { keep_alive = nullptr; },
+      torch::TensorOptions().dtype(torch_dtype_of<Pixel>()));
+  return out;
+}
+
+// Throws iris::Error(source, ...) when the direction columns are not
+// orthonormal or the spacing is not positive.
+void check_geometry(const Geometry& g, const std::string& source);
+
+// Throws iris::Error(source, ...) when a voxel is NaN or infinite.
+void check_finite(const at::Tensor& voxels, const std::string& source);
+
+// ITK's message without its "itk::ERROR: Class(0x...):" preamble, on one line.
+std::string short_reason(const itk::ExceptionObject& e);
+
+}  // namespace iris::io::detail
