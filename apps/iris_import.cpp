@@ -1,0 +1,53 @@
+// iris-import: turn a checkpoint of the author's PyTorch implementation
+// (torch.save of a state dict, bare or under model/ema_model/...) into a
+// self-describing iris model file.
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "common/app_common.h"
+#include "iris/common/config_map.h"
+#include "iris/model/checkpoint_import.h"
+
+using namespace iris;
+
+int main(int argc, char** argv) {
+  CLI::App cli{"iris-import: convert a MASS/IRIS PyTorch checkpoint into an iris model file"};
+  std::string checkpoint, output, config_path, key, names;
+  std::vector<std::string> overrides;
+  cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
+  cli.add_option("--output", output, "iris model file to write (.iris)")->required();
+  cli.add_option("--config", config_path, "model YAML; default: infer the architecture from the checkpoint");
+  cli.add_option("--set", overrides, "model key=value overrides (e.g. ema_momentum=0.999)");
+  cli.add_option("--state-dict-key", key, "take the weights from this entry (model, ema_model, ...)");
+  cli.add_option("--class-names", names, "comma-separated names of the memory-bank entries, in id order");
+  CLI11_PARSE(cli, argc, argv);
+  return app::run_main("iris-import", [&]() -> int {
+    std::optional<model::ModelConfig> config;
+    if (!config_path.empty() || !overrides.empty()) {
+      ConfigMap m;
+      if (!config_path.empty()) {
+        m = ConfigMap::load_yaml_file(config_path);
+        if (m.subtree("model").entries().size() > 0) m = m.subtree("model");
+      }
+      for (const auto& o : overrides) m.apply_override(o);
+      config = model::ModelConfig::from_config(m);
+    }
+    model::ImportReport report;
+    model::IrisModel model = model::import_mass_checkpoint(checkpoint, config, &report, key);
+    size_t start = 0;
+    while (!names.empty() && start <= names.size()) {
+      size_t comma = names.find(',', start);
+      if (comma == std::string::npos) comma = names.size();
+      model.class_names.push_back(names.substr(start, comma - start));
+      start = comma + 1;
+    }
+    model::save_model(model, output);
+    std::cout << "iris-import: " << report.tensors << " tensors"
+              << (report.source_key.empty() ? "" : " from '" + report.source_key + "'") << ", "
+              << model::count_parameters(*model.net) << " parameters -> " << output << " (fingerprint "
+              << model.fingerprint << ")\n";
+    std::cout << model.config.to_config().to_text();
+    return 0;
+  });
+}
