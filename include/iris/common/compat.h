@@ -31,3 +31,30 @@ inline bool cuda_available() {
 }
 
 }  // namespace iris::compat
+
+#ifdef IRIS_HAVE_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace iris::compat {
+
+// Peak bytes allocated on a CUDA device since the last reset (0 without CUDA).
+inline long long cuda_peak_allocated_bytes(int device) {
+#ifdef IRIS_HAVE_CUDA
+  // Index 0 is the aggregate pool in both 1.13 and 2.x.
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak;
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
+inline void cuda_reset_peak(int device) {
+#ifdef IRIS_HAVE_CUDA
+  c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+#else
+  (void)device;
+#endif
+}
+
+}  // namespace iris::compat

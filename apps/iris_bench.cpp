@@ -1,0 +1,168 @@
+// iris-bench: parameter count, forward and forward+backward time and peak
+// memory of an IRIS configuration, as reproducible JSON.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "common/app_common.h"
+#include "iris/common/compat.h"
+#include "iris/common/config_map.h"
+#include "iris/common/error.h"
+#include "iris/model/iris_net.h"
+#include "iris/model/task_embedding.h"
+
+using namespace iris;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Peak resident memory of this process, bytes. Reset between measurements
+// through /proc/self/clear_refs (Linux resets VmHWM on "5").
+long long peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<long long>(u.ru_maxrss) * 1024;
+}
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
+}
+
+struct Measurement {
+  double median_ms = 0, min_ms = 0;
+  long long peak_bytes = 0;
+};
+
+Measurement measure(const std::function<void()>& step, int warmup, int repeats, const torch::Device& device) {
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize(device.index());
+  };
+  for (int i = 0; i < warmup; ++i) step();
+  sync();
+  reset_peak_rss();
+  if (device.is_cuda()) compat::cuda_reset_peak(device.index());
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    auto t0 = Clock::now();
+    step();
+    sync();
+    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  Measurement m;
+  m.median_ms = median(times);
+  m.min_ms = *std::min_element(times.begin(), times.end());
+  m.peak_bytes = device.is_cuda() ? compat::cuda_peak_allocated_bytes(device.index()) : peak_rss_bytes();
+  return m;
+}
+
+std::string json_measure(const Measurement& m) {
+  std::ostringstream s;
+  s << "{\"median_ms\": " << m.median_ms << ", \"min_ms\": " << m.min_ms << ", \"peak_bytes\": " << m.peak_bytes
+    << "}";
+  return s.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"iris-bench: time and memory of an IRIS network configuration"};
+  std::string config_path, preset_name = "tiny", device_name = "cpu", output;
+  std::vector<std::string> overrides;
+  long patch = 0;
+  int batch = 1, classes = 3, queries = 1, warmup = 1, repeats = 3, threads = 0;
+  bool backward = true;
+  cli.add_option("--config", config_path, "model YAML (configs/model/*.yaml)");
+  cli.add_option("--preset", preset_name, "model preset when no --config: mass, paper, small, tiny");
+  cli.add_option("--set", overrides, "model key=value overrides");
+  cli.add_option("--patch", patch, "cubic patch size (default: the model's max_patch_size)");
+  cli.add_option("--batch", batch, "episodes per training step");
+  cli.add_option("--classes", classes, "classes per episode / task");
+  cli.add_option("--queries", queries, "queries segmented with one encoded task (inference workload)");
+  cli.add_option("--warmup", warmup);
+  cli.add_option("--repeats", repeats);
+  cli.add_option("--device", device_name, "cpu or cuda:N");
+  cli.add_option("--threads", threads, "CPU threads (default: all cores)");
+  cli.add_flag("!--no-backward", backward, "skip the forward+backward measurement");
+  cli.add_option("--output", output, "write the JSON here as well as to stdout");
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_main("iris-bench", [&]() -> int {
+    app::configure_threads(threads);
+    ConfigMap cfg;
+    cfg.set("preset", preset_name, "--preset");
+    if (!config_path.empty()) cfg.merge(ConfigMap::load_yaml_file(config_path).subtree("model"));
+    for (const auto& o : overrides) cfg.apply_override(o);
+    auto config = model::ModelConfig::from_config(cfg);
+    if (patch == 0) patch = config.max_patch_size;
+    const torch::Device device(device_name);
+    torch::manual_seed(0);
+    model::IrisNet net(config);
+    net->to(device);
+    const long n_params = model::count_parameters(*net);
+
+    auto opts = torch::TensorOptions().device(device);
+    auto image = torch::randn({batch, config.in_channels, patch, patch, patch}, opts);
+    auto masks = (torch::rand({batch, classes, patch, patch, patch}, opts) > 0.7).to(torch::kFloat);
+
+    net->eval();
+    Measurement forward = measure(
+        [&] {
+          torch::NoGradGuard g;
+          net->forward(image, image, masks);
+        },
+        warmup, repeats, device);
+
+    // The paper's inference workload: one reference encoded once, then
+    // `queries` volumes segmented for all classes.
+    auto one_ref = image.narrow(0, 0, 1);
+    auto one_masks = masks.narrow(0, 0, 1);
+    auto query = torch::randn({1, config.in_channels, patch, patch, patch}, opts);
+    Measurement inference = measure(
+        [&] {
+          torch::NoGradGuard g;
+          auto task = model::encode_task(*net, one_ref, one_masks);
+          for (int q = 0; q < queries; ++q) model::segment(*net, query, task).sigmoid();
+        },
+        warmup, repeats, device);
+
+    Measurement train;
+    if (backward) {
+      net->train();
+      train = measure(
+          [&] {
+            net->zero_grad();
+            auto logits = net->forward(image, image, masks);
+            torch::binary_cross_entropy_with_logits(logits, masks).backward();
+          },
+          warmup, repeats, device);
+    }
+
+    std::ostringstream js;
+    js << "{\n  \"tool\": \"iris-bench\",\n  \"torch_version\": \"" << TORCH_VERSION << "\",\n"
+       << "  \"device\": \"" << device.str() << "\",\n  \"threads\": " << at::get_num_threads() << ",\n"
+       << "  \"config\": \"" << (config_path.empty() ? "preset:" + preset_name : config_path) << "\",\n"
+       << "  \"parameters\": " << n_params << ",\n  \"patch\": " << patch << ",\n  \"batch\": " << batch
+       << ",\n  \"classes\": " << classes << ",\n  \"queries\": " << queries << ",\n  \"repeats\": " << repeats
+       << ",\n  \"forward\": " << json_measure(forward) << ",\n  \"inference_one_reference\": "
+       << json_measure(inference);
+    if (backward) js << ",\n  \"forward_backward\": " << json_measure(train);
+    js << "\n}\n";
+    std::cout << js.str();
+    if (!output.empty()) std::ofstream(output) << js.str();
+    return 0;
+  });
+}

@@ -1,0 +1,56 @@
+#pragma once
+// Whole-volume inference with overlapping windows: volumes of any size are
+// padded to whole windows, every window is segmented with one task, and the
+// per-class sigmoid maps are blended with Gaussian importance weights.
+#include <functional>
+
+#include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "iris/model/task_embedding.h"
+
+namespace iris::model {
+class IrisNetImpl;
+}
+
+namespace iris::infer {
+
+struct SlidingWindowOptions {
+  long window = 128;        // cubic window edge, voxels (<= the model's max patch)
+  double overlap = 0.5;     // fraction of the window shared by neighbours
+  bool gaussian = true;     // Gaussian weighting (sigma = window / 8) vs flat
+  long batch = 1;           // windows per network call
+  c10::Device device = c10::Device(c10::kCPU);
+  bool mirror_tta = false;  // average over the 8 axis flips
+  // Called after each batch of windows with (done, total), for progress bars.
+  std::function<void(long, long)> progress;
+};
+
+// Window edge per axis for a volume: the configured window, shrunk (in steps
+// of 16) for axes that are smaller, so small volumes are not over-padded.
+std::array<long, 3> window_shape(const std::array<long, 3>& volume, long window);
+
+// Start offsets of windows of `w` covering `size` (size >= w) with overlap.
+std::vector<long> window_starts(long size, long w, double overlap);
+
+// Separable Gaussian importance map [D, H, W], max 1, sigma = edge / 8.
+at::Tensor gaussian_importance(const std::array<long, 3>& shape);
+
+// volume [Z, Y, X] (float, CPU) -> probabilities [K, Z, Y, X] (float, CPU).
+at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
+                                        const model::TaskEmbedding& task, const SlidingWindowOptions& options);
+
+// Reference crop: a window of `shape` inside `volume_size` centred on the
+// bounding box of all masks, so the reference keeps its mask. Returns start
+// offsets; iris::Error if the bounding box does not fit in the window.
+std::array<long, 3> reference_window_start(const at::Tensor& any_mask, const std::array<long, 3>& shape);
+
+// Pads [..., Z, Y, X] at the far end with `value` up to at least `shape`.
+at::Tensor pad_to(const at::Tensor& x, const std::array<long, 3>& shape, double value = 0.0);
+
+// Label map [Z, Y, X] int32: each voxel gets the label of its most probable
+// class when that probability is >= threshold, else 0.
+at::Tensor labels_from_probabilities(const at::Tensor& probabilities, const std::vector<long>& labels,
+                                     double threshold = 0.5);
+
+}  // namespace iris::infer

@@ -1,0 +1,138 @@
+#include "iris/infer/sliding_window.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <torch/types.h>
+#include <torch/utils.h>
+
+#include "iris/common/error.h"
+#include "iris/model/iris_net.h"
+
+namespace iris::infer {
+
+std::array<long, 3> window_shape(const std::array<long, 3>& volume, long window) {
+  std::array<long, 3> s{};
+  for (int a = 0; a < 3; ++a) s[a] = std::min(window, ((volume[a] + 15) / 16) * 16);
+  return s;
+}
+
+std::vector<long> window_starts(long size, long w, double overlap) {
+  if (size <= w) return {0};
+  const long step = std::max<long>(1, static_cast<long>(std::floor(w * (1.0 - overlap))));
+  const long n = static_cast<long>(std::ceil(static_cast<double>(size - w) / step)) + 1;
+  std::vector<long> starts;
+  // Spread n windows evenly so the last one ends exactly at the border.
+  for (long i = 0; i < n; ++i)
+    starts.push_back(n == 1 ? 0 : static_cast<long>(std::llround(static_cast<double>(i) * (size - w) / (n - 1))));
+  return starts;
+}
+
+at::Tensor gaussian_importance(const std::array<long, 3>& shape) {
+  std::vector<at::Tensor> axes;
+  for (int a = 0; a < 3; ++a) {
+    const double centre = (shape[a] - 1) / 2.0, sigma = shape[a] / 8.0;
+    at::Tensor r = at::arange(shape[a], at::kDouble);
+    axes.push_back(at::exp(-(r - centre).pow(2) / (2 * sigma * sigma)));
+  }
+  at::Tensor g = axes[0].view({-1, 1, 1}) * axes[1].view({1, -1, 1}) * axes[2].view({1, 1, -1});
+  g = g / g.max();
+  // No zero weights at the border: a voxel covered by one window keeps it.
+  return g.clamp_min(1e-3).to(at::kFloat);
+}
+
+at::Tensor pad_to(const at::Tensor& x, const std::array<long, 3>& shape, double value) {
+  const long n = x.dim();
+  std::vector<int64_t> pad;
+  for (int a = 2; a >= 0; --a) {
+    pad.push_back(0);
+    pad.push_back(std::max<long>(0, shape[a] - x.size(n - 3 + a)));
+  }
+  bool any = false;
+  for (auto p : pad) any |= p > 0;
+  return any ? at::constant_pad_nd(x, pad, value) : x;
+}
+
+std::array<long, 3> reference_window_start(const at::Tensor& mask, const std::array<long, 3>& shape) {
+  at::Tensor nz = at::nonzero(mask);  // [N, 3]
+  if (nz.size(0) == 0) throw Error("reference mask", "is empty");
+  at::Tensor lo = std::get<0>(nz.min(0)), hi = std::get<0>(nz.max(0));
+  std::array<long, 3> start{};
+  for (int a = 0; a < 3; ++a) {
+    const long l = lo[a].item<long>(), h = hi[a].item<long>(), size = mask.size(a);
+    if (h - l + 1 > shape[a])
+      throw Error("reference mask", "extends over " + std::to_string(h - l + 1) + " voxels along axis " +
+                                        std::to_string(a) + ", more than the " + std::to_string(shape[a]) +
+                                        "-voxel window: resample the reference to a coarser spacing");
+    long s = (l + h + 1) / 2 - shape[a] / 2;
+    s = std::max<long>(0, std::min(s, std::max<long>(0, size - shape[a])));
+    start[a] = s;
+  }
+  return start;
+}
+
+at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
+                                        const model::TaskEmbedding& task, const SlidingWindowOptions& o) {
+  if (volume.dim() != 3) throw Error("query", "expected a 3-D volume");
+  const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
+  const auto win = window_shape(size, o.window);
+  at::Tensor padded = pad_to(volume.to(at::kFloat), win);
+  const long K = task.num_classes();
+  const std::array<long, 3> psize{padded.size(0), padded.size(1), padded.size(2)};
+  at::Tensor sum = at::zeros({K, psize[0], psize[1], psize[2]}, at::kFloat);
+  at::Tensor weight = at::zeros({psize[0], psize[1], psize[2]}, at::kFloat);
+  at::Tensor importance = o.gaussian ? gaussian_importance(win) : at::ones({win[0], win[1], win[2]}, at::kFloat);
+  at::Tensor importance_dev = importance.to(o.device);
+
+  std::vector<std::array<long, 3>> starts;
+  for (long z : window_starts(psize[0], win[0], o.overlap))
+    for (long y : window_starts(psize[1], win[1], o.overlap))
+      for (long x : window_starts(psize[2], win[2], o.overlap)) starts.push_back({z, y, x});
+
+  model::TaskEmbedding task_dev = task.to(o.device);
+  torch::NoGradGuard no_grad;
+  using torch::indexing::Slice;
+  const long total = static_cast<long>(starts.size());
+  for (long first = 0; first < total; first += o.batch) {
+    const long n = std::min(o.batch, total - first);
+    std::vector<at::Tensor> windows;
+    for (long i = 0; i < n; ++i) {
+      const auto& s = starts[first + i];
+      windows.push_back(padded.index({Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])}));
+    }
+    at::Tensor batch = at::stack(windows).unsqueeze(1).to(o.device);  // [n, 1, d, h, w]
+    at::Tensor probs = model::segment(net, batch, task_dev).sigmoid();
+    if (o.mirror_tta) {
+      for (int mask = 1; mask < 8; ++mask) {
+        std::vector<int64_t> dims;
+        for (int a = 0; a < 3; ++a)
+          if (mask & (1 << a)) dims.push_back(2 + a);
+        probs = probs + model::segment(net, batch.flip(dims), task_dev).sigmoid().flip(dims);
+      }
+      probs = probs / 8.0;
+    }
+    probs = (probs * importance_dev).to(at::kCPU);
+    for (long i = 0; i < n; ++i) {
+      const auto& s = starts[first + i];
+      sum.index({Slice(), Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])})
+          .add_(probs[i]);
+      weight.index({Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])})
+          .add_(importance);
+    }
+    if (o.progress) o.progress(first + n, total);
+  }
+  at::Tensor result = sum / weight.unsqueeze(0);
+  return result.index({Slice(), Slice(0, size[0]), Slice(0, size[1]), Slice(0, size[2])}).contiguous();
+}
+
+at::Tensor labels_from_probabilities(const at::Tensor& probabilities, const std::vector<long>& labels,
+                                     double threshold) {
+  if (probabilities.size(0) != static_cast<long>(labels.size()))
+    throw Error("labels", "one label value per class is needed");
+  auto [best, index] = probabilities.max(0);
+  at::Tensor values = at::tensor(std::vector<int32_t>(labels.begin(), labels.end()), at::kInt);
+  at::Tensor out = values.index_select(0, index.reshape({-1})).view(index.sizes());
+  return at::where(best >= threshold, out, at::zeros_like(out));
+}
+
+}  // namespace iris::infer
