@@ -1,0 +1,130 @@
+// iris-train: episodic in-context training.
+//   iris-train CONFIG.yaml [--set key=value ...] [--dump-config] [--resume]
+// Ranks and world size come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or
+// srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), with MASTER_ADDR/PORT.
+#include <filesystem>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "common/app_common.h"
+#include "iris/common/config_map.h"
+#include "iris/common/error.h"
+#include "iris/data/dataset.h"
+#include "iris/data/episodes.h"
+#include "iris/data/intensity.h"
+#include "iris/model/model_config.h"
+#include "iris/train/trainer.h"
+#ifdef IRIS_HAVE_ITK
+#include "iris/io/image_io.h"
+#endif
+
+using namespace iris;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string intensity_for(const data::DatasetSpec& d) {
+  if (!d.intensity.empty()) return d.intensity;
+  if (d.modality == "CT") return "ct";
+  return "mr";  // MR, PET and anything else: percentile clip + z-score
+}
+
+data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) {
+#ifdef IRIS_HAVE_ITK
+  io::Image image = io::read_image(c.image);
+  io::Image labels = io::read_labels(c.labels);
+  io::check_same_grid(image, labels);
+  data::CaseVolume v;
+  v.name = c.name;
+  v.image = data::normalise_intensity(image.voxels, intensity_for(d));
+  v.labels = labels.voxels.to(at::kLong);
+  at::Tensor values = std::get<0>(at::_unique(v.labels.reshape({-1})));
+  for (long i = 0; i < values.numel(); ++i)
+    if (values[i].item<long>() != 0) v.classes.push_back(values[i].item<long>());
+  if (!d.class_names.empty()) {
+    std::vector<long> kept;
+    for (long cl : v.classes)
+      if (d.class_names.count(cl)) kept.push_back(cl);
+    v.classes = kept;
+  }
+  if (v.classes.empty()) throw Error(c.labels, "label map has no labelled class");
+  v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};
+  return v;
+#else
+  throw Error(c.image, "this build has no ITK: train from a preprocessed cache instead");
+#endif
+}
+
+const std::vector<std::string> kTopLevel{"model", "train", "data"};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"iris-train: episodic in-context training of an IRIS model"};
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool dump = false, resume = false;
+  cli.add_option("config", config_path, "training config (YAML)")->required();
+  cli.add_option("--set", overrides, "override a key: --set train.lr=1e-3 (repeatable)");
+  cli.add_flag("--dump-config", dump, "print the resolved configuration and exit");
+  cli.add_flag("--resume", resume, "continue from OUTPUT_DIR/checkpoints/last.ckpt");
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_main("iris-train", [&]() -> int {
+    ConfigMap config = ConfigMap::load_yaml_file(config_path);
+    for (const auto& o : overrides) config.apply_override(o);
+    for (const auto& [k, v] : config.entries()) {
+      const std::string top = k.substr(0, k.find('.'));
+      if (std::find(kTopLevel.begin(), kTopLevel.end(), top) == kTopLevel.end() || k.find('.') == std::string::npos) {
+        std::string msg = "unknown top-level key '" + top + "' (known: model, train, data)";
+        const std::string hint = nearest_word(top, kTopLevel);
+        if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+        throw Error(config.origin(k).empty() ? k : config.origin(k), msg);
+      }
+    }
+    const model::ModelConfig model_config = model::ModelConfig::from_config(config.subtree("model"));
+    const train::TrainConfig train_config = train::TrainConfig::from_config(config.subtree("train"));
+    std::vector<data::DatasetSpec> datasets = data::datasets_from_config(config.subtree("data"));
+    if (dump) {
+      std::cout << "# resolved configuration (model defaults shown in full)\n";
+      ConfigMap shown = config;
+      for (const auto& [k, v] : model_config.to_config().entries()) shown.set("model." + k, v);
+      std::cout << shown.to_text();
+      return 0;
+    }
+    app::configure_threads(train_config.threads);
+    const train::DistributedEnv env = train::DistributedEnv::from_environment();
+    auto comm = train::make_communicator(env, train_config.distributed, train_config.device.rfind("cuda", 0) == 0);
+    if (comm->rank() == 0) {
+      fs::create_directories(train_config.output_dir);
+      for (const auto& d : datasets) data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
+      std::cerr << "iris-train: " << comm->size() << " rank(s), backend " << comm->backend() << ", device "
+                << train_config.device << "\n";
+    }
+    const std::vector<std::string> class_names = data::class_table(datasets);
+    auto train_sets = data::load_datasets(datasets, "train", load_case);
+    auto val_sets = data::load_datasets(datasets, "val", load_case);
+    data::EpisodeSampler train_sampler(train_sets, train_config.episodes, static_cast<uint64_t>(train_config.seed));
+    std::optional<data::EpisodeSampler> val_sampler;
+    if (!val_sets.empty()) {
+      data::EpisodeOptions vo = train_config.episodes;
+      vo.augment.enabled = false;
+      vo.perturb_reference = 0;
+      vo.foreground_oversample = 1.0;
+      val_sampler.emplace(val_sets, vo, static_cast<uint64_t>(train_config.seed) + 7919);
+    }
+    train::Trainer::install_signal_handlers();
+    train::Trainer trainer(train_config, model_config, config, std::move(train_sampler), std::move(val_sampler),
+                           class_names, *comm);
+    const auto outcome = trainer.run(resume);
+    if (outcome == train::TrainOutcome::kPreempted) {
+      if (comm->rank() == 0)
+        std::cerr << "iris-train: stopped on request; checkpoint " << trainer.last_checkpoint()
+                  << " (resume with --resume; exit code " << app::kPreempted << " asks SLURM to requeue)\n";
+      return app::kPreempted;
+    }
+    if (comm->rank() == 0) std::cerr << "iris-train: done; model written to " << trainer.final_model_path() << "\n";
+    return 0;
+  });
+}

@@ -1,0 +1,63 @@
+#pragma once
+// Training data as users have it on disk: a plain list of (image, label)
+// pairs, nnU-Net v2 raw folders (dataset.json, imagesTr, labelsTr) or Medical
+// Segmentation Decathlon folders. Declared in YAML under data.datasets.NAME.
+// No ITK here: loading voxels is the caller's job (a loader function).
+#include <array>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+#include "iris/common/config_map.h"
+
+namespace iris::data {
+
+struct CaseSpec {
+  std::string name;
+  std::string image;
+  std::string labels;
+};
+
+struct DatasetSpec {
+  std::string name;
+  std::string layout = "list";   // list | nnunet | msd
+  std::string root;
+  std::string modality = "MR";   // MR | CT | PET: picks the intensity scheme
+  std::string intensity;         // explicit scheme; "" = from modality
+  double weight = 1.0;           // sampling weight among datasets
+  std::map<long, std::string> class_names;  // label value -> name
+  std::vector<CaseSpec> cases;
+  std::array<double, 3> split{0.75, 0.05, 0.20};  // train / val / test fractions
+  long split_seed = 0;
+
+  std::vector<CaseSpec> train, val, test;  // filled by make_split
+};
+
+// Reads data.datasets.* from a config. Finds cases of nnU-Net/MSD layouts on
+// disk; iris::Error for missing folders, unpaired images, unknown keys.
+std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config);
+
+// Deterministic split by seed (sorted case names, shuffled with the seed).
+void make_split(DatasetSpec& d);
+// Writes the split as text (one "subset<TAB>case" per line) for auditing.
+void write_split(const DatasetSpec& d, const std::string& path);
+
+// A loaded, preprocessed case: image [Z, Y, X] float (normalised), labels
+// [Z, Y, X] int64, and the label values present.
+struct CaseVolume {
+  std::string name, dataset;
+  at::Tensor image, labels;
+  std::vector<long> classes;
+  std::array<double, 3> spacing{1, 1, 1};
+};
+
+using CaseLoader = std::function<CaseVolume(const DatasetSpec&, const CaseSpec&)>;
+
+// Global memory-bank ids: classes with the same name share an id across
+// datasets; returns names indexed by id.
+std::vector<std::string> class_table(const std::vector<DatasetSpec>& datasets);
+
+}  // namespace iris::data

@@ -1,0 +1,81 @@
+#pragma once
+// Episodic sampling for in-context training: each episode is a query and a
+// different reference case of one dataset, a random subset of their shared
+// classes as binary masks, both augmented, cropped to the patch size.
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+#include "iris/data/dataset.h"
+
+namespace iris::data {
+
+struct AugmentOptions {
+  bool enabled = true;
+  double scale_min = 0.9, scale_max = 1.1;
+  double rotation_degrees = 10.0;
+  double translation_fraction = 0.1;  // of the patch, for the reference jitter
+  double brightness_min = 0.9, brightness_max = 1.1, brightness_shift_std = 0.1;
+  double gamma_min = 0.8, gamma_max = 1.2;
+  double contrast_min = 0.8, contrast_max = 1.2;
+  double blur_sigma_min = 0.7, blur_sigma_max = 1.3;
+  double noise_std_max = 0.02;
+  double intensity_probability = 0.3;  // each intensity transform's chance
+  double blur_probability = 0.2;
+};
+
+struct EpisodeOptions {
+  long patch = 128;
+  long max_classes = 3;              // K slots per episode (padded)
+  double foreground_oversample = 0.67;
+  double perturb_reference = 0.2;    // chance to dilate/erode reference masks
+  AugmentOptions augment;
+};
+
+struct EpisodeBatch {
+  at::Tensor query, query_masks;          // [B, 1, P, P, P], [B, K, P, P, P]
+  at::Tensor reference, reference_masks;  // same shapes
+  at::Tensor class_ids;                   // [B, K] memory-bank ids, -1 = padding
+  at::Tensor valid;                       // [B, K] 1 = real class
+};
+
+// A loaded dataset: its cases in memory, with global class ids per label.
+struct LoadedDataset {
+  std::string name;
+  double weight = 1.0;
+  std::vector<CaseVolume> cases;
+  std::map<long, long> class_ids;  // label value -> memory-bank id
+};
+
+// Loads every case of every dataset's `subset` ("train", "val", "test").
+std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
+                                         const CaseLoader& loader);
+
+class EpisodeSampler {
+ public:
+  EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptions options, uint64_t seed, int rank = 0);
+
+  // Episode number `index` is a pure function of (seed, rank, index), so a
+  // resumed run draws exactly the episodes it would have drawn.
+  EpisodeBatch sample(long index, long batch_size) const;
+
+  const EpisodeOptions& options() const { return options_; }
+
+ private:
+  std::vector<LoadedDataset> datasets_;
+  EpisodeOptions options_;
+  uint64_t seed_;
+  int rank_;
+};
+
+// Samples a P^3 patch of `volume` ([C, Z, Y, X]) around `centre` (voxels)
+// through the affine `matrix` (3x3, patch axes -> volume axes, voxel units),
+// trilinearly; outside the volume is 0.
+at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
+                        const std::array<double, 9>& matrix, long patch);
+
+}  // namespace iris::data

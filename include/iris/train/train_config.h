@@ -1,0 +1,54 @@
+#pragma once
+// Training settings (the train.* keys of a config), with the paper's recipe
+// as defaults: Lamb, lr 2e-3, 2 K warm-up, exponential decay, weight decay
+// 1e-5, 80 K iterations, batch 32, grad clip 1.0, weight EMA 0.99.
+#include <string>
+#include <vector>
+
+#include "iris/common/config_map.h"
+#include "iris/data/episodes.h"
+
+namespace iris::train {
+
+// Parameters whose name matches `pattern` (ECMAScript regex, searched) get
+// this group's settings; groups are tried in the alphabetical order of their
+// names and the first match wins; unmatched parameters use the defaults.
+struct ParamGroupRule {
+  std::string name, pattern;
+  double lr_scale = 1.0;
+  double weight_decay = -1.0;  // < 0: the global weight decay
+  bool freeze = false;
+};
+
+struct TrainConfig {
+  long iterations = 80000;
+  long batch = 32;  // global: split evenly across ranks
+  std::string optimizer = "lamb";
+  double optimizer_eps = 1e-6;  // Adam/Lamb denominator epsilon
+  double lr = 2e-3;
+  long warmup = 2000;
+  std::string schedule = "warmup_exponential";
+  double final_lr_ratio = 0.01;
+  double weight_decay = 1e-5;
+  double grad_clip = 1.0;
+  double weight_ema = 0.99;  // 0 disables the EMA copy of the weights
+  bool update_memory_bank = true;
+  double dice_weight = 1.0, bce_weight = 1.0;
+  long checkpoint_every = 1000;
+  long keep_checkpoints = 3;
+  long validate_every = 1000;
+  long validation_episodes = 8;
+  long log_every = 10;
+  std::string output_dir = "runs/iris";
+  long seed = 0;
+  std::string device = "cpu";
+  bool bf16 = false;  // autocast on CUDA
+  std::string distributed = "auto";
+  int threads = 0;
+  std::vector<ParamGroupRule> param_groups;
+  data::EpisodeOptions episodes;
+
+  static TrainConfig from_config(const ConfigMap& train);
+};
+
+}  // namespace iris::train

@@ -1,0 +1,75 @@
+#pragma once
+// The training engine: episodic steps, Dice+BCE loss, Lamb/AdamW with warm-up
+// and decay, gradient clipping, weight EMA, memory-bank EMA, validation,
+// atomic checkpoints with exact resume, pre-emption handling, and gradient
+// all-reduce across ranks.
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "iris/common/config_map.h"
+#include "iris/data/episodes.h"
+#include "iris/model/iris_net.h"
+#include "iris/train/communicator.h"
+#include "iris/train/train_config.h"
+
+namespace iris::train {
+
+enum class TrainOutcome { kFinished, kPreempted };
+
+struct StepMetrics {
+  long iteration = 0;
+  double loss = 0, dice_loss = 0, bce_loss = 0, lr = 0, grad_norm = 0, seconds = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap resolved_config,
+          data::EpisodeSampler train_sampler, std::optional<data::EpisodeSampler> val_sampler,
+          std::vector<std::string> class_names, Communicator& comm);
+  ~Trainer();
+
+  // Trains until train.iterations or a stop request (SIGTERM/SIGUSR1, or
+  // request_stop()). With resume, continues from output_dir/checkpoints/last.ckpt.
+  TrainOutcome run(bool resume);
+
+  // Losses of the steps this process ran (rank-local view of the global loss).
+  const std::vector<StepMetrics>& history() const { return history_; }
+  model::IrisNet& net() { return net_; }
+  std::string last_checkpoint() const;
+  std::string final_model_path() const;
+
+  // Makes SIGTERM and SIGUSR1 ask the running trainer to checkpoint and stop.
+  static void install_signal_handlers();
+  static void request_stop();
+  // Stops after this iteration count (tests: simulate an interruption).
+  void stop_after(long iteration) { stop_after_ = iteration; }
+
+  double validate();
+
+ private:
+  void build_optimizer();
+  StepMetrics step(long iteration);
+  void save_checkpoint(long next_iteration, bool final_copy);
+  long load_checkpoint();
+  void export_model();
+  void log(const StepMetrics& m, double val_dice);
+
+  TrainConfig config_;
+  model::ModelConfig model_config_;
+  ConfigMap resolved_;
+  data::EpisodeSampler train_sampler_;
+  std::optional<data::EpisodeSampler> val_sampler_;
+  std::vector<std::string> class_names_;
+  Communicator& comm_;
+  model::IrisNet net_{nullptr};
+  std::vector<std::pair<std::string, at::Tensor>> ema_;  // name -> shadow weights
+  struct OptimizerHolder;
+  std::unique_ptr<OptimizerHolder> opt_;
+  std::vector<StepMetrics> history_;
+  long stop_after_ = -1;
+  long local_batch_ = 1;
+};
+
+}  // namespace iris::train

@@ -1,0 +1,190 @@
+#include "iris/data/dataset.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
+
+namespace fs = std::filesystem;
+
+namespace iris::data {
+namespace {
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::string t = text;
+  if (!t.empty() && t.front() == '[') t = t.substr(1);
+  if (!t.empty() && t.back() == ']') t.pop_back();
+  std::vector<std::string> out;
+  std::stringstream ss(t);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t\"'");
+    const auto e = item.find_last_not_of(" \t\"'");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
+std::string strip_image_ext(const std::string& name) {
+  for (const char* ext : {".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"}) {
+    const std::string e(ext);
+    if (name.size() > e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0)
+      return name.substr(0, name.size() - e.size());
+  }
+  return name;
+}
+
+// The "labels" table of a dataset.json: v2 {"name": value} or MSD/v1
+// {"value": "name"}. A small scanner is enough for this one object.
+std::map<long, std::string> read_dataset_json_labels(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error(path, "cannot open dataset.json");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string text = ss.str();
+  const auto pos = text.find("\"labels\"");
+  if (pos == std::string::npos) throw Error(path, "dataset.json has no \"labels\" table");
+  const auto open = text.find('{', pos), close = text.find('}', open);
+  if (open == std::string::npos || close == std::string::npos) throw Error(path, "malformed \"labels\" table");
+  const std::string body = text.substr(open + 1, close - open - 1);
+  std::regex pair_re("\"([^\"]*)\"\\s*:\\s*(\"([^\"]*)\"|(-?[0-9]+))");
+  std::map<long, std::string> out;
+  for (auto it = std::sregex_iterator(body.begin(), body.end(), pair_re); it != std::sregex_iterator(); ++it) {
+    const std::string key = (*it)[1];
+    if ((*it)[4].matched) {
+      out[std::stol((*it)[4])] = key;  // v2: "liver": 1
+    } else {
+      try {
+        out[std::stol(key)] = (*it)[3];  // v1/MSD: "1": "liver"
+      } catch (const std::exception&) {
+        throw Error(path, "label key '" + key + "' is neither a name with an integer value nor an integer");
+      }
+    }
+  }
+  out.erase(0);  // background is not a task
+  return out;
+}
+
+void find_folder_cases(DatasetSpec& d, bool nnunet) {
+  const fs::path images = fs::path(d.root) / "imagesTr", labels = fs::path(d.root) / "labelsTr";
+  if (!fs::is_directory(images)) throw Error(images.string(), "folder missing for dataset '" + d.name + "'");
+  if (!fs::is_directory(labels)) throw Error(labels.string(), "folder missing for dataset '" + d.name + "'");
+  if (d.class_names.empty()) d.class_names = read_dataset_json_labels((fs::path(d.root) / "dataset.json").string());
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(images))
+    if (e.is_regular_file() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  for (const auto& file : names) {
+    std::string stem = strip_image_ext(file);
+    const std::string ext = file.substr(stem.size());
+    std::string case_name = stem;
+    if (nnunet) {
+      // Channel files are NAME_XXXX; iris uses channel 0.
+      static const std::regex channel("(.*)_([0-9]{4})$");
+      std::smatch m;
+      if (!std::regex_match(stem, m, channel)) throw Error((images / file).string(), "nnU-Net image without a _XXXX channel suffix");
+      if (m[2] != "0000") continue;
+      case_name = m[1];
+    }
+    const fs::path label = labels / (case_name + ext);
+    if (!fs::exists(label)) throw Error((images / file).string(), "has no label map " + label.string());
+    d.cases.push_back({case_name, (images / file).string(), label.string()});
+  }
+  if (d.cases.empty()) throw Error(images.string(), "no training cases found");
+}
+
+}  // namespace
+
+std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config) {
+  ConfigMap all = data_config.subtree("datasets");
+  std::set<std::string> names;
+  for (const auto& [k, v] : all.entries()) names.insert(k.substr(0, k.find('.')));
+  if (names.empty()) throw Error("data.datasets", "no dataset declared");
+  const std::vector<std::string> known{"layout", "root", "modality", "intensity", "weight", "classes", "cases", "split", "split_seed"};
+  std::vector<DatasetSpec> out;
+  for (const auto& name : names) {
+    ConfigMap c = all.subtree(name);
+    reject_unknown_keys(c, known, "dataset '" + name + "'");
+    DatasetSpec d;
+    d.name = name;
+    if (c.has("layout")) d.layout = c.get("layout");
+    if (c.has("root")) d.root = c.get("root");
+    if (c.has("modality")) d.modality = c.get("modality");
+    if (c.has("intensity")) d.intensity = c.get("intensity");
+    if (c.has("weight")) d.weight = config_double(c, "weight");
+    if (c.has("split_seed")) d.split_seed = config_int(c, "split_seed");
+    if (c.has("split")) {
+      auto parts = split_list(c.get("split"));
+      if (parts.size() != 3) throw Error("data.datasets." + name + ".split", "needs [train, val, test] fractions");
+      for (int i = 0; i < 3; ++i) d.split[i] = std::stod(parts[i]);
+    }
+    if (c.has("classes"))
+      for (const auto& item : split_list(c.get("classes"))) {
+        const auto colon = item.find(':');
+        if (colon == std::string::npos) throw Error("data.datasets." + name + ".classes", "expected VALUE:NAME items, got '" + item + "'");
+        d.class_names[std::stol(item.substr(0, colon))] = item.substr(colon + 1);
+      }
+    if (d.layout == "list") {
+      if (!c.has("cases")) throw Error("data.datasets." + name, "a list dataset needs 'cases: [image|labels, ...]'");
+      for (const auto& item : split_list(c.get("cases"))) {
+        const auto bar = item.find('|');
+        if (bar == std::string::npos) throw Error("data.datasets." + name + ".cases", "expected image|labels, got '" + item + "'");
+        CaseSpec cs{strip_image_ext(fs::path(item.substr(0, bar)).filename().string()), item.substr(0, bar), item.substr(bar + 1)};
+        if (!d.root.empty()) {
+          cs.image = (fs::path(d.root) / cs.image).string();
+          cs.labels = (fs::path(d.root) / cs.labels).string();
+        }
+        d.cases.push_back(cs);
+      }
+    } else if (d.layout == "nnunet" || d.layout == "msd") {
+      if (d.root.empty()) throw Error("data.datasets." + name, "needs 'root'");
+      find_folder_cases(d, d.layout == "nnunet");
+    } else {
+      throw Error("data.datasets." + name + ".layout", "unknown layout '" + d.layout + "' (known: list, nnunet, msd)");
+    }
+    make_split(d);
+    out.push_back(d);
+  }
+  return out;
+}
+
+void make_split(DatasetSpec& d) {
+  std::vector<CaseSpec> cases = d.cases;
+  std::sort(cases.begin(), cases.end(), [](const CaseSpec& a, const CaseSpec& b) { return a.name < b.name; });
+  std::mt19937_64 rng(static_cast<uint64_t>(d.split_seed) * 1000003ULL + 17);
+  std::shuffle(cases.begin(), cases.end(), rng);
+  const double total = d.split[0] + d.split[1] + d.split[2];
+  const size_t n = cases.size();
+  size_t n_val = static_cast<size_t>(std::round(n * d.split[1] / total));
+  size_t n_test = static_cast<size_t>(std::round(n * d.split[2] / total));
+  if (n_val + n_test >= n) n_val = n_test = 0;  // tiny datasets: everything trains
+  d.train.assign(cases.begin(), cases.end() - n_val - n_test);
+  d.val.assign(cases.end() - n_val - n_test, cases.end() - n_test);
+  d.test.assign(cases.end() - n_test, cases.end());
+}
+
+void write_split(const DatasetSpec& d, const std::string& path) {
+  write_atomically(path, [&](const std::string& tmp) {
+    std::ofstream f(tmp);
+    for (const auto& c : d.train) f << "train\t" << c.name << "\n";
+    for (const auto& c : d.val) f << "val\t" << c.name << "\n";
+    for (const auto& c : d.test) f << "test\t" << c.name << "\n";
+    if (!f) throw Error(tmp, "write failed");
+  });
+}
+
+std::vector<std::string> class_table(const std::vector<DatasetSpec>& datasets) {
+  std::vector<std::string> names;
+  for (const auto& d : datasets)
+    for (const auto& [value, name] : d.class_names)
+      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  return names;
+}
+
+}  // namespace iris::data

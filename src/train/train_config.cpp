@@ -1,0 +1,81 @@
+#include "iris/train/train_config.h"
+
+#include <set>
+
+#include "iris/common/error.h"
+
+namespace iris::train {
+
+TrainConfig TrainConfig::from_config(const ConfigMap& m) {
+  static const std::vector<std::string> known{
+      "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
+      "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
+      "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir",
+      "seed", "device", "bf16", "distributed", "threads", "foreground_oversample", "perturb_reference", "augment",
+      "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
+  ConfigMap plain;
+  std::set<std::string> group_names;
+  for (const auto& [k, v] : m.entries()) {
+    if (k.rfind("param_groups.", 0) == 0) group_names.insert(k.substr(13, k.find('.', 13) - 13));
+    else plain.set(k, v, m.origin(k));
+  }
+  reject_unknown_keys(plain, known, "train");
+  TrainConfig c;
+  auto i = [&](const char* k, long& v) { if (m.has(k)) v = config_int(m, k); };
+  auto d = [&](const char* k, double& v) { if (m.has(k)) v = config_double(m, k); };
+  auto s = [&](const char* k, std::string& v) { if (m.has(k)) v = m.get(k); };
+  auto b = [&](const char* k, bool& v) { if (m.has(k)) v = config_bool(m, k); };
+  i("iterations", c.iterations);
+  i("batch", c.batch);
+  i("patch", c.episodes.patch);
+  i("max_classes", c.episodes.max_classes);
+  s("optimizer", c.optimizer);
+  d("optimizer_eps", c.optimizer_eps);
+  d("lr", c.lr);
+  i("warmup", c.warmup);
+  s("schedule", c.schedule);
+  d("final_lr_ratio", c.final_lr_ratio);
+  d("weight_decay", c.weight_decay);
+  d("grad_clip", c.grad_clip);
+  d("weight_ema", c.weight_ema);
+  b("update_memory_bank", c.update_memory_bank);
+  d("dice_weight", c.dice_weight);
+  d("bce_weight", c.bce_weight);
+  i("checkpoint_every", c.checkpoint_every);
+  i("keep_checkpoints", c.keep_checkpoints);
+  i("validate_every", c.validate_every);
+  i("validation_episodes", c.validation_episodes);
+  i("log_every", c.log_every);
+  s("output_dir", c.output_dir);
+  i("seed", c.seed);
+  s("device", c.device);
+  b("bf16", c.bf16);
+  s("distributed", c.distributed);
+  if (m.has("threads")) c.threads = static_cast<int>(config_int(m, "threads"));
+  d("foreground_oversample", c.episodes.foreground_oversample);
+  d("perturb_reference", c.episodes.perturb_reference);
+  b("augment", c.episodes.augment.enabled);
+  d("augment_intensity_probability", c.episodes.augment.intensity_probability);
+  d("augment_rotation_degrees", c.episodes.augment.rotation_degrees);
+  d("augment_scale_min", c.episodes.augment.scale_min);
+  d("augment_scale_max", c.episodes.augment.scale_max);
+  for (const auto& g : group_names) {
+    ConfigMap gm = m.subtree("param_groups." + g);
+    reject_unknown_keys(gm, {"pattern", "lr_scale", "weight_decay", "freeze"}, "param group '" + g + "'");
+    ParamGroupRule r;
+    r.name = g;
+    if (!gm.has("pattern")) throw Error("train.param_groups." + g, "needs a 'pattern'");
+    r.pattern = gm.get("pattern");
+    if (gm.has("lr_scale")) r.lr_scale = config_double(gm, "lr_scale");
+    if (gm.has("weight_decay")) r.weight_decay = config_double(gm, "weight_decay");
+    if (gm.has("freeze")) r.freeze = config_bool(gm, "freeze");
+    c.param_groups.push_back(r);
+  }
+  if (c.iterations < 1) throw Error("train.iterations", "must be at least 1");
+  if (c.batch < 1) throw Error("train.batch", "must be at least 1");
+  if (c.episodes.patch % 16 != 0) throw Error("train.patch", "must be a multiple of 16");
+  if (c.weight_ema < 0 || c.weight_ema >= 1) throw Error("train.weight_ema", "must be in [0, 1)");
+  return c;
+}
+
+}  // namespace iris::train

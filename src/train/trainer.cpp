@@ -1,0 +1,380 @@
+#include "iris/train/trainer.h"
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <regex>
+#include <sstream>
+
+#include <torch/serialize.h>
+
+#include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
+#include "iris/model/model_file.h"
+#include "iris/train/losses.h"
+#include "iris/train/optimizer.h"
+#include "iris/train/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace iris::train {
+
+namespace {
+std::atomic<bool> g_stop_requested{false};
+extern "C" void on_stop_signal(int) { g_stop_requested = true; }
+const char* kCheckpointFormat = "iris-train-checkpoint-v1";
+}  // namespace
+
+struct Trainer::OptimizerHolder {
+  std::unique_ptr<Optimizer> optimizer;
+  std::unique_ptr<GradientSynchronizer> sync;
+  std::vector<at::Tensor> trainable;
+};
+
+void Trainer::install_signal_handlers() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
+}
+void Trainer::request_stop() { g_stop_requested = true; }
+
+Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap resolved,
+                 data::EpisodeSampler train_sampler, std::optional<data::EpisodeSampler> val_sampler,
+                 std::vector<std::string> class_names, Communicator& comm)
+    : config_(std::move(config)),
+      model_config_(std::move(model_config)),
+      resolved_(std::move(resolved)),
+      train_sampler_(std::move(train_sampler)),
+      val_sampler_(std::move(val_sampler)),
+      class_names_(std::move(class_names)),
+      comm_(comm) {
+  if (config_.batch % comm_.size() != 0)
+    throw Error("train.batch", "global batch " + std::to_string(config_.batch) + " is not divisible by " +
+                                   std::to_string(comm_.size()) + " ranks");
+  local_batch_ = config_.batch / comm_.size();
+  if (static_cast<long>(class_names_.size()) > model_config_.memory_bank_size)
+    throw Error("model.memory_bank_size", "the datasets name " + std::to_string(class_names_.size()) +
+                                              " classes but the memory bank holds " +
+                                              std::to_string(model_config_.memory_bank_size));
+  at::manual_seed(static_cast<uint64_t>(config_.seed));
+  net_ = model::IrisNet(model_config_);
+  net_->to(c10::Device(config_.device));
+  // Every rank starts from rank 0's weights.
+  std::vector<at::Tensor> state;
+  for (auto& p : net_->parameters()) state.push_back(p.data());
+  for (auto& b : net_->buffers()) state.push_back(b);
+  comm_.broadcast(state);
+  build_optimizer();
+  if (config_.weight_ema > 0)
+    for (const auto& p : net_->named_parameters()) ema_.emplace_back(p.key(), p.value().detach().clone());
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::build_optimizer() {
+  std::vector<std::regex> patterns;
+  auto rules = config_.param_groups;
+  std::sort(rules.begin(), rules.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  for (const auto& r : rules) {
+    try {
+      patterns.emplace_back(r.pattern);
+    } catch (const std::regex_error&) {
+      throw Error("train.param_groups." + r.name + ".pattern", "not a valid regular expression: " + r.pattern);
+    }
+  }
+  std::vector<ParamGroup> groups(rules.size() + 1);
+  groups.back().name = "default";
+  groups.back().weight_decay = config_.weight_decay;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    groups[i].name = rules[i].name;
+    groups[i].lr_scale = rules[i].lr_scale;
+    groups[i].weight_decay = rules[i].weight_decay >= 0 ? rules[i].weight_decay : config_.weight_decay;
+  }
+  opt_ = std::make_unique<OptimizerHolder>();
+  for (auto& p : net_->named_parameters()) {
+    size_t g = rules.size();
+    for (size_t i = 0; i < rules.size(); ++i)
+      if (std::regex_search(p.key(), patterns[i])) {
+        g = i;
+        break;
+      }
+    if (g < rules.size() && rules[g].freeze) {
+      p.value().set_requires_grad(false);
+      continue;
+    }
+    groups[g].params.push_back(p.value());
+    groups[g].param_names.push_back(p.key());
+    opt_->trainable.push_back(p.value());
+  }
+  std::vector<ParamGroup> nonempty;
+  for (auto& g : groups)
+    if (!g.params.empty()) nonempty.push_back(std::move(g));
+  OptimizerOptions o;
+  o.kind = config_.optimizer;
+  o.eps = config_.optimizer_eps;
+  opt_->optimizer = std::make_unique<Optimizer>(std::move(nonempty), o);
+  opt_->sync = std::make_unique<GradientSynchronizer>(comm_, opt_->trainable);
+}
+
+std::string Trainer::last_checkpoint() const { return (fs::path(config_.output_dir) / "checkpoints" / "last.ckpt").string(); }
+std::string Trainer::final_model_path() const { return (fs::path(config_.output_dir) / "model.iris").string(); }
+
+StepMetrics Trainer::step(long iteration) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const c10::Device device(config_.device);
+  // This rank's share of the global batch: episodes are numbered globally so
+  // that N ranks see exactly the episodes one process would.
+  data::EpisodeBatch b = train_sampler_.sample(iteration * comm_.size() + comm_.rank(), local_batch_);
+  at::Tensor q = b.query.to(device), qm = b.query_masks.to(device);
+  at::Tensor r = b.reference.to(device), rm = b.reference_masks.to(device);
+  at::Tensor valid = b.valid.to(device);
+
+  // Normalise by the global number of valid classes so the all-reduced mean
+  // of gradients equals the single-process gradient.
+  at::Tensor count = valid.sum().reshape({1}).to(at::kFloat).cpu();
+  std::vector<at::Tensor> c{count};
+  if (comm_.size() > 1) {
+    comm_.allreduce_sum_async(c[0])();
+  }
+  const double global_valid = std::max(1.0, c[0].item<double>());
+
+  net_->train();
+  auto ref_features = net_->encode_image(r);
+  auto tokens = net_->encode_task_tokens(ref_features, rm);
+  at::Tensor logits = net_->decode(net_->encode_image(q), tokens);
+  LossWeights w;
+  w.dice = config_.dice_weight;
+  w.bce = config_.bce_weight;
+  LossTerms terms = dice_bce_loss(logits, qm, valid, w);
+  const double local_valid = std::max(1.0, valid.sum().item<double>());
+  // dice_bce_loss averages over this rank's valid classes; rescale to the global count.
+  at::Tensor loss = terms.total * (local_valid / global_valid) * comm_.size();
+  opt_->optimizer->zero_grad();
+  loss.backward();
+  opt_->sync->finish();
+
+  StepMetrics m;
+  m.iteration = iteration;
+  m.grad_norm = clip_grad_norm(opt_->optimizer->groups(), config_.grad_clip);
+  ScheduleOptions s;
+  s.kind = config_.schedule;
+  s.base_lr = config_.lr;
+  s.warmup = config_.warmup;
+  s.total = config_.iterations;
+  s.final_ratio = config_.final_lr_ratio;
+  m.lr = learning_rate(s, iteration);
+  opt_->optimizer->step(m.lr);
+
+  {
+    at::NoGradGuard no_grad;
+    if (!ema_.empty()) {
+      size_t i = 0;
+      for (const auto& p : net_->named_parameters()) ema_[i++].second.mul_(config_.weight_ema).add_(p.value(), 1 - config_.weight_ema);
+    }
+    if (config_.update_memory_bank) {
+      // Gather every rank's tokens and ids so all ranks apply the same
+      // updates in the same (global episode) order.
+      const long B = config_.batch, K = b.class_ids.size(1), off = comm_.rank() * local_batch_;
+      at::Tensor ids = at::zeros({B, K}, at::kLong);
+      ids.narrow(0, off, local_batch_).copy_(b.class_ids + 1);
+      std::vector<at::Tensor> gathered;
+      for (auto& t : tokens) {
+        at::Tensor full = at::zeros({B, t.size(1), t.size(2), t.size(3)}, t.options().dtype(at::kFloat));
+        full.narrow(0, off, local_batch_).copy_(t.detach());
+        gathered.push_back(full);
+      }
+      if (comm_.size() > 1) {
+        at::Tensor idf = ids.to(at::kFloat);
+        comm_.allreduce_sum_async(idf)();
+        ids = idf.round().to(at::kLong);
+        for (auto& g : gathered) comm_.allreduce_sum_async(g)();
+      }
+      net_->update_memory_bank(gathered, ids - 1);
+    }
+  }
+  m.loss = terms.total.item<double>();
+  m.dice_loss = terms.dice.item<double>();
+  m.bce_loss = terms.bce.item<double>();
+  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return m;
+}
+
+double Trainer::validate() {
+  if (!val_sampler_) return std::nan("");
+  at::NoGradGuard no_grad;
+  net_->eval();
+  const c10::Device device(config_.device);
+  double sum = 0;
+  long n = 0;
+  for (long e = 0; e < config_.validation_episodes; ++e) {
+    data::EpisodeBatch b = val_sampler_->sample(e, 1);
+    at::Tensor logits = net_->forward(b.query.to(device), b.reference.to(device), b.reference_masks.to(device)).cpu();
+    at::Tensor pred = logits.gt(0).to(at::kFloat);
+    for (long k = 0; k < b.valid.size(1); ++k) {
+      if (b.valid[0][k].item<float>() < 0.5) continue;
+      at::Tensor p = pred[0][k], t = b.query_masks[0][k];
+      const double denom = (p.sum() + t.sum()).item<double>();
+      sum += denom > 0 ? 2 * (p * t).sum().item<double>() / denom : 1.0;
+      ++n;
+    }
+  }
+  return n ? sum / n : std::nan("");
+}
+
+void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
+  if (comm_.rank() != 0) return;
+  const fs::path dir = fs::path(config_.output_dir) / "checkpoints";
+  fs::create_directories(dir);
+  torch::serialize::OutputArchive a;
+  a.write("format", c10::IValue(std::string(kCheckpointFormat)));
+  a.write("config", c10::IValue(resolved_.to_text()));
+  a.write("iteration", c10::IValue(static_cast<int64_t>(next_iteration)));
+  for (const auto& p : net_->named_parameters()) a.write("param/" + p.key(), p.value().detach().cpu());
+  for (const auto& b : net_->named_buffers()) a.write("buffer/" + b.key(), b.value().cpu(), true);
+  for (const auto& [k, v] : ema_) a.write("ema/" + k, v.cpu());
+  opt_->optimizer->save(a, "optim/");
+  a.write("rng/torch", at::detail::getDefaultCPUGenerator().get_state());
+  const std::string last = (dir / "last.ckpt").string();
+  write_atomically(last, [&](const std::string& tmp) { a.save_to(tmp); });
+  if (final_copy) {
+    std::ostringstream name;
+    name << "iter_" << std::setw(7) << std::setfill('0') << next_iteration << ".ckpt";
+    fs::copy_file(last, dir / name.str(), fs::copy_options::overwrite_existing);
+    // Keep the newest few numbered checkpoints.
+    std::vector<fs::path> numbered;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().rfind("iter_", 0) == 0) numbered.push_back(e.path());
+    std::sort(numbered.begin(), numbered.end());
+    while (static_cast<long>(numbered.size()) > config_.keep_checkpoints) {
+      fs::remove(numbered.front());
+      numbered.erase(numbered.begin());
+    }
+  }
+}
+
+long Trainer::load_checkpoint() {
+  const std::string path = last_checkpoint();
+  if (!fs::exists(path)) throw Error(path, "--resume given but there is no checkpoint to resume from");
+  torch::serialize::InputArchive a;
+  try {
+    a.load_from(path);
+  } catch (const c10::Error&) {
+    throw Error(path, "checkpoint is unreadable (truncated or not an iris checkpoint)");
+  }
+  c10::IValue v;
+  if (!a.try_read("format", v) || !v.isString() || v.toStringRef() != kCheckpointFormat)
+    throw Error(path, "not an iris training checkpoint");
+  a.read("iteration", v);
+  const long iteration = v.toInt();
+  at::NoGradGuard no_grad;
+  for (auto& p : net_->named_parameters()) {
+    at::Tensor t;
+    if (!a.try_read("param/" + p.key(), t)) throw Error(path, "parameter '" + p.key() + "' missing: different architecture?");
+    if (t.sizes() != p.value().sizes()) throw Error(path, "parameter '" + p.key() + "' has another shape: different architecture?");
+    p.value().copy_(t);
+  }
+  for (auto& b : net_->named_buffers()) {
+    at::Tensor t;
+    if (!a.try_read("buffer/" + b.key(), t)) throw Error(path, "buffer '" + b.key() + "' missing");
+    b.value().copy_(t);
+  }
+  for (auto& [k, t] : ema_) {
+    at::Tensor s;
+    if (!a.try_read("ema/" + k, s)) throw Error(path, "EMA weights missing (was weight_ema 0 in that run?)");
+    t.copy_(s);
+  }
+  opt_->optimizer->load(a, "optim/");
+  at::Tensor rng;
+  if (a.try_read("rng/torch", rng)) {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    gen.set_state(rng);
+  }
+  return iteration;
+}
+
+void Trainer::export_model() {
+  if (comm_.rank() != 0) return;
+  model::IrisModel out;
+  out.config = model_config_;
+  out.net = model::IrisNet(model_config_);
+  at::NoGradGuard no_grad;
+  auto src = net_->named_parameters();
+  size_t i = 0;
+  // The EMA weights are the ones to ship (they generalise better).
+  for (auto& p : out.net->named_parameters()) {
+    p.value().copy_(ema_.empty() ? src[p.key()] : ema_[i].second);
+    ++i;
+  }
+  auto src_buffers = net_->named_buffers();
+  for (auto& b : out.net->named_buffers()) b.value().copy_(src_buffers[b.key()]);
+  out.class_names = class_names_;
+  out.description = "trained with iris-train (" + config_.output_dir + ")";
+  model::save_model(out, final_model_path());
+}
+
+void Trainer::log(const StepMetrics& m, double val_dice) {
+  if (comm_.rank() != 0) return;
+  fs::create_directories(config_.output_dir);
+  std::ofstream jl(fs::path(config_.output_dir) / "metrics.jsonl", std::ios::app);
+  jl << "{\"iteration\": " << m.iteration << ", \"loss\": " << m.loss << ", \"dice_loss\": " << m.dice_loss
+     << ", \"bce_loss\": " << m.bce_loss << ", \"lr\": " << m.lr << ", \"grad_norm\": " << m.grad_norm
+     << ", \"seconds\": " << m.seconds;
+  if (!std::isnan(val_dice)) jl << ", \"val_dice\": " << val_dice;
+  jl << "}\n";
+}
+
+TrainOutcome Trainer::run(bool resume) {
+  long start = 0;
+  if (resume) start = load_checkpoint();
+  if (comm_.rank() == 0) {
+    fs::create_directories(config_.output_dir);
+    write_atomically((fs::path(config_.output_dir) / "config.yaml").string(), [&](const std::string& tmp) {
+      std::ofstream(tmp) << "# resolved configuration of this run\n" << resolved_.to_text();
+    });
+  }
+  const auto t_start = std::chrono::steady_clock::now();
+  double rate_seconds = 0;
+  long rate_steps = 0;
+  for (long it = start; it < config_.iterations; ++it) {
+    StepMetrics m = step(it);
+    history_.push_back(m);
+    rate_seconds += m.seconds;
+    ++rate_steps;
+    double val = std::nan("");
+    if (config_.validate_every > 0 && (it + 1) % config_.validate_every == 0) val = validate();
+    if ((it + 1) % config_.log_every == 0 || it + 1 == config_.iterations || !std::isnan(val)) {
+      log(m, val);
+      if (comm_.rank() == 0) {
+        const double per_step = rate_seconds / std::max<long>(1, rate_steps);
+        const double eta = per_step * (config_.iterations - it - 1);
+        std::cerr << "iter " << (it + 1) << "/" << config_.iterations << "  loss " << std::fixed
+                  << std::setprecision(4) << m.loss << " (dice " << m.dice_loss << ", bce " << m.bce_loss << ")  lr "
+                  << std::scientific << std::setprecision(2) << m.lr << std::fixed << "  " << std::setprecision(2)
+                  << 1.0 / per_step << " it/s  ETA " << static_cast<long>(eta) << " s";
+        if (!std::isnan(val)) std::cerr << "  val Dice " << std::setprecision(4) << val;
+        std::cerr << std::endl;
+        rate_seconds = 0;
+        rate_steps = 0;
+      }
+    }
+    // Ranks agree on stopping so none waits in a collective alone.
+    at::Tensor stop = at::full({1}, g_stop_requested || (stop_after_ >= 0 && it + 1 >= stop_after_) ? 1.0f : 0.0f);
+    if (comm_.size() > 1) comm_.allreduce_sum_async(stop)();
+    if (stop.item<float>() > 0 && it + 1 < config_.iterations) {
+      save_checkpoint(it + 1, false);
+      comm_.barrier();
+      return TrainOutcome::kPreempted;
+    }
+    if (config_.checkpoint_every > 0 && (it + 1) % config_.checkpoint_every == 0) save_checkpoint(it + 1, true);
+  }
+  save_checkpoint(config_.iterations, true);
+  export_model();
+  comm_.barrier();
+  (void)t_start;
+  return TrainOutcome::kFinished;
+}
+
+}  // namespace iris::train
