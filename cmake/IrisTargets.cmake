@@ -58,9 +58,9 @@ if(("${TORCH_LIBRARIES}" MATCHES "cuda" OR TARGET c10_cuda) AND TARGET iris_trai
 endif()
 set(IRIS_CORE_DEPS iris_common iris_model iris_data iris_train)
 if(IRIS_WITH_ITK)
-  iris_add_area(io iris_common ${ITK_LIBRARIES})
+  iris_add_area(io iris_common iris_data ${ITK_LIBRARIES})
   iris_add_area(eval iris_io)
-  iris_add_area(infer iris_model iris_data iris_io)
+  iris_add_area(infer iris_model iris_data iris_io iris_train)
   list(APPEND IRIS_CORE_DEPS iris_io iris_eval iris_infer)
 endif()
 
