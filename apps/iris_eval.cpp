@@ -1,6 +1,7 @@
 // iris-eval: segmentation metrics of a prediction folder against a reference
-// folder (nnU-Net summary.json + CSV + console table), and a synthetic speed
-// benchmark ("iris-eval bench").
+// folder (nnU-Net summary.json + CSV + console table + HTML report), the RSNA
+// 2025 aneurysm metric ("iris-eval rsna") and a synthetic speed benchmark
+// ("iris-eval bench").
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -13,6 +14,8 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/eval/evaluation.h"
+#include "iris/eval/report.h"
+#include "iris/eval/rsna.h"
 
 namespace {
 
@@ -62,14 +65,18 @@ double run_benchmark(int64_t nx, int64_t ny, int64_t nz, int labels) {
 
 int main(int argc, char** argv) {
   return iris::app::run_main("iris-eval", [&]() -> int {
-    CLI::App app{"Segmentation metrics (nnU-Net summary.json, CSV, console table)"};
-    std::string reference, prediction, output, csv_path, labels_text, label_names_path;
+    CLI::App app{"Segmentation metrics (nnU-Net summary.json, CSV, console table, HTML report); RSNA 2025 AUC"};
+    std::string reference, prediction, output, csv_path, labels_text, label_names_path, html_dir,
+        image;
     double tolerance_mm = 2.0;
     int threads = 0;
     app.add_option("--reference", reference, "Reference label map, or folder of them");
     app.add_option("--prediction", prediction, "Predicted label map, or folder (matched by case name)");
     app.add_option("--output", output, "summary.json to write (nnU-Net v2 schema + extra metrics)");
     app.add_option("--csv", csv_path, "CSV with one row per case x label");
+    auto* html_opt = app.add_option("--html", html_dir, "Folder for an HTML report (index.html + PNG slices)");
+    app.add_option("--image", image, "Image under the report's outlines: file, or folder matched by case name")
+        ->needs(html_opt);
     auto* labels_opt = app.add_option("--labels", labels_text, "Labels to evaluate, e.g. 1,2,3 (default: all found)");
     app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines")->excludes(labels_opt);
     app.add_option("--tolerance-mm", tolerance_mm, "Tolerance of the normalised surface Dice (mm)")
@@ -83,6 +90,11 @@ int main(int argc, char** argv) {
     bench->add_option("--size-y", by);
     bench->add_option("--size-z", bz);
     bench->add_option("--labels", blabels);
+    auto* rsna = app.add_subcommand("rsna", "RSNA 2025 aneurysm metric: weighted mean of per-column ROC AUC");
+    std::string rsna_predictions, rsna_truth, rsna_output;
+    rsna->add_option("--predictions", rsna_predictions, "CSV: SeriesInstanceUID + 14 label columns")->required();
+    rsna->add_option("--truth", rsna_truth, "CSV: SeriesInstanceUID + 14 label columns (0/1)")->required();
+    rsna->add_option("--output", rsna_output, "JSON file to write");
     app.require_subcommand(0, 1);
     try {
       app.parse(argc, argv);
@@ -92,6 +104,14 @@ int main(int argc, char** argv) {
     iris::app::configure_threads(threads);
     if (bench->parsed()) {
       run_benchmark(bx, by, bz, blabels);
+      return iris::app::kOk;
+    }
+    if (rsna->parsed()) {
+      const auto score = iris::eval::score_rsna(iris::eval::read_csv(rsna_predictions),
+                                                iris::eval::read_csv(rsna_truth));
+      for (const auto& warning : score.warnings) iris::app::log_warn(warning);
+      if (!rsna_output.empty()) write_text(rsna_output, iris::eval::rsna_json(score));
+      std::cout << iris::eval::rsna_console_table(score);
       return iris::app::kOk;
     }
     if (reference.empty() || prediction.empty() || output.empty()) {
@@ -107,8 +127,12 @@ int main(int argc, char** argv) {
       for (const auto& entry : options.label_names) options.labels.push_back(entry.first);
     }
     const auto pairs = iris::eval::match_cases(reference, prediction);
+    // Checked before the (long) evaluation so a missing image fails fast.
+    iris::eval::match_images(image, pairs);
     iris::app::log_info("evaluating " + std::to_string(pairs.size()) + " case(s)");
     const auto summary = iris::eval::evaluate(pairs, options);
+    // The report comes first: when it fails, no summary.json claims success.
+    if (!html_dir.empty()) iris::eval::write_html_report(summary, html_dir, {image});
     write_text(output, iris::eval::summary_json(summary));
     if (!csv_path.empty()) write_text(csv_path, iris::eval::metrics_csv(summary));
     std::cout << iris::eval::console_table(summary);

@@ -80,5 +80,7 @@ std::map<int32_t, std::string> read_label_names(const std::string& path);
 
 // Python-json style number: shortest round trip, NaN/Infinity/-Infinity spelled as Python does.
 std::string json_number(double value);
+// JSON string literal with quotes and escapes.
+std::string json_string(const std::string& text);
 
 }  // namespace iris::eval
