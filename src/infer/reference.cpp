@@ -66,3 +66,82 @@ model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& 
 }
 
 }  // namespace iris::infer
+
+namespace iris::infer {
+
+namespace {
+
+// Bounding box [lo, hi] per axis of the non-zero voxels of a 3-D mask; false when empty.
+bool bounding_box(const at::Tensor& mask, std::array<long, 3>& lo, std::array<long, 3>& hi) {
+  at::Tensor nz = at::nonzero(mask);
+  if (nz.size(0) == 0) return false;
+  at::Tensor mn = std::get<0>(nz.min(0)), mx = std::get<0>(nz.max(0));
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = mn[a].item<long>();
+    hi[a] = mx[a].item<long>();
+  }
+  return true;
+}
+
+}  // namespace
+
+MaskedWindow crop_around_masks(const at::Tensor& volume, const at::Tensor& masks, long max_window) {
+  if (volume.dim() != 3 || masks.dim() != 4 || masks.sizes().slice(1) != volume.sizes())
+    throw Error("masks", "expected volume [Z, Y, X] and masks [K, Z, Y, X] of the same size");
+  const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
+  const auto win = window_shape(size, max_window);
+  at::Tensor v = pad_to(volume.to(at::kFloat), win);
+  at::Tensor m = pad_to(masks.to(at::kFloat), win);
+  std::array<long, 3> lo{}, hi{}, start{};
+  if (!bounding_box(m.amax(0), lo, hi)) throw Error("masks", "are empty: nothing to crop around");
+  for (int a = 0; a < 3; ++a) {
+    const long centred = (lo[a] + hi[a] + 1) / 2 - win[a] / 2;
+    start[a] = std::max<long>(0, std::min(centred, v.size(a) - win[a]));
+  }
+  using torch::indexing::Slice;
+  auto crop = [&](const at::Tensor& t) {
+    return t.index({"...", Slice(start[0], start[0] + win[0]), Slice(start[1], start[1] + win[1]),
+                    Slice(start[2], start[2] + win[2])});
+  };
+  return {crop(v).unsqueeze(0).unsqueeze(0).contiguous(), crop(m).unsqueeze(0).contiguous()};
+}
+
+model::TaskEmbedding encode_masks(model::IrisNetImpl& net, const at::Tensor& volume, const at::Tensor& masks,
+                                  const c10::Device& device, const std::string& fingerprint) {
+  const long K = masks.size(0);
+  const long window = net.config().max_patch_size;
+  const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
+  const auto win = window_shape(size, window);
+  std::array<long, 3> lo{}, hi{};
+  for (long k = 0; k < K; ++k)
+    if (!bounding_box(masks[k], lo, hi))
+      throw Error("masks", "class " + std::to_string(k) + " is empty: it needs at least one voxel");
+  bounding_box(masks.amax(0), lo, hi);
+  bool fits = true;
+  for (int a = 0; a < 3; ++a) fits = fits && hi[a] - lo[a] + 1 <= win[a];
+
+  torch::NoGradGuard no_grad;
+  auto encode_window = [&](const MaskedWindow& w) {
+    return model::encode_task(net, w.image.to(device), w.masks.to(device), fingerprint).to(c10::Device(c10::kCPU));
+  };
+  model::TaskEmbedding task;
+  if (fits || K == 1) {
+    task = encode_window(crop_around_masks(volume, masks, window));
+  } else {
+    // Classes far apart: each gets a window of its own.
+    std::vector<model::TaskEmbedding> parts;
+    for (long k = 0; k < K; ++k) parts.push_back(encode_window(crop_around_masks(volume, masks.narrow(0, k, 1), window)));
+    task = parts[0];
+    for (size_t s = 0; s < task.stages.size(); ++s) {
+      std::vector<at::Tensor> per_class;
+      for (const auto& p : parts) per_class.push_back(p.stages[s]);
+      task.stages[s] = at::cat(per_class, 0);
+    }
+  }
+  task.labels.clear();
+  for (long k = 0; k < K; ++k) task.labels.push_back(k + 1);
+  task.names.assign(K, "");
+  return task;
+}
+
+}  // namespace iris::infer

