@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   long patch = 0;
   int batch = 1, classes = 3, queries = 1, warmup = 1, repeats = 3, threads = 0;
-  bool backward = true;
+  bool backward = true, channels_last = false;
   cli.add_option("--config", config_path, "model YAML (configs/model/*.yaml)");
   cli.add_option("--preset", preset_name, "model preset when no --config: mass, paper, small, tiny");
   cli.add_option("--set", overrides, "model key=value overrides");
@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   cli.add_option("--device", device_name, "cpu or cuda:N");
   cli.add_option("--threads", threads, "CPU threads (default: all cores)");
   cli.add_flag("!--no-backward", backward, "skip the forward+backward measurement");
+  cli.add_flag("--channels-last", channels_last, "channels-last 3-D conv layout");
   cli.add_option("--output", output, "write the JSON here as well as to stdout");
   CLI11_PARSE(cli, argc, argv);
 
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
     torch::manual_seed(0);
     model::IrisNet net(config);
     net->to(device);
+    net->set_channels_last(channels_last);
     const long n_params = model::count_parameters(*net);
 
     auto opts = torch::TensorOptions().device(device);
@@ -153,7 +155,7 @@ int main(int argc, char** argv) {
 
     std::ostringstream js;
     js << "{\n  \"tool\": \"iris-bench\",\n  \"torch_version\": \"" << TORCH_VERSION << "\",\n"
-       << "  \"device\": \"" << device.str() << "\",\n  \"threads\": " << at::get_num_threads() << ",\n"
+       << "  \"device\": \"" << device.str() << "\",\n  \"threads\": " << at::get_num_threads() << ",\n  \"channels_last\": " << (channels_last ? "true" : "false") << ",\n"
        << "  \"config\": \"" << (config_path.empty() ? "preset:" + preset_name : config_path) << "\",\n"
        << "  \"parameters\": " << n_params << ",\n  \"patch\": " << patch << ",\n  \"batch\": " << batch
        << ",\n  \"classes\": " << classes << ",\n  \"queries\": " << queries << ",\n  \"repeats\": " << repeats

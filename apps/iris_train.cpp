@@ -85,7 +85,6 @@ int main(int argc, char** argv) {
     }
     const model::ModelConfig model_config = model::ModelConfig::from_config(config.subtree("model"));
     const train::TrainConfig train_config = train::TrainConfig::from_config(config.subtree("train"));
-    std::vector<data::DatasetSpec> datasets = data::datasets_from_config(config.subtree("data"));
     if (dump) {
       std::cout << "# resolved configuration (model defaults shown in full)\n";
       ConfigMap shown = config;
@@ -93,6 +92,7 @@ int main(int argc, char** argv) {
       std::cout << shown.to_text();
       return 0;
     }
+    std::vector<data::DatasetSpec> datasets = data::datasets_from_config(config.subtree("data"));
     app::configure_threads(train_config.threads);
     const train::DistributedEnv env = train::DistributedEnv::from_environment();
     auto comm = train::make_communicator(env, train_config.distributed, train_config.device.rfind("cuda", 0) == 0);

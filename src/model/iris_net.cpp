@@ -34,9 +34,17 @@ void IrisNetImpl::check_input(const at::Tensor& image, const char* what) const {
   }
 }
 
+void IrisNetImpl::set_channels_last(bool enabled) {
+  channels_last_ = enabled;
+  const auto format = enabled ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Contiguous;
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters())
+    if (p.dim() == 5) p.set_data(p.data().contiguous(format));
+}
+
 std::vector<at::Tensor> IrisNetImpl::encode_image(const at::Tensor& image) {
   check_input(image, "image");
-  return encoder->forward(image);
+  return encoder->forward(channels_last_ ? image.contiguous(at::MemoryFormat::ChannelsLast3d) : image);
 }
 
 std::vector<at::Tensor> IrisNetImpl::encode_task_tokens(const std::vector<at::Tensor>& features,

@@ -62,6 +62,7 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
   at::manual_seed(static_cast<uint64_t>(config_.seed));
   net_ = model::IrisNet(model_config_);
   net_->to(c10::Device(config_.device));
+  net_->set_channels_last(true);
   // Every rank starts from rank 0's weights.
   std::vector<at::Tensor> state;
   for (auto& p : net_->parameters()) state.push_back(p.data());

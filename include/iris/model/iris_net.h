@@ -43,6 +43,12 @@ class IrisNetImpl : public torch::nn::Module {
 
   const ModelConfig& config() const { return config_; }
 
+  // Stores conv weights (and feeds images) in channels-last 3-D layout, which
+  // lets LibTorch take the oneDNN convolution kernels on CPU (about 3x faster
+  // on Debian's LibTorch 1.13) and cuDNN's NDHWC kernels on GPU.
+  void set_channels_last(bool enabled);
+  bool channels_last() const { return channels_last_; }
+
   Encoder encoder{nullptr};
   Decoder decoder{nullptr};
   torch::nn::ModuleList task_embedding{nullptr};
@@ -51,6 +57,7 @@ class IrisNetImpl : public torch::nn::Module {
 
  private:
   ModelConfig config_;
+  bool channels_last_ = false;
 };
 TORCH_MODULE(IrisNet);
 
