@@ -30,6 +30,7 @@
 #include "iris/infer/tuning.h"
 #include "iris/io/dicom.h"
 #include "iris/io/image_io.h"
+#include "iris/io/preprocess.h"
 #include "iris/model/model_file.h"
 
 using namespace iris;
@@ -173,7 +174,7 @@ int main(int argc, char** argv) {
   CLI::App cli{"iris-infer: in-context segmentation of 3-D medical images"};
   cli.require_subcommand(0, 1);
   std::string model_path, query, output, probabilities, task_path, labels_text, classes_text, series;
-  std::string preprocess = "none", device_name = "cpu", report_path, strategy, pool_dir, tuned_task_out;
+  std::string preprocess = "model", device_name = "cpu", report_path, strategy, pool_dir, tuned_task_out;
   std::string reference_modality, query_modality, similarity_name = "all-tokens";
   std::vector<std::string> references, reference_masks;
   double overlap = 0.5, threshold = 0.5, tune_lr = 1e-2;
@@ -187,7 +188,7 @@ int main(int argc, char** argv) {
     app->add_option("--reference", references, "reference image (repeat for a context ensemble)");
     app->add_option("--reference-mask", reference_masks, "reference label map, one per --reference");
     app->add_option("--labels", labels_text, "label values to segment, e.g. 1,3 (default: all in the reference)");
-    app->add_option("--preprocess", preprocess, "intensity scheme: none, zscore, mr, ct, ct-brain, ct-abdomen");
+    app->add_option("--preprocess", preprocess, "model (the preprocessing stored in the model file: reorient, resample, crop, intensity, inverted on output), none, or an intensity scheme only: zscore, mr, ct, ct-brain, ct-abdomen");
     app->add_option("--device", device_name, "cpu or cuda:N");
     app->add_option("--threads", threads, "CPU threads (default: all cores)");
     app->add_flag("--quiet", quiet, "no progress output");
@@ -255,6 +256,29 @@ int main(int argc, char** argv) {
     model.net->eval();
     timings.add("load_model", t0);
 
+    // --preprocess model: the model's own spatial steps run on every input
+    // and are inverted on every output; the intensity step is applied by
+    // the rest of the pipeline through `preprocess`.
+    std::optional<io::PreprocessConfig> spatial;
+    if (preprocess == "model") {
+      if (model.preprocess.empty()) {
+        preprocess = "none";
+      } else {
+        spatial = io::PreprocessConfig::from_config(ConfigMap::parse_text(model.preprocess, model_path + " (preprocess)"));
+        preprocess = spatial->intensity;
+        spatial->intensity = "none";
+      }
+    }
+    auto to_model_space = [&](const io::Image& image) {
+      io::PreprocessedImage pre = io::preprocess(image, *spatial);
+      io::Image out;
+      out.voxels = pre.voxels;
+      out.geometry = pre.geometry;
+      out.source = image.source;
+      out.warnings = image.warnings;
+      return std::make_pair(out, pre);
+    };
+
     if (references.size() != reference_masks.size())
       throw Error("--reference-mask", "give one --reference-mask per --reference (" + std::to_string(references.size()) +
                                           " images, " + std::to_string(reference_masks.size()) + " masks)");
@@ -266,6 +290,14 @@ int main(int argc, char** argv) {
     auto read_reference = [&](size_t i) {
       auto t = Clock::now();
       ReferencePair pair{io::read_image(references[i]), io::read_labels(reference_masks[i])};
+      if (spatial) {
+        io::check_same_grid(pair.image, pair.mask);
+        auto [image, pre] = to_model_space(pair.image);
+        io::PreprocessedImage mask = io::preprocess_labels(pair.mask, pre);
+        pair.image = image;
+        pair.mask.voxels = mask.voxels;
+        pair.mask.geometry = mask.geometry;
+      }
       for (const auto& w : pair.image.warnings) warn(references[i] + ": " + w);
       timings.add("read", t);
       const auto values = infer::reference_label_values(pair.mask, labels.empty() ? requested : labels);
@@ -459,6 +491,12 @@ int main(int argc, char** argv) {
       for (const auto& w : q.warnings) warn(in + ": " + w);
       timings.add("read", t);
       t = Clock::now();
+      std::optional<io::PreprocessedImage> q_pre;
+      if (spatial) {
+        auto [image, pre] = to_model_space(q);
+        q_pre = pre;
+        q.voxels = image.voxels;
+      }
       at::Tensor volume = data::normalise_intensity(q.voxels, preprocess);
       timings.add("preprocess", t);
 
@@ -507,6 +545,11 @@ int main(int argc, char** argv) {
       lab = infer::postprocess_labels(lab, query_task.labels, post);
       timings.add("postprocess", t);
       t = Clock::now();
+      if (q_pre) {
+        // Back onto the query's own grid (DICOM included).
+        lab = io::invert_to_source(lab, *q_pre, true).voxels;
+        probs = io::invert_to_source(probs, *q_pre, false).voxels;
+      }
       io::Image label_image;
       label_image.geometry = q.geometry;  // the query's grid, DICOM included
       long max_label = 0;

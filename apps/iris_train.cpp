@@ -17,6 +17,7 @@
 #include "iris/train/trainer.h"
 #ifdef IRIS_HAVE_ITK
 #include "iris/io/image_io.h"
+#include "iris/io/preprocess.h"
 #endif
 
 using namespace iris;
@@ -30,11 +31,24 @@ std::string intensity_for(const data::DatasetSpec& d) {
   return "mr";  // MR, PET and anything else: percentile clip + z-score
 }
 
+// Spatial preprocessing (reorient, resample, crop) from the config's
+// preprocess section; unset = voxels as they are on disk.
+#ifdef IRIS_HAVE_ITK
+std::optional<io::PreprocessConfig> g_spatial;
+#endif
+
 data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) {
 #ifdef IRIS_HAVE_ITK
   io::Image image = io::read_image(c.image);
   io::Image labels = io::read_labels(c.labels);
   io::check_same_grid(image, labels);
+  if (g_spatial) {
+    io::PreprocessedImage pre = io::preprocess(image, *g_spatial);
+    io::PreprocessedImage lab = io::preprocess_labels(labels, pre);
+    image.voxels = pre.voxels;
+    image.geometry = pre.geometry;
+    labels.voxels = lab.voxels;
+  }
   data::CaseVolume v;
   v.name = c.name;
   v.image = data::normalise_intensity(image.voxels, intensity_for(d));
@@ -56,7 +70,7 @@ data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) 
 #endif
 }
 
-const std::vector<std::string> kTopLevel{"model", "train", "data"};
+const std::vector<std::string> kTopLevel{"model", "train", "data", "preprocess"};
 
 }  // namespace
 
@@ -77,7 +91,7 @@ int main(int argc, char** argv) {
     for (const auto& [k, v] : config.entries()) {
       const std::string top = k.substr(0, k.find('.'));
       if (std::find(kTopLevel.begin(), kTopLevel.end(), top) == kTopLevel.end() || k.find('.') == std::string::npos) {
-        std::string msg = "unknown top-level key '" + top + "' (known: model, train, data)";
+        std::string msg = "unknown top-level key '" + top + "' (known: model, train, data, preprocess)";
         const std::string hint = nearest_word(top, kTopLevel);
         if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
         throw Error(config.origin(k).empty() ? k : config.origin(k), msg);
@@ -93,6 +107,23 @@ int main(int argc, char** argv) {
       return 0;
     }
     std::vector<data::DatasetSpec> datasets = data::datasets_from_config(config.subtree("data"));
+    {
+      // The exported model records the full preprocessing (spatial steps +
+      // the first dataset's intensity scheme) so iris-infer can repeat it.
+      ConfigMap pre = config.subtree("preprocess");
+#ifdef IRIS_HAVE_ITK
+      if (!pre.entries().empty()) {
+        g_spatial = io::PreprocessConfig::from_config(pre);
+        io::PreprocessConfig stored = *g_spatial;
+        stored.intensity = intensity_for(datasets.front());
+        g_spatial->intensity = "none";  // intensity is applied per dataset
+        for (const auto& [k, v] : stored.to_config().entries()) config.set("preprocess." + k, v, "resolved");
+      }
+#else
+      if (!pre.entries().empty())
+        throw Error("preprocess", "this build has no ITK: preprocess the data into a cache on a machine with ITK");
+#endif
+    }
     app::configure_threads(train_config.threads);
     const train::DistributedEnv env = train::DistributedEnv::from_environment();
     auto comm = train::make_communicator(env, train_config.distributed, train_config.device.rfind("cuda", 0) == 0);

@@ -51,6 +51,7 @@ void save_model(IrisModel& model, const std::string& path) {
   archive.write("num_class_names", c10::IValue(static_cast<int64_t>(model.class_names.size())));
   archive.write("fingerprint", c10::IValue(model.fingerprint));
   archive.write("description", c10::IValue(model.description));
+  archive.write("preprocess", c10::IValue(model.preprocess));
   torch::NoGradGuard no_grad;
   for (const auto& p : model.net->named_parameters()) archive.write("param/" + p.key(), p.value().to(at::kCPU), false);
   for (const auto& b : model.net->named_buffers()) archive.write("buffer/" + b.key(), b.value().to(at::kCPU), true);
@@ -85,6 +86,7 @@ IrisModel load_model(const std::string& path) {
   archive.read("fingerprint", v);
   model.fingerprint = v.toStringRef();
   if (archive.try_read("description", v)) model.description = v.toStringRef();
+  if (archive.try_read("preprocess", v)) model.preprocess = v.toStringRef();
   model.net = IrisNet(model.config);
   torch::NoGradGuard no_grad;
   for (auto& p : model.net->named_parameters()) {

@@ -313,6 +313,7 @@ void Trainer::export_model() {
   for (auto& b : out.net->named_buffers()) b.value().copy_(src_buffers[b.key()]);
   out.class_names = class_names_;
   out.description = "trained with iris-train (" + config_.output_dir + ")";
+  out.preprocess = resolved_.subtree("preprocess").to_text();
   model::save_model(out, final_model_path());
 }
 

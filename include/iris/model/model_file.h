@@ -16,6 +16,9 @@ struct IrisModel {
   std::vector<std::string> class_names;
   std::string fingerprint;
   std::string description;  // free text: where the weights came from
+  // Preprocessing the network was trained with (io::PreprocessConfig keys as
+  // "key: value" text); empty = feed voxels unchanged.
+  std::string preprocess;
 };
 
 // Fingerprint of a network's weights and architecture (64-bit hash, hex).
