@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
     if (dump) {
       std::cout << "# resolved configuration (model defaults shown in full)\n";
       ConfigMap shown = config;
-      for (const auto& [k, v] : model_config.to_config().entries()) shown.set("model." + k, v);
+      const ConfigMap model_keys = model_config.to_config();
+      for (const auto& [k, v] : model_keys.entries()) shown.set("model." + k, v);
       std::cout << shown.to_text();
       return 0;
     }
@@ -117,7 +118,8 @@ int main(int argc, char** argv) {
         io::PreprocessConfig stored = *g_spatial;
         stored.intensity = intensity_for(datasets.front());
         g_spatial->intensity = "none";  // intensity is applied per dataset
-        for (const auto& [k, v] : stored.to_config().entries()) config.set("preprocess." + k, v, "resolved");
+        const ConfigMap stored_keys = stored.to_config();
+        for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
       }
 #else
       if (!pre.entries().empty())

@@ -1,0 +1,106 @@
+// iris-labels: small label-map utilities for preparing references and
+// baselines without leaving iris:
+//   threshold  IMG > value            -> binary label map
+//   map        relabel value ranges   ("91-116:2,77-78:3"; others -> 0)
+//   resample   onto another image's grid through world coordinates (nearest)
+//   otsu       Otsu threshold of an image (a baseline that needs no learning)
+#include <iostream>
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <ATen/ATen.h>
+
+#include "common/app_common.h"
+#include "iris/common/error.h"
+#include "iris/io/image_io.h"
+#include "iris/io/resample.h"
+
+using namespace iris;
+
+namespace {
+
+io::Image as_labels(const io::Image& like, const at::Tensor& voxels) {
+  io::Image out;
+  out.geometry = like.geometry;
+  out.voxels = voxels.to(voxels.max().item<long>() < 256 ? at::kByte : at::kShort);
+  return out;
+}
+
+// Otsu's threshold on a 256-bin histogram of the non-constant range.
+double otsu_threshold(const at::Tensor& volume) {
+  at::Tensor v = volume.to(at::kDouble).reshape({-1});
+  const double lo = v.min().item<double>(), hi = v.max().item<double>();
+  if (hi <= lo) throw Error("otsu", "the image is constant");
+  at::Tensor hist = at::histc(v, 256, lo, hi);
+  at::Tensor p = hist / hist.sum();
+  at::Tensor centres = lo + (at::arange(256, at::kDouble) + 0.5) * (hi - lo) / 256;
+  at::Tensor w0 = p.cumsum(0), mu0 = (p * centres).cumsum(0);
+  const double mu = mu0[-1].item<double>();
+  at::Tensor between = (mu * w0 - mu0).pow(2) / (w0 * (1 - w0)).clamp_min(1e-12);
+  const long best = between.argmax().item<long>();
+  return centres[best].item<double>() + 0.5 * (hi - lo) / 256;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"iris-labels: label-map utilities"};
+  cli.require_subcommand(1);
+  std::string input, output, like, mapping;
+  double value = 0;
+  auto* threshold = cli.add_subcommand("threshold", "voxels above --above become 1");
+  threshold->add_option("--input", input)->required();
+  threshold->add_option("--above", value)->required();
+  threshold->add_option("--output", output)->required();
+  auto* map = cli.add_subcommand("map", "relabel: --map 'LO-HI:NEW,V:NEW'; unlisted values become 0");
+  map->add_option("--input", input)->required();
+  map->add_option("--map", mapping)->required();
+  map->add_option("--output", output)->required();
+  auto* resample = cli.add_subcommand("resample", "nearest-neighbour resampling onto --like's grid");
+  resample->add_option("--input", input)->required();
+  resample->add_option("--like", like)->required();
+  resample->add_option("--output", output)->required();
+  auto* otsu = cli.add_subcommand("otsu", "Otsu threshold of an image -> binary label map");
+  otsu->add_option("--input", input)->required();
+  otsu->add_option("--output", output)->required();
+  CLI11_PARSE(cli, argc, argv);
+
+  return app::run_main("iris-labels", [&]() -> int {
+    if (threshold->parsed()) {
+      io::Image img = io::read_image(input);
+      io::write_image(as_labels(img, img.voxels.gt(value).to(at::kInt)), output);
+    } else if (map->parsed()) {
+      io::Image lab = io::read_labels(input);
+      at::Tensor out = at::zeros_like(lab.voxels);
+      std::stringstream ss(mapping);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        const auto colon = item.find(':');
+        if (colon == std::string::npos) throw Error("--map", "expected LO-HI:NEW or V:NEW, got '" + item + "'");
+        const std::string range = item.substr(0, colon);
+        const auto dash = range.find('-', 1);
+        long lo, hi, target;
+        try {
+          lo = std::stol(range.substr(0, dash));
+          hi = dash == std::string::npos ? lo : std::stol(range.substr(dash + 1));
+          target = std::stol(item.substr(colon + 1));
+        } catch (const std::exception&) {
+          throw Error("--map", "not integers in '" + item + "'");
+        }
+        out.masked_fill_(lab.voxels.ge(lo) & lab.voxels.le(hi), target);
+      }
+      io::write_image(as_labels(lab, out), output);
+    } else if (resample->parsed()) {
+      io::Image lab = io::read_labels(input);
+      io::Image target = io::read_image(like);
+      at::Tensor out = io::resample_voxels(lab.voxels, lab.geometry, target.geometry, io::Interpolation::kNearest);
+      io::write_image(as_labels(target, out.to(at::kInt)), output);
+    } else if (otsu->parsed()) {
+      io::Image img = io::read_image(input);
+      const double t = otsu_threshold(img.voxels);
+      std::cerr << "iris-labels: Otsu threshold " << t << "\n";
+      io::write_image(as_labels(img, img.voxels.gt(t).to(at::kInt)), output);
+    }
+    return 0;
+  });
+}
