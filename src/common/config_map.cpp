@@ -95,13 +95,83 @@ void ConfigMap::apply_override(const std::string& assignment) {
   set(trim(assignment.substr(0, eq)), unquote(trim(assignment.substr(eq + 1))), "--set");
 }
 
+namespace {
+// Splits "a: 1, b: [1, 2], c: x" at top-level commas.
+std::vector<std::string> split_flow_items(const std::string& body) {
+  std::vector<std::string> items;
+  int depth = 0;
+  std::string cur;
+  for (char ch : body) {
+    if (ch == '[' || ch == '{') ++depth;
+    if (ch == ']' || ch == '}') --depth;
+    if (ch == ',' && depth == 0) {
+      items.push_back(trim(cur));
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  if (!trim(cur).empty()) items.push_back(trim(cur));
+  return items;
+}
+// "[a, 'b']" -> "[a, b]", the form yaml-cpp's reader produces.
+std::string normalise_flow_list(const std::string& value) {
+  if (value.size() < 2 || value.front() != '[' || value.back() != ']') return value;
+  std::string out = "[";
+  const auto items = split_flow_items(value.substr(1, value.size() - 2));
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + unquote(items[i]);
+  return out + "]";
+}
+}  // namespace
+
+// Without yaml-cpp (the GPU-only build), the block-mapping subset of YAML that
+// iris configs use: nested "key:" maps by indentation, scalars, flow lists
+// [a, b] and one-level flow maps {k: v}. Anything else is refused clearly.
+ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::string& path) {
+  std::istringstream f(text);
+  ConfigMap m;
+  std::vector<std::pair<size_t, std::string>> stack;  // (indent, key prefix)
+  std::string line;
+  int number = 0;
+  while (std::getline(f, line)) {
+    ++number;
+    const std::string where = path + ":" + std::to_string(number);
+    const auto hash = line.find(" #");
+    if (hash != std::string::npos) line = line.substr(0, hash);
+    if (!line.empty() && trim(line).rfind("#", 0) == 0) continue;
+    if (trim(line).empty()) continue;
+    const size_t indent = line.find_first_not_of(' ');
+    const std::string body = trim(line);
+    if (body.rfind("- ", 0) == 0) throw Error(where, "block lists are not supported without yaml-cpp; write [a, b]");
+    const auto colon = body.find(':');
+    if (colon == std::string::npos) throw Error(where, "expected 'key: value', got '" + body + "'");
+    while (!stack.empty() && stack.back().first >= indent) stack.pop_back();
+    const std::string prefix = stack.empty() ? "" : stack.back().second + ".";
+    const std::string key = prefix + trim(body.substr(0, colon));
+    const std::string value = trim(body.substr(colon + 1));
+    if (value.empty()) {
+      stack.emplace_back(indent, key);
+    } else if (value.front() == '{') {
+      if (value.back() != '}') throw Error(where, "flow map must end on the same line");
+      for (const auto& item : split_flow_items(value.substr(1, value.size() - 2))) {
+        const auto c = item.find(':');
+        if (c == std::string::npos) throw Error(where, "expected 'key: value' in '" + item + "'");
+        m.set(key + "." + trim(item.substr(0, c)), normalise_flow_list(unquote(trim(item.substr(c + 1)))), path);
+      }
+    } else {
+      m.set(key, normalise_flow_list(unquote(value)), path);
+    }
+  }
+  return m;
+}
+
 #ifndef IRIS_HAVE_YAML
 ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw Error(path, "cannot open configuration file");
   std::stringstream ss;
   ss << f.rdbuf();
-  return parse_text(ss.str(), path);
+  return parse_yaml_subset(ss.str(), path);
 }
 #endif
 

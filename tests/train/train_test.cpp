@@ -375,3 +375,26 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   EXPECT_LT(diff, 1e-4);
   fs::remove_all(dir);
 }
+
+TEST(Trainer, TransferConfigsFreezeAndScaleParameterGroups) {
+  auto comm = train::make_communicator({}, "none", false);
+  const std::string dir = std::string(IRIS_SOURCE_DIR) + "/configs/train/";
+  auto stage1 = train::TrainConfig::from_config(ConfigMap::load_yaml_file(dir + "transfer_stage1_frozen_encoder.yaml").subtree("train"));
+  stage1.output_dir = temp_dir("transfer").string();
+  stage1.episodes.patch = 32;
+  train::Trainer t(stage1, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), stage1.episodes, 0),
+                   std::nullopt, {"outer", "core"}, *comm);
+  long frozen = 0, trainable = 0;
+  for (const auto& p : t.net()->named_parameters()) {
+    const bool encoder = p.key().rfind("encoder.", 0) == 0;
+    EXPECT_EQ(p.value().requires_grad(), !encoder) << p.key();
+    (encoder ? frozen : trainable)++;
+  }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(trainable, 0);
+  auto stage2 = train::TrainConfig::from_config(ConfigMap::load_yaml_file(dir + "transfer_stage2_deep_encoder.yaml").subtree("train"));
+  ASSERT_EQ(stage2.param_groups.size(), 2u);
+  EXPECT_DOUBLE_EQ(stage2.param_groups[0].lr_scale, 0.01);
+  EXPECT_TRUE(stage2.param_groups[1].freeze);
+  fs::remove_all(stage1.output_dir);
+}

@@ -30,6 +30,11 @@ class ConfigMap {
   // "key=value" as given on a command line.
   void apply_override(const std::string& assignment);
 
+  // The block-mapping subset of YAML iris configs use (nested maps by
+  // indentation, scalars, [a, b] lists, one-level {k: v} maps), for builds
+  // without yaml-cpp.
+  static ConfigMap parse_yaml_subset(const std::string& text, const std::string& origin);
+
   // Reads a YAML file, flattening nested maps into dotted keys (needs yaml-cpp;
   // without it, only the flat subset that parse_text understands).
   static ConfigMap load_yaml_file(const std::string& path);
