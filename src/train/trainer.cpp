@@ -55,6 +55,9 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
     throw Error("train.batch", "global batch " + std::to_string(config_.batch) + " is not divisible by " +
                                    std::to_string(comm_.size()) + " ranks");
   local_batch_ = config_.batch / comm_.size();
+  // Refuse rather than silently train in float32 (autocast is not wired yet).
+  if (config_.bf16)
+    throw Error("train.bf16", "bf16 autocast is not implemented yet in this version; set train.bf16: false");
   if (static_cast<long>(class_names_.size()) > model_config_.memory_bank_size)
     throw Error("model.memory_bank_size", "the datasets name " + std::to_string(class_names_.size()) +
                                               " classes but the memory bank holds " +
