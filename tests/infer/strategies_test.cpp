@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "infer/test_support.h"
+#include "support/test_support.h"
 #include "iris/common/error.h"
 #include "iris/infer/connected_components.h"
 #include "iris/infer/reference.h"
@@ -14,6 +15,8 @@
 #include "iris/infer/sliding_window.h"
 #include "iris/infer/tuning.h"
 #include "iris/model/task_embedding.h"
+
+using iris::testing::error_of;
 
 using namespace iris;
 using namespace iris_test;
@@ -27,16 +30,6 @@ infer::SlidingWindowOptions window_options(long window, double overlap = 0.5) {
   return o;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const iris::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected iris::Error, nothing was thrown";
-  return {};
-}
 
 struct Tiny : ::testing::Test {
   void SetUp() override {

@@ -8,9 +8,12 @@
 
 #include <torch/types.h>
 
+#include "support/test_support.h"
 #include "iris/common/error.h"
 #include "iris/io/dicom.h"
 #include "iris/io/image_io.h"
+
+using iris::testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -21,20 +24,7 @@ const std::string kDaikonVolume = std::string(IRIS_TEST_DATA_DIR) +
 const std::string kPydicomStudy =
     "/usr/lib/python3/dist-packages/pydicom/data/test_files/dicomdirtests/77654033";
 
-#define REQUIRE_DATA(path)                                                               \
-  ASSERT_TRUE(fs::exists(path)) << "test data " << (path)                                 \
-                                << " is missing: run scripts/setup.sh to install it"
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const iris::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected iris::Error, nothing was thrown";
-  return {};
-}
 
 }  // namespace
 

