@@ -6,7 +6,6 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
-#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 #include <torch/cuda.h>
@@ -24,17 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Peak resident memory of this process, bytes. Reset between measurements
-// through /proc/self/clear_refs (Linux resets VmHWM on "5").
-long long peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  struct rusage u {};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<long long>(u.ru_maxrss) * 1024;
-}
 void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 double median(std::vector<double> v) {
@@ -65,7 +53,7 @@ Measurement measure(const std::function<void()>& step, int warmup, int repeats, 
   Measurement m;
   m.median_ms = median(times);
   m.min_ms = *std::min_element(times.begin(), times.end());
-  m.peak_bytes = device.is_cuda() ? compat::cuda_peak_allocated_bytes(device.index()) : peak_rss_bytes();
+  m.peak_bytes = device.is_cuda() ? compat::cuda_peak_allocated_bytes(device.index()) : app::peak_rss_bytes();
   return m;
 }
 

@@ -52,13 +52,6 @@ struct Timings {
   }
 };
 
-long long peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return 0;
-}
 
 std::vector<long> parse_label_list(const std::string& text) {
   std::vector<long> out;
@@ -573,7 +566,7 @@ int main(int argc, char** argv) {
          << "\",\n  \"classes\": " << task.num_classes() << ",\n  \"seconds\": {";
       for (size_t i = 0; i < timings.stages.size(); ++i)
         js << (i ? ", " : "") << "\"" << timings.stages[i].first << "\": " << timings.stages[i].second;
-      js << "},\n  \"peak_rss_bytes\": " << peak_rss_bytes();
+      js << "},\n  \"peak_rss_bytes\": " << app::peak_rss_bytes();
       if (!tuning_losses.empty()) {
         js << ",\n  \"tuning_losses\": [";
         for (size_t i = 0; i < tuning_losses.size(); ++i) js << (i ? ", " : "") << tuning_losses[i];

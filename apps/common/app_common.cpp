@@ -1,6 +1,7 @@
 #include "common/app_common.h"
 
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -39,6 +40,14 @@ void configure_threads(int requested) {
   if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
   at::set_num_threads(n);
+}
+
+long long peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
 }
 
 void log_info(const std::string& message) {

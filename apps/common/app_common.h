@@ -17,6 +17,9 @@ int run_main(const std::string& program, const std::function<int()>& body);
 // (LibTorch defaults to one thread on Debian.)
 void configure_threads(int requested = 0);
 
+// Peak resident memory of this process (VmHWM), bytes; 0 where unknown.
+long long peak_rss_bytes();
+
 void log_info(const std::string& message);
 void log_warn(const std::string& message);
 void set_verbose(bool verbose);
