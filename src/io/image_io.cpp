@@ -31,6 +31,23 @@ Geometry geometry_of(const itk::ImageBase<3>& image) {
   return g;
 }
 
+void set_geometry(itk::ImageBase<3>& image, const Geometry& g) {
+  itk::ImageBase<3>::SizeType size;
+  itk::ImageBase<3>::SpacingType spacing;
+  itk::ImageBase<3>::PointType origin;
+  itk::ImageBase<3>::DirectionType direction;
+  for (unsigned i = 0; i < 3; ++i) {
+    size[i] = static_cast<itk::SizeValueType>(g.size[i]);
+    spacing[i] = g.spacing[i];
+    origin[i] = g.origin[i];
+    for (unsigned j = 0; j < 3; ++j) direction(i, j) = g.direction[3 * i + j];
+  }
+  image.SetRegions(itk::ImageBase<3>::RegionType(size));
+  image.SetSpacing(spacing);
+  image.SetOrigin(origin);
+  image.SetDirection(direction);
+}
+
 void check_geometry(const Geometry& g, const std::string& source) {
   for (int i = 0; i < 3; ++i)
     if (!(g.spacing[i] > 0) || !std::isfinite(g.spacing[i]) || !std::isfinite(g.origin[i]))

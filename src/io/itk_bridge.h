@@ -19,6 +19,20 @@ template <> constexpr at::ScalarType torch_dtype_of<int16_t>() { return at::kSho
 template <> constexpr at::ScalarType torch_dtype_of<uint8_t>() { return at::kByte; }
 
 Geometry geometry_of(const itk::ImageBase<3>& image);
+// The inverse: gives `image` the grid `g` (largest region, spacing, origin,
+// direction) without allocating pixels.
+void set_geometry(itk::ImageBase<3>& image, const Geometry& g);
+
+// An ITK view of a contiguous [Z, Y, X] tensor on grid `g` (no copy: the
+// tensor must outlive the image).
+template <typename Pixel>
+typename itk::Image<Pixel, 3>::Pointer wrap_tensor(const at::Tensor& voxels, const Geometry& g) {
+  auto image = itk::Image<Pixel, 3>::New();
+  set_geometry(*image, g);
+  image->GetPixelContainer()->SetImportPointer(const_cast<Pixel*>(voxels.data_ptr<Pixel>()),
+                                               static_cast<itk::SizeValueType>(voxels.numel()), false);
+  return image;
+}
 
 // Wraps the ITK buffer without copying: the tensor's deleter holds the ITK
 // image alive for as long as the tensor (or a view of it) lives.

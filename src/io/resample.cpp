@@ -223,34 +223,11 @@ namespace {
 
 // A view of `voxels` (contiguous, kept alive by the caller) as an ITK image.
 template <typename Pixel>
-typename itk::Image<Pixel, 3>::Pointer wrap_as_itk(const at::Tensor& voxels, const Geometry& g) {
-  using ItkImage = itk::Image<Pixel, 3>;
-  auto image = ItkImage::New();
-  typename ItkImage::SizeType size;
-  typename ItkImage::SpacingType spacing;
-  typename ItkImage::PointType origin;
-  typename ItkImage::DirectionType direction;
-  for (unsigned i = 0; i < 3; ++i) {
-    size[i] = static_cast<itk::SizeValueType>(g.size[i]);
-    spacing[i] = g.spacing[i];
-    origin[i] = g.origin[i];
-    for (unsigned j = 0; j < 3; ++j) direction(i, j) = g.direction[3 * i + j];
-  }
-  image->SetRegions(typename ItkImage::RegionType(size));
-  image->SetSpacing(spacing);
-  image->SetOrigin(origin);
-  image->SetDirection(direction);
-  image->GetPixelContainer()->SetImportPointer(const_cast<Pixel*>(voxels.data_ptr<Pixel>()),
-                                               static_cast<itk::SizeValueType>(voxels.numel()), false);
-  return image;
-}
-
-template <typename Pixel>
 at::Tensor resample_one(const at::Tensor& voxels, const Geometry& from, const Geometry& onto,
                         Interpolation interpolation) {
   using ItkImage = itk::Image<Pixel, 3>;
   const at::Tensor input = voxels.contiguous();
-  auto image = wrap_as_itk<Pixel>(input, from);
+  auto image = detail::wrap_tensor<Pixel>(input, from);
   auto filter = itk::ResampleImageFilter<ItkImage, ItkImage, double>::New();
   filter->SetInput(image);
   switch (interpolation) {
@@ -269,20 +246,9 @@ at::Tensor resample_one(const at::Tensor& voxels, const Geometry& from, const Ge
     case Interpolation::kPerLabelLinear:
       throw Error("resample_voxels", "per-label-linear is handled per label");
   }
-  typename ItkImage::SizeType size;
-  typename ItkImage::SpacingType spacing;
-  typename ItkImage::PointType origin;
-  typename ItkImage::DirectionType direction;
-  for (unsigned i = 0; i < 3; ++i) {
-    size[i] = static_cast<itk::SizeValueType>(onto.size[i]);
-    spacing[i] = onto.spacing[i];
-    origin[i] = onto.origin[i];
-    for (unsigned j = 0; j < 3; ++j) direction(i, j) = onto.direction[3 * i + j];
-  }
-  filter->SetSize(size);
-  filter->SetOutputSpacing(spacing);
-  filter->SetOutputOrigin(origin);
-  filter->SetOutputDirection(direction);
+  auto grid = ItkImage::New();  // geometry only, no pixels
+  detail::set_geometry(*grid, onto);
+  filter->SetOutputParametersFromImage(grid);
   filter->SetDefaultPixelValue(0);
   try {
     filter->Update();
@@ -354,8 +320,8 @@ at::Tensor n4_bias_correct(const at::Tensor& volume, const Geometry& g, const N4
   at::Tensor mask = (input > threshold).to(at::kByte).contiguous();
   if (!mask.any().item<bool>()) return input;  // nothing to fit on
 
-  auto image = wrap_as_itk<float>(input, g);
-  auto mask_image = wrap_as_itk<uint8_t>(mask, g);
+  auto image = detail::wrap_tensor<float>(input, g);
+  auto mask_image = detail::wrap_tensor<uint8_t>(mask, g);
   auto shrink_image = itk::ShrinkImageFilter<Float, Float>::New();
   shrink_image->SetInput(image);
   shrink_image->SetShrinkFactors(static_cast<unsigned>(o.shrink_factor));

@@ -308,6 +308,14 @@ train::TrainConfig distributed_config(const fs::path& out) {
   c.lr = 0.05;
   return c;
 }
+
+// Every parameter and buffer of a trained network, flattened into one tensor.
+at::Tensor flat_state(train::Trainer& t) {
+  std::vector<at::Tensor> state;
+  for (auto& p : t.net()->parameters()) state.push_back(p.detach().reshape({-1}));
+  for (auto& b : t.net()->buffers()) state.push_back(b.reshape({-1}));
+  return torch::cat(state);
+}
 }  // namespace
 
 // The parent test starts this binary twice as workers (fresh processes, so
@@ -321,10 +329,7 @@ TEST(Distributed, Worker) {
   train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
                    {"outer", "core"}, *comm);
   t.run(false);
-  std::vector<at::Tensor> state;
-  for (auto& p : t.net()->parameters()) state.push_back(p.detach().reshape({-1}));
-  for (auto& b : t.net()->buffers()) state.push_back(b.reshape({-1}));
-  torch::save(torch::cat(state), (fs::path(out) / ("weights" + std::to_string(env.rank) + ".pt")).string());
+  torch::save(flat_state(t), (fs::path(out) / ("weights" + std::to_string(env.rank) + ".pt")).string());
 }
 
 TEST(Distributed, TwoGlooRanksMatchOneProcess) {
@@ -366,10 +371,7 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
                    {"outer", "core"}, *comm);
   t.run(false);
-  std::vector<at::Tensor> state;
-  for (auto& p : t.net()->parameters()) state.push_back(p.detach().reshape({-1}));
-  for (auto& b : t.net()->buffers()) state.push_back(b.reshape({-1}));
-  at::Tensor single = torch::cat(state);
+  at::Tensor single = flat_state(t);
   const float diff = (single - w0).abs().max().item<float>();
   std::printf("max |single - distributed| weight difference after 3 steps: %g\n", diff);
   EXPECT_LT(diff, 1e-4);
