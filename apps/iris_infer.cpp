@@ -29,6 +29,7 @@
 #include "iris/infer/sliding_window.h"
 #include "iris/infer/tuning.h"
 #include "iris/io/dicom.h"
+#include "iris/io/dicom_seg.h"
 #include "iris/io/image_io.h"
 #include "iris/io/preprocess.h"
 #include "iris/model/model_file.h"
@@ -169,6 +170,7 @@ int main(int argc, char** argv) {
   std::string model_path, query, output, probabilities, task_path, labels_text, classes_text, series;
   std::string preprocess = "model", device_name = "cpu", report_path, strategy, pool_dir, tuned_task_out;
   std::string reference_modality, query_modality, similarity_name = "all-tokens";
+  std::string dicom_seg_path;
   std::vector<std::string> references, reference_masks;
   double overlap = 0.5, threshold = 0.5, tune_lr = 1e-2;
   long window = 0, window_batch = 1, tune_steps = 20, min_component_voxels = 0;
@@ -206,6 +208,8 @@ int main(int argc, char** argv) {
   cli.add_option("--query-modality", query_modality, "modality of the queries; a mismatch is warned about");
   cli.add_option("--output", output, "label map (file, or folder for several queries)");
   cli.add_option("--probabilities", probabilities, "per-class sigmoid maps as a 4-D float32 image");
+  cli.add_option("--dicom-seg", dicom_seg_path,
+                 "also write the label map as a DICOM-SEG referencing the query series (query: one DICOM folder)");
   cli.add_option("--overlap", overlap, "sliding-window overlap")->check(CLI::Range(0.0, 0.95));
   cli.add_option("--window", window, "sliding-window edge (default: the model's patch size)");
   cli.add_option("--window-batch", window_batch, "windows per network call");
@@ -367,6 +371,12 @@ int main(int argc, char** argv) {
     if (!pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
     if (!tuned_task_out.empty() && strategy != "tuning") throw Error("--tuned-task-out", "only with --strategy tuning");
     if (query.empty() || output.empty()) throw Error("iris-infer", "--query and --output are required");
+    // A DICOM-SEG references one source series: the query must be one DICOM folder.
+    if (!dicom_seg_path.empty()) {
+      const auto plan = plan_queries(query, output);
+      if (plan.size() != 1 || !fs::is_directory(plan[0].first))
+        throw Error("--dicom-seg", "needs --query to be one DICOM series folder; " + query + " is not");
+    }
 
     auto load_task = [&]() {
       model::TaskEmbedding t = model::TaskEmbedding::load(task_path);
@@ -549,6 +559,13 @@ int main(int argc, char** argv) {
       for (long l : query_task.labels) max_label = std::max(max_label, l);
       label_image.voxels = max_label < 256 ? lab.to(at::kByte) : (max_label < 32768 ? lab.to(at::kShort) : lab);
       io::write_image(label_image, out);
+      if (!dicom_seg_path.empty()) {
+        io::DicomSegOptions seg_options;
+        for (size_t c = 0; c < query_task.labels.size() && c < query_task.names.size(); ++c)
+          if (!query_task.names[c].empty()) seg_options.segment_names[query_task.labels[c]] = query_task.names[c];
+        io::write_dicom_seg(dicom_seg_path, label_image, in, series, seg_options);
+        if (!quiet) std::cerr << "iris-infer: " << in << " -> " << dicom_seg_path << " (DICOM-SEG)\n";
+      }
       if (!probabilities.empty()) {
         io::Image p;
         p.geometry = q.geometry;

@@ -11,6 +11,8 @@ if(IRIS_WITH_ITK)
     ITKMathematicalMorphology ITKBiasCorrection ITKSmoothing ITKImageCompare ITKImageLabel)
   # Without this no ImageIO factory registers and every read fails.
   include(${ITK_USE_FILE})
+  # DICOM-SEG output (dcmseg); Debian's ITK already depends on libdcmtk-dev.
+  find_package(DCMTK REQUIRED CONFIG)
 endif()
 
 if(IRIS_WITH_YAML)
