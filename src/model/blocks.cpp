@@ -80,7 +80,7 @@ PreNormSelfAttentionImpl::PreNormSelfAttentionImpl(long dim, long heads) {
 }
 
 at::Tensor PreNormSelfAttentionImpl::forward(const at::Tensor& x) {
-  at::Tensor n = norm->forward(x);
+  at::Tensor n = compat::layer_norm(norm, x);
   return fn->forward(n, n);
 }
 
@@ -89,7 +89,7 @@ PreNormMlpImpl::PreNormMlpImpl(long dim, long hidden_dim) {
   fn = register_module("fn", Mlp(dim, hidden_dim, dim));
 }
 
-at::Tensor PreNormMlpImpl::forward(const at::Tensor& x) { return fn->forward(norm->forward(x)); }
+at::Tensor PreNormMlpImpl::forward(const at::Tensor& x) { return fn->forward(compat::layer_norm(norm, x)); }
 
 DualPreNormCrossAttentionImpl::DualPreNormCrossAttentionImpl(long dim, long heads) {
   norm1 = register_module("norm1", nn::LayerNorm(nn::LayerNormOptions({dim})));
@@ -98,7 +98,7 @@ DualPreNormCrossAttentionImpl::DualPreNormCrossAttentionImpl(long dim, long head
 }
 
 at::Tensor DualPreNormCrossAttentionImpl::forward(const at::Tensor& query, const at::Tensor& key_value) {
-  return fn->forward(norm1->forward(query), norm2->forward(key_value));
+  return fn->forward(compat::layer_norm(norm1, query), compat::layer_norm(norm2, key_value));
 }
 
 TaskQueryAttentionBlockImpl::TaskQueryAttentionBlockImpl(long dim, long heads, long mlp_ratio) {

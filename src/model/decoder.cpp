@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "iris/model/checkpointing.h"
+
 namespace iris::model {
 
 namespace nn = torch::nn;
@@ -37,32 +39,49 @@ at::Tensor UpStageImpl::forward(const at::Tensor& deep, const at::Tensor& skip) 
   return conv->forward(at::cat({skip, up}, 1));
 }
 
-DecoderImpl::DecoderImpl(const ModelConfig& c) {
-  const auto& ch = c.channels;
-  const auto& nb = c.blocks_per_stage;
+DecoderImpl::DecoderImpl(const ModelConfig& c) : config_(c) {
   prior_fuse = register_module("prior_fuse", nn::ModuleList());
   for (long i = 0; i < c.prior_stages; ++i) {
     const long dim = c.stage_channels(i);
     prior_fuse->push_back(FusionLayer(dim, dim / c.head_dim, c.mlp_ratio, c.attention_blocks));
   }
-  up1 = register_module("up1", UpStage(ch[4], ch[3], nb[3]));
-  up2 = register_module("up2", UpStage(ch[3], ch[2], nb[2]));
-  up3 = register_module("up3", UpStage(ch[2], ch[1], nb[1]));
-  up4 = register_module("up4", UpStage(ch[1], ch[0], nb[0]));
+  up1 = register_module("up1", UpStage(new_stage(0)));
+  up2 = register_module("up2", UpStage(new_stage(1)));
+  up3 = register_module("up3", UpStage(new_stage(2)));
+  up4 = register_module("up4", UpStage(new_stage(3)));
+}
+
+std::shared_ptr<UpStageImpl> DecoderImpl::new_stage(size_t i) const {
+  const auto& ch = config_.channels;
+  return std::make_shared<UpStageImpl>(ch[4 - i], ch[3 - i], config_.blocks_per_stage[3 - i]);
+}
+
+std::shared_ptr<UpStageImpl> DecoderImpl::stage(size_t i) const {
+  const UpStage ups[] = {up1, up2, up3, up4};
+  return ups[i].ptr();
+}
+
+void DecoderImpl::set_activation_checkpointing(bool enabled) {
+  twins_.clear();
+  if (!enabled) return;
+  for (size_t i = 0; i < 4; ++i) twins_.push_back(make_twin(*stage(i), [&] { return new_stage(i); }));
 }
 
 DecoderOutput DecoderImpl::forward(const std::vector<at::Tensor>& f, const std::vector<at::Tensor>& tokens) {
   DecoderOutput result;
-  UpStage ups[] = {up1, up2, up3, up4};
+  const Segment up_step = [](nn::Module& m, const std::vector<at::Tensor>& in) {
+    return std::vector<at::Tensor>{m.as<UpStageImpl>()->forward(in[0], in[1])};
+  };
   at::Tensor out = f[0];
-  for (size_t stage = 0; stage < 4; ++stage) {
-    if (stage < prior_fuse->size()) {
-      auto fused = prior_fuse[stage]->as<FusionLayer>()->forward(out, tokens[stage]);
+  for (size_t i = 0; i < 4; ++i) {
+    if (i < prior_fuse->size()) {
+      auto fused = prior_fuse[i]->as<FusionLayer>()->forward(out, tokens[i]);
       out = fused.first;
       // Token 0 of each class summarises the class at this scale for the head.
       result.class_tokens.push_back(fused.second.select(2, 0));
     }
-    out = ups[stage]->forward(out, f[stage + 1]);
+    out = twins_.empty() ? stage(i)->forward(out, f[i + 1])
+                         : checkpointed(up_step, stage(i), twins_[i], {out, f[i + 1]})[0];
   }
   result.features = out;
   return result;

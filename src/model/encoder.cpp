@@ -2,6 +2,8 @@
 
 #include <torch/nn/modules/pooling.h>
 
+#include "iris/model/checkpointing.h"
+
 namespace iris::model {
 
 namespace nn = torch::nn;
@@ -20,22 +22,46 @@ DownStageImpl::DownStageImpl(long in_ch, long out_ch, long blocks) {
   for (long i = 1; i < blocks; ++i) conv->push_back(ResidualBlock(out_ch, out_ch));
 }
 
-EncoderImpl::EncoderImpl(const ModelConfig& c) {
-  const auto& ch = c.channels;
-  const auto& nb = c.blocks_per_stage;
-  inc = register_module("inc", Stem(c.in_channels, ch[0]));
-  down1 = register_module("down1", DownStage(ch[0], ch[1], nb[0]));
-  down2 = register_module("down2", DownStage(ch[1], ch[2], nb[1]));
-  down3 = register_module("down3", DownStage(ch[2], ch[3], nb[2]));
-  down4 = register_module("down4", DownStage(ch[3], ch[4], nb[3]));
+EncoderImpl::EncoderImpl(const ModelConfig& c) : config_(c) {
+  inc = register_module("inc", Stem(std::static_pointer_cast<StemImpl>(new_stage(0))));
+  down1 = register_module("down1", DownStage(std::static_pointer_cast<DownStageImpl>(new_stage(1))));
+  down2 = register_module("down2", DownStage(std::static_pointer_cast<DownStageImpl>(new_stage(2))));
+  down3 = register_module("down3", DownStage(std::static_pointer_cast<DownStageImpl>(new_stage(3))));
+  down4 = register_module("down4", DownStage(std::static_pointer_cast<DownStageImpl>(new_stage(4))));
+}
+
+std::shared_ptr<nn::Module> EncoderImpl::new_stage(size_t i) const {
+  const auto& ch = config_.channels;
+  if (i == 0) return std::make_shared<StemImpl>(config_.in_channels, ch[0]);
+  return std::make_shared<DownStageImpl>(ch[i - 1], ch[i], config_.blocks_per_stage[i - 1]);
+}
+
+std::shared_ptr<nn::Module> EncoderImpl::stage(size_t i) const {
+  if (i == 0) return inc.ptr();
+  const DownStage downs[] = {down1, down2, down3, down4};
+  return downs[i - 1].ptr();
+}
+
+void EncoderImpl::set_activation_checkpointing(bool enabled) {
+  twins_.clear();
+  if (!enabled) return;
+  for (size_t i = 0; i < 5; ++i) twins_.push_back(make_twin(*stage(i), [&] { return new_stage(i); }));
+}
+
+at::Tensor EncoderImpl::run_stage(size_t i, const at::Tensor& x) {
+  if (twins_.empty()) return i == 0 ? inc->forward(x) : stage(i)->as<DownStageImpl>()->forward(x);
+  Segment fn = [i](nn::Module& m, const std::vector<at::Tensor>& in) {
+    return std::vector<at::Tensor>{i == 0 ? m.as<StemImpl>()->forward(in[0]) : m.as<DownStageImpl>()->forward(in[0])};
+  };
+  return checkpointed(fn, stage(i), twins_[i], {x})[0];
 }
 
 std::vector<at::Tensor> EncoderImpl::forward(const at::Tensor& image) {
-  at::Tensor x1 = inc->forward(image);
-  at::Tensor x2 = down1->forward(x1);
-  at::Tensor x3 = down2->forward(x2);
-  at::Tensor x4 = down3->forward(x3);
-  at::Tensor x5 = down4->forward(x4);
+  at::Tensor x1 = run_stage(0, image);
+  at::Tensor x2 = run_stage(1, x1);
+  at::Tensor x3 = run_stage(2, x2);
+  at::Tensor x4 = run_stage(3, x3);
+  at::Tensor x5 = run_stage(4, x4);
   return {x5, x4, x3, x2, x1};
 }
 

@@ -42,6 +42,12 @@ void IrisNetImpl::set_channels_last(bool enabled) {
     if (p.dim() == 5) p.set_data(p.data().contiguous(format));
 }
 
+void IrisNetImpl::set_activation_checkpointing(bool enabled) {
+  activation_checkpointing_ = enabled;
+  encoder->set_activation_checkpointing(enabled);
+  decoder->set_activation_checkpointing(enabled);
+}
+
 std::vector<at::Tensor> IrisNetImpl::encode_image(const at::Tensor& image) {
   check_input(image, "image");
   return encoder->forward(channels_last_ ? image.contiguous(at::MemoryFormat::ChannelsLast3d) : image);

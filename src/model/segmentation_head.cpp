@@ -1,4 +1,5 @@
 #include "iris/model/segmentation_head.h"
+#include "iris/common/compat.h"
 
 #include <torch/nn/init.h>
 
@@ -18,7 +19,7 @@ SegmentationHeadImpl::SegmentationHeadImpl(long token_dim, long feature_dim) {
 }
 
 at::Tensor SegmentationHeadImpl::forward(const at::Tensor& features, const std::vector<at::Tensor>& class_tokens) {
-  at::Tensor kernels = classifier_pred->forward(norm->forward(at::cat(class_tokens, 2)));  // [B, K, F]
+  at::Tensor kernels = classifier_pred->forward(compat::layer_norm(norm, at::cat(class_tokens, 2)));  // [B, K, F]
   const long B = features.size(0), F = features.size(1);
   std::vector<int64_t> shape{B, kernels.size(1)};
   for (long i = 2; i < features.dim(); ++i) shape.push_back(features.size(i));

@@ -1,4 +1,5 @@
 #include "iris/model/task_encoder.h"
+#include "iris/common/compat.h"
 
 #include <torch/nn/init.h>
 
@@ -101,14 +102,14 @@ at::Tensor TaskEncoderImpl::forward(const at::Tensor& features, const at::Tensor
   merged = merged + features.unsqueeze(1).expand({B, K, -1, -1, -1, -1}).reshape(merged.sizes());
   at::Tensor kv = merged.flatten(2).transpose(1, 2);  // [B*K, d*h*w, C]
 
-  at::Tensor queries = norm_query->forward(task_query).unsqueeze(0).expand({B * K, -1, -1});
-  at::Tensor fg_token = norm_foreground->forward(fg.reshape({B * K, 1, dim}));
-  at::Tensor tokens = foreground_in_attention ? norm_combined->forward(at::cat({queries, fg_token}, 1))
-                                              : norm_combined->forward(queries);
+  at::Tensor queries = compat::layer_norm(norm_query, task_query).unsqueeze(0).expand({B * K, -1, -1});
+  at::Tensor fg_token = compat::layer_norm(norm_foreground, fg.reshape({B * K, 1, dim}));
+  at::Tensor tokens = foreground_in_attention ? compat::layer_norm(norm_combined, at::cat({queries, fg_token}, 1))
+                                              : compat::layer_norm(norm_combined, queries);
   for (const auto& layer : *attn_layers) tokens = layer->as<TaskQueryAttentionBlock>()->forward(kv, tokens);
   // Paper variant: the foreground token joins after the attention, unchanged.
   if (!foreground_in_attention) tokens = at::cat({tokens, fg_token}, 1);
-  tokens = norm_post->forward(tokens);
+  tokens = compat::layer_norm(norm_post, tokens);
   return tokens.view({B, K, tokens.size(1), dim});
 }
 

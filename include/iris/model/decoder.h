@@ -1,6 +1,7 @@
 #pragma once
 // U-Net decoder with two-way fusion of task tokens before the deepest
 // up-steps; returns full-resolution features and the per-stage class tokens.
+#include <memory>
 #include <vector>
 
 #include <torch/nn/modules/container/modulelist.h>
@@ -40,8 +41,20 @@ class DecoderImpl : public torch::nn::Module {
   explicit DecoderImpl(const ModelConfig& config);
   // features: encoder output (deep first); tokens: per prior stage [B, K, T, C].
   DecoderOutput forward(const std::vector<at::Tensor>& features, const std::vector<at::Tensor>& tokens);
+  // Runs each up-step (upsample, concat, residual blocks) as a checkpointed
+  // segment (checkpointing.h); the fusion layers work on small maps and are
+  // left as they are.
+  void set_activation_checkpointing(bool enabled);
+  bool activation_checkpointing() const { return !twins_.empty(); }
   torch::nn::ModuleList prior_fuse{nullptr};
   UpStage up1{nullptr}, up2{nullptr}, up3{nullptr}, up4{nullptr};
+
+ private:
+  // Up-step i (0 = deepest) as built from the configuration; also builds the twins.
+  std::shared_ptr<UpStageImpl> new_stage(size_t i) const;
+  std::shared_ptr<UpStageImpl> stage(size_t i) const;
+  ModelConfig config_;
+  std::vector<std::shared_ptr<torch::nn::Module>> twins_;  // per up-step; empty when off
 };
 TORCH_MODULE(Decoder);
 

@@ -1,5 +1,6 @@
 #pragma once
 // Residual 3-D U-Net encoder: a stem and four 2x max-pool stages.
+#include <memory>
 #include <vector>
 
 #include <torch/nn/modules/container/sequential.h>
@@ -35,8 +36,20 @@ class EncoderImpl : public torch::nn::Module {
   explicit EncoderImpl(const ModelConfig& config);
   // Feature maps from deepest to shallowest: {x5, x4, x3, x2, x1}.
   std::vector<at::Tensor> forward(const at::Tensor& image);
+  // Runs the stem and each down stage as a checkpointed segment
+  // (checkpointing.h): only the stage outputs are kept for the backward.
+  void set_activation_checkpointing(bool enabled);
+  bool activation_checkpointing() const { return !twins_.empty(); }
   Stem inc{nullptr};
   DownStage down1{nullptr}, down2{nullptr}, down3{nullptr}, down4{nullptr};
+
+ private:
+  // Stage i (0 = stem) as built from the configuration; also builds the twins.
+  std::shared_ptr<torch::nn::Module> new_stage(size_t i) const;
+  std::shared_ptr<torch::nn::Module> stage(size_t i) const;
+  at::Tensor run_stage(size_t i, const at::Tensor& x);
+  ModelConfig config_;
+  std::vector<std::shared_ptr<torch::nn::Module>> twins_;  // per stage; empty when off
 };
 TORCH_MODULE(Encoder);
 

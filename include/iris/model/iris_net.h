@@ -49,6 +49,14 @@ class IrisNetImpl : public torch::nn::Module {
   void set_channels_last(bool enabled);
   bool channels_last() const { return channels_last_; }
 
+  // Activation checkpointing (checkpointing.h) of every image-encoder stage
+  // and decoder up-step: their inner activations (the big ones, at full
+  // resolution) are recomputed in the backward pass instead of kept. Same
+  // outputs and gradients, less memory, about one extra forward of those
+  // stages per step. A run-time switch, not stored in model files. Off by default.
+  void set_activation_checkpointing(bool enabled);
+  bool activation_checkpointing() const { return activation_checkpointing_; }
+
   Encoder encoder{nullptr};
   Decoder decoder{nullptr};
   torch::nn::ModuleList task_embedding{nullptr};
@@ -58,6 +66,7 @@ class IrisNetImpl : public torch::nn::Module {
  private:
   ModelConfig config_;
   bool channels_last_ = false;
+  bool activation_checkpointing_ = false;
 };
 TORCH_MODULE(IrisNet);
 
