@@ -10,6 +10,7 @@
 #include "common/app_common.h"
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
+#include "iris/data/case_cache.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
 #include "iris/data/intensity.h"
@@ -53,16 +54,7 @@ data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) 
   v.name = c.name;
   v.image = data::normalise_intensity(image.voxels, intensity_for(d));
   v.labels = labels.voxels.to(at::kLong);
-  at::Tensor values = std::get<0>(at::_unique(v.labels.reshape({-1})));
-  for (long i = 0; i < values.numel(); ++i)
-    if (values[i].item<long>() != 0) v.classes.push_back(values[i].item<long>());
-  if (!d.class_names.empty()) {
-    std::vector<long> kept;
-    for (long cl : v.classes)
-      if (d.class_names.count(cl)) kept.push_back(cl);
-    v.classes = kept;
-  }
-  if (v.classes.empty()) throw Error(c.labels, "label map has no labelled class");
+  v.classes = data::classes_present(v.labels, d, c.labels);
   v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};
   return v;
 #else
@@ -78,11 +70,13 @@ int main(int argc, char** argv) {
   CLI::App cli{"iris-train: episodic in-context training of an IRIS model"};
   std::string config_path;
   std::vector<std::string> overrides;
-  bool dump = false, resume = false;
+  bool dump = false, resume = false, fill_cache = false;
   cli.add_option("config", config_path, "training config (YAML)")->required();
   cli.add_option("--set", overrides, "override a key: --set train.lr=1e-3 (repeatable)");
   cli.add_flag("--dump-config", dump, "print the resolved configuration and exit");
   cli.add_flag("--resume", resume, "continue from OUTPUT_DIR/checkpoints/last.ckpt");
+  cli.add_flag("--fill-cache", fill_cache,
+               "preprocess every train/val case into data.cache and exit (for a build without ITK to train from)");
   CLI11_PARSE(cli, argc, argv);
 
   return app::run_main("iris-train", [&]() -> int {
@@ -107,7 +101,22 @@ int main(int argc, char** argv) {
       std::cout << shown.to_text();
       return 0;
     }
-    std::vector<data::DatasetSpec> datasets = data::datasets_from_config(config.subtree("data"));
+    const ConfigMap data_config = config.subtree("data");
+    for (const auto& [k, v] : data_config.entries())
+      if (k.rfind("datasets.", 0) != 0 && k != "cache") {
+        std::string msg = "unknown key (known under data: datasets, cache)";
+        const std::string hint = nearest_word(k, {"datasets", "cache"});
+        if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+        throw Error(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
+      }
+    // Cases preprocessed once into data.cache; the key uses the preprocess
+    // section as written, so every machine running this config agrees on it.
+    std::optional<data::CaseCache> cache;
+    if (data_config.has("cache")) cache.emplace(data_config.get("cache"), config.subtree("preprocess").to_text());
+    if (fill_cache && !cache) throw Error("--fill-cache", "needs data.cache (e.g. --set data.cache=cache/)");
+    data::RecordedDatasets recorded;
+    if (cache) recorded = [&](const std::string& name) { return cache->recorded_dataset(name); };
+    std::vector<data::DatasetSpec> datasets = data::datasets_from_config(data_config, recorded);
     {
       // The exported model records the full preprocessing (spatial steps +
       // the first dataset's intensity scheme) so iris-infer can repeat it.
@@ -122,8 +131,12 @@ int main(int argc, char** argv) {
         for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
       }
 #else
-      if (!pre.entries().empty())
-        throw Error("preprocess", "this build has no ITK: preprocess the data into a cache on a machine with ITK");
+      if (!pre.entries().empty() && !cache)
+        throw Error("preprocess", "this build has no ITK: preprocess the data into data.cache on a machine with ITK "
+                                  "(iris-train CONFIG --fill-cache) and train from that cache here");
+      // The model file still records the preprocessing the cache was made with.
+      if (!pre.entries().empty() && !pre.has("intensity"))
+        config.set("preprocess.intensity", intensity_for(datasets.front()), "resolved");
 #endif
     }
     app::configure_threads(train_config.threads);
@@ -136,8 +149,26 @@ int main(int argc, char** argv) {
                 << train_config.device << "\n";
     }
     const std::vector<std::string> class_names = data::class_table(datasets);
-    auto train_sets = data::load_datasets(datasets, "train", load_case);
-    auto val_sets = data::load_datasets(datasets, "val", load_case);
+    data::CaseLoader loader = load_case;
+    if (cache) {
+#ifdef IRIS_HAVE_ITK
+      data::CaseLoader raw = load_case;
+#else
+      data::CaseLoader raw;  // this build reads cases from the cache only
+#endif
+      loader = cache->loader(raw, [](const std::string& w) { app::log_warn(w); });
+      if (comm->rank() == 0)
+        for (const auto& d : datasets) cache->record_dataset(d);
+    }
+    auto train_sets = data::load_datasets(datasets, "train", loader);
+    auto val_sets = data::load_datasets(datasets, "val", loader);
+    if (fill_cache) {
+      long n = 0;
+      for (const auto& d : train_sets) n += static_cast<long>(d.cases.size());
+      for (const auto& d : val_sets) n += static_cast<long>(d.cases.size());
+      if (comm->rank() == 0) std::cerr << "iris-train: " << n << " cases cached in " << cache->folder() << "\n";
+      return 0;
+    }
     data::EpisodeSampler train_sampler(train_sets, train_config.episodes, static_cast<uint64_t>(train_config.seed));
     std::optional<data::EpisodeSampler> val_sampler;
     if (!val_sets.empty()) {

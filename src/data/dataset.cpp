@@ -101,7 +101,7 @@ void find_folder_cases(DatasetSpec& d, bool nnunet) {
 
 }  // namespace
 
-std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config) {
+std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, const RecordedDatasets& recorded) {
   ConfigMap all = data_config.subtree("datasets");
   std::set<std::string> names;
   for (const auto& [k, v] : all.entries()) names.insert(k.substr(0, k.find('.')));
@@ -144,7 +144,15 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config) {
       }
     } else if (d.layout == "nnunet" || d.layout == "msd") {
       if (d.root.empty()) throw Error("data.datasets." + name, "needs 'root'");
-      find_folder_cases(d, d.layout == "nnunet");
+      std::optional<RecordedDataset> r;
+      if (!fs::is_directory(d.root) && recorded) r = recorded(name);
+      if (r) {
+        // Raw data absent (e.g. a GPU machine with a carried cache).
+        d.cases = r->cases;
+        if (d.class_names.empty()) d.class_names = r->class_names;
+      } else {
+        find_folder_cases(d, d.layout == "nnunet");
+      }
     } else {
       throw Error("data.datasets." + name + ".layout", "unknown layout '" + d.layout + "' (known: list, nnunet, msd)");
     }

@@ -298,6 +298,12 @@ std::string VolumeCache::key_for(const std::string& input, const std::string& co
   return h.hex();
 }
 
+std::string VolumeCache::text_key(const std::string& text) {
+  HashChain h;
+  h.add(text);
+  return h.hex();
+}
+
 std::string VolumeCache::content_key_for(const std::string& input, const std::string& config_text) {
   HashChain h;
   const bool folder = fs::is_directory(input);

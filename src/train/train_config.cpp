@@ -10,8 +10,8 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   static const std::vector<std::string> known{
       "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
       "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
-      "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir",
-      "seed", "device", "bf16", "distributed", "threads", "foreground_oversample", "perturb_reference", "augment",
+      "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
+      "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "threads", "foreground_oversample", "perturb_reference", "augment",
       "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
   ConfigMap plain;
   std::set<std::string> group_names;
@@ -47,9 +47,16 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   i("validation_episodes", c.validation_episodes);
   i("log_every", c.log_every);
   s("output_dir", c.output_dir);
+  s("init_from", c.init_from);
   i("seed", c.seed);
   s("device", c.device);
   b("bf16", c.bf16);
+  b("activation_checkpointing", c.activation_checkpointing);
+  b("tensorboard", c.tensorboard);
+  if (m.has("loader_workers")) c.loader_workers = static_cast<int>(config_int(m, "loader_workers"));
+  if (m.has("prefetch")) c.prefetch = static_cast<int>(config_int(m, "prefetch"));
+  if (c.loader_workers < 0) throw Error("train.loader_workers", "must be >= 0");
+  if (c.prefetch < 1) throw Error("train.prefetch", "must be >= 1");
   s("distributed", c.distributed);
   if (m.has("threads")) c.threads = static_cast<int>(config_int(m, "threads"));
   d("foreground_oversample", c.episodes.foreground_oversample);

@@ -13,11 +13,14 @@
 #include <torch/serialize.h>
 
 #include "iris/common/atomic_file.h"
+#include "iris/common/compat.h"
+#include "iris/data/prefetcher.h"
 #include "iris/common/error.h"
 #include "iris/model/model_file.h"
 #include "iris/train/losses.h"
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
+#include "iris/train/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -55,17 +58,16 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
     throw Error("train.batch", "global batch " + std::to_string(config_.batch) + " is not divisible by " +
                                    std::to_string(comm_.size()) + " ranks");
   local_batch_ = config_.batch / comm_.size();
-  // Refuse rather than silently train in float32 (autocast is not wired yet).
-  if (config_.bf16)
-    throw Error("train.bf16", "bf16 autocast is not implemented yet in this version; set train.bf16: false");
   if (static_cast<long>(class_names_.size()) > model_config_.memory_bank_size)
     throw Error("model.memory_bank_size", "the datasets name " + std::to_string(class_names_.size()) +
                                               " classes but the memory bank holds " +
                                               std::to_string(model_config_.memory_bank_size));
   at::manual_seed(static_cast<uint64_t>(config_.seed));
   net_ = model::IrisNet(model_config_);
+  if (!config_.init_from.empty()) load_initial_weights();
   net_->to(c10::Device(config_.device));
   net_->set_channels_last(true);
+  if (config_.activation_checkpointing) net_->set_activation_checkpointing(true);
   // Every rank starts from rank 0's weights.
   std::vector<at::Tensor> state;
   for (auto& p : net_->parameters()) state.push_back(p.data());
@@ -77,6 +79,26 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::load_initial_weights() {
+  const std::string& path = config_.init_from;
+  const model::IrisModel init = model::load_model(path);
+  at::NoGradGuard no_grad;
+  auto copy_all = [&](auto mine, auto theirs, const char* what) {
+    for (auto& item : mine) {
+      const at::Tensor* src = theirs.find(item.key());
+      if (!src)
+        throw Error(path, std::string("has no ") + what + " '" + item.key() +
+                              "': it was trained with another architecture than model: of this config");
+      if (src->sizes() != item.value().sizes())
+        throw Error(path, std::string(what) + " '" + item.key() + "' has shape " + c10::str(src->sizes()) +
+                              " but this config's model needs " + c10::str(item.value().sizes()));
+      item.value().copy_(*src);
+    }
+  };
+  copy_all(net_->named_parameters(), init.net->named_parameters(), "parameter");
+  copy_all(net_->named_buffers(), init.net->named_buffers(), "buffer");
+}
 
 void Trainer::build_optimizer() {
   std::vector<std::regex> patterns;
@@ -131,7 +153,13 @@ StepMetrics Trainer::step(long iteration) {
   const c10::Device device(config_.device);
   // This rank's share of the global batch: episodes are numbered globally so
   // that N ranks see exactly the episodes one process would.
-  data::EpisodeBatch b = train_sampler_.sample(iteration * comm_.size() + comm_.rank(), local_batch_);
+  if (!loader_) {
+    loader_ = std::make_unique<data::EpisodePrefetcher>(
+        [this](long it) { return train_sampler_.sample(it * comm_.size() + comm_.rank(), local_batch_); },
+        config_.loader_workers, config_.prefetch);
+  }
+  data::EpisodeBatch b = loader_->get(iteration);
+  const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   at::Tensor q = b.query.to(device), qm = b.query_masks.to(device);
   at::Tensor r = b.reference.to(device), rm = b.reference_masks.to(device);
   at::Tensor valid = b.valid.to(device);
@@ -146,9 +174,16 @@ StepMetrics Trainer::step(long iteration) {
   const double global_valid = std::max(1.0, c[0].item<double>());
 
   net_->train();
-  auto ref_features = net_->encode_image(r);
-  auto tokens = net_->encode_task_tokens(ref_features, rm);
-  at::Tensor logits = net_->decode(net_->encode_image(q), tokens);
+  std::vector<at::Tensor> tokens;
+  at::Tensor logits;
+  {
+    // Only the forward pass runs in bf16; loss and backward stay float32.
+    compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
+    auto ref_features = net_->encode_image(r);
+    tokens = net_->encode_task_tokens(ref_features, rm);
+    logits = net_->decode(net_->encode_image(q), tokens);
+  }
+  logits = logits.to(at::kFloat);
   LossWeights w;
   w.dice = config_.dice_weight;
   w.bce = config_.bce_weight;
@@ -203,6 +238,7 @@ StepMetrics Trainer::step(long iteration) {
   m.dice_loss = terms.dice.item<double>();
   m.bce_loss = terms.bce.item<double>();
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.data_seconds = data_seconds;
   return m;
 }
 
@@ -326,9 +362,17 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
   std::ofstream jl(fs::path(config_.output_dir) / "metrics.jsonl", std::ios::app);
   jl << "{\"iteration\": " << m.iteration << ", \"loss\": " << m.loss << ", \"dice_loss\": " << m.dice_loss
      << ", \"bce_loss\": " << m.bce_loss << ", \"lr\": " << m.lr << ", \"grad_norm\": " << m.grad_norm
-     << ", \"seconds\": " << m.seconds;
+     << ", \"seconds\": " << m.seconds << ", \"data_seconds\": " << m.data_seconds;
   if (!std::isnan(val_dice)) jl << ", \"val_dice\": " << val_dice;
   jl << "}\n";
+  if (!config_.tensorboard) return;
+  if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "tensorboard").string());
+  const std::pair<const char*, double> scalars[] = {
+      {"train/loss", m.loss},           {"train/dice_loss", m.dice_loss}, {"train/bce_loss", m.bce_loss},
+      {"train/lr", m.lr},               {"train/grad_norm", m.grad_norm}, {"time/seconds_per_step", m.seconds},
+      {"time/data_wait_seconds", m.data_seconds}};
+  for (const auto& [tag, value] : scalars) tensorboard_->add_scalar(tag, value, m.iteration);
+  if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
 }
 
 TrainOutcome Trainer::run(bool resume) {

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "iris/common/compat.h"
 #include "iris/common/error.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
@@ -19,6 +20,7 @@
 #include "iris/train/losses.h"
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
+#include "iris/train/tensorboard.h"
 #include "iris/train/trainer.h"
 
 extern char** environ;
@@ -382,8 +384,16 @@ TEST(Trainer, TransferConfigsFreezeAndScaleParameterGroups) {
   auto comm = train::make_communicator({}, "none", false);
   const std::string dir = std::string(IRIS_SOURCE_DIR) + "/configs/train/";
   auto stage1 = train::TrainConfig::from_config(ConfigMap::load_yaml_file(dir + "transfer_stage1_frozen_encoder.yaml").subtree("train"));
+  EXPECT_EQ(stage1.init_from, "runs/pretrained/model.iris");
   stage1.output_dir = temp_dir("transfer").string();
   stage1.episodes.patch = 32;
+  // Stage 1 starts from a trained model's weights (here: a seeded tiny one).
+  model::IrisModel pretrained;
+  pretrained.config = tiny_model();
+  torch::manual_seed(99);
+  pretrained.net = model::IrisNet(pretrained.config);
+  stage1.init_from = stage1.output_dir + "/pretrained.iris";
+  model::save_model(pretrained, stage1.init_from);
   train::Trainer t(stage1, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), stage1.episodes, 0),
                    std::nullopt, {"outer", "core"}, *comm);
   long frozen = 0, trainable = 0;
@@ -394,9 +404,121 @@ TEST(Trainer, TransferConfigsFreezeAndScaleParameterGroups) {
   }
   EXPECT_GT(frozen, 0);
   EXPECT_GT(trainable, 0);
+  auto theirs = pretrained.net->named_parameters();
+  for (const auto& p : t.net()->named_parameters()) EXPECT_TRUE(at::equal(p.value(), theirs[p.key()])) << p.key();
+  // Weights of another architecture are refused, naming file and parameter.
+  auto other = stage1;
+  model::IrisModel small;
+  small.config = model::preset("small");
+  small.net = model::IrisNet(small.config);
+  other.init_from = stage1.output_dir + "/small.iris";
+  model::save_model(small, other.init_from);
+  try {
+    train::Trainer bad(other, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), other.episodes, 0),
+                       std::nullopt, {"outer", "core"}, *comm);
+    ADD_FAILURE() << "weights of another architecture were accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("small.iris"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("shape"), std::string::npos) << e.what();
+  }
   auto stage2 = train::TrainConfig::from_config(ConfigMap::load_yaml_file(dir + "transfer_stage2_deep_encoder.yaml").subtree("train"));
   ASSERT_EQ(stage2.param_groups.size(), 2u);
   EXPECT_DOUBLE_EQ(stage2.param_groups[0].lr_scale, 0.01);
   EXPECT_TRUE(stage2.param_groups[1].freeze);
+  EXPECT_EQ(stage2.init_from, "runs/transfer_stage1/model.iris");
   fs::remove_all(stage1.output_dir);
+}
+
+TEST(Trainer, PrefetchingWorkersGiveTheSameLossesAsSamplingInline) {
+  auto comm = train::make_communicator({}, "none", false);
+  auto losses = [&](int workers, int depth) {
+    fs::path dir = temp_dir("prefetch" + std::to_string(workers));
+    auto c = tiny_train_config(dir);
+    c.loader_workers = workers;
+    c.prefetch = depth;
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, *comm);
+    t.run(false);
+    std::vector<double> out;
+    for (const auto& m : t.history()) {
+      EXPECT_GE(m.data_seconds, 0.0);
+      EXPECT_LE(m.data_seconds, m.seconds);
+      out.push_back(m.loss);
+    }
+    fs::remove_all(dir);
+    return out;
+  };
+  const auto inline_losses = losses(0, 1);
+  ASSERT_EQ(inline_losses.size(), 4u);
+  EXPECT_EQ(losses(3, 3), inline_losses);
+}
+
+TEST(Autocast, GuardRunsConvolutionsInBf16AndRestoresFloat32) {
+  auto x = torch::randn({1, 2, 6, 6, 6});
+  auto w = torch::randn({3, 2, 3, 3, 3});
+  at::Tensor inside, fp32 = at::conv3d(x, w);
+  {
+    compat::AutocastGuard guard(c10::DeviceType::CPU, at::kBFloat16, true);
+    inside = at::conv3d(x, w);
+  }
+  EXPECT_EQ(inside.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(at::conv3d(x, w).scalar_type(), at::kFloat);
+  // bf16 keeps ~3 significant digits.
+  EXPECT_LT((inside.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * fp32.abs().max().item<double>());
+  {
+    compat::AutocastGuard off(c10::DeviceType::CPU, at::kBFloat16, false);
+    EXPECT_EQ(at::conv3d(x, w).scalar_type(), at::kFloat);
+  }
+}
+
+TEST(Trainer, Bf16AutocastTrainsWithFloat32WeightsAndNearFloat32Losses) {
+  auto comm = train::make_communicator({}, "none", false);
+  auto run = [&](bool bf16) {
+    fs::path dir = temp_dir(bf16 ? "bf16" : "fp32");
+    auto c = tiny_train_config(dir);
+    c.iterations = 2;
+    c.bf16 = bf16;
+    auto t = std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{},
+                                              data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
+                                              std::vector<std::string>{"outer", "core"}, *comm);
+    EXPECT_EQ(t->run(false), train::TrainOutcome::kFinished);
+    for (const auto& p : t->net()->parameters()) EXPECT_EQ(p.scalar_type(), at::kFloat);
+    fs::remove_all(dir);
+    return t->history();
+  };
+  const auto half = run(true), full = run(false);
+  ASSERT_EQ(half.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(std::isfinite(half[i].loss));
+  // Same episode, same initial weights: the first loss differs only by bf16 rounding.
+  EXPECT_NE(half[0].loss, full[0].loss);
+  EXPECT_NEAR(half[0].loss, full[0].loss, 0.05);
+}
+
+TEST(Trainer, WritesTensorBoardScalarsOfEveryLoggedStep) {
+  auto comm = train::make_communicator({}, "none", false);
+  fs::path dir = temp_dir("tb");
+  auto c = tiny_train_config(dir);
+  c.iterations = 3;
+  auto t = std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{},
+                                            data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
+                                            std::vector<std::string>{"outer", "core"}, *comm);
+  t->run(false);
+  const auto history = t->history();
+  t.reset();  // flushes the writer, as at process exit
+  std::vector<fs::path> files;
+  for (const auto& f : fs::directory_iterator(dir / "tensorboard")) files.push_back(f.path());
+  ASSERT_EQ(files.size(), 1u);
+  std::vector<float> losses;
+  std::vector<long> steps;
+  for (const auto& e : train::read_tensorboard_scalars(files[0].string()))
+    if (e.tag == "train/loss") {
+      losses.push_back(e.value);
+      steps.push_back(e.step);
+    }
+  ASSERT_EQ(losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(losses[i], static_cast<float>(history[i].loss));
+    EXPECT_EQ(steps[i], history[i].iteration);
+  }
+  fs::remove_all(dir);
 }

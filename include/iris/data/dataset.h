@@ -6,6 +6,7 @@
 #include <array>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,9 +37,18 @@ struct DatasetSpec {
   std::vector<CaseSpec> train, val, test;  // filled by make_split
 };
 
-// Reads data.datasets.* from a config. Finds cases of nnU-Net/MSD layouts on
-// disk; iris::Error for missing folders, unpaired images, unknown keys.
-std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config);
+// What a training cache remembers of a folder dataset (see case_cache.h).
+struct RecordedDataset {
+  std::vector<CaseSpec> cases;
+  std::map<long, std::string> class_names;
+};
+using RecordedDatasets = std::function<std::optional<RecordedDataset>(const std::string& dataset)>;
+
+// Reads data.datasets.* from a config (other data.* keys are the caller's).
+// Finds cases of nnU-Net/MSD layouts on disk; iris::Error for missing
+// folders, unpaired images, unknown keys. When a folder dataset's root is
+// missing and `recorded` knows the dataset, its recorded cases are used.
+std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, const RecordedDatasets& recorded = {});
 
 // Deterministic split by seed (sorted case names, shuffled with the seed).
 void make_split(DatasetSpec& d);

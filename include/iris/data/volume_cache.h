@@ -52,6 +52,9 @@ class VolumeCache {
   // moving or copying the data, costs one read of the input.
   static std::string content_key_for(const std::string& input_path, const std::string& config_text);
 
+  // Key of any text (e.g. a description of a training case and its settings).
+  static std::string text_key(const std::string& text);
+
   // nullopt when absent or damaged; for a damaged file `*rejection` (when
   // given) receives the reason, naming the file, and the file is removed.
   std::optional<CachedVolume> get(const std::string& key, std::string* rejection = nullptr) const;

@@ -40,9 +40,16 @@ struct TrainConfig {
   long validation_episodes = 8;
   long log_every = 10;
   std::string output_dir = "runs/iris";
+  // Start from these weights (an .iris model file, e.g. the previous stage of
+  // transfer learning) instead of a random initialisation; "" = random.
+  std::string init_from;
   long seed = 0;
   std::string device = "cpu";
-  bool bf16 = false;  // autocast on CUDA
+  bool bf16 = false;  // bf16 autocast of the forward pass (CUDA; CPU works too, slowly)
+  bool activation_checkpointing = false;  // recompute encoder/decoder stages in backward
+  int loader_workers = 1;  // episode-sampling threads (0: sample on the training thread)
+  int prefetch = 2;        // batches prepared ahead of the step
+  bool tensorboard = true; // also write TensorBoard scalars under output_dir/tensorboard
   std::string distributed = "auto";
   int threads = 0;
   std::vector<ParamGroupRule> param_groups;

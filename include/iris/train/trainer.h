@@ -14,13 +14,20 @@
 #include "iris/train/communicator.h"
 #include "iris/train/train_config.h"
 
+namespace iris::data {
+class EpisodePrefetcher;
+}
+
 namespace iris::train {
+
+class TensorBoardWriter;
 
 enum class TrainOutcome { kFinished, kPreempted };
 
 struct StepMetrics {
   long iteration = 0;
   double loss = 0, dice_loss = 0, bce_loss = 0, lr = 0, grad_norm = 0, seconds = 0;
+  double data_seconds = 0;  // part of `seconds` spent waiting for the episode batch
 };
 
 class Trainer {
@@ -50,6 +57,7 @@ class Trainer {
 
  private:
   void build_optimizer();
+  void load_initial_weights();  // train.init_from
   StepMetrics step(long iteration);
   void save_checkpoint(long next_iteration, bool final_copy);
   long load_checkpoint();
@@ -68,6 +76,8 @@ class Trainer {
   struct OptimizerHolder;
   std::unique_ptr<OptimizerHolder> opt_;
   std::vector<StepMetrics> history_;
+  std::unique_ptr<data::EpisodePrefetcher> loader_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0, when train.tensorboard
   long stop_after_ = -1;
   long local_batch_ = 1;
 };

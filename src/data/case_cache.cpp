@@ -1,0 +1,139 @@
+#include "iris/data/case_cache.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <ATen/ATen.h>
+
+#include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
+
+namespace fs = std::filesystem;
+
+namespace iris::data {
+
+std::vector<long> classes_present(const at::Tensor& labels, const DatasetSpec& d, const std::string& where) {
+  at::Tensor values = std::get<0>(at::_unique(labels.reshape({-1}).to(at::kLong)));
+  std::vector<long> out;
+  const long* v = values.data_ptr<long>();
+  for (long i = 0; i < values.numel(); ++i)
+    if (v[i] != 0 && (d.class_names.empty() || d.class_names.count(v[i]))) out.push_back(v[i]);
+  if (out.empty()) throw Error(where, "label map has no labelled class");
+  return out;
+}
+
+namespace {
+
+// Size and modification time of the raw files, so an entry can tell when the
+// files it came from were rewritten ("" where a file is absent here).
+std::string source_fingerprint(const CaseSpec& c) {
+  if (!fs::exists(c.image) || !fs::exists(c.labels)) return "";
+  return VolumeCache::key_for(c.image, "") + VolumeCache::key_for(c.labels, "");
+}
+
+// The fingerprint line of an entry's info text.
+std::string recorded_fingerprint(const std::string& info) {
+  const std::string tag = "source-fingerprint: ";
+  const auto at = info.find(tag);
+  if (at == std::string::npos) return "";
+  const auto end = info.find('\n', at);
+  return info.substr(at + tag.size(), end == std::string::npos ? std::string::npos : end - at - tag.size());
+}
+
+std::string dataset_record_path(const std::string& folder, const std::string& dataset) {
+  return (fs::path(folder) / "datasets" / (dataset + ".tsv")).string();
+}
+
+}  // namespace
+
+CaseCache::CaseCache(const std::string& folder, std::string preprocess_text)
+    : cache_(folder), preprocess_text_(std::move(preprocess_text)) {}
+
+std::string CaseCache::key_for(const DatasetSpec& d, const CaseSpec& c) const {
+  std::ostringstream s;
+  s << "iris training case v1\ndataset: " << d.name << "\ncase: " << c.name << "\nimage: " << c.image
+    << "\nlabels: " << c.labels << "\nmodality: " << d.modality << "\nintensity: " << d.intensity
+    << "\npreprocess:\n"
+    << preprocess_text_;
+  return VolumeCache::text_key(s.str());
+}
+
+CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::string&)> warn) const {
+  return [this, raw = std::move(raw), warn = std::move(warn)](const DatasetSpec& d, const CaseSpec& c) {
+    const std::string key = key_for(d, c);
+    const std::string here = source_fingerprint(c);
+    std::string rejection;
+    if (auto hit = cache_.get(key, &rejection)) {
+      const std::string then = recorded_fingerprint(hit->info);
+      const bool stale = !here.empty() && here != then;
+      if (!stale || !raw) {
+        if (stale && warn)
+          warn(cache_.path_for(key) + ": " + c.image + " changed since it was cached; using the cached case (no raw loader)");
+        CaseVolume v;
+        v.name = c.name;
+        v.image = hit->voxels.to(at::kFloat);
+        if (!hit->labels) throw Error(cache_.path_for(key), "cached case has no labels");
+        v.labels = hit->labels->to(at::kLong);
+        v.classes = classes_present(v.labels, d, cache_.path_for(key));
+        const auto& sp = hit->geometry.spacing;
+        v.spacing = {sp[2], sp[1], sp[0]};
+        return v;
+      }
+      if (warn) warn(c.image + " changed since it was cached: preprocessing it again");
+    } else if (!rejection.empty() && warn) {
+      warn(rejection);
+    }
+    if (!raw)
+      throw Error(c.image, "case '" + c.name + "' of dataset '" + d.name + "' is not in the cache " + folder() +
+                               " and this build cannot read raw images: fill the cache on a machine with ITK "
+                               "(iris-train CONFIG --fill-cache) and copy the folder here");
+    CaseVolume v = raw(d, c);
+    CachedVolume entry;
+    entry.voxels = v.image.to(at::kFloat).contiguous();
+    entry.labels = v.labels.to(at::kInt).contiguous();
+    entry.geometry.size = {v.image.size(2), v.image.size(1), v.image.size(0)};
+    entry.geometry.spacing = {v.spacing[2], v.spacing[1], v.spacing[0]};
+    entry.info = "dataset: " + d.name + "\ncase: " + c.name + "\nimage: " + c.image + "\nlabels: " + c.labels +
+                 "\nsource-fingerprint: " + here + "\n";
+    cache_.put(key, entry);
+    return v;
+  };
+}
+
+void CaseCache::record_dataset(const DatasetSpec& d) const {
+  const std::string path = dataset_record_path(folder(), d.name);
+  fs::create_directories(fs::path(path).parent_path());
+  write_atomically(path, [&](const std::string& tmp) {
+    std::ofstream f(tmp);
+    for (const auto& [value, name] : d.class_names) f << "class\t" << value << "\t" << name << "\n";
+    for (const auto& c : d.cases) f << "case\t" << c.name << "\t" << c.image << "\t" << c.labels << "\n";
+    if (!f) throw Error(tmp, "write failed");
+  });
+}
+
+std::optional<RecordedDataset> CaseCache::recorded_dataset(const std::string& dataset) const {
+  const std::string path = dataset_record_path(folder(), dataset);
+  std::ifstream f(path);
+  if (!f) return std::nullopt;
+  RecordedDataset r;
+  std::string line;
+  long n = 0;
+  while (std::getline(f, line)) {
+    ++n;
+    std::vector<std::string> cols;
+    std::stringstream s(line);
+    for (std::string col; std::getline(s, col, '\t');) cols.push_back(col);
+    if (cols.size() == 3 && cols[0] == "class") {
+      r.class_names[std::stol(cols[1])] = cols[2];
+    } else if (cols.size() == 4 && cols[0] == "case") {
+      r.cases.push_back({cols[1], cols[2], cols[3]});
+    } else {
+      throw Error(path, "line " + std::to_string(n) + " is neither 'class<TAB>value<TAB>name' nor 'case<TAB>name<TAB>image<TAB>labels'");
+    }
+  }
+  if (r.cases.empty()) throw Error(path, "records no case");
+  return r;
+}
+
+}  // namespace iris::data

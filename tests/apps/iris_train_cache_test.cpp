@@ -1,0 +1,117 @@
+// iris-train with data.cache on a real volume (the KmeansTest brain of
+// insighttoolkit5-examples): --fill-cache preprocesses it once; with the raw
+// files moved away (a GPU machine that only has the carried cache) training
+// still runs and exports a model; without the cache it fails naming the file.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <ATen/ATen.h>
+
+#include "../support/test_support.h"
+#include "iris/io/image_io.h"
+#include "iris/model/model_file.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kData = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
+
+std::string train_program() {
+  const char* dir = std::getenv("IRIS_BIN_DIR");
+  return std::string(dir ? dir : IRIS_BINARY_DIR) + "/iris-train";
+}
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+RunResult run(const std::string& arguments, const fs::path& log) {
+  const std::string command = train_program() + " " + arguments + " > '" + log.string() + "' 2>&1";
+  const int status = std::system(command.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  r.output = text.str();
+  return r;
+}
+
+class IrisTrainCache : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_DATA(kData + "KmeansTest_T1UCharRaw.nii.gz");
+    ASSERT_TRUE(fs::exists(train_program())) << train_program() << " not built";
+    root = fs::temp_directory_path() / ("iris_train_cache_" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    fs::create_directories(root / "data");
+    fs::copy_file(kData + "KmeansTest_T1UCharRaw.nii.gz", root / "data" / "t1.nii.gz");
+    iris::io::Image strip = iris::io::read_labels(kData + "KmeansTest_T1RawSkullStrip.nii.gz");
+    strip.voxels = strip.voxels.gt(0).to(at::kByte);
+    iris::io::write_image(strip, (root / "data" / "brain.nii.gz").string());
+    std::ofstream(root / "train.yaml") << "model:\n  preset: tiny\n  memory_bank_size: 2\n"
+                                       << "preprocess:\n  spacing: [6, 6, 6]\n"
+                                       << "train:\n  iterations: 2\n  batch: 1\n  patch: 32\n  max_classes: 1\n"
+                                       << "  warmup: 1\n  checkpoint_every: 0\n  validate_every: 0\n  log_every: 1\n"
+                                       << "  output_dir: " << (root / "run").string() << "\n"
+                                       << "data:\n  datasets:\n    brain:\n      layout: list\n"
+                                       << "      root: " << (root / "data").string() << "\n"
+                                       << "      classes: [\"1:brain\"]\n      split: [1, 0, 0]\n"
+                                       << "      cases: [\"t1.nii.gz|brain.nii.gz\"]\n";
+  }
+  void TearDown() override {
+    if (!root.empty()) fs::remove_all(root);
+  }
+  std::string config() const { return "'" + (root / "train.yaml").string() + "'"; }
+  std::string cache_flag() const { return "--set data.cache='" + (root / "cache").string() + "'"; }
+  fs::path root;
+};
+
+}  // namespace
+
+TEST_F(IrisTrainCache, TrainsFromAFilledCacheWithoutTheRawFiles) {
+  const auto fill = run(config() + " " + cache_flag() + " --fill-cache", root / "fill.log");
+  ASSERT_EQ(fill.exit_code, 0) << fill.output;
+  EXPECT_NE(fill.output.find("1 cases cached"), std::string::npos) << fill.output;
+  long entries = 0;
+  for (const auto& f : fs::directory_iterator(root / "cache")) entries += f.path().extension() == ".irisvol";
+  EXPECT_EQ(entries, 1);
+  EXPECT_TRUE(fs::exists(root / "cache" / "datasets" / "brain.tsv"));
+  EXPECT_FALSE(fs::exists(root / "run" / "model.iris"));  // filling trains nothing
+
+  fs::rename(root / "data", root / "data_elsewhere");
+  const auto without = run(config(), root / "without.log");
+  EXPECT_NE(without.exit_code, 0);
+  EXPECT_NE(without.output.find("t1.nii.gz"), std::string::npos) << without.output;
+
+  const auto trained = run(config() + " " + cache_flag(), root / "train.log");
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  ASSERT_TRUE(fs::exists(root / "run" / "model.iris"));
+  const auto model = iris::model::load_model((root / "run" / "model.iris").string());
+  EXPECT_EQ(model.class_names, std::vector<std::string>{"brain"});
+  EXPECT_NE(model.preprocess.find("spacing"), std::string::npos) << model.preprocess;
+  // TensorBoard scalars next to the JSON lines.
+  EXPECT_TRUE(fs::exists(root / "run" / "metrics.jsonl"));
+  EXPECT_FALSE(fs::is_empty(root / "run" / "tensorboard"));
+}
+
+TEST_F(IrisTrainCache, MisspelledDataKeyIsRejectedWithASuggestion) {
+  const auto r = run(config() + " --set data.cahce=x", root / "typo.log");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("did you mean 'cache'"), std::string::npos) << r.output;
+}
+
+TEST_F(IrisTrainCache, FillCacheWithoutACacheFolderIsAnError) {
+  const auto r = run(config() + " --fill-cache", root / "nocache.log");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("data.cache"), std::string::npos) << r.output;
+}
