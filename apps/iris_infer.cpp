@@ -559,7 +559,10 @@ int main(int argc, char** argv) {
       for (long l : query_task.labels) max_label = std::max(max_label, l);
       label_image.voxels = max_label < 256 ? lab.to(at::kByte) : (max_label < 32768 ? lab.to(at::kShort) : lab);
       io::write_image(label_image, out);
-      if (!dicom_seg_path.empty()) {
+      if (!dicom_seg_path.empty() && !label_image.voxels.ne(0).any().item<bool>()) {
+        // A SEG needs at least one frame; an empty result is still a result.
+        app::log_warn(in + ": nothing segmented, so no DICOM-SEG written to " + dicom_seg_path);
+      } else if (!dicom_seg_path.empty()) {
         io::DicomSegOptions seg_options;
         for (size_t c = 0; c < query_task.labels.size() && c < query_task.names.size(); ++c)
           if (!query_task.names[c].empty()) seg_options.segment_names[query_task.labels[c]] = query_task.names[c];

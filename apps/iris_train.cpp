@@ -134,9 +134,11 @@ int main(int argc, char** argv) {
       if (!pre.entries().empty() && !cache)
         throw Error("preprocess", "this build has no ITK: preprocess the data into data.cache on a machine with ITK "
                                   "(iris-train CONFIG --fill-cache) and train from that cache here");
-      // The model file still records the preprocessing the cache was made with.
-      if (!pre.entries().empty() && !pre.has("intensity"))
-        config.set("preprocess.intensity", intensity_for(datasets.front()), "resolved");
+      // The model file still records the preprocessing the cache was made
+      // with, and the intensity scheme training used (per dataset, as above).
+      if (!pre.entries().empty()) config.set("preprocess.intensity", intensity_for(datasets.front()), "resolved");
+      if (fill_cache)
+        throw Error("--fill-cache", "this build has no ITK and cannot read raw images: fill the cache on a machine with ITK");
 #endif
     }
     app::configure_threads(train_config.threads);
@@ -160,8 +162,19 @@ int main(int argc, char** argv) {
       if (comm->rank() == 0)
         for (const auto& d : datasets) cache->record_dataset(d);
     }
-    auto train_sets = data::load_datasets(datasets, "train", loader);
-    auto val_sets = data::load_datasets(datasets, "val", loader);
+    std::vector<data::LoadedDataset> train_sets, val_sets;
+    auto load_all = [&] {
+      train_sets = data::load_datasets(datasets, "train", loader);
+      val_sets = data::load_datasets(datasets, "val", loader);
+    };
+    if (cache && comm->size() > 1) {
+      // Rank 0 fills a cold cache alone; the others then read it.
+      if (comm->rank() == 0) load_all();
+      comm->barrier();
+      if (comm->rank() != 0) load_all();
+    } else {
+      load_all();
+    }
     if (fill_cache) {
       long n = 0;
       for (const auto& d : train_sets) n += static_cast<long>(d.cases.size());

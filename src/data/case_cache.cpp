@@ -1,5 +1,6 @@
 #include "iris/data/case_cache.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -25,11 +26,29 @@ std::vector<long> classes_present(const at::Tensor& labels, const DatasetSpec& d
 
 namespace {
 
-// Size and modification time of the raw files, so an entry can tell when the
-// files it came from were rewritten ("" where a file is absent here).
+// Sizes and modification times of the raw files (a DICOM folder: of every
+// file in it), so an entry can tell when the files it came from were
+// rewritten. Not their absolute paths: the same data mounted elsewhere is
+// the same data. "" where a file is absent here.
 std::string source_fingerprint(const CaseSpec& c) {
   if (!fs::exists(c.image) || !fs::exists(c.labels)) return "";
-  return VolumeCache::key_for(c.image, "") + VolumeCache::key_for(c.labels, "");
+  std::ostringstream s;
+  auto add = [&](const fs::path& file, const fs::path& base) {
+    s << fs::relative(file, base).string() << ' ' << fs::file_size(file) << ' '
+      << fs::last_write_time(file).time_since_epoch().count() << '\n';
+  };
+  for (const std::string& input : {c.image, c.labels}) {
+    if (fs::is_directory(input)) {
+      std::vector<fs::path> files;
+      for (const auto& f : fs::recursive_directory_iterator(input))
+        if (f.is_regular_file()) files.push_back(f.path());
+      std::sort(files.begin(), files.end());
+      for (const auto& f : files) add(f, input);
+    } else {
+      add(input, fs::path(input).parent_path());
+    }
+  }
+  return VolumeCache::text_key(s.str());
 }
 
 // The fingerprint line of an entry's info text.
@@ -64,7 +83,19 @@ CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::strin
     const std::string key = key_for(d, c);
     const std::string here = source_fingerprint(c);
     std::string rejection;
-    if (auto hit = cache_.get(key, &rejection)) {
+    std::optional<CachedVolume> hit;
+    if (raw) {
+      hit = cache_.get(key, &rejection);  // a damaged entry is removed and rebuilt below
+    } else if (cache_.contains(key)) {
+      // Nothing can rebuild it here: keep the file, whatever went wrong.
+      try {
+        hit = read_cached_volume(cache_.path_for(key));
+      } catch (const Error& e) {
+        throw Error(cache_.path_for(key), "cached case '" + c.name + "' cannot be read (" + e.reason() +
+                                              ") and this build cannot preprocess it again: copy the cache again");
+      }
+    }
+    if (hit) {
       const std::string then = recorded_fingerprint(hit->info);
       const bool stale = !here.empty() && here != then;
       if (!stale || !raw) {

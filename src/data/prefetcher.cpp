@@ -6,7 +6,18 @@ namespace iris::data {
 
 EpisodePrefetcher::EpisodePrefetcher(Producer produce, int workers, int depth)
     : produce_(std::move(produce)), depth_(std::max(1, depth)) {
-  for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  try {
+    for (int i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  } catch (...) {
+    // The destructor will not run: stop the threads already started.
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+    throw;
+  }
 }
 
 EpisodePrefetcher::~EpisodePrefetcher() {
@@ -56,7 +67,7 @@ EpisodeBatch EpisodePrefetcher::get(long index) {
     for (auto it = pending_.begin(); it != pending_.end();)
       it = it->first < index || it->first >= index + depth_ + 1 ? pending_.erase(it) : std::next(it);
     for (auto it = queue_.begin(); it != queue_.end();)
-      it = it->first < index ? queue_.erase(it) : std::next(it);
+      it = it->first < index || it->first > index + depth_ ? queue_.erase(it) : std::next(it);
     for (long i = index; i <= index + depth_; ++i) schedule(i);
     wanted = pending_.at(index);
     pending_.erase(index);

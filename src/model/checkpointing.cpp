@@ -159,7 +159,18 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     state->autocast_cpu_dtype = AutocastGuard::get_dtype(c10::DeviceType::CPU);
     state->autocast_cuda_dtype = AutocastGuard::get_dtype(c10::DeviceType::CUDA);
     ctx->save_for_backward(in);
-    std::vector<at::Tensor> out = state->fn(*state->module, in);
+    // Autocast caches the bf16 copies of weights it casts; made here under
+    // no-grad they would carry no gradient to a later non-checkpointed use.
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    std::vector<at::Tensor> out;
+    try {
+      out = state->fn(*state->module, in);
+    } catch (...) {
+      at::autocast::set_autocast_cache_enabled(cache);
+      throw;
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
     ctx->saved_data["state"] = at::IValue::make_capsule(std::move(state));
     return out;
   }

@@ -83,9 +83,24 @@ Trainer::~Trainer() = default;
 void Trainer::load_initial_weights() {
   const std::string& path = config_.init_from;
   const model::IrisModel init = model::load_model(path);
+  // Same shapes are not enough: settings without weights of their own (head
+  // size, attention switches, bank momentum) must agree too.
+  {
+    const auto a = init.config.to_config().entries(), b = model_config_.to_config().entries();
+    std::string differing;
+    for (const auto& [k, v] : b) {
+      if (k == "memory_bank_size" || k == "max_patch_size") continue;  // free to change
+      const auto it = a.find(k);
+      if (it == a.end() || it->second != v)
+        differing += " " + k + " (" + (it == a.end() ? std::string("unset") : it->second) + " there, " + v + " here)";
+    }
+    if (!differing.empty()) throw Error(path, "its model settings differ from this config's model:" + differing);
+  }
   at::NoGradGuard no_grad;
+  auto is_bank = [](const std::string& name) { return name.rfind("task_prior_", 0) == 0; };
   auto copy_all = [&](auto mine, auto theirs, const char* what) {
     for (auto& item : mine) {
+      if (is_bank(item.key())) continue;  // by class name, below
       const at::Tensor* src = theirs.find(item.key());
       if (!src)
         throw Error(path, std::string("has no ") + what + " '" + item.key() +
@@ -98,6 +113,20 @@ void Trainer::load_initial_weights() {
   };
   copy_all(net_->named_parameters(), init.net->named_parameters(), "parameter");
   copy_all(net_->named_buffers(), init.net->named_buffers(), "buffer");
+  // Memory-bank rows belong to class names: a class both runs know keeps its
+  // learnt prototype, whatever its id; new classes start fresh.
+  const auto theirs = init.net->named_buffers();
+  for (auto& item : net_->named_buffers()) {
+    if (!is_bank(item.key())) continue;
+    const at::Tensor* src = theirs.find(item.key());
+    if (!src || src->sizes().slice(1) != item.value().sizes().slice(1))
+      throw Error(path, "memory bank '" + item.key() + "' does not match this config's model");
+    for (size_t j = 0; j < class_names_.size() && static_cast<long>(j) < item.value().size(0); ++j) {
+      const auto at = std::find(init.class_names.begin(), init.class_names.end(), class_names_[j]);
+      const long i = at - init.class_names.begin();
+      if (at != init.class_names.end() && i < src->size(0)) item.value()[static_cast<long>(j)].copy_((*src)[i]);
+    }
+  }
 }
 
 void Trainer::build_optimizer() {
@@ -366,13 +395,20 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
   if (!std::isnan(val_dice)) jl << ", \"val_dice\": " << val_dice;
   jl << "}\n";
   if (!config_.tensorboard) return;
-  if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "tensorboard").string());
-  const std::pair<const char*, double> scalars[] = {
-      {"train/loss", m.loss},           {"train/dice_loss", m.dice_loss}, {"train/bce_loss", m.bce_loss},
-      {"train/lr", m.lr},               {"train/grad_norm", m.grad_norm}, {"time/seconds_per_step", m.seconds},
-      {"time/data_wait_seconds", m.data_seconds}};
-  for (const auto& [tag, value] : scalars) tensorboard_->add_scalar(tag, value, m.iteration);
-  if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
+  try {
+    if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "tensorboard").string());
+    const std::pair<const char*, double> scalars[] = {
+        {"train/loss", m.loss},           {"train/dice_loss", m.dice_loss}, {"train/bce_loss", m.bce_loss},
+        {"train/lr", m.lr},               {"train/grad_norm", m.grad_norm}, {"time/seconds_per_step", m.seconds},
+        {"time/data_wait_seconds", m.data_seconds}};
+    for (const auto& [tag, value] : scalars) tensorboard_->add_scalar(tag, value, m.iteration);
+    if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
+  } catch (const Error& e) {
+    // Losing the TensorBoard copy must not stop a training run: metrics.jsonl has it all.
+    std::cerr << "iris-train: warning: " << e.what() << "; TensorBoard logging stops\n";
+    tensorboard_.reset();
+    config_.tensorboard = false;
+  }
 }
 
 TrainOutcome Trainer::run(bool resume) {

@@ -23,7 +23,9 @@ class EpisodePrefetcher {
   // `workers` 0: get() samples on the calling thread. Otherwise up to
   // `depth` batches after the requested one are prepared in the background.
   // Each worker runs tensor ops with one intra-op thread: the cores belong to
-  // the training step.
+  // the training step. (at::set_num_threads(1) in a worker also becomes the
+  // default of threads that start later; the trainer's thread has set its
+  // own count before.)
   EpisodePrefetcher(Producer produce, int workers, int depth);
   ~EpisodePrefetcher();
   EpisodePrefetcher(const EpisodePrefetcher&) = delete;
