@@ -14,7 +14,7 @@ export IRIS_THREADS=${IRIS_THREADS:-$(nproc)}
 cd "$ROOT"
 bash scripts/make_demo_data.sh "$BUILD" "$DATA" >/dev/null
 
-MODEL="$ROOT/models/demo_brain.iris"
+MODEL="${IRIS_DEMO_MODEL:-$ROOT/models/demo_brain.iris}"
 if [ ! -f "$MODEL" ]; then
   echo "== no shipped model: training one (configs/train/demo_brain.yaml, ~10 min on 2 cores)"
   "$BUILD/iris-train" configs/train/demo_brain.yaml --set train.output_dir="$OUT/train" --set data.datasets.brain.root="$DATA" --set data.datasets.structures.root="$DATA"
