@@ -11,6 +11,7 @@
 #include <itkMetaDataObject.h>
 
 #include "iris/common/error.h"
+#include "dicom_slices.h"
 #include "itk_bridge.h"
 
 namespace fs = std::filesystem;
@@ -99,10 +100,8 @@ std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool r
   return result;
 }
 
-namespace {
-
-const DicomSeriesInfo& choose_series(const std::vector<DicomSeriesInfo>& series,
-                                     const std::string& folder, const std::string& uid) {
+const DicomSeriesInfo& choose_dicom_series(const std::vector<DicomSeriesInfo>& series, const std::string& folder,
+                                           const std::string& uid) {
   if (uid.empty()) {
     if (series.size() == 1) return series.front();
     throw Error(folder, "holds " + std::to_string(series.size()) +
@@ -124,30 +123,10 @@ const DicomSeriesInfo& choose_series(const std::vector<DicomSeriesInfo>& series,
                           list_for_message(series));
 }
 
-struct SliceSpacing {
-  double mean = 0;           // mm between neighbouring slices along the normal
-  double max_deviation = 0;  // mm, largest |step - mean|
-};
-
-// Positions of the slices (sorted) projected on the slice normal.
-SliceSpacing measure_slice_spacing(const std::vector<std::array<double, 3>>& positions,
-                                   const std::array<double, 3>& normal) {
-  std::vector<double> along;
-  for (const auto& p : positions) along.push_back(p[0] * normal[0] + p[1] * normal[1] + p[2] * normal[2]);
-  SliceSpacing s;
-  const size_t n = along.size();
-  s.mean = (along.back() - along.front()) / static_cast<double>(n - 1);
-  for (size_t i = 1; i < n; ++i)
-    s.max_deviation = std::max(s.max_deviation, std::abs((along[i] - along[i - 1]) - s.mean));
-  return s;
-}
-
-}  // namespace
-
 Image read_dicom_series(const std::string& folder, const std::string& series_uid,
                         const DicomReadOptions& options) {
   const auto series = list_dicom_series(folder, options.recursive);
-  const DicomSeriesInfo& chosen = choose_series(series, folder, series_uid);
+  const DicomSeriesInfo& chosen = choose_dicom_series(series, folder, series_uid);
   const std::string source = folder;
   if (chosen.number_of_slices < 2)
     throw Error(source, "series " + chosen.uid + " has a single slice (2-D); a 3-D image is needed");
@@ -178,40 +157,19 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
     positions.push_back({ipp[0], ipp[1], ipp[2]});
     if (orientation.empty()) orientation = decimal_values(tag_value(*dict, "0020|0037"));
   }
-  if (orientation.size() != 6)
-    throw Error(source, "series " + chosen.uid + " has no valid ImageOrientationPatient");
-
-  const std::array<double, 3> row{orientation[0], orientation[1], orientation[2]};
-  const std::array<double, 3> col{orientation[3], orientation[4], orientation[5]};
-  std::array<double, 3> normal{row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2],
-                               row[0] * col[1] - row[1] * col[0]};
-  const double normal_length = std::sqrt(normal[0] * normal[0] + normal[1] * normal[1] + normal[2] * normal[2]);
-  if (!(normal_length > 0.5))
-    throw Error(source, "series " + chosen.uid + " has an invalid ImageOrientationPatient");
-  for (double& c : normal) c /= normal_length;
-  // Files are sorted along the normal already; orient the normal so slice
-  // index grows with it.
-  const std::array<double, 3> first_to_last{positions.back()[0] - positions.front()[0],
-                                            positions.back()[1] - positions.front()[1],
-                                            positions.back()[2] - positions.front()[2]};
-  if (first_to_last[0] * normal[0] + first_to_last[1] * normal[1] + first_to_last[2] * normal[2] < 0)
-    for (double& c : normal) c = -c;
-
-  const SliceSpacing spacing = measure_slice_spacing(positions, normal);
-  if (!(spacing.mean > 0))
-    throw Error(source, "series " + chosen.uid + " has its slices at one position (duplicates?)");
-  const double relative = spacing.max_deviation / spacing.mean;
+  const detail::SliceStack stack = detail::slice_stack(positions, orientation, source, "series " + chosen.uid);
+  const double relative = stack.max_deviation / stack.mean_step;
   std::ostringstream note;
-  note << "series " << chosen.uid << " has uneven slice spacing: mean " << spacing.mean
-       << " mm, largest deviation " << spacing.max_deviation << " mm (" << 100 * relative << " %)";
+  note << "series " << chosen.uid << " has uneven slice spacing: mean " << stack.mean_step
+       << " mm, largest deviation " << stack.max_deviation << " mm (" << 100 * relative << " %)";
   if (relative > options.spacing_error_fraction)
     throw Error(source, note.str() + "; missing slices? refusing to build a volume");
 
   Image out = detail::image_from_itk<float>(volume, source);
   // ITK takes the 3rd axis from first-to-last position; the slice normal is
   // exact and keeps the direction orthonormal when positions are rounded.
-  for (int r = 0; r < 3; ++r) out.geometry.direction[3 * r + 2] = normal[r];
-  out.geometry.spacing[2] = spacing.mean;
+  for (int r = 0; r < 3; ++r) out.geometry.direction[3 * r + 2] = stack.normal[r];
+  out.geometry.spacing[2] = stack.mean_step;
   out.geometry.origin = positions.front();
   if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
   detail::check_geometry(out.geometry, source);

@@ -27,6 +27,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/io/dicom.h"
+#include "dicom_slices.h"
 
 namespace fs = std::filesystem;
 
@@ -104,27 +105,6 @@ struct SourceSeries {
   DcmFileFormat first_header;
 };
 
-// The series' files as list_dicom_series sorts them, chosen by the rules of
-// read_dicom_series.
-const DicomSeriesInfo& choose_series(const std::vector<DicomSeriesInfo>& series, const std::string& uid,
-                                     const std::string& folder, const std::string& output_path) {
-  if (uid.empty()) {
-    if (series.size() == 1) return series.front();
-    throw Error(output_path, "source folder " + folder + " holds " + std::to_string(series.size()) +
-                                 " DICOM series; give the UID of the one the labels belong to");
-  }
-  for (const auto& info : series)
-    if (info.uid == uid) return info;
-  const DicomSeriesInfo* match = nullptr;
-  for (const auto& info : series)
-    if (info.series_instance_uid == uid) {
-      if (match) throw Error(output_path, "SeriesInstanceUID " + uid + " covers several sub-series in " + folder);
-      match = &info;
-    }
-  if (!match) throw Error(output_path, "source folder " + folder + " has no DICOM series with UID " + uid);
-  return *match;
-}
-
 std::vector<double> decimal_values(DcmItem& item, const DcmTagKey& tag, unsigned long count) {
   std::vector<double> values;
   for (unsigned long i = 0; i < count; ++i) {
@@ -183,16 +163,11 @@ SourceSeries read_source_series(const std::vector<std::string>& files, const std
     if (!(length > 0.5)) throw Error(output_path, "source slice " + slices[0].file + " has an invalid orientation");
     for (double& c : *v) c /= length;
   }
-  std::array<double, 3> normal{row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2],
-                               row[0] * col[1] - row[1] * col[0]};
-  const double normal_length = std::sqrt(dot(normal, normal));
-  for (double& c : normal) c /= normal_length;
-  if (dot(minus(slices.back().position, slices.front().position), normal) < 0)
-    for (double& c : normal) c = -c;
-  const double along_first = dot(slices.front().position, normal);
-  const double mean_step =
-      (dot(slices.back().position, normal) - along_first) / static_cast<double>(slices.size() - 1);
-  if (!(mean_step > 0)) throw Error(output_path, "the source series has its slices at one position");
+  // The reader's own rule for the slice normal and step (dicom_slices.h).
+  std::vector<std::array<double, 3>> positions;
+  for (const auto& s : slices) positions.push_back(s.position);
+  const detail::SliceStack stack = detail::slice_stack(positions, orientation, output_path, "the source series");
+  const std::array<double, 3>& normal = stack.normal;
   // Frames carry each slice's own position, so uneven steps (which the
   // reader accepted within its tolerance) are fine; only the order matters.
   for (size_t k = 1; k < slices.size(); ++k)
@@ -201,7 +176,7 @@ SourceSeries read_source_series(const std::vector<std::string>& files, const std
 
   Geometry& g = out.grid;
   g.size = {columns, rows, static_cast<long>(slices.size())};
-  g.spacing = {pixel_spacing[1], pixel_spacing[0], mean_step};  // PixelSpacing is (between rows, between columns)
+  g.spacing = {pixel_spacing[1], pixel_spacing[0], stack.mean_step};  // PixelSpacing is (between rows, between columns)
   g.origin = slices.front().position;
   for (int r = 0; r < 3; ++r) {
     g.direction[3 * r + 0] = row[r];
@@ -250,8 +225,13 @@ void write_dicom_seg(const std::string& output_path, const Image& labels, const 
   } catch (const Error& e) {
     throw Error(output_path, std::string("cannot reference the source DICOM series: ") + e.what());
   }
-  SourceSeries source =
-      read_source_series(choose_series(series, series_uid, source_folder, output_path).files, output_path);
+  const DicomSeriesInfo* chosen = nullptr;
+  try {
+    chosen = &choose_dicom_series(series, source_folder, series_uid);
+  } catch (const Error& e) {
+    throw Error(output_path, std::string("cannot reference the source DICOM series: ") + e.what());
+  }
+  SourceSeries source = read_source_series(chosen->files, output_path);
   const Geometry& grid = source.grid;
   const std::vector<SourceSlice>& slices = source.slices;
   const std::array<long, 3> shape{values.size(2), values.size(1), values.size(0)};

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include "../support/test_support.h"
 #include "iris/eval/evaluation.h"
 #include "iris/eval/rsna.h"
 #include "iris/io/image_io.h"
@@ -22,26 +23,12 @@ namespace {
 
 const char* kAtlas = "/usr/share/mricron/templates/aal.nii.gz";
 
-std::string eval_program() {
-  const char* dir = std::getenv("IRIS_BIN_DIR");
-  return std::string(dir ? dir : IRIS_BINARY_DIR) + "/iris-eval";
-}
+std::string eval_program() { return iris::testing::program_path("iris-eval"); }
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
+using RunResult = iris::testing::ProgramRun;
 
 RunResult run(const std::string& arguments, const fs::path& log) {
-  const std::string command = eval_program() + " " + arguments + " > '" + log.string() + "' 2>&1";
-  const int status = std::system(command.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  r.output = text.str();
-  return r;
+  return iris::testing::run_program(eval_program(), arguments, log.string());
 }
 
 std::string shell_quoted(const fs::path& p) { return "'" + p.string() + "'"; }

@@ -24,26 +24,12 @@ namespace {
 
 const std::string kData = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
 
-std::string train_program() {
-  const char* dir = std::getenv("IRIS_BIN_DIR");
-  return std::string(dir ? dir : IRIS_BINARY_DIR) + "/iris-train";
-}
+std::string train_program() { return iris::testing::program_path("iris-train"); }
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;
-};
+using RunResult = iris::testing::ProgramRun;
 
 RunResult run(const std::string& arguments, const fs::path& log) {
-  const std::string command = train_program() + " " + arguments + " > '" + log.string() + "' 2>&1";
-  const int status = std::system(command.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream in(log);
-  std::stringstream text;
-  text << in.rdbuf();
-  r.output = text.str();
-  return r;
+  return iris::testing::run_program(train_program(), arguments, log.string());
 }
 
 class IrisTrainCache : public ::testing::Test {

@@ -1,7 +1,12 @@
 #pragma once
 // Helpers every test area shares: where the real data lives, a data check
 // that fails (never skips) when set-up was not run, and error capture.
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -25,6 +30,31 @@ std::string error_of(F&& f) {
   }
   ADD_FAILURE() << "expected iris::Error, nothing was thrown";
   return {};
+}
+
+// A built program (iris-eval, iris-train, ...): $IRIS_BIN_DIR (set by ctest)
+// or the build folder the tests were configured in.
+inline std::string program_path(const std::string& name) {
+  const char* dir = std::getenv("IRIS_BIN_DIR");
+  return std::string(dir ? dir : IRIS_BINARY_DIR) + "/" + name;
+}
+
+struct ProgramRun {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs `program arguments` through the shell, output captured in `log`.
+inline ProgramRun run_program(const std::string& program, const std::string& arguments, const std::string& log) {
+  const std::string command = program + " " + arguments + " > '" + log + "' 2>&1";
+  const int status = std::system(command.c_str());
+  ProgramRun r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(log);
+  std::stringstream text;
+  text << in.rdbuf();
+  r.output = text.str();
+  return r;
 }
 
 }  // namespace iris::testing

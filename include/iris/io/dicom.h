@@ -34,6 +34,12 @@ struct DicomReadOptions {
 // or holds no DICOM image.
 std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive = true);
 
+// The series `series_uid` names (DicomSeriesInfo::uid, or the plain
+// SeriesInstanceUID when unambiguous); "" = the only one. iris::Error naming
+// `folder` and listing the series otherwise.
+const DicomSeriesInfo& choose_dicom_series(const std::vector<DicomSeriesInfo>& series, const std::string& folder,
+                                           const std::string& series_uid);
+
 // Reads one series as float32 [Z,Y,X]. With an empty `series_uid` the folder
 // must hold exactly one series; otherwise the error lists them. `series_uid`
 // may be DicomSeriesInfo::uid or the plain SeriesInstanceUID when unambiguous.
