@@ -182,6 +182,10 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     std::array<double, 3> qc;
     if (chance(r, options_.foreground_oversample)) {
       qc = random_voxel_of(qm[std::uniform_int_distribution<long>(0, k - 1)(r)], r);
+      // Offset in volume voxels, before the patch's rotation and scale.
+      const double spread = options_.foreground_spread * (P - 1) / 2.0;
+      if (spread > 0)
+        for (auto& c : qc) c += uniform(r, -spread, spread);
     } else {
       qc = {uniform(r, 0, q.image.size(0) - 1), uniform(r, 0, q.image.size(1) - 1), uniform(r, 0, q.image.size(2) - 1)};
     }

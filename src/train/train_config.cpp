@@ -11,7 +11,7 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
       "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
       "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
       "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
-      "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "threads", "foreground_oversample", "perturb_reference", "augment",
+      "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
       "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
   ConfigMap plain;
   std::set<std::string> group_names;
@@ -60,6 +60,9 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   s("distributed", c.distributed);
   if (m.has("threads")) c.threads = static_cast<int>(config_int(m, "threads"));
   d("foreground_oversample", c.episodes.foreground_oversample);
+  d("foreground_spread", c.episodes.foreground_spread);
+  if (c.episodes.foreground_spread < 0 || c.episodes.foreground_spread > 1)
+    throw Error("train.foreground_spread", "must be in [0, 1] (a fraction of the half patch)");
   d("perturb_reference", c.episodes.perturb_reference);
   b("augment", c.episodes.augment.enabled);
   d("augment_intensity_probability", c.episodes.augment.intensity_probability);

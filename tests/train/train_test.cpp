@@ -240,6 +240,51 @@ TEST(Episodes, AreReproducibleAndKeepTheReferenceMask) {
       }
 }
 
+// A small structure must not always sit at the centre of the query patch:
+// then "a blob in the middle" solves every episode and the reference is never
+// read (what the first demo model learnt).
+TEST(Episodes, ForegroundSpreadMovesASmallStructureAroundTheQueryPatch) {
+  data::LoadedDataset d;
+  d.name = "dot";
+  for (int s = 0; s < 2; ++s) {
+    data::CaseVolume v;
+    v.name = "case" + std::to_string(s);
+    v.labels = torch::zeros({64, 64, 64}, torch::kLong);
+    v.labels.slice(0, 30, 34).slice(1, 20, 24).slice(2, 40, 44).fill_(1);  // 4^3 voxels
+    v.image = v.labels.to(torch::kFloat);
+    v.classes = {1};
+    d.cases.push_back(v);
+  }
+  d.class_ids = {{1, 0}};
+  auto centroid_spread = [&](double spread) {
+    data::EpisodeOptions o;
+    o.patch = 32;
+    o.max_classes = 1;
+    o.foreground_oversample = 1.0;
+    o.foreground_spread = spread;
+    o.perturb_reference = 0;
+    o.augment.enabled = false;
+    data::EpisodeSampler sampler({d}, o, 3);
+    std::vector<at::Tensor> centroids;
+    for (long i = 0; i < 40; ++i) {
+      at::Tensor m = sampler.sample(i, 1).query_masks[0][0];
+      // Off-grid sampling thresholds a 4-voxel edge to 3 or 4: whole means >= 27.
+      EXPECT_GE(m.sum().item<float>(), 27) << "episode " << i << ": the structure must stay whole in the patch";
+      centroids.push_back(at::nonzero(m).to(at::kFloat).mean(0));
+    }
+    at::Tensor c = at::stack(centroids);  // [40, 3]
+    EXPECT_LT((c - 15.5).abs().max().item<float>(), 15.5 * spread + 2.0);  // the voxel drawn is within 1.5 (+ resampling) of the centroid
+    return c.std(0).min().item<float>();
+  };
+  ConfigMap config;
+  config.set("foreground_spread", "0.25");
+  EXPECT_EQ(train::TrainConfig::from_config(config).episodes.foreground_spread, 0.25);
+  config.set("foreground_spread", "1.5");
+  EXPECT_THROW(train::TrainConfig::from_config(config), Error);
+  EXPECT_LT(centroid_spread(0.0), 1.5);  // centred on one of its voxels
+  EXPECT_GT(centroid_spread(0.7), 4.0);  // uniform over +-10.85 voxels: std ~6.3
+}
+
 TEST(Trainer, ResumedRunGivesTheSameLossesAsAnUninterruptedOne) {
   auto comm = train::make_communicator({}, "none", false);
   data::EpisodeOptions o;

@@ -32,6 +32,13 @@ struct EpisodeOptions {
   long patch = 128;
   long max_classes = 3;              // K slots per episode (padded)
   double foreground_oversample = 0.67;
+  // Where a sampled foreground voxel lands in the query patch: the patch
+  // centre is moved from it by up to this fraction of the half patch per axis
+  // (uniform, volume voxels, before the patch's rotation and scale; 0 = always
+  // centred, the sampling before this option existed). Centred crops let a
+  // small structure be found by position alone ("predict a blob in the
+  // middle"), which the reference then never has to steer.
+  double foreground_spread = 0.7;
   double perturb_reference = 0.2;    // chance to dilate/erode reference masks
   AugmentOptions augment;
 };
