@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
   std::string dicom_seg_path;
   std::vector<std::string> references, reference_masks;
   double overlap = 0.5, threshold = 0.5, tune_lr = 1e-2;
-  long window = 0, window_batch = 1, tune_steps = 20, min_component_voxels = 0;
+  long window = 0, window_batch = 1, tune_steps = 20, min_component_voxels = 0, classes_per_pass = 0;
   unsigned seed = 0;
   int threads = 0;
   bool tta = false, quiet = false, keep_largest = false, aggregate_on_cpu = true, tune_adamw = false;
@@ -187,6 +187,10 @@ int main(int argc, char** argv) {
     app->add_option("--device", device_name, "cpu or cuda:N");
     app->add_option("--threads", threads, "CPU threads (default: all cores)");
     app->add_flag("--quiet", quiet, "no progress output");
+    app->add_option("--classes-per-pass", classes_per_pass,
+                    "encode (each group from its own reference window) and segment this many classes at a time "
+                    "(default: all together)")
+        ->check(CLI::NonNegativeNumber);
   };
   add_reference_options(&cli);
   cli.add_option("--strategy", strategy,
@@ -303,7 +307,8 @@ int main(int argc, char** argv) {
     };
     auto encode_one = [&](const ReferencePair& pair) {
       auto t = Clock::now();
-      auto task = infer::encode_reference(*model.net, pair.image, pair.mask, labels, preprocess, device, model.fingerprint);
+      auto task = infer::encode_reference(*model.net, pair.image, pair.mask, labels, preprocess, device,
+                                          model.fingerprint, classes_per_pass);
       timings.add("encode", t);
       return task;
     };
@@ -318,7 +323,7 @@ int main(int argc, char** argv) {
         ReferencePair pair = read_reference(i);
         auto t = Clock::now();
         pool.entries.push_back(infer::encode_pool_entry(*model.net, pair.image, pair.mask, labels, preprocess, device,
-                                                        model.fingerprint));
+                                                        model.fingerprint, classes_per_pass));
         timings.add("encode", t);
         std::string name = case_name(references[i]);
         for (const auto& e : pool.entries)
@@ -366,6 +371,8 @@ int main(int argc, char** argv) {
     }
     if (retrieval && references.empty() && pool_dir.empty())
       throw Error("--strategy " + strategy, "needs --pool and/or reference pairs to choose from");
+    if (strategy == "tuning" && classes_per_pass > 0)
+      throw Error("--classes-per-pass", "is not supported with --strategy tuning (tuning optimises all classes in one pass)");
     if (strategy == "tuning" && references.empty())
       throw Error("--strategy tuning", "needs labelled examples: --reference/--reference-mask");
     if (!pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
@@ -470,6 +477,7 @@ int main(int argc, char** argv) {
     opts.batch = window_batch;
     opts.device = device;
     opts.mirror_tta = tta;
+    opts.classes_per_pass = classes_per_pass;
     if (!quiet)
       opts.progress = [](long done, long total) {
         std::cerr << "\r  windows " << done << "/" << total << std::flush;
@@ -583,7 +591,9 @@ int main(int argc, char** argv) {
       std::ostringstream js;
       js << "{\n  \"model\": \"" << json_escape(model_path) << "\",\n  \"model_fingerprint\": \"" << model.fingerprint
          << "\",\n  \"strategy\": \"" << strategy << "\",\n  \"device\": \"" << device.str()
-         << "\",\n  \"classes\": " << task.num_classes() << ",\n  \"seconds\": {";
+         << "\",\n  \"classes\": " << task.num_classes() << ",\n  \"classes_per_pass\": "
+         << (classes_per_pass > 0 ? std::min(classes_per_pass, task.num_classes()) : task.num_classes())
+         << ",\n  \"seconds\": {";
       for (size_t i = 0; i < timings.stages.size(); ++i)
         js << (i ? ", " : "") << "\"" << timings.stages[i].first << "\": " << timings.stages[i].second;
       js << "},\n  \"peak_rss_bytes\": " << app::peak_rss_bytes();

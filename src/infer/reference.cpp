@@ -40,7 +40,18 @@ std::vector<long> reference_label_values(const io::Image& labels, const std::vec
 
 model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
                                       const std::vector<long>& label_values, const std::string& intensity,
-                                      const c10::Device& device, const std::string& fingerprint) {
+                                      const c10::Device& device, const std::string& fingerprint,
+                                      long classes_per_window) {
+  const size_t step = classes_per_window > 0 ? static_cast<size_t>(classes_per_window) : label_values.size();
+  if (step > 0 && step < label_values.size()) {
+    std::vector<model::TaskEmbedding> groups;
+    for (size_t first = 0; first < label_values.size(); first += step) {
+      const std::vector<long> group(label_values.begin() + first,
+                                    label_values.begin() + std::min(label_values.size(), first + step));
+      groups.push_back(encode_reference(net, image, labels, group, intensity, device, fingerprint));
+    }
+    return model::TaskEmbedding::concat(groups);
+  }
   io::check_same_grid(image, labels);
   at::Tensor volume = data::normalise_intensity(image.voxels, intensity);
   std::vector<at::Tensor> masks;

@@ -120,10 +120,10 @@ at::Tensor image_feature_vector(model::IrisNetImpl& net, const at::Tensor& volum
 
 PoolEntry encode_pool_entry(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
                             const std::vector<long>& label_values, const std::string& intensity,
-                            const c10::Device& device, const std::string& fingerprint) {
+                            const c10::Device& device, const std::string& fingerprint, long classes_per_window) {
   PoolEntry entry;
   entry.name = fs::path(image.source).filename().string();
-  entry.task = encode_reference(net, image, labels, label_values, intensity, device, fingerprint);
+  entry.task = encode_reference(net, image, labels, label_values, intensity, device, fingerprint, classes_per_window);
   entry.image_features = image_feature_vector(net, data::normalise_intensity(image.voxels, intensity),
                                               net.config().max_patch_size, device);
   return entry;

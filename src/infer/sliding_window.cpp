@@ -101,13 +101,13 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
       windows.push_back(padded.index({Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])}));
     }
     at::Tensor batch = at::stack(windows).unsqueeze(1).to(o.device);  // [n, 1, d, h, w]
-    at::Tensor probs = model::segment(net, batch, task_dev).sigmoid();
+    at::Tensor probs = model::segment(net, batch, task_dev, o.classes_per_pass).sigmoid();
     if (o.mirror_tta) {
       for (int mask = 1; mask < 8; ++mask) {
         std::vector<int64_t> dims;
         for (int a = 0; a < 3; ++a)
           if (mask & (1 << a)) dims.push_back(2 + a);
-        probs = probs + model::segment(net, batch.flip(dims), task_dev).sigmoid().flip(dims);
+        probs = probs + model::segment(net, batch.flip(dims), task_dev, o.classes_per_pass).sigmoid().flip(dims);
       }
       probs = probs / 8.0;
     }

@@ -67,6 +67,21 @@ TaskEmbedding TaskEmbedding::mean(const std::vector<TaskEmbedding>& embeddings) 
   return result;
 }
 
+TaskEmbedding TaskEmbedding::concat(const std::vector<TaskEmbedding>& parts) {
+  if (parts.empty()) throw Error("task embedding", "nothing to concatenate");
+  TaskEmbedding result = parts[0];
+  for (size_t p = 1; p < parts.size(); ++p) {
+    const auto& other = parts[p];
+    if (other.model_fingerprint != result.model_fingerprint)
+      throw Error("task embedding", "parts come from different models");
+    if (other.stages.size() != result.stages.size()) throw Error("task embedding", "parts have different stages");
+    for (size_t i = 0; i < result.stages.size(); ++i) result.stages[i] = at::cat({result.stages[i], other.stages[i]}, 0);
+    result.labels.insert(result.labels.end(), other.labels.begin(), other.labels.end());
+    result.names.insert(result.names.end(), other.names.begin(), other.names.end());
+  }
+  return result;
+}
+
 void TaskEmbedding::save(const std::string& path) const {
   torch::serialize::OutputArchive archive;
   archive.write("format", c10::IValue(std::string(kFormat)));
@@ -128,10 +143,18 @@ TaskEmbedding encode_task(IrisNetImpl& net, const at::Tensor& reference, const a
   return t;
 }
 
-at::Tensor segment(IrisNetImpl& net, const at::Tensor& query, const TaskEmbedding& task) {
-  std::vector<at::Tensor> tokens;
-  for (const auto& s : task.stages) tokens.push_back(s.to(query.device()));
-  return net.decode(net.encode_image(query), tokens);
+at::Tensor segment(IrisNetImpl& net, const at::Tensor& query, const TaskEmbedding& task, long classes_per_pass) {
+  const long K = task.num_classes();
+  if (K == 0) throw Error("task embedding", "has no classes");
+  const auto features = net.encode_image(query);
+  const long step = classes_per_pass > 0 ? std::min(classes_per_pass, K) : K;
+  std::vector<at::Tensor> logits;
+  for (long first = 0; first < K; first += step) {
+    std::vector<at::Tensor> tokens;
+    for (const auto& s : task.stages) tokens.push_back(s.narrow(0, first, std::min(step, K - first)).to(query.device()));
+    logits.push_back(net.decode(features, tokens));
+  }
+  return logits.size() == 1 ? logits[0] : at::cat(logits, 1);
 }
 
 }  // namespace iris::model

@@ -87,6 +87,47 @@ TEST_F(App, EnsembleOfOneEqualsOneShot) {
   EXPECT_TRUE(torch::equal(io::read_labels(one).voxels, io::read_labels(ens).voxels));
 }
 
+TEST_F(App, ClassesPerPassMatchesOneRunPerLabel) {
+  // A reference whose two classes lie 77 voxels apart: more than the tiny
+  // model's 64-voxel window, so they cannot be encoded from one window.
+  auto [image, labels] = ball_and_box(24, 40, 200, 30);
+  const std::string far_ref = temp_path("far_ref.nii.gz"), far_mask = temp_path("far_ref_mask.nii.gz");
+  io::write_image(image, far_ref);
+  labels.voxels = labels.voxels.to(torch::kByte);
+  io::write_image(labels, far_mask);
+  const std::string common = " --model " + model + " --reference " + far_ref + " --reference-mask " + far_mask +
+                             " --preprocess zscore --quiet --query " + query + " --window 32";
+  const std::string joint = temp_path("joint.nii.gz"), grouped = temp_path("grouped.nii.gz"),
+                    only1 = temp_path("only1.nii.gz"), only2 = temp_path("only2.nii.gz");
+  RunResult r = run(common + " --output " + joint);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("extends over"), std::string::npos) << r.err;
+
+  // Each class from its own window and decoder pass: where exactly one of the
+  // single-label runs claims a voxel, the grouped run gives it that label;
+  // where neither does, background.
+  r = run(common + " --classes-per-pass 1 --output " + grouped);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(run(common + " --labels 1 --output " + only1).exit_code, 0);
+  ASSERT_EQ(run(common + " --labels 2 --output " + only2).exit_code, 0);
+  const at::Tensor g = io::read_labels(grouped).voxels, a = io::read_labels(only1).voxels.eq(1),
+                   b = io::read_labels(only2).voxels.eq(2);
+  // The untrained tiny model claims some voxels for each class alone, and
+  // not everything: the comparison below is not vacuous.
+  ASSERT_GT(a.logical_xor(b).sum().item<long>(), 0);
+  ASSERT_GT(a.logical_or(b).logical_not().sum().item<long>(), 0);
+  EXPECT_TRUE(torch::equal(g.eq(1).logical_and(b.logical_not()), a.logical_and(b.logical_not())));
+  EXPECT_TRUE(torch::equal(g.eq(2).logical_and(a.logical_not()), b.logical_and(a.logical_not())));
+  EXPECT_TRUE(torch::equal(g.eq(0), a.logical_or(b).logical_not()));
+
+  r = run(common + " --classes-per-pass -1 --output " + grouped);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("classes-per-pass"), std::string::npos) << r.err;
+  r = run(common + " --classes-per-pass 1 --strategy tuning --output " + grouped);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("classes-per-pass"), std::string::npos) << r.err;
+}
+
 TEST_F(App, PoolRetrievalAndImageRetrieval) {
   const std::string pool = temp_path("cli_pool");
   RunResult r = run("pool" + reference_args(2) + " --output " + pool);

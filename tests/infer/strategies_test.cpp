@@ -55,6 +55,24 @@ TEST_F(Tiny, EnsembleOfOneEqualsOneShot) {
                            infer::sliding_window_probabilities(*net, volume, ensemble, opts)));
 }
 
+TEST_F(Tiny, ClassesPerPassDecodesEachGroupAsItsOwnTask) {
+  const model::TaskEmbedding first = task.select({0}), second = task.select({1});
+  const model::TaskEmbedding both = model::TaskEmbedding::concat({first, second});
+  EXPECT_EQ(both.labels, task.labels);
+  for (size_t s = 0; s < task.stages.size(); ++s) EXPECT_TRUE(torch::equal(both.stages[s], task.stages[s]));
+
+  const at::Tensor volume = data_volume(query);
+  auto opts = window_options(32);
+  const at::Tensor joint = infer::sliding_window_probabilities(*net, volume, task, opts);
+  opts.classes_per_pass = 1;
+  const at::Tensor apart = infer::sliding_window_probabilities(*net, volume, task, opts);
+  opts.classes_per_pass = 0;
+  EXPECT_TRUE(torch::allclose(apart[0], infer::sliding_window_probabilities(*net, volume, first, opts)[0], 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(apart[1], infer::sliding_window_probabilities(*net, volume, second, opts)[0], 1e-5, 1e-6));
+  // Together, each class's tokens attend to the other's: a different result.
+  EXPECT_FALSE(torch::allclose(joint, apart, 1e-4, 1e-5));
+}
+
 TEST_F(Tiny, StoredEmbeddingGivesIdenticalMasks) {
   const std::string path = temp_path("stored.task");
   task.save(path);

@@ -16,10 +16,13 @@ std::vector<long> reference_label_values(const io::Image& labels, const std::vec
 
 // Encodes one reference pair: checks that image and labels share a grid,
 // normalises the image with `intensity` (data::normalise_intensity), crops a
-// model-sized window around the masks, and encodes all classes at once.
+// model-sized window around the masks, and encodes the classes. With
+// classes_per_window > 0 the classes go in groups of that many, each group
+// from a window centred on its own masks (as training centres references).
 model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
                                       const std::vector<long>& label_values, const std::string& intensity,
-                                      const c10::Device& device, const std::string& model_fingerprint);
+                                      const c10::Device& device, const std::string& model_fingerprint,
+                                      long classes_per_window = 0);
 
 // A model-sized window of a volume and its masks, for encoding or tuning.
 struct MaskedWindow {

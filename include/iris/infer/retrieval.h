@@ -46,7 +46,8 @@ at::Tensor image_feature_vector(model::IrisNetImpl& net, const at::Tensor& volum
 // encode_reference plus the image features of the reference.
 PoolEntry encode_pool_entry(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
                             const std::vector<long>& label_values, const std::string& intensity,
-                            const c10::Device& device, const std::string& model_fingerprint);
+                            const c10::Device& device, const std::string& model_fingerprint,
+                            long classes_per_window = 0);
 
 // What a class embedding is compared by. all_tokens (default): the tokens of
 // every prior stage, flattened and concatenated, so the learned query tokens

@@ -22,6 +22,7 @@ struct SlidingWindowOptions {
   long batch = 1;           // windows per network call
   c10::Device device = c10::Device(c10::kCPU);
   bool mirror_tta = false;  // average over the 8 axis flips
+  long classes_per_pass = 0;  // decode this many classes at a time (0 = all together)
   // Called after each batch of windows with (done, total), for progress bars.
   std::function<void(long, long)> progress;
 };

@@ -24,6 +24,8 @@ struct TaskEmbedding {
 
   // Context ensemble: the mean of several embeddings of the same classes.
   static TaskEmbedding mean(const std::vector<TaskEmbedding>& embeddings);
+  // The classes of several embeddings of one model, one after the other.
+  static TaskEmbedding concat(const std::vector<TaskEmbedding>& parts);
 
   void save(const std::string& path) const;            // atomic
   static TaskEmbedding load(const std::string& path);  // iris::Error on any problem
@@ -33,7 +35,10 @@ struct TaskEmbedding {
 // Refuses empty masks (a class with no voxel has no foreground token).
 TaskEmbedding encode_task(IrisNetImpl& net, const at::Tensor& reference, const at::Tensor& masks,
                           const std::string& model_fingerprint = "");
-// Logits [B, K, D, H, W] for query [B, C, D, H, W].
-at::Tensor segment(IrisNetImpl& net, const at::Tensor& query, const TaskEmbedding& task);
+// Logits [B, K, D, H, W] for query [B, C, D, H, W]. All K classes share one
+// decoder pass (their tokens attend to each other) unless classes_per_pass > 0:
+// then the query is encoded once and decoded for that many classes at a time,
+// which is how a model trained with few classes per episode sees many.
+at::Tensor segment(IrisNetImpl& net, const at::Tensor& query, const TaskEmbedding& task, long classes_per_pass = 0);
 
 }  // namespace iris::model
