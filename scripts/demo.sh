@@ -16,7 +16,7 @@ bash scripts/make_demo_data.sh "$BUILD" "$DATA" >/dev/null
 
 MODEL="${IRIS_DEMO_MODEL:-$ROOT/models/demo_brain.iris}"
 if [ ! -f "$MODEL" ]; then
-  echo "== no shipped model: training one (configs/train/demo_brain.yaml, ~10 min on 2 cores)"
+  echo "== no shipped model: training one (configs/train/demo_brain.yaml, ~20 min on 2 cores)"
   "$BUILD/iris-train" configs/train/demo_brain.yaml --set train.output_dir="$OUT/train" --set data.datasets.brain.root="$DATA" --set data.datasets.structures.root="$DATA"
   MODEL="$OUT/train/model.iris"
 fi
@@ -33,8 +33,10 @@ cp "$DATA/kmeans_t1.nii.gz" "$OUT/img/brain/kmeans.nii.gz"
 "$BUILD/iris-labels" otsu --input "$DATA/kmeans_t1.nii.gz" --output "$OUT/baseline_otsu/brain/kmeans.nii.gz" 2>/dev/null
 
 echo "== 2. four AAL structures from Colin27 to the MNI152 average"
+# One class per pass: the model saw at most two classes per training episode.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
-  --query "$DATA/mni152.nii.gz" --output "$OUT/pred/structures/mni152.nii.gz" --keep-largest --report "$OUT/infer_structures.json" --quiet
+  --query "$DATA/mni152.nii.gz" --output "$OUT/pred/structures/mni152.nii.gz" --classes-per-pass 1 --keep-largest \
+  --report "$OUT/infer_structures.json" --quiet
 cp "$DATA/mni_structures.nii.gz" "$OUT/gt/structures/mni152.nii.gz"
 cp "$DATA/mni152.nii.gz" "$OUT/img/structures/mni152.nii.gz"
 "$BUILD/iris-labels" resample --input "$DATA/colin_structures.nii.gz" --like "$DATA/mni152.nii.gz" --output "$OUT/baseline_world/structures/mni152.nii.gz"
