@@ -5,7 +5,7 @@
 //   iris-infer encode --model M.iris --reference IMG --reference-mask LABELS --output T.task
 //   iris-infer pool --model M.iris --reference IMG... --reference-mask LABELS... --output DIR
 //   iris-infer --model M.iris --strategy retrieval --pool DIR --query IMG --output OUT
-//   iris-infer --model M.iris --strategy tuning --tune-steps 20 --reference ... --query ... --output ...
+//   iris-infer --model M.iris --strategy tuning --tune-steps 100 --reference ... --query ... --output ...
 // All aggregation of window predictions (sums, weights, argmax, components)
 // happens in CPU memory whatever --device is; --aggregate-on-cpu says so.
 #include <algorithm>
@@ -172,8 +172,8 @@ int main(int argc, char** argv) {
   std::string reference_modality, query_modality, similarity_name = "all-tokens";
   std::string dicom_seg_path;
   std::vector<std::string> references, reference_masks;
-  double overlap = 0.5, threshold = 0.5, tune_lr = 1e-2;
-  long window = 0, window_batch = 1, tune_steps = 20, min_component_voxels = 0, classes_per_pass = 0;
+  double overlap = 0.5, threshold = 0.5, tune_lr = infer::TuningOptions{}.learning_rate;
+  long window = 0, window_batch = 1, tune_steps = infer::TuningOptions{}.steps, min_component_voxels = 0, classes_per_pass = 0;
   unsigned seed = 0;
   int threads = 0;
   bool tta = false, quiet = false, keep_largest = false, aggregate_on_cpu = true, tune_adamw = false;
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
   cli.add_option("--similarity", similarity_name, "object retrieval compares all-tokens or foreground-token")
       ->check(CLI::IsMember({"all-tokens", "foreground-token"}));
   cli.add_option("--seed", seed, "seed for the random initial pool reference of retrieval");
-  cli.add_option("--tune-steps", tune_steps, "in-context tuning: optimiser steps")->check(CLI::NonNegativeNumber);
+  cli.add_option("--tune-steps", tune_steps, "in-context tuning: optimiser steps (per class group with --classes-per-pass)")->check(CLI::NonNegativeNumber);
   cli.add_option("--tune-lr", tune_lr, "in-context tuning: learning rate")->check(CLI::PositiveNumber);
   cli.add_flag("--tune-adamw", tune_adamw, "in-context tuning with AdamW instead of Adam");
   cli.add_option("--tuned-task-out", tuned_task_out, "store the tuned task embedding here");
@@ -371,8 +371,6 @@ int main(int argc, char** argv) {
     }
     if (retrieval && references.empty() && pool_dir.empty())
       throw Error("--strategy " + strategy, "needs --pool and/or reference pairs to choose from");
-    if (strategy == "tuning" && classes_per_pass > 0)
-      throw Error("--classes-per-pass", "is not supported with --strategy tuning (tuning optimises all classes in one pass)");
     if (strategy == "tuning" && references.empty())
       throw Error("--strategy tuning", "needs labelled examples: --reference/--reference-mask");
     if (!pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
@@ -429,6 +427,7 @@ int main(int argc, char** argv) {
       tuning.learning_rate = tune_lr;
       tuning.adamw = tune_adamw;
       tuning.device = device;
+      tuning.classes_per_pass = classes_per_pass;
       if (!quiet)
         tuning.progress = [](long step, long total, double loss) {
           std::cerr << "\r  tuning step " << step << "/" << total << " loss " << loss << std::flush;

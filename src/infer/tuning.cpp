@@ -61,19 +61,34 @@ at::Tensor mean_loss(model::IrisNetImpl& net, const std::vector<at::Tensor>& sta
   return total / static_cast<double>(windows.size());
 }
 
-}  // namespace
-
-double tuning_loss(model::IrisNetImpl& net, const model::TaskEmbedding& task,
-                   const std::vector<TuningExample>& examples, const TuningOptions& options) {
-  const auto windows = example_windows(net, task, examples, options.device);
-  torch::NoGradGuard no_grad;
-  return mean_loss(net, task.to(options.device).stages, windows, options.loss).item<double>();
+// Class indices [first, first + n) of a K-class task, in groups of per_pass.
+std::vector<std::vector<long>> class_groups(long classes, long per_pass) {
+  const long step = per_pass > 0 ? per_pass : classes;
+  std::vector<std::vector<long>> groups;
+  for (long first = 0; first < classes; first += step) {
+    groups.emplace_back();
+    for (long k = first; k < std::min(classes, first + step); ++k) groups.back().push_back(k);
+  }
+  return groups;
 }
 
-TuningResult tune_task_embedding(model::IrisNetImpl& net, const model::TaskEmbedding& initial,
-                                 const std::vector<TuningExample>& examples, const TuningOptions& options) {
-  if (options.steps < 0) throw Error("in-context tuning", "steps must be >= 0");
-  if (!(options.learning_rate > 0)) throw Error("in-context tuning", "learning rate must be > 0");
+std::vector<TuningExample> select_classes(const std::vector<TuningExample>& examples, const std::vector<long>& indices,
+                                          long classes) {
+  at::Tensor index = at::tensor(std::vector<int64_t>(indices.begin(), indices.end()), at::kLong);
+  std::vector<TuningExample> out;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    const auto& e = examples[i];
+    if (e.masks.dim() != 4 || e.masks.size(0) != classes)
+      throw Error("in-context tuning", "example " + std::to_string(i) + " needs masks [K, Z, Y, X] for the task's " +
+                                           std::to_string(classes) + " classes");
+    out.push_back({e.image, e.masks.index_select(0, index.to(e.masks.device()))});
+  }
+  return out;
+}
+
+TuningResult tune_all_together(model::IrisNetImpl& net, const model::TaskEmbedding& initial,
+                               const std::vector<TuningExample>& examples, const TuningOptions& options,
+                               long step_offset, long total_steps) {
   const auto windows = example_windows(net, initial, examples, options.device);
   FrozenParameters frozen(net);
   torch::AutoGradMode enable_grad(true);
@@ -95,7 +110,7 @@ TuningResult tune_task_embedding(model::IrisNetImpl& net, const model::TaskEmbed
     loss.backward();
     optimizer->step();
     result.losses.push_back(loss.item<double>());
-    if (options.progress) options.progress(step, options.steps, result.losses.back());
+    if (options.progress) options.progress(step_offset + step, total_steps, result.losses.back());
   }
   result.task = initial;
   for (size_t i = 0; i < stages.size(); ++i) result.task.stages[i] = stages[i].detach().to(at::kCPU).contiguous();
@@ -103,6 +118,46 @@ TuningResult tune_task_embedding(model::IrisNetImpl& net, const model::TaskEmbed
     torch::NoGradGuard no_grad;
     result.losses.push_back(mean_loss(net, stages, windows, options.loss).item<double>());
   }
+  return result;
+}
+
+}  // namespace
+
+double tuning_loss(model::IrisNetImpl& net, const model::TaskEmbedding& task,
+                   const std::vector<TuningExample>& examples, const TuningOptions& options) {
+  const auto groups = class_groups(task.num_classes(), options.classes_per_pass);
+  double sum = 0.0;
+  for (const auto& group : groups) {
+    const model::TaskEmbedding part = groups.size() > 1 ? task.select(group) : task;
+    const auto windows = example_windows(
+        net, part, groups.size() > 1 ? select_classes(examples, group, task.num_classes()) : examples, options.device);
+    torch::NoGradGuard no_grad;
+    sum += mean_loss(net, part.to(options.device).stages, windows, options.loss).item<double>();
+  }
+  return sum / static_cast<double>(groups.size());
+}
+
+TuningResult tune_task_embedding(model::IrisNetImpl& net, const model::TaskEmbedding& initial,
+                                 const std::vector<TuningExample>& examples, const TuningOptions& options) {
+  if (options.steps < 0) throw Error("in-context tuning", "steps must be >= 0");
+  if (!(options.learning_rate > 0)) throw Error("in-context tuning", "learning rate must be > 0");
+  if (options.classes_per_pass < 0) throw Error("in-context tuning", "classes per pass must be >= 0");
+  const auto groups = class_groups(initial.num_classes(), options.classes_per_pass);
+  if (groups.size() <= 1) return tune_all_together(net, initial, examples, options, 0, options.steps);
+
+  // Each group is its own small problem: its own windows, optimiser and moments.
+  const long total = options.steps * static_cast<long>(groups.size());
+  std::vector<model::TaskEmbedding> parts;
+  TuningResult result;
+  result.losses.assign(options.steps + 1, 0.0);
+  for (size_t g = 0; g < groups.size(); ++g) {
+    TuningResult part = tune_all_together(net, initial.select(groups[g]),
+                                          select_classes(examples, groups[g], initial.num_classes()), options,
+                                          options.steps * static_cast<long>(g), total);
+    for (size_t i = 0; i < part.losses.size(); ++i) result.losses[i] += part.losses[i] / static_cast<double>(groups.size());
+    parts.push_back(std::move(part.task));
+  }
+  result.task = model::TaskEmbedding::concat(parts);
   return result;
 }
 

@@ -290,6 +290,50 @@ TEST_F(Tiny, TuningLowersTheLossAndLeavesTheNetworkAlone) {
 
 }
 
+TEST_F(Tiny, TuningInGroupsTunesEachGroupOnItsOwn) {
+  auto [brain, atlas] = small_brain(2);
+  const auto values = infer::reference_label_values(atlas);
+  ASSERT_EQ(values.size(), 2u);
+  const model::TaskEmbedding initial = infer::encode_reference(*net, brain, atlas, values, "mr", c10::kCPU, "fp", 1);
+  std::vector<at::Tensor> masks;
+  for (long v : values) masks.push_back(atlas.voxels.eq(v).to(at::kFloat));
+  const at::Tensor volume = data_volume(brain, "mr");
+  const std::vector<infer::TuningExample> examples{{volume, at::stack(masks)}};
+
+  infer::TuningOptions options;
+  options.steps = 2;
+  options.learning_rate = 5e-2;
+  std::vector<std::pair<long, long>> progress;
+  options.progress = [&](long step, long total, double) { progress.emplace_back(step, total); };
+  options.classes_per_pass = 1;
+  const infer::TuningResult grouped = infer::tune_task_embedding(*net, initial, examples, options);
+  ASSERT_EQ(progress.size(), 4u);
+  EXPECT_EQ(progress.front(), std::make_pair(1L, 4L));
+  EXPECT_EQ(progress.back(), std::make_pair(4L, 4L));
+  EXPECT_EQ(grouped.task.labels, initial.labels);
+  EXPECT_NEAR(grouped.losses.back(), infer::tuning_loss(*net, grouped.task, examples, options), 1e-5);
+
+  // Each group alone, from its own masks: the grouped result, class by class.
+  options.classes_per_pass = 0;
+  options.progress = nullptr;
+  std::vector<model::TaskEmbedding> alone;
+  std::vector<double> mean_losses(options.steps + 1, 0.0);
+  for (long k = 0; k < 2; ++k) {
+    const std::vector<infer::TuningExample> one{{volume, masks[k].unsqueeze(0)}};
+    const infer::TuningResult r = infer::tune_task_embedding(*net, initial.select({k}), one, options);
+    for (size_t i = 0; i < r.losses.size(); ++i) mean_losses[i] += r.losses[i] / 2.0;
+    alone.push_back(r.task);
+  }
+  const model::TaskEmbedding both = model::TaskEmbedding::concat(alone);
+  for (size_t s = 0; s < both.stages.size(); ++s)
+    EXPECT_TRUE(torch::allclose(grouped.task.stages[s], both.stages[s], 1e-5, 1e-6)) << "stage " << s;
+  for (size_t i = 0; i < mean_losses.size(); ++i) EXPECT_NEAR(grouped.losses[i], mean_losses[i], 1e-5);
+
+  // Tuned together, each class's tokens see the other's: a different task.
+  const infer::TuningResult joint = infer::tune_task_embedding(*net, initial, examples, options);
+  EXPECT_FALSE(torch::allclose(joint.task.stages[0], grouped.task.stages[0], 1e-4, 1e-5));
+}
+
 TEST(BadInput, EmptyOrMissingReferenceLabels) {
   io::Image empty;
   empty.voxels = torch::zeros({8, 8, 8}, torch::kInt);
