@@ -128,9 +128,8 @@ double tuning_loss(model::IrisNetImpl& net, const model::TaskEmbedding& task,
   const auto groups = class_groups(task.num_classes(), options.classes_per_pass);
   double sum = 0.0;
   for (const auto& group : groups) {
-    const model::TaskEmbedding part = groups.size() > 1 ? task.select(group) : task;
-    const auto windows = example_windows(
-        net, part, groups.size() > 1 ? select_classes(examples, group, task.num_classes()) : examples, options.device);
+    const model::TaskEmbedding part = task.select(group);
+    const auto windows = example_windows(net, part, select_classes(examples, group, task.num_classes()), options.device);
     torch::NoGradGuard no_grad;
     sum += mean_loss(net, part.to(options.device).stages, windows, options.loss).item<double>();
   }
