@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "common/app_common.h"
+#include "iris/common/atomic_file.h"
 #include "iris/common/compat.h"
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
@@ -79,25 +80,26 @@ int main(int argc, char** argv) {
   cli.add_option("--config", config_path, "model YAML (configs/model/*.yaml)");
   cli.add_option("--preset", preset_name, "model preset when no --config: mass, paper, small, tiny");
   cli.add_option("--set", overrides, "model key=value overrides");
-  cli.add_option("--patch", patch, "cubic patch size (default: the model's max_patch_size)");
-  cli.add_option("--batch", batch, "episodes per training step");
-  cli.add_option("--classes", classes, "classes per episode / task");
-  cli.add_option("--queries", queries, "queries segmented with one encoded task (inference workload)");
-  cli.add_option("--warmup", warmup);
-  cli.add_option("--repeats", repeats);
+  cli.add_option("--patch", patch, "cubic patch size (default: the model's max_patch_size)")->check(CLI::Range(0L, 4096L));
+  cli.add_option("--batch", batch, "episodes per training step")->check(CLI::Range(1, 4096));
+  cli.add_option("--classes", classes, "classes per episode / task")->check(CLI::Range(1, 4096));
+  cli.add_option("--queries", queries, "queries segmented with one encoded task (inference workload)")->check(CLI::Range(1, 100000));
+  cli.add_option("--warmup", warmup)->check(CLI::Range(0, 100000));
+  cli.add_option("--repeats", repeats)->check(CLI::Range(1, 100000));
   cli.add_option("--device", device_name, "cpu or cuda:N");
-  cli.add_option("--threads", threads, "CPU threads (default: all cores)");
+  cli.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   cli.add_flag("!--no-backward", backward, "skip the forward+backward measurement");
   cli.add_flag("!--no-forward", forward_pass, "skip the plain forward measurement");
   cli.add_flag("--bf16", bf16, "bf16 autocast of the forward passes (as train.bf16)");
   cli.add_option("--episodes", episodes,
-                 "also time the episode sampler: N episodes of --patch/--classes from synthetic cases, one thread");
-  cli.add_option("--volume", volume, "edge of the synthetic cases for --episodes (voxels)");
+                 "also time the episode sampler: N episodes of --patch/--classes from synthetic cases, one thread")
+      ->check(CLI::Range(0L, 1000000L));
+  cli.add_option("--volume", volume, "edge of the synthetic cases for --episodes (voxels)")->check(CLI::Range(16L, 2048L));
   cli.add_flag("--channels-last", channels_last, "channels-last 3-D conv layout");
   cli.add_flag("--activation-checkpointing", checkpointing,
                "recompute encoder stages and decoder up-steps in the backward (forward+backward only)");
   cli.add_option("--output", output, "write the JSON here as well as to stdout");
-  CLI11_PARSE(cli, argc, argv);
+  IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-bench", [&]() -> int {
     app::configure_threads(threads);
@@ -211,7 +213,7 @@ int main(int argc, char** argv) {
          << ", \"episodes_per_second_per_core\": " << episodes_per_second << "}";
     js << "\n}\n";
     std::cout << js.str();
-    if (!output.empty()) std::ofstream(output) << js.str();
+    if (!output.empty()) write_text_file(output, js.str());
     return 0;
   });
 }

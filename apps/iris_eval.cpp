@@ -19,14 +19,7 @@
 
 namespace {
 
-void write_text(const std::string& path, const std::string& text) {
-  iris::write_atomically(path, [&](const std::string& tmp) {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) throw iris::Error(path, "cannot open for writing");
-    const size_t written = std::fwrite(text.data(), 1, text.size(), f);
-    if (std::fclose(f) != 0 || written != text.size()) throw iris::Error(path, "write failed");
-  });
-}
+void write_text(const std::string& path, const std::string& text) { iris::write_text_file(path, text); }
 
 // A reference with `labels` axis-aligned ellipsoid-ish slabs spread over the
 // volume and a prediction that is the reference shifted by a few voxels: the
@@ -80,16 +73,16 @@ int main(int argc, char** argv) {
     auto* labels_opt = app.add_option("--labels", labels_text, "Labels to evaluate, e.g. 1,2,3 (default: all found)");
     app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines")->excludes(labels_opt);
     app.add_option("--tolerance-mm", tolerance_mm, "Tolerance of the normalised surface Dice (mm)")
-        ->check(CLI::NonNegativeNumber);
-    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)");
+        ->check(iris::app::number_in(0, 1e6));
+    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)")->check(CLI::Range(0, 4096));
 
     auto* bench = app.add_subcommand("bench", "Time the metrics of a synthetic label pair");
     int64_t bx = 512, by = 512, bz = 300;
     int blabels = 15;
-    bench->add_option("--size-x", bx);
-    bench->add_option("--size-y", by);
-    bench->add_option("--size-z", bz);
-    bench->add_option("--labels", blabels);
+    bench->add_option("--size-x", bx)->check(CLI::Range(int64_t{1}, int64_t{4096}));
+    bench->add_option("--size-y", by)->check(CLI::Range(int64_t{1}, int64_t{4096}));
+    bench->add_option("--size-z", bz)->check(CLI::Range(int64_t{1}, int64_t{4096}));
+    bench->add_option("--labels", blabels)->check(CLI::Range(1, 1000));
     auto* rsna = app.add_subcommand("rsna", "RSNA 2025 aneurysm metric: weighted mean of per-column ROC AUC");
     std::string rsna_predictions, rsna_truth, rsna_output;
     rsna->add_option("--predictions", rsna_predictions, "CSV: SeriesInstanceUID + 14 label columns")->required();

@@ -1,13 +1,19 @@
 // iris-import: turn a checkpoint of the author's PyTorch implementation
 // (torch.save of a state dict, bare or under model/ema_model/...) into a
-// self-describing iris model file.
+// self-describing iris model file; with --trust-legacy, convert a model or
+// task file of iris' first format (TorchScript archives, which can run code
+// when opened) into the current one (safetensors, data only).
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
 #include "common/app_common.h"
 #include "iris/common/config_map.h"
+#include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
 #include "iris/model/checkpoint_import.h"
+#include "iris/model/model_file.h"
+#include "iris/model/task_embedding.h"
 
 using namespace iris;
 
@@ -15,14 +21,44 @@ int main(int argc, char** argv) {
   CLI::App cli{"iris-import: convert a MASS/IRIS PyTorch checkpoint into an iris model file"};
   std::string checkpoint, output, config_path, key, names;
   std::vector<std::string> overrides;
+  bool trust_legacy = false;
   cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
   cli.add_option("--output", output, "iris model file to write (.iris)")->required();
   cli.add_option("--config", config_path, "model YAML; default: infer the architecture from the checkpoint");
   cli.add_option("--set", overrides, "model key=value overrides (e.g. ema_momentum=0.999)");
   cli.add_option("--state-dict-key", key, "take the weights from this entry (model, ema_model, ...)");
   cli.add_option("--class-names", names, "comma-separated names of the memory-bank entries, in id order");
-  CLI11_PARSE(cli, argc, argv);
+  cli.add_flag("--trust-legacy", trust_legacy,
+               "CHECKPOINT is a .iris or .task file of iris' first format: convert it once (opening such a file can "
+               "run code it carries: only for files you trust)");
+  IRIS_PARSE(cli, argc, argv);
   return app::run_main("iris-import", [&]() -> int {
+    if (trust_legacy) {
+      if (!config_path.empty() || !overrides.empty() || !key.empty() || !names.empty())
+        throw Error("--trust-legacy", "converts a file as it is: --config, --set, --state-dict-key and --class-names do not apply");
+      std::string kind;
+      try {
+        model::IrisModel legacy = model::load_legacy_model(checkpoint);
+        model::save_model(legacy, output);
+        kind = "model (fingerprint " + legacy.fingerprint + ")";
+      } catch (const Error& as_model) {
+        model::TaskEmbedding task;
+        try {
+          task = model::TaskEmbedding::load_legacy(checkpoint);
+        } catch (const Error&) {
+          throw Error(checkpoint, "is neither a model nor a task file of iris' first format (" + as_model.reason() + ")");
+        }
+        task.save(output);
+        kind = "task of " + std::to_string(task.num_classes()) + " class(es)";
+      }
+      std::cout << "iris-import: converted " << kind << " -> " << output << "\n";
+      return 0;
+    }
+    const std::string ext = full_extension(checkpoint);
+    if (ext == ".iris" || ext == ".task")
+      throw Error(checkpoint, "looks like an iris " + std::string(ext == ".iris" ? "model" : "task") +
+                                  " file, not a PyTorch checkpoint: to convert one of iris' first format, add "
+                                  "--trust-legacy (only for files you trust)");
     std::optional<model::ModelConfig> config;
     if (!config_path.empty() || !overrides.empty()) {
       ConfigMap m;

@@ -13,6 +13,7 @@
 #include <random>
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -21,6 +22,8 @@
 #include <torch/types.h>
 
 #include "common/app_common.h"
+#include "iris/common/atomic_file.h"
+#include "iris/common/device.h"
 #include "iris/common/error.h"
 #include "iris/data/intensity.h"
 #include "iris/infer/connected_components.h"
@@ -176,6 +179,8 @@ int main(int argc, char** argv) {
   long window = 0, window_batch = 1, tune_steps = infer::TuningOptions{}.steps, min_component_voxels = 0, classes_per_pass = 0;
   unsigned seed = 0;
   int threads = 0;
+  long max_labels = 255;
+  double nan_as = std::numeric_limits<double>::quiet_NaN();
   bool tta = false, quiet = false, keep_largest = false, aggregate_on_cpu = true, tune_adamw = false;
 
   auto add_reference_options = [&](CLI::App* app) {
@@ -184,7 +189,11 @@ int main(int argc, char** argv) {
     app->add_option("--reference-mask", reference_masks, "reference label map, one per --reference");
     app->add_option("--labels", labels_text, "label values to segment, e.g. 1,3 (default: all in the reference)");
     app->add_option("--preprocess", preprocess, "model (the preprocessing stored in the model file: reorient, resample, crop, intensity, inverted on output), none, or an intensity scheme only: zscore, mr, ct, ct-brain, ct-abdomen");
-    app->add_option("--device", device_name, "cpu or cuda:N");
+    app->add_option("--device", device_name,
+                    "cpu, cuda (this process's GPU: cuda:LOCAL_RANK under torchrun or srun) or cuda:N");
+    app->add_option("--max-labels", max_labels,
+                    "refuse a reference mask with more distinct label values than this (default 255)")
+        ->check(CLI::Range(1L, 100000L));
     app->add_option("--threads", threads, "CPU threads (default: all cores)");
     app->add_flag("--quiet", quiet, "no progress output");
     app->add_option("--classes-per-pass", classes_per_pass,
@@ -203,10 +212,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"all-tokens", "foreground-token"}));
   cli.add_option("--seed", seed, "seed for the random initial pool reference of retrieval");
   cli.add_option("--tune-steps", tune_steps, "in-context tuning: optimiser steps (per class group with --classes-per-pass)")->check(CLI::NonNegativeNumber);
-  cli.add_option("--tune-lr", tune_lr, "in-context tuning: learning rate")->check(CLI::PositiveNumber);
+  cli.add_option("--tune-lr", tune_lr, "in-context tuning: learning rate")->check(app::number_in(1e-12, 1e6));
   cli.add_flag("--tune-adamw", tune_adamw, "in-context tuning with AdamW instead of Adam");
   cli.add_option("--tuned-task-out", tuned_task_out, "store the tuned task embedding here");
   cli.add_option("--query", query, "image file, DICOM folder, folder of images or .txt list");
+  cli.add_option("--nan-as", nan_as, "replace NaN and infinite voxels of queries by this value (default: refuse them)")
+      ->check(app::finite_number());
   cli.add_option("--series", series, "DICOM SeriesInstanceUID when the folder holds several series");
   cli.add_option("--reference-modality", reference_modality, "modality of the references (CT, MR, ...)");
   cli.add_option("--query-modality", query_modality, "modality of the queries; a mismatch is warned about");
@@ -214,10 +225,10 @@ int main(int argc, char** argv) {
   cli.add_option("--probabilities", probabilities, "per-class sigmoid maps as a 4-D float32 image");
   cli.add_option("--dicom-seg", dicom_seg_path,
                  "also write the label map as a DICOM-SEG referencing the query series (query: one DICOM folder)");
-  cli.add_option("--overlap", overlap, "sliding-window overlap")->check(CLI::Range(0.0, 0.95));
-  cli.add_option("--window", window, "sliding-window edge (default: the model's patch size)");
-  cli.add_option("--window-batch", window_batch, "windows per network call");
-  cli.add_option("--threshold", threshold, "probability a class needs to claim a voxel");
+  cli.add_option("--overlap", overlap, "sliding-window overlap")->check(app::number_in(0.0, 0.95));
+  cli.add_option("--window", window, "sliding-window edge (default: the model's patch size)")->check(CLI::NonNegativeNumber);
+  cli.add_option("--window-batch", window_batch, "windows per network call")->check(CLI::Range(1L, 4096L));
+  cli.add_option("--threshold", threshold, "probability a class needs to claim a voxel")->check(app::number_in(0.0, 1.0));
   cli.add_flag("--keep-largest", keep_largest, "keep only the largest connected component of each class");
   cli.add_option("--min-component-voxels", min_component_voxels, "remove components with fewer voxels")
       ->check(CLI::NonNegativeNumber);
@@ -236,7 +247,7 @@ int main(int argc, char** argv) {
   add_reference_options(pool_cmd);
   pool_cmd->add_option("--output", pool_output, "pool folder to write (<name>.task + <name>.features)")->required();
 
-  CLI11_PARSE(cli, argc, argv);
+  IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-infer", [&]() -> int {
     app::configure_threads(threads);
@@ -251,7 +262,8 @@ int main(int argc, char** argv) {
     };
     auto t0 = Clock::now();
     model::IrisModel model = model::load_model(model_path);
-    const c10::Device device(device_name);
+    const c10::Device device =
+        resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
     model.net->to(device);
     model.net->set_channels_last(true);
     model.net->eval();
@@ -291,6 +303,8 @@ int main(int argc, char** argv) {
     auto read_reference = [&](size_t i) {
       auto t = Clock::now();
       ReferencePair pair{io::read_image(references[i]), io::read_labels(reference_masks[i])};
+      // Counted before anything per label is made (resampling, masks).
+      infer::reference_label_values(pair.mask, labels.empty() ? requested : labels, max_labels);
       if (spatial) {
         io::check_same_grid(pair.image, pair.mask);
         auto [image, pre] = to_model_space(pair.image);
@@ -301,7 +315,7 @@ int main(int argc, char** argv) {
       }
       for (const auto& w : pair.image.warnings) warn(references[i] + ": " + w);
       timings.add("read", t);
-      const auto values = infer::reference_label_values(pair.mask, labels.empty() ? requested : labels);
+      const auto values = infer::reference_label_values(pair.mask, labels.empty() ? requested : labels, max_labels);
       if (labels.empty()) labels = values;
       return pair;
     };
@@ -497,7 +511,10 @@ int main(int argc, char** argv) {
                " (in-context segmentation across modalities is unreliable)");
       }
       auto t = Clock::now();
-      io::Image q = fs::is_directory(in) && !series.empty() ? io::read_dicom_series(in, series) : io::read_image(in);
+      io::ImageReadOptions read_options;
+      read_options.nan_as = nan_as;
+      io::Image q = fs::is_directory(in) && !series.empty() ? io::read_dicom_series(in, series)
+                                                             : io::read_image(in, read_options);
       for (const auto& w : q.warnings) warn(in + ": " + w);
       timings.add("read", t);
       t = Clock::now();
@@ -605,7 +622,7 @@ int main(int argc, char** argv) {
       js << ",\n  \"warnings\": [";
       for (size_t i = 0; i < warnings.size(); ++i) js << (i ? ", " : "") << "\"" << json_escape(warnings[i]) << "\"";
       js << "]\n}\n";
-      std::ofstream(report_path) << js.str();
+      write_text_file(report_path, js.str());
     }
     return 0;
   });

@@ -22,7 +22,9 @@ namespace {
 io::Image as_labels(const io::Image& like, const at::Tensor& voxels) {
   io::Image out;
   out.geometry = like.geometry;
-  out.voxels = voxels.to(voxels.max().item<long>() < 256 ? at::kByte : at::kShort);
+  // The smallest type that holds every value (labels are >= 0).
+  const long highest = voxels.numel() ? voxels.max().item<long>() : 0;
+  out.voxels = voxels.to(highest < 256 ? at::kByte : highest < 32768 ? at::kShort : at::kInt);
   return out;
 }
 
@@ -50,7 +52,7 @@ int main(int argc, char** argv) {
   double value = 0;
   auto* threshold = cli.add_subcommand("threshold", "voxels above --above become 1");
   threshold->add_option("--input", input)->required();
-  threshold->add_option("--above", value)->required();
+  threshold->add_option("--above", value)->required()->check(app::finite_number());
   threshold->add_option("--output", output)->required();
   auto* map = cli.add_subcommand("map", "relabel: --map 'LO-HI:NEW,V:NEW'; unlisted values become 0");
   map->add_option("--input", input)->required();
@@ -63,7 +65,7 @@ int main(int argc, char** argv) {
   auto* otsu = cli.add_subcommand("otsu", "Otsu threshold of an image -> binary label map");
   otsu->add_option("--input", input)->required();
   otsu->add_option("--output", output)->required();
-  CLI11_PARSE(cli, argc, argv);
+  IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-labels", [&]() -> int {
     if (threshold->parsed()) {
@@ -79,14 +81,17 @@ int main(int argc, char** argv) {
         if (colon == std::string::npos) throw Error("--map", "expected LO-HI:NEW or V:NEW, got '" + item + "'");
         const std::string range = item.substr(0, colon);
         const auto dash = range.find('-', 1);
-        long lo, hi, target;
-        try {
-          lo = std::stol(range.substr(0, dash));
-          hi = dash == std::string::npos ? lo : std::stol(range.substr(dash + 1));
-          target = std::stol(item.substr(colon + 1));
-        } catch (const std::exception&) {
-          throw Error("--map", "not integers in '" + item + "'");
-        }
+        // Whole numbers >= 0, nothing else: "5x" or "-1" are mistakes, not 5 and -1.
+        auto whole = [&](const std::string& text) {
+          if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)
+            throw Error("--map", "'" + text + "' in '" + item + "' is not a label value (a whole number >= 0)");
+          return std::stol(text);
+        };
+        const long lo = whole(range.substr(0, dash));
+        const long hi = dash == std::string::npos ? lo : whole(range.substr(dash + 1));
+        const long target = whole(item.substr(colon + 1));
+        if (hi < lo)
+          throw Error("--map", "range " + range + " in '" + item + "' is empty (write LO-HI with LO <= HI)");
         out.masked_fill_(lab.voxels.ge(lo) & lab.voxels.le(hi), target);
       }
       io::write_image(as_labels(lab, out), output);

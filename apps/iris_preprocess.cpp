@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     app.add_option("--set", overrides, "Override a key, e.g. --set spacing=[1,1,1] (repeatable)");
     app.add_flag("--inverse-check", inverse_check,
                  "Map the result back onto the input grid and check geometry (and labels)");
-    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)");
+    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)")->check(CLI::Range(0, 4096));
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

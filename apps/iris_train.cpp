@@ -9,6 +9,7 @@
 
 #include "common/app_common.h"
 #include "iris/common/config_map.h"
+#include "iris/common/device.h"
 #include "iris/common/error.h"
 #include "iris/data/case_cache.h"
 #include "iris/data/dataset.h"
@@ -70,14 +71,20 @@ int main(int argc, char** argv) {
   CLI::App cli{"iris-train: episodic in-context training of an IRIS model"};
   std::string config_path;
   std::vector<std::string> overrides;
-  bool dump = false, resume = false, fill_cache = false;
+  bool dump = false, fill_cache = false;
+  std::string resume_mode;
   cli.add_option("config", config_path, "training config (YAML)")->required();
   cli.add_option("--set", overrides, "override a key: --set train.lr=1e-3 (repeatable)");
   cli.add_flag("--dump-config", dump, "print the resolved configuration and exit");
-  cli.add_flag("--resume", resume, "continue from OUTPUT_DIR/checkpoints/last.ckpt");
+  CLI::Option* resume_option =
+      cli.add_option("--resume", resume_mode,
+                     "continue from OUTPUT_DIR/checkpoints/last.ckpt; --resume=auto: from the newest intact checkpoint "
+                     "(last.ckpt, else iter_*.ckpt), or from scratch when there is none")
+          ->expected(0, 1)
+          ->check(CLI::IsMember({"", "last", "auto"}));
   cli.add_flag("--fill-cache", fill_cache,
                "preprocess every train/val case into data.cache and exit (for a build without ITK to train from)");
-  CLI11_PARSE(cli, argc, argv);
+  IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-train", [&]() -> int {
     ConfigMap config = ConfigMap::load_yaml_file(config_path);
@@ -92,7 +99,8 @@ int main(int argc, char** argv) {
       }
     }
     const model::ModelConfig model_config = model::ModelConfig::from_config(config.subtree("model"));
-    const train::TrainConfig train_config = train::TrainConfig::from_config(config.subtree("train"));
+    train::TrainConfig train_config = train::TrainConfig::from_config(config.subtree("train"));
+    train_config.check_against(model_config.max_patch_size);
     if (dump) {
       std::cout << "# resolved configuration (model defaults shown in full)\n";
       ConfigMap shown = config;
@@ -143,7 +151,13 @@ int main(int argc, char** argv) {
     }
     app::configure_threads(train_config.threads);
     const train::DistributedEnv env = train::DistributedEnv::from_environment();
-    auto comm = train::make_communicator(env, train_config.distributed, train_config.device.rfind("cuda", 0) == 0);
+    // "cuda" is this rank's own GPU (cuda:LOCAL_RANK); collectives run there.
+    train::CommunicatorOptions comm_options;
+    comm_options.device = resolve_device(train_config.device, env, visible_cuda_devices(), "train.device");
+    train_config.device = comm_options.device.str();
+    comm_options.backend = train_config.distributed;
+    comm_options.timeout = std::chrono::seconds(train_config.distributed_timeout_s);
+    auto comm = train::make_communicator(env, comm_options);
     if (comm->rank() == 0) {
       fs::create_directories(train_config.output_dir);
       for (const auto& d : datasets) data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
@@ -194,6 +208,8 @@ int main(int argc, char** argv) {
     train::Trainer::install_signal_handlers();
     train::Trainer trainer(train_config, model_config, config, std::move(train_sampler), std::move(val_sampler),
                            class_names, *comm);
+    train::ResumeMode resume = train::ResumeMode::kNone;
+    if (resume_option->count() > 0) resume = resume_mode == "auto" ? train::ResumeMode::kAuto : train::ResumeMode::kLast;
     const auto outcome = trainer.run(resume);
     if (outcome == train::TrainOutcome::kPreempted) {
       if (comm->rank() == 0)

@@ -1,5 +1,6 @@
 #include "common/app_common.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -20,7 +21,8 @@ int run_main(const std::string& program, const std::function<int()>& body) {
   try {
     return body();
   } catch (const CLI::ParseError& e) {
-    throw;  // handled by the app's CLI11 exit()
+    std::cerr << program << ": usage error: " << e.what() << std::endl;
+    return kUsage;
   } catch (const iris::Error& e) {
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kBadInput;
@@ -31,6 +33,57 @@ int run_main(const std::string& program, const std::function<int()>& body) {
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kFailure;
   }
+}
+
+int exit_for(CLI::App& app, const CLI::ParseError& error) {
+  const int code = app.exit(error);
+  return code == 0 ? kOk : kUsage;
+}
+
+namespace {
+// CLI11 hands validators the text; parse it as strictly as the option will.
+bool parse_number(const std::string& text, double& value) {
+  try {
+    size_t used = 0;
+    value = std::stod(text, &used);
+    return used == text.size();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+}  // namespace
+
+CLI::Validator finite_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        if (!parse_number(text, v) || !std::isfinite(v)) return "'" + text + "' is not a finite number";
+        return "";
+      },
+      "FINITE");
+}
+
+CLI::Validator number_in(double low, double high) {
+  return CLI::Validator(
+      [low, high](std::string& text) -> std::string {
+        double v = 0;
+        if (!parse_number(text, v) || !std::isfinite(v) || v < low || v > high)
+          return "'" + text + "' is not a number from " + CLI::detail::to_string(low) + " to " +
+                 CLI::detail::to_string(high);
+        return "";
+      },
+      "[" + CLI::detail::to_string(low) + " - " + CLI::detail::to_string(high) + "]");
+}
+
+CLI::Validator at_least(double low) {
+  return CLI::Validator(
+      [low](std::string& text) -> std::string {
+        double v = 0;
+        if (!parse_number(text, v) || !std::isfinite(v) || v < low)
+          return "'" + text + "' is not a number >= " + CLI::detail::to_string(low);
+        return "";
+      },
+      ">=" + CLI::detail::to_string(low));
 }
 
 void configure_threads(int requested) {

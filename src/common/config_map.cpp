@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -83,6 +84,7 @@ ConfigMap ConfigMap::parse_text(const std::string& text, const std::string& orig
     const std::string key = trim(line.substr(0, colon));
     const std::string value = unquote(trim(line.substr(colon + 1)));
     if (key.empty()) throw Error(origin + ":" + std::to_string(number), "empty key");
+    if (m.has(key)) throw Error(origin + ":" + std::to_string(number), "key '" + key + "' is set twice");
     m.set(key, value, origin);
   }
   return m;
@@ -124,12 +126,28 @@ std::string normalise_flow_list(const std::string& value) {
 }
 }  // namespace
 
+namespace {
+// A key set twice is almost always a mistake (the second silently winning):
+// refused, naming both lines.
+void set_once(ConfigMap& m, std::map<std::string, int>& line_of, const std::string& key, const std::string& value,
+              const std::string& path, int line) {
+  const auto it = line_of.find(key);
+  if (it != line_of.end())
+    throw Error(path + ":" + std::to_string(line), "key '" + key + "' is set twice (lines " +
+                                                       std::to_string(it->second) + " and " + std::to_string(line) +
+                                                       "); remove one");
+  line_of[key] = line;
+  m.set(key, value, path + ":" + std::to_string(line));
+}
+}  // namespace
+
 // Without yaml-cpp (the GPU-only build), the block-mapping subset of YAML that
 // iris configs use: nested "key:" maps by indentation, scalars, flow lists
 // [a, b] and one-level flow maps {k: v}. Anything else is refused clearly.
 ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::string& path) {
   std::istringstream f(text);
   ConfigMap m;
+  std::map<std::string, int> line_of;  // where each key was set, to refuse a second setting
   std::vector<std::pair<size_t, std::string>> stack;  // (indent, key prefix)
   std::string line;
   int number = 0;
@@ -156,10 +174,11 @@ ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::strin
       for (const auto& item : split_flow_items(value.substr(1, value.size() - 2))) {
         const auto c = item.find(':');
         if (c == std::string::npos) throw Error(where, "expected 'key: value' in '" + item + "'");
-        m.set(key + "." + trim(item.substr(0, c)), normalise_flow_list(unquote(trim(item.substr(c + 1)))), path);
+        const std::string item_key = key + "." + trim(item.substr(0, c));
+        set_once(m, line_of, item_key, normalise_flow_list(unquote(trim(item.substr(c + 1)))), path, number);
       }
     } else {
-      m.set(key, normalise_flow_list(unquote(value)), path);
+      set_once(m, line_of, key, normalise_flow_list(unquote(value)), path, number);
     }
   }
   return m;
@@ -192,10 +211,10 @@ double config_double(const ConfigMap& m, const std::string& key) {
   try {
     size_t used = 0;
     double x = std::stod(v, &used);
-    if (used != v.size()) throw std::invalid_argument(v);
+    if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(v);
     return x;
   } catch (const std::exception&) {
-    throw Error(describe_origin(m, key), "expected a number, got '" + v + "'");
+    throw Error(describe_origin(m, key), "expected a finite number, got '" + v + "'");
   }
 }
 

@@ -1,4 +1,6 @@
 // YAML reading for ConfigMap (built only with yaml-cpp).
+#include <map>
+
 #include <yaml-cpp/yaml.h>
 
 #include "iris/common/config_map.h"
@@ -10,9 +12,19 @@ namespace {
 void flatten(const YAML::Node& node, const std::string& prefix, const std::string& origin,
              ConfigMap& out) {
   if (node.IsMap()) {
+    std::map<std::string, int> line_of;
     for (const auto& kv : node) {
       const std::string key = kv.first.as<std::string>();
-      flatten(kv.second, prefix.empty() ? key : prefix + "." + key, origin, out);
+      const int line = kv.first.Mark().line + 1;
+      const std::string full = prefix.empty() ? key : prefix + "." + key;
+      const auto seen = line_of.find(key);
+      // yaml-cpp keeps both entries of a repeated key; the second would win silently.
+      if (seen != line_of.end())
+        throw Error(origin + ":" + std::to_string(line), "key '" + full + "' is set twice (lines " +
+                                                             std::to_string(seen->second) + " and " +
+                                                             std::to_string(line) + "); remove one");
+      line_of[key] = line;
+      flatten(kv.second, full, origin, out);
     }
   } else if (node.IsSequence()) {
     std::string text = "[";

@@ -135,12 +135,10 @@ CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::strin
 void CaseCache::record_dataset(const DatasetSpec& d) const {
   const std::string path = dataset_record_path(folder(), d.name);
   fs::create_directories(fs::path(path).parent_path());
-  write_atomically(path, [&](const std::string& tmp) {
-    std::ofstream f(tmp);
-    for (const auto& [value, name] : d.class_names) f << "class\t" << value << "\t" << name << "\n";
-    for (const auto& c : d.cases) f << "case\t" << c.name << "\t" << c.image << "\t" << c.labels << "\n";
-    if (!f) throw Error(tmp, "write failed");
-  });
+  std::ostringstream f;
+  for (const auto& [value, name] : d.class_names) f << "class\t" << value << "\t" << name << "\n";
+  for (const auto& c : d.cases) f << "case\t" << c.name << "\t" << c.image << "\t" << c.labels << "\n";
+  write_text_file(path, f.str());
 }
 
 std::optional<RecordedDataset> CaseCache::recorded_dataset(const std::string& dataset) const {

@@ -178,13 +178,11 @@ void make_split(DatasetSpec& d) {
 }
 
 void write_split(const DatasetSpec& d, const std::string& path) {
-  write_atomically(path, [&](const std::string& tmp) {
-    std::ofstream f(tmp);
-    for (const auto& c : d.train) f << "train\t" << c.name << "\n";
-    for (const auto& c : d.val) f << "val\t" << c.name << "\n";
-    for (const auto& c : d.test) f << "test\t" << c.name << "\n";
-    if (!f) throw Error(tmp, "write failed");
-  });
+  std::ostringstream f;
+  for (const auto& c : d.train) f << "train\t" << c.name << "\n";
+  for (const auto& c : d.val) f << "val\t" << c.name << "\n";
+  for (const auto& c : d.test) f << "test\t" << c.name << "\n";
+  write_text_file(path, f.str());
 }
 
 std::vector<std::string> class_table(const std::vector<DatasetSpec>& datasets) {

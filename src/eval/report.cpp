@@ -12,14 +12,11 @@
 #include <unistd.h>
 
 #include <ATen/ATen.h>
-#include <itkImage.h>
-#include <itkImageFileWriter.h>
-#include <itkPNGImageIO.h>
-#include <itkRGBPixel.h>
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/io/image_io.h"
+#include "iris/io/png.h"
 
 namespace fs = std::filesystem;
 
@@ -47,25 +44,7 @@ struct RgbPicture {
 };
 
 void write_png(const RgbPicture& picture, const std::string& path) {
-  using Pixel = itk::RGBPixel<unsigned char>;
-  using Picture = itk::Image<Pixel, 2>;
-  auto image = Picture::New();
-  Picture::SizeType size;
-  size[0] = static_cast<itk::SizeValueType>(picture.width);
-  size[1] = static_cast<itk::SizeValueType>(picture.height);
-  image->SetRegions(Picture::RegionType(size));
-  image->Allocate();
-  std::copy(picture.rgb.begin(), picture.rgb.end(),
-            reinterpret_cast<unsigned char*>(image->GetBufferPointer()));
-  auto writer = itk::ImageFileWriter<Picture>::New();
-  writer->SetImageIO(itk::PNGImageIO::New());  // explicit: no IO factory lookup needed
-  writer->SetFileName(path);
-  writer->SetInput(image);
-  try {
-    writer->Update();
-  } catch (const itk::ExceptionObject& e) {
-    throw Error(path, std::string("cannot write PNG: ") + e.GetDescription());
-  }
+  io::write_png_rgb(path, picture.width, picture.height, picture.rgb);
 }
 
 // Which voxel axis (x=0, y=1, z=2) runs closest to each patient axis (L, P, S
@@ -391,11 +370,7 @@ CaseVolumes load_case(const CaseResult& c, const std::string& image_file) {
   return v;
 }
 
-void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out.flush()) throw Error(path.string(), "cannot write");
-}
+void write_text_file(const fs::path& path, const std::string& text) { iris::write_text_file(path.string(), text); }
 
 void build_report(const EvaluationSummary& summary, const fs::path& dir,
                   const std::map<std::string, std::string>& images, bool with_images) {

@@ -4,12 +4,12 @@
 #include <filesystem>
 
 #include <ATen/ATen.h>
-#include <torch/serialize.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/tensor_file.h"
 #include "iris/data/intensity.h"
 #include "iris/infer/reference.h"
 #include "iris/model/iris_net.h"
@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kFeaturesFormat = "iris-image-features-v1";
+const char* kFeaturesFormat = "iris-image-features-v2";
 
 double cosine(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor x = a.to(at::kDouble).reshape({-1}), y = b.to(at::kDouble).reshape({-1});
@@ -54,11 +54,10 @@ void EmbeddingPool::save(const std::string& folder) const {
     const std::string stem = (fs::path(folder) / e.name).string();
     e.task.save(stem + ".task");
     if (!e.image_features.defined()) continue;
-    torch::serialize::OutputArchive archive;
-    archive.write("format", c10::IValue(std::string(kFeaturesFormat)));
-    archive.write("model_fingerprint", c10::IValue(e.task.model_fingerprint));
-    archive.write("features", e.image_features.detach().to(at::kCPU).contiguous());
-    write_atomically(stem + ".features", [&](const std::string& tmp) { archive.save_to(tmp); });
+    TensorFile file(kFeaturesFormat);
+    file.set("model_fingerprint", e.task.model_fingerprint);
+    file.put("features", e.image_features.to(at::kFloat));
+    file.save(stem + ".features");
   }
 }
 
@@ -80,16 +79,13 @@ EmbeddingPool EmbeddingPool::load(const std::string& folder, const std::string& 
     fs::path features_path = path;
     features_path.replace_extension(".features");
     if (fs::exists(features_path)) {
-      torch::serialize::InputArchive archive;
-      try {
-        archive.load_from(features_path.string());
-      } catch (const c10::Error&) {
-        throw Error(features_path.string(), "not a readable image feature file");
-      }
-      c10::IValue format;
-      if (!archive.try_read("format", format) || !format.isString() || format.toStringRef() != kFeaturesFormat)
-        throw Error(features_path.string(), "not an iris image feature file");
-      archive.read("features", entry.image_features);
+      const TensorFile file = TensorFile::load(features_path.string(), kFeaturesFormat, "iris image feature file");
+      if (file.meta("model_fingerprint") != entry.task.model_fingerprint)
+        throw Error(features_path.string(), "belongs to another model than " + path.string());
+      const at::Tensor& features = file.get("features");
+      if (features.scalar_type() != at::kFloat || features.dim() != 1)
+        throw Error(features_path.string(), "is damaged: its features are not a float vector");
+      entry.image_features = features;
     }
     pool.entries.push_back(std::move(entry));
   }

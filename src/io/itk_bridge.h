@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include "iris/io/image.h"
+#include "image_checks.h"
 
 namespace iris::io::detail {
 
@@ -50,13 +51,6 @@ Image image_from_itk(const typename itk::Image<Pixel, 3>::Pointer& itk_image,
       torch::TensorOptions().dtype(torch_dtype_of<Pixel>()));
   return out;
 }
-
-// Throws iris::Error(source, ...) when the direction columns are not
-// orthonormal or the spacing is not positive.
-void check_geometry(const Geometry& g, const std::string& source);
-
-// Throws iris::Error(source, ...) when a voxel is NaN or infinite.
-void check_finite(const at::Tensor& voxels, const std::string& source);
 
 // ITK's message without its "itk::ERROR: Class(0x...):" preamble, on one line.
 std::string short_reason(const itk::ExceptionObject& e);

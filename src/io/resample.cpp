@@ -4,18 +4,10 @@
 #include <cmath>
 #include <vector>
 
-#include <itkBSplineControlPointImageFilter.h>
-#include <itkBSplineInterpolateImageFunction.h>
-#include <itkImageRegionConstIterator.h>
-#include <itkLinearInterpolateImageFunction.h>
-#include <itkN4BiasFieldCorrectionImageFilter.h>
-#include <itkNearestNeighborInterpolateImageFunction.h>
-#include <itkResampleImageFilter.h>
-#include <itkShrinkImageFilter.h>
-#include <torch/types.h>
+#include <ATen/ATen.h>
 
 #include "iris/common/error.h"
-#include "itk_bridge.h"
+#include "resample_detail.h"
 
 namespace iris::io {
 
@@ -106,7 +98,7 @@ bool CropBox::covers_whole(const Geometry& g) const {
   return true;
 }
 
-namespace {
+namespace detail {
 double percentile_of(const at::Tensor& volume, double pct) {
   at::Tensor v = volume.reshape({-1});
   // A strided sample is plenty for a threshold and avoids sorting 80 M voxels.
@@ -116,7 +108,9 @@ double percentile_of(const at::Tensor& volume, double pct) {
                                       static_cast<int64_t>(pct / 100.0 * double(sample.numel() - 1) + 0.5));
   return sample[i].item<double>();
 }
+}  // namespace detail
 
+namespace {
 // First and one-past-last index where a 1-D bool tensor is true (or {0,0}).
 std::pair<long, long> true_span(const at::Tensor& flags) {
   at::Tensor idx = flags.nonzero();
@@ -131,7 +125,7 @@ CropBox foreground_box(const at::Tensor& volume, const Geometry& g, const Foregr
   whole.end = g.size;
   if (volume.numel() == 0) return whole;
   at::Tensor v = volume.to(at::kFloat);
-  const double threshold = o.use_threshold ? o.threshold : percentile_of(v, o.percentile);
+  const double threshold = o.use_threshold ? o.threshold : detail::percentile_of(v, o.percentile);
   const at::Tensor mask = v > threshold;
   // Reduce to one profile per axis: [Z,Y,X] -> x: any over (z, y), etc.
   const at::Tensor along_z = mask.any(2).any(1);
@@ -221,55 +215,23 @@ Geometry grid_with_spacing(const Geometry& g, const std::array<double, 3>& targe
 
 namespace {
 
-// A view of `voxels` (contiguous, kept alive by the caller) as an ITK image.
-template <typename Pixel>
+// One 3-D float32 or int32 volume: ITK's resampler in the ITK build
+// (resample_itk.cpp), iris' own nearest/linear otherwise (resample_noitk.cpp).
 at::Tensor resample_one(const at::Tensor& voxels, const Geometry& from, const Geometry& onto,
                         Interpolation interpolation) {
-  using ItkImage = itk::Image<Pixel, 3>;
-  const at::Tensor input = voxels.contiguous();
-  auto image = detail::wrap_tensor<Pixel>(input, from);
-  auto filter = itk::ResampleImageFilter<ItkImage, ItkImage, double>::New();
-  filter->SetInput(image);
-  switch (interpolation) {
-    case Interpolation::kNearest:
-      filter->SetInterpolator(itk::NearestNeighborInterpolateImageFunction<ItkImage, double>::New());
-      break;
-    case Interpolation::kLinear:
-      filter->SetInterpolator(itk::LinearInterpolateImageFunction<ItkImage, double>::New());
-      break;
-    case Interpolation::kBSpline: {
-      auto bspline = itk::BSplineInterpolateImageFunction<ItkImage, double, double>::New();
-      bspline->SetSplineOrder(3);
-      filter->SetInterpolator(bspline);
-      break;
-    }
-    case Interpolation::kPerLabelLinear:
-      throw Error("resample_voxels", "per-label-linear is handled per label");
-  }
-  auto grid = ItkImage::New();  // geometry only, no pixels
-  detail::set_geometry(*grid, onto);
-  filter->SetOutputParametersFromImage(grid);
-  filter->SetDefaultPixelValue(0);
-  try {
-    filter->Update();
-  } catch (const itk::ExceptionObject& e) {
-    throw Error("resample_voxels", "ITK resampling failed: " + detail::short_reason(e));
-  }
-  typename ItkImage::Pointer out = filter->GetOutput();
-  out->DisconnectPipeline();
-  return detail::image_from_itk<Pixel>(out, "").voxels;
+  return detail::resample_scalar(voxels.contiguous(), from, onto, interpolation);
 }
 
 // Each label's mask is interpolated linearly and the most covered label wins:
 // smoother label boundaries than nearest neighbour when downsampling.
 at::Tensor resample_per_label(const at::Tensor& labels, const Geometry& from, const Geometry& onto) {
   const at::Tensor values = std::get<0>(at::_unique(labels.reshape({-1}), /*sorted=*/true));
-  at::Tensor best_score = resample_one<float>((labels == 0).to(at::kFloat), from, onto, Interpolation::kLinear);
+  at::Tensor best_score = resample_one((labels == 0).to(at::kFloat), from, onto, Interpolation::kLinear);
   at::Tensor best_label = at::zeros(best_score.sizes(), at::kInt);
   for (int64_t k = 0; k < values.numel(); ++k) {
     const int value = values[k].item<int>();
     if (value == 0) continue;
-    at::Tensor score = resample_one<float>((labels == value).to(at::kFloat), from, onto, Interpolation::kLinear);
+    at::Tensor score = resample_one((labels == value).to(at::kFloat), from, onto, Interpolation::kLinear);
     const at::Tensor wins = score > best_score;
     best_label.masked_fill_(wins, value);
     best_score = at::where(wins, score, best_score);
@@ -285,11 +247,11 @@ at::Tensor resample_3d(const at::Tensor& voxels, const Geometry& from, const Geo
     if (interpolation == Interpolation::kPerLabelLinear) return resample_per_label(labels, from, onto);
     if (interpolation != Interpolation::kNearest)
       throw Error("resample_voxels", "integer (label) voxels need nearest or per-label-linear interpolation");
-    return resample_one<int32_t>(labels, from, onto, interpolation);
+    return resample_one(labels, from, onto, interpolation);
   }
   if (interpolation == Interpolation::kPerLabelLinear)
     throw Error("resample_voxels", "per-label-linear needs integer label voxels");
-  return resample_one<float>(voxels.to(at::kFloat), from, onto, interpolation);
+  return resample_one(voxels.to(at::kFloat), from, onto, interpolation);
 }
 
 }  // namespace
@@ -304,61 +266,6 @@ at::Tensor resample_voxels(const at::Tensor& voxels, const Geometry& from, const
   std::vector<at::Tensor> channels;
   for (int64_t c = 0; c < voxels.size(0); ++c) channels.push_back(resample_3d(voxels[c], from, onto, interpolation));
   return at::stack(channels);
-}
-
-// ------------------------------------------------------------ N4
-
-at::Tensor n4_bias_correct(const at::Tensor& volume, const Geometry& g, const N4Options& o) {
-  if (volume.dim() != 3) throw Error("n4", "expects a [Z,Y,X] volume");
-  if (o.shrink_factor < 1) throw Error("n4_shrink", "must be at least 1");
-  using Float = itk::Image<float, 3>;
-  using Mask = itk::Image<uint8_t, 3>;
-  using N4 = itk::N4BiasFieldCorrectionImageFilter<Float, Mask, Float>;
-
-  const at::Tensor input = volume.to(at::kFloat).clamp_min(0).contiguous();
-  const double threshold = percentile_of(input, o.mask_percentile);
-  at::Tensor mask = (input > threshold).to(at::kByte).contiguous();
-  if (!mask.any().item<bool>()) return input;  // nothing to fit on
-
-  auto image = detail::wrap_tensor<float>(input, g);
-  auto mask_image = detail::wrap_tensor<uint8_t>(mask, g);
-  auto shrink_image = itk::ShrinkImageFilter<Float, Float>::New();
-  shrink_image->SetInput(image);
-  shrink_image->SetShrinkFactors(static_cast<unsigned>(o.shrink_factor));
-  auto shrink_mask = itk::ShrinkImageFilter<Mask, Mask>::New();
-  shrink_mask->SetInput(mask_image);
-  shrink_mask->SetShrinkFactors(static_cast<unsigned>(o.shrink_factor));
-
-  auto n4 = N4::New();
-  n4->SetInput(shrink_image->GetOutput());
-  n4->SetMaskImage(shrink_mask->GetOutput());
-  typename N4::VariableSizeArrayType iterations(3);
-  for (unsigned i = 0; i < 3; ++i) iterations[i] = static_cast<unsigned>(o.iterations[i]);
-  n4->SetMaximumNumberOfIterations(iterations);
-  n4->SetNumberOfFittingLevels(3);
-
-  // The fitted field is a B-spline lattice over physical space: evaluate it
-  // on the full-resolution grid, so only the fit sees the shrunk image.
-  using Lattice = N4::BiasFieldControlPointLatticeType;
-  using Field = N4::ScalarImageType;
-  auto field = itk::BSplineControlPointImageFilter<Lattice, Field>::New();
-  try {
-    n4->Update();
-    field->SetInput(n4->GetLogBiasFieldControlPointLattice());
-    field->SetSplineOrder(n4->GetSplineOrder());
-    field->SetSize(image->GetLargestPossibleRegion().GetSize());
-    field->SetOrigin(image->GetOrigin());
-    field->SetSpacing(image->GetSpacing());
-    field->SetDirection(image->GetDirection());
-    field->Update();
-  } catch (const itk::ExceptionObject& e) {
-    throw Error("n4", "N4 bias-field correction failed: " + detail::short_reason(e));
-  }
-  at::Tensor log_field = at::empty_like(input);
-  float* out = log_field.data_ptr<float>();
-  itk::ImageRegionConstIterator<Field> it(field->GetOutput(), field->GetOutput()->GetLargestPossibleRegion());
-  for (it.GoToBegin(); !it.IsAtEnd(); ++it) *out++ = static_cast<float>(it.Get()[0]);
-  return input / log_field.exp();
 }
 
 }  // namespace iris::io

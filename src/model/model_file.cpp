@@ -7,11 +7,11 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/tensor_file.h"
 
 namespace iris::model {
 
 namespace {
-const char* kFormat = "iris-model-v1";
 
 void fnv1a(uint64_t& h, const void* data, size_t bytes) {
   const auto* p = static_cast<const unsigned char*>(data);
@@ -40,45 +40,84 @@ std::string compute_fingerprint(const IrisNetImpl& net) {
   return buf;
 }
 
+namespace {
+const char* kFormatV2 = "iris-model-v2";
+
+// Parameters and buffers of `net` filled from `get(kind, name, like)`.
+template <typename Get>
+void fill_net(IrisNetImpl& net, Get&& get) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : net.named_parameters()) p.value().copy_(get("param/", p.key(), p.value()));
+  for (auto& b : net.named_buffers()) b.value().copy_(get("buffer/", b.key(), b.value()));
+}
+}  // namespace
+
 void save_model(IrisModel& model, const std::string& path) {
   model.fingerprint = compute_fingerprint(*model.net);
-  torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string(kFormat)));
-  archive.write("config", c10::IValue(model.config.to_config().to_text()));
-  std::string names;
-  for (size_t i = 0; i < model.class_names.size(); ++i) names += (i ? "\n" : "") + model.class_names[i];
-  archive.write("class_names", c10::IValue(names));
-  archive.write("num_class_names", c10::IValue(static_cast<int64_t>(model.class_names.size())));
-  archive.write("fingerprint", c10::IValue(model.fingerprint));
-  archive.write("description", c10::IValue(model.description));
-  archive.write("preprocess", c10::IValue(model.preprocess));
+  TensorFile file(kFormatV2);
+  file.set("config", model.config.to_config().to_text());
+  file.set_strings("class_names", model.class_names);
+  file.set("fingerprint", model.fingerprint);
+  file.set("description", model.description);
+  file.set("preprocess", model.preprocess);
   torch::NoGradGuard no_grad;
-  for (const auto& p : model.net->named_parameters()) archive.write("param/" + p.key(), p.value().to(at::kCPU), false);
-  for (const auto& b : model.net->named_buffers()) archive.write("buffer/" + b.key(), b.value().to(at::kCPU), true);
-  write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  for (const auto& p : model.net->named_parameters()) file.put("param/" + p.key(), p.value());
+  for (const auto& b : model.net->named_buffers()) file.put("buffer/" + b.key(), b.value());
+  file.save(path);
 }
 
 IrisModel load_model(const std::string& path) {
+  const TensorFile file = TensorFile::load(path, kFormatV2, "iris model file");
+  IrisModel model;
+  model.config = ModelConfig::from_config(ConfigMap::parse_text(file.meta("config"), path + " (embedded config)"));
+  model.class_names = file.meta_strings("class_names", static_cast<size_t>(model.config.memory_bank_size));
+  model.fingerprint = file.meta("fingerprint");
+  model.description = file.meta_or("description", "");
+  model.preprocess = file.meta_or("preprocess", "");
+  // The tensors decide nothing: the config builds the network and every
+  // tensor must be one of its parameters or buffers, with its shape.
+  model.net = IrisNet(model.config);
+  size_t expected = 0;
+  fill_net(*model.net, [&](const char* kind, const std::string& name, const at::Tensor& like) {
+    ++expected;
+    return file.get(kind + name, like.scalar_type(), like.sizes());
+  });
+  if (file.tensors().size() != expected)
+    throw Error(path, "holds " + std::to_string(file.tensors().size()) + " tensors but its architecture has " +
+                          std::to_string(expected) + ": it is damaged or was edited");
+  const std::string recomputed = compute_fingerprint(*model.net);
+  if (recomputed != model.fingerprint)
+    throw Error(path, "is damaged: its weights do not match its stored fingerprint (" + model.fingerprint + " vs " +
+                          recomputed + ")");
+  model.net->eval();
+  return model;
+}
+
+IrisModel load_legacy_model(const std::string& path) {
   torch::serialize::InputArchive archive;
   try {
     archive.load_from(path);
   } catch (const c10::Error&) {
-    throw Error(path, "not a readable iris model file (missing, truncated or another format)");
+    throw Error(path, "is not a readable model file of iris' first format (missing, truncated or another format)");
   }
   c10::IValue v;
-  if (!archive.try_read("format", v) || !v.isString() || v.toStringRef() != kFormat)
-    throw Error(path, "not an iris model file (format tag missing or different; use iris-import for PyTorch checkpoints)");
+  if (!archive.try_read("format", v) || !v.isString() || v.toStringRef() != "iris-model-v1")
+    throw Error(path, "is not an iris model file of the first format (format tag missing or different)");
   IrisModel model;
   archive.read("config", v);
   model.config = ModelConfig::from_config(ConfigMap::parse_text(v.toStringRef(), path + " (embedded config)"));
   archive.read("num_class_names", v);
   const long n_names = v.toInt();
+  if (n_names < 0 || n_names > model.config.memory_bank_size)
+    throw Error(path, "names " + std::to_string(n_names) + " classes for a memory bank of " +
+                          std::to_string(model.config.memory_bank_size));
   archive.read("class_names", v);
   {
     const std::string& s = v.toStringRef();
     size_t start = 0;
     for (long i = 0; i < n_names; ++i) {
       size_t nl = i + 1 < n_names ? s.find('\n', start) : s.size();
+      if (nl == std::string::npos) throw Error(path, "its class names are damaged");
       model.class_names.push_back(s.substr(start, nl - start));
       start = nl + 1;
     }
@@ -88,21 +127,14 @@ IrisModel load_model(const std::string& path) {
   if (archive.try_read("description", v)) model.description = v.toStringRef();
   if (archive.try_read("preprocess", v)) model.preprocess = v.toStringRef();
   model.net = IrisNet(model.config);
-  torch::NoGradGuard no_grad;
-  for (auto& p : model.net->named_parameters()) {
+  fill_net(*model.net, [&](const char* kind, const std::string& name, const at::Tensor& like) {
     at::Tensor t;
-    if (!archive.try_read("param/" + p.key(), t))
-      throw Error(path, "parameter '" + p.key() + "' is missing");
-    if (t.sizes() != p.value().sizes())
-      throw Error(path, "parameter '" + p.key() + "' has the wrong shape");
-    p.value().copy_(t);
-  }
-  for (auto& b : model.net->named_buffers()) {
-    at::Tensor t;
-    if (!archive.try_read("buffer/" + b.key(), t)) throw Error(path, "buffer '" + b.key() + "' is missing");
-    if (t.sizes() != b.value().sizes()) throw Error(path, "buffer '" + b.key() + "' has the wrong shape");
-    b.value().copy_(t);
-  }
+    if (!archive.try_read(kind + name, t)) throw Error(path, std::string(kind) + name + " is missing");
+    if (t.sizes() != like.sizes()) throw Error(path, std::string(kind) + name + " has the wrong shape");
+    return t;
+  });
+  if (compute_fingerprint(*model.net) != model.fingerprint)
+    throw Error(path, "is damaged: its weights do not match its stored fingerprint");
   model.net->eval();
   return model;
 }

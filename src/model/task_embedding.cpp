@@ -4,18 +4,14 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/tensor_file.h"
 #include "iris/model/iris_net.h"
 
 namespace iris::model {
 
 namespace {
-const char* kFormat = "iris-task-embedding-v1";
+const char* kFormatV2 = "iris-task-v2";
 
-std::string join(const std::vector<std::string>& v) {
-  std::string s;
-  for (size_t i = 0; i < v.size(); ++i) s += (i ? "\n" : "") + v[i];
-  return s;
-}
 std::vector<std::string> split_lines(const std::string& s, size_t expected) {
   std::vector<std::string> out;
   size_t start = 0;
@@ -83,38 +79,60 @@ TaskEmbedding TaskEmbedding::concat(const std::vector<TaskEmbedding>& parts) {
 }
 
 void TaskEmbedding::save(const std::string& path) const {
-  torch::serialize::OutputArchive archive;
-  archive.write("format", c10::IValue(std::string(kFormat)));
-  archive.write("model_fingerprint", c10::IValue(model_fingerprint));
-  archive.write("num_stages", c10::IValue(static_cast<int64_t>(stages.size())));
-  archive.write("labels", at::tensor(std::vector<int64_t>(labels.begin(), labels.end()), at::kLong));
-  archive.write("names", c10::IValue(join(names)));
-  archive.write("num_names", c10::IValue(static_cast<int64_t>(names.size())));
-  for (size_t i = 0; i < stages.size(); ++i)
-    archive.write("stage" + std::to_string(i), stages[i].detach().to(at::kCPU).contiguous());
-  write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  TensorFile file(kFormatV2);
+  file.set("model_fingerprint", model_fingerprint);
+  file.set_int("num_stages", static_cast<int64_t>(stages.size()));
+  file.set_strings("names", names);
+  file.put("labels", at::tensor(std::vector<int64_t>(labels.begin(), labels.end()), at::kLong));
+  for (size_t i = 0; i < stages.size(); ++i) file.put("stage" + std::to_string(i), stages[i].to(at::kFloat));
+  file.save(path);
 }
 
 TaskEmbedding TaskEmbedding::load(const std::string& path) {
+  const TensorFile file = TensorFile::load(path, kFormatV2, "iris task file");
+  TaskEmbedding t;
+  t.model_fingerprint = file.meta("model_fingerprint");
+  const long n = file.meta_int("num_stages", 1, 8);
+  for (long i = 0; i < n; ++i) {
+    const at::Tensor& s = file.get("stage" + std::to_string(i));
+    if (s.scalar_type() != at::kFloat || s.dim() != 3 || (i > 0 && s.size(0) != t.stages[0].size(0)))
+      throw Error(path, "is damaged: stage " + std::to_string(i) + " is not a [classes, tokens, channels] float tensor");
+    t.stages.push_back(s);
+  }
+  const long K = t.num_classes();
+  const at::Tensor& labels = file.get("labels", at::kLong, {K});
+  for (long i = 0; i < K; ++i) t.labels.push_back(labels[i].item<int64_t>());
+  t.names = file.meta_strings("names", static_cast<size_t>(K));
+  if (!t.names.empty() && static_cast<long>(t.names.size()) != K)
+    throw Error(path, "is damaged: it names " + std::to_string(t.names.size()) + " of its " + std::to_string(K) +
+                          " classes");
+  if (file.tensors().size() != static_cast<size_t>(n + 1))
+    throw Error(path, "is damaged or was edited: it holds tensors a task file does not have");
+  return t;
+}
+
+TaskEmbedding TaskEmbedding::load_legacy(const std::string& path) {
   torch::serialize::InputArchive archive;
   try {
     archive.load_from(path);
   } catch (const c10::Error& e) {
-    throw Error(path, "not a readable iris task embedding file");
+    throw Error(path, "is not a readable task file of iris' first format");
   }
   c10::IValue v;
-  if (!archive.try_read("format", v) || !v.isString() || v.toStringRef() != kFormat)
-    throw Error(path, "not an iris task embedding (format tag missing or different)");
+  if (!archive.try_read("format", v) || !v.isString() || v.toStringRef() != "iris-task-embedding-v1")
+    throw Error(path, "is not an iris task file of the first format (format tag missing or different)");
   TaskEmbedding t;
   archive.read("model_fingerprint", v);
   t.model_fingerprint = v.toStringRef();
   archive.read("num_stages", v);
   const long n = v.toInt();
+  if (n < 1 || n > 8) throw Error(path, "is damaged: " + std::to_string(n) + " stages");
   at::Tensor labels;
   archive.read("labels", labels);
   for (long i = 0; i < labels.numel(); ++i) t.labels.push_back(labels[i].item<long>());
   archive.read("num_names", v);
   const long num_names = v.toInt();
+  if (num_names < 0 || num_names > labels.numel()) throw Error(path, "is damaged: its class names do not match its labels");
   archive.read("names", v);
   t.names = split_lines(v.toStringRef(), static_cast<size_t>(num_names));
   for (long i = 0; i < n; ++i) {

@@ -3,9 +3,9 @@
 #include <cmath>
 
 #include <ATen/ATen.h>
-#include <torch/serialize/archive.h>
 
 #include "iris/common/error.h"
+#include "iris/common/tensor_file.h"
 
 namespace iris::train {
 
@@ -71,32 +71,31 @@ void Optimizer::step(double base_lr) {
   }
 }
 
-void Optimizer::save(torch::serialize::OutputArchive& a, const std::string& prefix) const {
-  a.write(prefix + "steps", c10::IValue(static_cast<int64_t>(steps_)));
+void Optimizer::save(TensorFile& f, const std::string& prefix) const {
+  f.set_int(prefix + "steps", steps_);
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t pi = 0; pi < groups_[gi].params.size(); ++pi) {
       const std::string k = prefix + groups_[gi].param_names[pi];
-      a.write(k + ".exp_avg", exp_avg_[gi][pi]);
-      a.write(k + ".exp_avg_sq", exp_avg_sq_[gi][pi]);
-      a.write(k + ".step", c10::IValue(static_cast<int64_t>(param_steps_[gi][pi])));
+      f.put(k + ".exp_avg", exp_avg_[gi][pi]);
+      f.put(k + ".exp_avg_sq", exp_avg_sq_[gi][pi]);
+      f.set_int(k + ".step", param_steps_[gi][pi]);
     }
 }
 
-void Optimizer::load(torch::serialize::InputArchive& a, const std::string& prefix) {
-  c10::IValue v;
-  a.read(prefix + "steps", v);
-  steps_ = v.toInt();
+void Optimizer::load(const TensorFile& f, const std::string& prefix) {
+  constexpr int64_t kMaxSteps = int64_t{1} << 48;
+  steps_ = f.meta_int(prefix + "steps", 0, kMaxSteps);
   at::NoGradGuard no_grad;
   for (size_t gi = 0; gi < groups_.size(); ++gi)
     for (size_t pi = 0; pi < groups_[gi].params.size(); ++pi) {
       const std::string k = prefix + groups_[gi].param_names[pi];
-      at::Tensor m, s;
-      if (!a.try_read(k + ".exp_avg", m) || !a.try_read(k + ".exp_avg_sq", s))
-        throw Error("checkpoint", "optimiser state for '" + groups_[gi].param_names[pi] + "' is missing");
-      exp_avg_[gi][pi].copy_(m);
-      exp_avg_sq_[gi][pi].copy_(s);
-      a.read(k + ".step", v);
-      param_steps_[gi][pi] = v.toInt();
+      const at::Tensor& like = exp_avg_[gi][pi];
+      if (!f.has(k + ".exp_avg") || !f.has(k + ".exp_avg_sq"))
+        throw Error(f.source(), "optimiser state for '" + groups_[gi].param_names[pi] +
+                                    "' is missing (was this parameter frozen in that run?)");
+      exp_avg_[gi][pi].copy_(f.get(k + ".exp_avg", like.scalar_type(), like.sizes()));
+      exp_avg_sq_[gi][pi].copy_(f.get(k + ".exp_avg_sq", like.scalar_type(), like.sizes()));
+      param_steps_[gi][pi] = f.meta_int(k + ".step", 0, kMaxSteps);
     }
 }
 

@@ -11,7 +11,7 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
       "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
       "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
       "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
-      "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
+      "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "distributed_timeout_s", "micro_batch", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
       "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
   ConfigMap plain;
   std::set<std::string> group_names;
@@ -26,7 +26,17 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   auto s = [&](const char* k, std::string& v) { if (m.has(k)) v = m.get(k); };
   auto b = [&](const char* k, bool& v) { if (m.has(k)) v = config_bool(m, k); };
   i("iterations", c.iterations);
-  i("batch", c.batch);
+  if (m.has("batch") && m.get("batch") == "auto") c.micro_batch = -1;
+  else i("batch", c.batch);
+  if (m.has("micro_batch")) {
+    if (m.get("micro_batch") == "auto") c.micro_batch = -1;
+    else {
+      c.micro_batch = config_int(m, "micro_batch");
+      if (c.micro_batch < 0) throw Error("train.micro_batch", "must be auto, 0 (the whole per-rank batch) or positive");
+    }
+  }
+  i("distributed_timeout_s", c.distributed_timeout_s);
+  if (c.distributed_timeout_s < 1) throw Error("train.distributed_timeout_s", "must be at least 1 second");
   i("patch", c.episodes.patch);
   i("max_classes", c.episodes.max_classes);
   s("optimizer", c.optimizer);
@@ -83,9 +93,20 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   }
   if (c.iterations < 1) throw Error("train.iterations", "must be at least 1");
   if (c.batch < 1) throw Error("train.batch", "must be at least 1");
-  if (c.episodes.patch % 16 != 0) throw Error("train.patch", "must be a multiple of 16");
+  if (c.episodes.patch < 16 || c.episodes.patch % 16 != 0)
+    throw Error("train.patch", "must be a positive multiple of 16 (it is " + std::to_string(c.episodes.patch) + ")");
+  if (c.episodes.max_classes < 1) throw Error("train.max_classes", "must be at least 1");
+  static const std::set<std::string> backends{"auto", "none", "gloo", "nccl"};
+  if (!backends.count(c.distributed))
+    throw Error("train.distributed", "unknown backend '" + c.distributed + "' (known: auto, none, gloo, nccl)");
   if (c.weight_ema < 0 || c.weight_ema >= 1) throw Error("train.weight_ema", "must be in [0, 1)");
   return c;
+}
+
+void TrainConfig::check_against(long max_patch_size) const {
+  if (episodes.patch > max_patch_size)
+    throw Error("train.patch", std::to_string(episodes.patch) + " is larger than the model's max_patch_size (" +
+                                   std::to_string(max_patch_size) + "): the positional embedding covers at most that");
 }
 
 }  // namespace iris::train

@@ -10,9 +10,12 @@
 #include <regex>
 #include <sstream>
 
-#include <torch/serialize.h>
+#include <ATen/ATen.h>
+#include <torch/types.h>
 
 #include "iris/common/atomic_file.h"
+#include "iris/common/tensor_file.h"
+#include "iris/train/batch_probe.h"
 #include "iris/common/compat.h"
 #include "iris/data/prefetcher.h"
 #include "iris/common/error.h"
@@ -29,7 +32,20 @@ namespace iris::train {
 namespace {
 std::atomic<bool> g_stop_requested{false};
 extern "C" void on_stop_signal(int) { g_stop_requested = true; }
-const char* kCheckpointFormat = "iris-train-checkpoint-v1";
+const char* kCheckpointFormat = "iris-checkpoint-v2";
+
+// Numbered checkpoints, newest first.
+std::vector<fs::path> numbered_checkpoints(const fs::path& dir) {
+  std::vector<fs::path> numbered;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return numbered;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("iter_", 0) == 0 && e.path().extension() == ".ckpt") numbered.push_back(e.path());
+  }
+  std::sort(numbered.rbegin(), numbered.rend());
+  return numbered;
+}
 }  // namespace
 
 struct Trainer::OptimizerHolder {
@@ -58,6 +74,12 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
     throw Error("train.batch", "global batch " + std::to_string(config_.batch) + " is not divisible by " +
                                    std::to_string(comm_.size()) + " ranks");
   local_batch_ = config_.batch / comm_.size();
+  config_.check_against(model_config_.max_patch_size);
+  if (config_.micro_batch > 0) micro_batch_ = std::min(config_.micro_batch, local_batch_);
+  else micro_batch_ = local_batch_;
+  if (comm_.backend() != "none" && comm_.device() != c10::Device(config_.device))
+    throw Error("train.device", "the communicator runs on " + comm_.device().str() + " but training on " +
+                                    config_.device + " (make the communicator with the training device)");
   if (static_cast<long>(class_names_.size()) > model_config_.memory_bank_size)
     throw Error("model.memory_bank_size", "the datasets name " + std::to_string(class_names_.size()) +
                                               " classes but the memory bank holds " +
@@ -189,39 +211,62 @@ StepMetrics Trainer::step(long iteration) {
   }
   data::EpisodeBatch b = loader_->get(iteration);
   const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  at::Tensor q = b.query.to(device), qm = b.query_masks.to(device);
-  at::Tensor r = b.reference.to(device), rm = b.reference_masks.to(device);
-  at::Tensor valid = b.valid.to(device);
+  at::Tensor valid_all = b.valid.to(device);
 
   // Normalise by the global number of valid classes so the all-reduced mean
-  // of gradients equals the single-process gradient.
-  at::Tensor count = valid.sum().reshape({1}).to(at::kFloat).cpu();
-  std::vector<at::Tensor> c{count};
-  if (comm_.size() > 1) {
-    comm_.allreduce_sum_async(c[0])();
-  }
-  const double global_valid = std::max(1.0, c[0].item<double>());
+  // of gradients equals the single-process gradient. Every tensor handed to a
+  // collective lives on the training device (NCCL takes nothing else).
+  const double global_valid = std::max(1.0, comm_.sum(valid_all.sum().item<double>()));
 
   net_->train();
-  std::vector<at::Tensor> tokens;
-  at::Tensor logits;
-  {
-    // Only the forward pass runs in bf16; loss and backward stay float32.
-    compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
-    auto ref_features = net_->encode_image(r);
-    tokens = net_->encode_task_tokens(ref_features, rm);
-    logits = net_->decode(net_->encode_image(q), tokens);
-  }
-  logits = logits.to(at::kFloat);
-  LossWeights w;
-  w.dice = config_.dice_weight;
-  w.bce = config_.bce_weight;
-  LossTerms terms = dice_bce_loss(logits, qm, valid, w);
-  const double local_valid = std::max(1.0, valid.sum().item<double>());
-  // dice_bce_loss averages over this rank's valid classes; rescale to the global count.
-  at::Tensor loss = terms.total * (local_valid / global_valid) * comm_.size();
   opt_->optimizer->zero_grad();
-  loss.backward();
+  // Micro-batches: gradients of all but the last pass accumulate in .grad;
+  // the last pass sends the sum (GradientSynchronizer).
+  const long B = local_batch_;
+  std::vector<at::Tensor> token_parts;
+  double loss_sum = 0, dice_sum = 0, bce_sum = 0, valid_sum = 0, one[3] = {0, 0, 0};
+  int passes = 0;
+  for (long first = 0; first < B; first += micro_batch_) {
+    const long n = std::min(micro_batch_, B - first);
+    const bool last = first + n >= B;
+    opt_->sync->set_accumulating(!last);
+    at::Tensor q = b.query.narrow(0, first, n).to(device), qm = b.query_masks.narrow(0, first, n).to(device);
+    at::Tensor r = b.reference.narrow(0, first, n).to(device), rm = b.reference_masks.narrow(0, first, n).to(device);
+    at::Tensor valid = valid_all.narrow(0, first, n);
+    std::vector<at::Tensor> tokens;
+    at::Tensor logits;
+    {
+      // Only the forward pass runs in bf16; loss and backward stay float32.
+      compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
+      auto ref_features = net_->encode_image(r);
+      tokens = net_->encode_task_tokens(ref_features, rm);
+      logits = net_->decode(net_->encode_image(q), tokens);
+    }
+    logits = logits.to(at::kFloat);
+    LossWeights w;
+    w.dice = config_.dice_weight;
+    w.bce = config_.bce_weight;
+    LossTerms terms = dice_bce_loss(logits, qm, valid, w);
+    const double part_valid = std::max(1.0, valid.sum().item<double>());
+    // dice_bce_loss averages over this pass's valid classes; rescale to the global count.
+    at::Tensor loss = terms.total * (part_valid / global_valid) * comm_.size();
+    loss.backward();
+    one[0] = terms.total.item<double>();
+    one[1] = terms.dice.item<double>();
+    one[2] = terms.bce.item<double>();
+    loss_sum += one[0] * part_valid;
+    dice_sum += one[1] * part_valid;
+    bce_sum += one[2] * part_valid;
+    valid_sum += part_valid;
+    ++passes;
+    if (config_.update_memory_bank) {
+      if (token_parts.empty()) token_parts.resize(tokens.size());
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        at::Tensor t = tokens[i].detach().to(at::kFloat);
+        token_parts[i] = token_parts[i].defined() ? at::cat({token_parts[i], t}) : t;
+      }
+    }
+  }
   opt_->sync->finish();
 
   StepMetrics m;
@@ -245,30 +290,80 @@ StepMetrics Trainer::step(long iteration) {
     if (config_.update_memory_bank) {
       // Gather every rank's tokens and ids so all ranks apply the same
       // updates in the same (global episode) order.
-      const long B = config_.batch, K = b.class_ids.size(1), off = comm_.rank() * local_batch_;
-      at::Tensor ids = at::zeros({B, K}, at::kLong);
-      ids.narrow(0, off, local_batch_).copy_(b.class_ids + 1);
+      const long GB = config_.batch, K = b.class_ids.size(1), off = comm_.rank() * local_batch_;
+      const auto on_device = at::TensorOptions().device(device);
+      at::Tensor ids = at::zeros({GB, K}, on_device.dtype(at::kFloat));
+      ids.narrow(0, off, local_batch_).copy_((b.class_ids + 1).to(device, at::kFloat));
       std::vector<at::Tensor> gathered;
-      for (auto& t : tokens) {
-        at::Tensor full = at::zeros({B, t.size(1), t.size(2), t.size(3)}, t.options().dtype(at::kFloat));
-        full.narrow(0, off, local_batch_).copy_(t.detach());
+      for (auto& t : token_parts) {
+        at::Tensor full = at::zeros({GB, t.size(1), t.size(2), t.size(3)}, on_device.dtype(at::kFloat));
+        full.narrow(0, off, local_batch_).copy_(t);
         gathered.push_back(full);
       }
-      if (comm_.size() > 1) {
-        at::Tensor idf = ids.to(at::kFloat);
-        comm_.allreduce_sum_async(idf)();
-        ids = idf.round().to(at::kLong);
-        for (auto& g : gathered) comm_.allreduce_sum_async(g)();
-      }
-      net_->update_memory_bank(gathered, ids - 1);
+      comm_.allreduce_sum(ids);
+      for (auto& g : gathered) comm_.allreduce_sum(g);
+      net_->update_memory_bank(gathered, ids.round().to(at::kLong) - 1);
     }
   }
-  m.loss = terms.total.item<double>();
-  m.dice_loss = terms.dice.item<double>();
-  m.bce_loss = terms.bce.item<double>();
+  // Means over this rank's valid classes (one pass: exactly that pass's terms).
+  m.loss = passes == 1 ? one[0] : loss_sum / valid_sum;
+  m.dice_loss = passes == 1 ? one[1] : dice_sum / valid_sum;
+  m.bce_loss = passes == 1 ? one[2] : bce_sum / valid_sum;
   m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   m.data_seconds = data_seconds;
   return m;
+}
+
+long Trainer::probe_micro_batch() {
+  const c10::Device device(config_.device);
+  BatchProbeOptions o;
+  o.largest = local_batch_;
+  auto step = [&](long size) {
+    // Forward and backward only: no optimiser step, no memory-bank update,
+    // no collective; the weights stay as they are.
+    data::EpisodeBatch b = train_sampler_.sample(-1 - size, size);
+    net_->train();
+    opt_->sync->set_accumulating(true);
+    compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
+    auto tokens = net_->encode_task_tokens(net_->encode_image(b.reference.to(device)), b.reference_masks.to(device));
+    at::Tensor logits = net_->decode(net_->encode_image(b.query.to(device)), tokens).to(at::kFloat);
+    LossTerms terms = dice_bce_loss(logits, b.query_masks.to(device), b.valid.to(device), LossWeights{});
+    terms.total.backward();
+    opt_->optimizer->zero_grad();
+  };
+  auto peak = [&]() -> double {
+    if (!device.is_cuda()) return 0.0;
+    const double total = static_cast<double>(compat::cuda_total_memory(device.index()));
+    return total > 0 ? static_cast<double>(compat::cuda_peak_allocated_bytes(device.index())) / total : 0.0;
+  };
+  auto reset = [&] {
+    opt_->optimizer->zero_grad();
+    if (device.is_cuda()) {
+      compat::cuda_empty_cache();
+      compat::cuda_reset_peak(device.index());
+    }
+  };
+  BatchProbeResult r;
+  if (device.is_cuda()) {
+    r = iris::train::probe_micro_batch(step, peak, reset, o);
+  } else {
+    // A CPU has no out-of-memory error to probe with: the whole batch in one pass.
+    r.micro_batch = local_batch_;
+    r.log.push_back("micro-batch " + std::to_string(local_batch_) + ": the whole per-rank batch (no probing on " +
+                    device.str() + ")");
+  }
+  opt_->sync->set_accumulating(false);
+  // Every rank takes the smallest size any rank found.
+  at::Tensor sizes = at::zeros({comm_.size()}, at::TensorOptions().dtype(at::kDouble).device(comm_.device()));
+  sizes[comm_.rank()] = static_cast<double>(r.micro_batch);
+  comm_.allreduce_sum(sizes);
+  const long chosen = static_cast<long>(sizes.min().item<double>());
+  if (comm_.rank() == 0) {
+    for (const auto& line : r.log) std::cerr << "iris-train: probing " << line << "\n";
+    std::cerr << "iris-train: train.micro_batch auto -> " << chosen << " (" << (local_batch_ + chosen - 1) / chosen
+              << " pass(es) per step for " << local_batch_ << " episodes per rank)\n";
+  }
+  return chosen;
 }
 
 double Trainer::validate() {
@@ -297,69 +392,75 @@ void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
   if (comm_.rank() != 0) return;
   const fs::path dir = fs::path(config_.output_dir) / "checkpoints";
   fs::create_directories(dir);
-  torch::serialize::OutputArchive a;
-  a.write("format", c10::IValue(std::string(kCheckpointFormat)));
-  a.write("config", c10::IValue(resolved_.to_text()));
-  a.write("iteration", c10::IValue(static_cast<int64_t>(next_iteration)));
-  for (const auto& p : net_->named_parameters()) a.write("param/" + p.key(), p.value().detach().cpu());
-  for (const auto& b : net_->named_buffers()) a.write("buffer/" + b.key(), b.value().cpu(), true);
-  for (const auto& [k, v] : ema_) a.write("ema/" + k, v.cpu());
+  TensorFile a(kCheckpointFormat);
+  a.set("config", resolved_.to_text());
+  a.set_int("iteration", next_iteration);
+  a.set_int("micro_batch", micro_batch_);
+  for (const auto& p : net_->named_parameters()) a.put("param/" + p.key(), p.value());
+  for (const auto& b : net_->named_buffers()) a.put("buffer/" + b.key(), b.value());
+  for (const auto& [k, v] : ema_) a.put("ema/" + k, v);
   opt_->optimizer->save(a, "optim/");
-  a.write("rng/torch", at::detail::getDefaultCPUGenerator().get_state());
+  a.put("rng/torch", at::detail::getDefaultCPUGenerator().get_state());
   const std::string last = (dir / "last.ckpt").string();
-  write_atomically(last, [&](const std::string& tmp) { a.save_to(tmp); });
+  a.save(last);
   if (final_copy) {
     std::ostringstream name;
     name << "iter_" << std::setw(7) << std::setfill('0') << next_iteration << ".ckpt";
-    fs::copy_file(last, dir / name.str(), fs::copy_options::overwrite_existing);
+    a.save((dir / name.str()).string());
     // Keep the newest few numbered checkpoints.
-    std::vector<fs::path> numbered;
-    for (const auto& e : fs::directory_iterator(dir))
-      if (e.path().filename().string().rfind("iter_", 0) == 0) numbered.push_back(e.path());
-    std::sort(numbered.begin(), numbered.end());
-    while (static_cast<long>(numbered.size()) > config_.keep_checkpoints) {
-      fs::remove(numbered.front());
-      numbered.erase(numbered.begin());
-    }
+    auto numbered = numbered_checkpoints(dir);
+    for (size_t i = static_cast<size_t>(std::max<long>(0, config_.keep_checkpoints)); i < numbered.size(); ++i)
+      fs::remove(numbered[i]);
   }
 }
 
-long Trainer::load_checkpoint() {
-  const std::string path = last_checkpoint();
-  if (!fs::exists(path)) throw Error(path, "--resume given but there is no checkpoint to resume from");
-  torch::serialize::InputArchive a;
-  try {
-    a.load_from(path);
-  } catch (const c10::Error&) {
-    throw Error(path, "checkpoint is unreadable (truncated or not an iris checkpoint)");
+std::string Trainer::choose_checkpoint(ResumeMode mode) const {
+  const fs::path dir = fs::path(config_.output_dir) / "checkpoints";
+  const std::string last = last_checkpoint();
+  std::vector<std::string> candidates;
+  if (fs::exists(last)) candidates.push_back(last);
+  for (const auto& p : numbered_checkpoints(dir)) candidates.push_back(p.string());
+  if (candidates.empty()) {
+    if (mode == ResumeMode::kAuto) return "";
+    throw Error(last, "--resume given but there is no checkpoint to resume from");
   }
-  c10::IValue v;
-  if (!a.try_read("format", v) || !v.isString() || v.toStringRef() != kCheckpointFormat)
-    throw Error(path, "not an iris training checkpoint");
-  a.read("iteration", v);
-  const long iteration = v.toInt();
+  std::string first_problem;
+  for (const auto& c : candidates) {
+    try {
+      TensorFile::load(c, kCheckpointFormat, "iris training checkpoint");
+    } catch (const Error& e) {
+      if (first_problem.empty()) first_problem = e.what();
+      continue;
+    }
+    if (c == last || mode == ResumeMode::kAuto) {
+      if (c != last && comm_.rank() == 0)
+        std::cerr << "iris-train: " << first_problem << "\niris-train: resuming from " << c << " instead\n";
+      return c;
+    }
+    throw Error(last, "cannot resume from it (" + first_problem + "); " + c +
+                          " is intact: resume from it with --resume=auto");
+  }
+  throw Error(dir.string(), "no intact checkpoint to resume from (" + first_problem + ")");
+}
+
+long Trainer::load_checkpoint(const std::string& path) {
+  const TensorFile a = TensorFile::load(path, kCheckpointFormat, "iris training checkpoint");
+  const long iteration = a.meta_int("iteration", 0, config_.iterations);
   at::NoGradGuard no_grad;
-  for (auto& p : net_->named_parameters()) {
-    at::Tensor t;
-    if (!a.try_read("param/" + p.key(), t)) throw Error(path, "parameter '" + p.key() + "' missing: different architecture?");
-    if (t.sizes() != p.value().sizes()) throw Error(path, "parameter '" + p.key() + "' has another shape: different architecture?");
-    p.value().copy_(t);
-  }
-  for (auto& b : net_->named_buffers()) {
-    at::Tensor t;
-    if (!a.try_read("buffer/" + b.key(), t)) throw Error(path, "buffer '" + b.key() + "' missing");
-    b.value().copy_(t);
-  }
+  auto restore = [&](const std::string& name, at::Tensor& into) {
+    if (!a.has(name)) throw Error(path, "'" + name + "' is missing: it was written by another architecture or run");
+    into.copy_(a.get(name, into.scalar_type(), into.sizes()));
+  };
+  for (auto& p : net_->named_parameters()) restore("param/" + p.key(), p.value());
+  for (auto& b : net_->named_buffers()) restore("buffer/" + b.key(), b.value());
   for (auto& [k, t] : ema_) {
-    at::Tensor s;
-    if (!a.try_read("ema/" + k, s)) throw Error(path, "EMA weights missing (was weight_ema 0 in that run?)");
-    t.copy_(s);
+    if (!a.has("ema/" + k)) throw Error(path, "EMA weights missing (was weight_ema 0 in that run?)");
+    restore("ema/" + k, t);
   }
   opt_->optimizer->load(a, "optim/");
-  at::Tensor rng;
-  if (a.try_read("rng/torch", rng)) {
+  if (a.has("rng/torch")) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
-    gen.set_state(rng);
+    gen.set_state(a.get("rng/torch"));
   }
   return iteration;
 }
@@ -388,12 +489,13 @@ void Trainer::export_model() {
 void Trainer::log(const StepMetrics& m, double val_dice) {
   if (comm_.rank() != 0) return;
   fs::create_directories(config_.output_dir);
-  std::ofstream jl(fs::path(config_.output_dir) / "metrics.jsonl", std::ios::app);
+  std::ostringstream jl;
   jl << "{\"iteration\": " << m.iteration << ", \"loss\": " << m.loss << ", \"dice_loss\": " << m.dice_loss
      << ", \"bce_loss\": " << m.bce_loss << ", \"lr\": " << m.lr << ", \"grad_norm\": " << m.grad_norm
      << ", \"seconds\": " << m.seconds << ", \"data_seconds\": " << m.data_seconds;
   if (!std::isnan(val_dice)) jl << ", \"val_dice\": " << val_dice;
   jl << "}\n";
+  append_text_file((fs::path(config_.output_dir) / "metrics.jsonl").string(), jl.str());
   if (!config_.tensorboard) return;
   try {
     if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "tensorboard").string());
@@ -411,14 +513,26 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
   }
 }
 
-TrainOutcome Trainer::run(bool resume) {
+TrainOutcome Trainer::run(ResumeMode resume) {
+  const fs::path checkpoints = fs::path(config_.output_dir) / "checkpoints";
+  if (comm_.rank() == 0) {
+    // Temporary files of a run that was killed mid-write (kill -9, a node lost).
+    const int stale = remove_stale_temporaries(checkpoints.string()) + remove_stale_temporaries(config_.output_dir);
+    if (stale > 0) std::cerr << "iris-train: removed " << stale << " temporary file(s) of an interrupted run\n";
+  }
   long start = 0;
-  if (resume) start = load_checkpoint();
+  if (resume != ResumeMode::kNone) {
+    const std::string from = choose_checkpoint(resume);
+    if (!from.empty()) start = load_checkpoint(from);
+  }
+  if (config_.micro_batch < 0) {
+    micro_batch_ = probe_micro_batch();
+    resolved_.set("train.micro_batch", std::to_string(micro_batch_), "probed (train.micro_batch: auto)");
+  }
   if (comm_.rank() == 0) {
     fs::create_directories(config_.output_dir);
-    write_atomically((fs::path(config_.output_dir) / "config.yaml").string(), [&](const std::string& tmp) {
-      std::ofstream(tmp) << "# resolved configuration of this run\n" << resolved_.to_text();
-    });
+    write_text_file((fs::path(config_.output_dir) / "config.yaml").string(),
+                    "# resolved configuration of this run\n" + resolved_.to_text());
   }
   const auto t_start = std::chrono::steady_clock::now();
   double rate_seconds = 0;
@@ -446,9 +560,8 @@ TrainOutcome Trainer::run(bool resume) {
       }
     }
     // Ranks agree on stopping so none waits in a collective alone.
-    at::Tensor stop = at::full({1}, g_stop_requested || (stop_after_ >= 0 && it + 1 >= stop_after_) ? 1.0f : 0.0f);
-    if (comm_.size() > 1) comm_.allreduce_sum_async(stop)();
-    if (stop.item<float>() > 0 && it + 1 < config_.iterations) {
+    const bool stop_here = g_stop_requested || (stop_after_ >= 0 && it + 1 >= stop_after_);
+    if (comm_.sum(stop_here ? 1.0 : 0.0) > 0 && it + 1 < config_.iterations) {
       save_checkpoint(it + 1, false);
       comm_.barrier();
       return TrainOutcome::kPreempted;
@@ -458,6 +571,10 @@ TrainOutcome Trainer::run(bool resume) {
   save_checkpoint(config_.iterations, true);
   export_model();
   comm_.barrier();
+  if (comm_.rank() == 0) {
+    remove_stale_temporaries(checkpoints.string());
+    remove_stale_temporaries(config_.output_dir);
+  }
   (void)t_start;
   return TrainOutcome::kFinished;
 }

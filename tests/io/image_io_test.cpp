@@ -211,8 +211,8 @@ TEST_F(ImageIoTest, RejectsFiveDimensionalFile) {
   REQUIRE_DATA(path);
   const std::string msg = error_of([&] { iris::io::read_image(path); });
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
-  // ITK maps NIfTI dim[5] (here 3) to components per voxel.
-  EXPECT_NE(msg.find("has 3 components per voxel; a scalar image is needed"), std::string::npos) << msg;
+  // dim[5] = 3 holds vector components: not one value per voxel.
+  EXPECT_NE(msg.find("is 5-D (256x256x170x1x3); a 3-D image is needed"), std::string::npos) << msg;
 }
 
 TEST_F(ImageIoTest, BadFilesGiveErrorsNamingTheFile) {

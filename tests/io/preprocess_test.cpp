@@ -453,49 +453,4 @@ TEST_F(PreprocessTest, RefusesMismatchedLabelsAndTensors) {
             std::string::npos);
 }
 
-// ---------------------------------------------------------------- timing
-
-long vm_hwm_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-  return -1;
-}
-
-// Read + preprocess of a 512x512x300 CT-sized volume. Slow (writes a large
-// .nii.gz once, kept in the temp folder), so only with IRIS_PREPROCESS_BENCH=1.
-// Run it alone (--gtest_filter) and twice: the second run does not write the
-// file, so its VmHWM is read + preprocess only.
-TEST_F(PreprocessTest, CtSizedVolumeTiming) {
-  if (!std::getenv("IRIS_PREPROCESS_BENCH")) GTEST_SKIP() << "set IRIS_PREPROCESS_BENCH=1 to run";
-  const std::string path = (fs::temp_directory_path() / "iris_bench_ct_512x512x300.nii.gz").string();
-  if (!fs::exists(path)) {
-    Image ct;
-    ct.geometry.size = {512, 512, 300};
-    ct.geometry.spacing = {0.7, 0.7, 1.25};
-    ct.geometry.direction = {1, 0, 0, 0, 1, 0, 0, 0, -1};  // a flipped z, as many CT exports
-    const auto y = at::arange(512, at::kFloat).view({1, 512, 1});
-    const auto x = at::arange(512, at::kFloat).view({1, 1, 512});
-    const auto body = ((x - 256).pow(2) / (200.0 * 200) + (y - 256).pow(2) / (150.0 * 150)) < 1;
-    at::Tensor hu = at::where(body, at::full({}, 40.0f), at::full({}, -1000.0f)).expand({300, 512, 512});
-    hu = (hu + 20 * at::randn({300, 512, 512})).round().to(at::kShort);
-    iris::io::write_image({hu, ct.geometry, "", {}}, path);
-  }
-  const long hwm_before = vm_hwm_kib();
-  const auto start = std::chrono::steady_clock::now();
-  const Image image = iris::io::read_image(path);
-  const double read_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  PreprocessConfig config;
-  config.intensity = "ct";
-  config.crop.use_threshold = true;
-  config.crop.threshold = -500;
-  const auto pre = iris::io::preprocess(image, config);
-  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::cout << "[timing] 512x512x300 read " << read_s << " s, read + preprocess " << total_s
-            << " s (threads " << at::get_num_threads() << "), output " << pre.geometry.describe()
-            << ", VmHWM " << vm_hwm_kib() / 1024 << " MiB (before read " << hwm_before / 1024 << " MiB)\n";
-  EXPECT_EQ(pre.geometry.spacing[0], 1.5);
-}
-
 }  // namespace

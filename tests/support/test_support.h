@@ -1,11 +1,18 @@
 #pragma once
 // Helpers every test area shares: where the real data lives, a data check
 // that fails (never skips) when set-up was not run, and error capture.
+#include <netinet/in.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -55,6 +62,83 @@ inline ProgramRun run_program(const std::string& program, const std::string& arg
   text << in.rdbuf();
   r.output = text.str();
   return r;
+}
+
+// A fresh, empty folder under the system temp folder.
+inline std::filesystem::path temp_folder(const std::string& name) {
+  static std::atomic<int> counter{0};
+  auto dir = std::filesystem::temp_directory_path() /
+             ("iris_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// A TCP port nobody listens on now, chosen by the kernel (bind to port 0).
+inline int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    ADD_FAILURE() << "cannot find a free TCP port";
+    return 29500;
+  }
+  const int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+// A small tmpfs mounted for the test's lifetime, to fill a disk for real.
+// Needs root (CI runs as root); failing to mount fails the test.
+class SmallDisk {
+ public:
+  explicit SmallDisk(const std::string& name, long bytes) : path_(temp_folder(name)) {
+    const std::string options = "size=" + std::to_string(bytes);
+    mounted_ = ::mount("tmpfs", path_.c_str(), "tmpfs", 0, options.c_str()) == 0;
+    if (!mounted_)
+      ADD_FAILURE() << "cannot mount a " << bytes << "-byte tmpfs at " << path_
+                    << " (the full-disk tests need root, as CI has): " << std::strerror(errno);
+  }
+  ~SmallDisk() {
+    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  bool mounted() const { return mounted_; }
+  const std::filesystem::path& path() const { return path_; }
+  // Fills the disk up to `leave` free bytes with a file named "filler".
+  void fill(long leave) {
+    std::ofstream f(path_ / "filler", std::ios::binary);
+    std::vector<char> block(4096, 'x');
+    while (f.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+    }
+    f.close();
+    // Free a little again so small writes start and big ones fail midway.
+    std::filesystem::resize_file(path_ / "filler", std::filesystem::file_size(path_ / "filler") - leave);
+  }
+  // Every entry of the disk except the filler, names only.
+  std::vector<std::string> listing() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(path_))
+      if (e.path().filename() != "filler") out.push_back(std::filesystem::relative(e.path(), path_).string());
+    return out;
+  }
+
+ private:
+  std::filesystem::path path_;
+  bool mounted_ = false;
+};
+
+// 'text' for the shell.
+inline std::string shell_quoted(const std::string& text) {
+  std::string out = "'";
+  for (char c : text) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
 }
 
 }  // namespace iris::testing

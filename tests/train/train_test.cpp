@@ -286,7 +286,7 @@ TEST(Episodes, ForegroundSpreadMovesASmallStructureAroundTheQueryPatch) {
 }
 
 TEST(Trainer, ResumedRunGivesTheSameLossesAsAnUninterruptedOne) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   data::EpisodeOptions o;
   fs::path full_dir = temp_dir("full"), cut_dir = temp_dir("cut");
   auto cfg_full = tiny_train_config(full_dir);
@@ -321,7 +321,7 @@ TEST(Trainer, ResumedRunGivesTheSameLossesAsAnUninterruptedOne) {
 }
 
 TEST(Trainer, LossDecreasesOnALearnableTask) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   fs::path dir = temp_dir("learn");
   auto c = tiny_train_config(dir);
   c.iterations = 30;
@@ -371,7 +371,7 @@ TEST(Distributed, Worker) {
   const char* out = std::getenv("IRIS_TEST_WORKER_OUT");
   if (!out) GTEST_SKIP() << "only runs as a worker of Distributed.TwoGlooRanksMatchOneProcess";
   auto env = train::DistributedEnv::from_environment();
-  auto comm = train::make_communicator(env, "gloo", false);
+  auto comm = train::make_communicator(env, train::CommunicatorOptions{"gloo"});
   auto c = distributed_config(fs::path(out) / ("rank" + std::to_string(env.rank)));
   train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
                    {"outer", "core"}, *comm);
@@ -413,7 +413,7 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   EXPECT_TRUE(at::equal(w0, w1)) << "ranks diverged";
 
   // One process with the same global batch sees the same episodes.
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   auto c = distributed_config(dir / "single");
   train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
                    {"outer", "core"}, *comm);
@@ -426,7 +426,7 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
 }
 
 TEST(Trainer, TransferConfigsFreezeAndScaleParameterGroups) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   const std::string dir = std::string(IRIS_SOURCE_DIR) + "/configs/train/";
   auto stage1 = train::TrainConfig::from_config(ConfigMap::load_yaml_file(dir + "transfer_stage1_frozen_encoder.yaml").subtree("train"));
   EXPECT_EQ(stage1.init_from, "runs/pretrained/model.iris");
@@ -482,7 +482,7 @@ TEST(Trainer, TransferConfigsFreezeAndScaleParameterGroups) {
 }
 
 TEST(Trainer, PrefetchingWorkersGiveTheSameLossesAsSamplingInline) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   auto losses = [&](int workers, int depth) {
     fs::path dir = temp_dir("prefetch" + std::to_string(workers));
     auto c = tiny_train_config(dir);
@@ -524,7 +524,7 @@ TEST(Autocast, GuardRunsConvolutionsInBf16AndRestoresFloat32) {
 }
 
 TEST(Trainer, Bf16AutocastTrainsWithFloat32WeightsAndNearFloat32Losses) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   auto run = [&](bool bf16) {
     fs::path dir = temp_dir(bf16 ? "bf16" : "fp32");
     auto c = tiny_train_config(dir);
@@ -547,7 +547,7 @@ TEST(Trainer, Bf16AutocastTrainsWithFloat32WeightsAndNearFloat32Losses) {
 }
 
 TEST(Trainer, WritesTensorBoardScalarsOfEveryLoggedStep) {
-  auto comm = train::make_communicator({}, "none", false);
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
   fs::path dir = temp_dir("tb");
   auto c = tiny_train_config(dir);
   c.iterations = 3;

@@ -33,6 +33,7 @@ inline bool cuda_available() {
 }  // namespace iris::compat
 
 #ifdef IRIS_HAVE_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
@@ -54,6 +55,23 @@ inline void cuda_reset_peak(int device) {
   c10::cuda::CUDACachingAllocator::resetPeakStats(device);
 #else
   (void)device;
+#endif
+}
+
+// Returns cached, unused blocks to the driver (between probing sizes).
+inline void cuda_empty_cache() {
+#ifdef IRIS_HAVE_CUDA
+  c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
+}
+
+// Total memory of a CUDA device in bytes (0 without CUDA).
+inline long long cuda_total_memory(int device) {
+#ifdef IRIS_HAVE_CUDA
+  return static_cast<long long>(at::cuda::getDeviceProperties(device)->totalGlobalMem);
+#else
+  (void)device;
+  return 0;
 #endif
 }
 

@@ -12,7 +12,10 @@ namespace iris::infer {
 // The classes of a reference label map: its distinct non-zero values in
 // ascending order, or `requested` after checking each is present (iris::Error
 // naming the file and the missing values otherwise).
-std::vector<long> reference_label_values(const io::Image& labels, const std::vector<long>& requested = {});
+// More than `max_labels` distinct non-zero values (a mask that is really an
+// image, say) is an iris::Error before anything per label is allocated.
+std::vector<long> reference_label_values(const io::Image& labels, const std::vector<long>& requested = {},
+                                         long max_labels = 255);
 
 // Encodes one reference pair: checks that image and labels share a grid,
 // normalises the image with `intensity` (data::normalise_intensity), crops a

@@ -1,6 +1,9 @@
 #pragma once
 // DICOM series: listing the series of a folder and reading one as a volume.
 // Slices are sorted along the slice normal; RescaleSlope/Intercept are applied.
+// Folders are scanned with DCMTK, which fails softly on anything odd, and
+// only files that passed its checks reach the pixel decoder, so one stray or
+// damaged file can never abort the process. Needs the ITK build.
 #include <string>
 #include <vector>
 
@@ -10,16 +13,26 @@ namespace iris::io {
 
 struct DicomSeriesInfo {
   // Identifier to pass to read_dicom_series. It is the SeriesInstanceUID,
-  // extended by GDCM with a few details (series number, size) when one UID
-  // holds images of different shapes, so that one volume never mixes them.
+  // extended by ".ROWSxCOLS" when one UID holds images of different shapes,
+  // so that one volume never mixes them.
   std::string uid;
   std::string series_instance_uid;  // (0020,000E) as stored
   std::string description;          // (0008,103E)
   std::string modality;             // (0008,0060)
   int number_of_slices = 0;
   std::vector<std::string> files;  // sorted along the slice normal
+  // Slices of this series that cannot be read (cut short, pixel data shorter
+  // than its header says): file and reason. Reading the series fails naming them.
+  std::vector<std::pair<std::string, std::string>> damaged;
 
   std::string describe() const;  // "UID | description | MR | 20 slices"
+};
+
+// A file of the folder that is not part of any image series, and why
+// (not DICOM, a DICOMDIR index, an RT Dose grid, a structure set or report,
+// a multi-frame or colour image).
+struct DicomSkippedFile {
+  std::string file, reason;
 };
 
 struct DicomReadOptions {
@@ -31,8 +44,10 @@ struct DicomReadOptions {
 };
 
 // Every series under `folder`. Throws iris::Error when the folder is missing
-// or holds no DICOM image.
-std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive = true);
+// or holds no DICOM image. Files that are no image slices are listed in
+// `skipped` (when given) with the reason.
+std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive = true,
+                                               std::vector<DicomSkippedFile>* skipped = nullptr);
 
 // The series `series_uid` names (DicomSeriesInfo::uid, or the plain
 // SeriesInstanceUID when unambiguous); "" = the only one. iris::Error naming

@@ -1,22 +1,40 @@
 #pragma once
-// Reading and writing 3-D medical images (NIfTI-1/2, NRRD, MetaImage, DICOM
-// folders). ITK does the work behind this header; callers only see Image.
+// Reading and writing 3-D medical images. NIfTI-1/2 (.nii, .nii.gz) is read
+// and written by iris itself in every build; NRRD, MetaImage and DICOM
+// folders need the ITK build (the other build refuses them, saying so).
+// Callers only see Image.
+#include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "iris/io/image.h"
 
 namespace iris::io {
 
+// The file extensions iris reads images from (lower case, with the dot).
+const std::vector<std::string>& image_extensions();
+// True when `path` ends with one of them (case-insensitive).
+bool has_image_extension(const std::string& path);
+// A case name: the file name without its image extension ("ct_001.nii.gz" -> "ct_001").
+std::string case_name(const std::string& path);
+
+struct ImageReadOptions {
+  // NaN and infinite voxels are an error (naming the file and the count)
+  // unless this is finite: then they are replaced by it, with a warning.
+  double nan_as = std::numeric_limits<double>::quiet_NaN();
+};
+
 // Reads a 3-D scalar image as float32 voxels [Z,Y,X] with its LPS geometry.
 // `path` may be a file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) or a folder of
 // DICOM files holding exactly one series (see dicom.h to choose among several).
 // Throws iris::Error naming the path when the file is missing, unreadable,
-// not 3-D (trailing axes of length 1 are dropped), has NaN/Inf voxels or a
-// direction matrix that is not orthonormal.
-Image read_image(const std::string& path);
+// cut short, not 3-D (trailing axes of length 1 are dropped), has NaN/Inf
+// voxels, no usable voxel size, or a direction matrix that is not orthonormal.
+Image read_image(const std::string& path, const ImageReadOptions& options = {});
 
-// Same checks as read_image, but int32 voxels; throws when a voxel is not an
-// integer or is outside the int32 range.
+// Same checks as read_image, but int32 voxels; throws when a voxel is not a
+// whole number >= 0 or is above the int32 range, naming the value.
 Image read_labels(const std::string& path);
 
 // Writes voxels of dtype uint8, int16, int32 or float32 with their geometry.

@@ -1,7 +1,8 @@
 #pragma once
 // The self-describing iris model file (.iris): weights, architecture config,
-// memory-bank class names and a fingerprint in one file, so no other flag is
-// needed to load it.
+// memory-bank class names, preprocessing and a fingerprint in one safetensors
+// file (common/tensor_file.h), so no other flag is needed to load it and
+// loading it never runs code.
 #include <string>
 #include <vector>
 
@@ -26,8 +27,14 @@ std::string compute_fingerprint(const IrisNetImpl& net);
 
 // Writes atomically; computes and stores the fingerprint (and sets model.fingerprint).
 void save_model(IrisModel& model, const std::string& path);
-// Loads onto the CPU; throws iris::Error naming the file on any problem.
+// Loads onto the CPU; throws iris::Error naming the file on any problem:
+// damaged bytes (checksum), weights that disagree with the stored
+// fingerprint, tensors the architecture does not have, a file of the first
+// format (the message says how to convert it).
 IrisModel load_model(const std::string& path);
+// Reads a model file of iris' first format (a TorchScript archive, which can
+// run code while it is opened): only for iris-import --trust-legacy.
+IrisModel load_legacy_model(const std::string& path);
 
 // Class id of a memory-bank class name; iris::Error listing the names if unknown.
 long class_id(const IrisModel& model, const std::string& name);

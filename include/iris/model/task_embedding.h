@@ -27,8 +27,12 @@ struct TaskEmbedding {
   // The classes of several embeddings of one model, one after the other.
   static TaskEmbedding concat(const std::vector<TaskEmbedding>& parts);
 
+  // A safetensors file (common/tensor_file.h): tensors and text, never code.
   void save(const std::string& path) const;            // atomic
   static TaskEmbedding load(const std::string& path);  // iris::Error on any problem
+  // A task file of iris' first format (a TorchScript archive, which can run
+  // code while it is opened): only for iris-import --trust-legacy.
+  static TaskEmbedding load_legacy(const std::string& path);
 };
 
 // Encodes reference image [1, C, D, H, W] with masks [1, K, D, H, W].

@@ -2,43 +2,70 @@
 // The small distributed interface the engine needs (as Marian's communicator
 // and Flashlight's fl/distributed): rank, size, broadcast, all-reduce. Gloo
 // on CPU, NCCL on CUDA builds, both c10d process groups; a single process
-// needs none of it.
+// with no backend named needs none of it.
+//
+// Right by construction: a communicator knows the device its collectives
+// run on (NCCL: the rank's GPU; Gloo: the CPU or a GPU), and every
+// collective refuses a tensor that lives elsewhere with an iris::Error
+// instead of failing inside NCCL. With a backend named explicitly, a process
+// group is made even at world size 1, so one GPU runs the whole NCCL path.
+// Every collective has a timeout: a rank that died makes the others stop
+// with an error naming train.distributed_timeout_s, never hang.
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "iris/common/device.h"
 
 namespace iris::train {
 
-struct DistributedEnv {
-  int rank = 0, world_size = 1, local_rank = 0;
-  std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
-  // From RANK/WORLD_SIZE/LOCAL_RANK (torchrun) or SLURM_PROCID/SLURM_NTASKS/
-  // SLURM_LOCALID (srun), plus MASTER_ADDR/MASTER_PORT.
-  static DistributedEnv from_environment();
-};
+using iris::DistributedEnv;
 
 class Communicator {
  public:
+  explicit Communicator(c10::Device device) : device_(device) {}
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // "none" for a single process without a process group; else "gloo"/"nccl".
   virtual std::string backend() const = 0;
+  // The device every tensor handed to a collective must live on.
+  c10::Device device() const { return device_; }
+
   // In place, from rank 0.
-  virtual void broadcast(std::vector<at::Tensor>& tensors) = 0;
+  void broadcast(std::vector<at::Tensor>& tensors);
   // Starts a sum all-reduce of one tensor in place; the returned function waits for it.
-  virtual std::function<void()> allreduce_sum_async(at::Tensor& tensor) = 0;
+  std::function<void()> allreduce_sum_async(at::Tensor& tensor);
+  void allreduce_sum(at::Tensor& tensor) { allreduce_sum_async(tensor)(); }
   void allreduce_mean(std::vector<at::Tensor>& tensors);
-  virtual void barrier() = 0;
+  // A scalar summed over ranks (made on device(), read back on the host).
+  double sum(double value);
+  void barrier();
+
+ protected:
+  virtual void do_broadcast(std::vector<at::Tensor>& tensors) = 0;
+  virtual std::function<void()> do_allreduce_sum_async(at::Tensor& tensor) = 0;
+  virtual void do_barrier() = 0;
+
+ private:
+  void check(const at::Tensor& tensor, const char* collective) const;
+  c10::Device device_;
 };
 
-// backend: "auto" (NCCL for CUDA devices, else Gloo; single process when
-// world size is 1), "gloo", "nccl" or "none".
-std::unique_ptr<Communicator> make_communicator(const DistributedEnv& env, const std::string& backend,
-                                                bool cuda_device);
+struct CommunicatorOptions {
+  // "auto" (world size 1: none; else NCCL for CUDA devices, Gloo for CPU),
+  // "gloo", "nccl" or "none".
+  std::string backend = "auto";
+  c10::Device device{c10::kCPU};
+  std::chrono::seconds timeout{600};
+};
+
+std::unique_ptr<Communicator> make_communicator(const DistributedEnv& env, const CommunicatorOptions& options);
 
 // Averages gradients across ranks during backward: gradients are copied into
 // flat buckets as autograd produces them, and each full bucket's all-reduce
@@ -47,6 +74,10 @@ class GradientSynchronizer {
  public:
   GradientSynchronizer(Communicator& comm, std::vector<at::Tensor> params, long bucket_bytes = 25L << 20);
   ~GradientSynchronizer();
+  // Gradient accumulation: while accumulating, backward passes only add to
+  // .grad (no communication); the backward after set_accumulating(false)
+  // sends the accumulated sum.
+  void set_accumulating(bool accumulating);
   // Waits for every bucket (zero-filling gradients a step did not produce)
   // and writes the averaged gradients into the parameters' .grad.
   void finish();

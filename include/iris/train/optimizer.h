@@ -8,10 +8,9 @@
 
 #include <ATen/Tensor.h>
 
-namespace torch::serialize {
-class InputArchive;
-class OutputArchive;
-}  // namespace torch::serialize
+namespace iris {
+class TensorFile;
+}
 
 namespace iris::train {
 
@@ -44,8 +43,9 @@ class Optimizer {
   const std::vector<ParamGroup>& groups() const { return groups_; }
   long steps() const { return steps_; }
 
-  void save(torch::serialize::OutputArchive& archive, const std::string& prefix) const;
-  void load(torch::serialize::InputArchive& archive, const std::string& prefix);
+  // State as tensors and metadata under `prefix` in a checkpoint file.
+  void save(TensorFile& file, const std::string& prefix) const;
+  void load(const TensorFile& file, const std::string& prefix);
 
  private:
   std::vector<ParamGroup> groups_;

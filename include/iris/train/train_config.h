@@ -23,6 +23,12 @@ struct ParamGroupRule {
 struct TrainConfig {
   long iterations = 80000;
   long batch = 32;  // global: split evenly across ranks
+  // Episodes per forward/backward pass on each rank: 0 = the whole per-rank
+  // batch in one pass; N = passes of N with gradients accumulated to the same
+  // global batch; -1 ("auto") = the largest that fits on the device, probed
+  // at the start of the run (batch_probe.h). `batch: auto` means the default
+  // global batch with micro_batch auto.
+  long micro_batch = 0;
   std::string optimizer = "lamb";
   double optimizer_eps = 1e-6;  // Adam/Lamb denominator epsilon
   double lr = 2e-3;
@@ -50,12 +56,15 @@ struct TrainConfig {
   int loader_workers = 1;  // episode-sampling threads (0: sample on the training thread)
   int prefetch = 2;        // batches prepared ahead of the step
   bool tensorboard = true; // also write TensorBoard scalars under output_dir/tensorboard
-  std::string distributed = "auto";
+  std::string distributed = "auto";  // auto | none | gloo | nccl (named: collectives run even on one rank)
+  long distributed_timeout_s = 600;   // a collective waiting longer ends the run with an error
   int threads = 0;
   std::vector<ParamGroupRule> param_groups;
   data::EpisodeOptions episodes;
 
   static TrainConfig from_config(const ConfigMap& train);
+  // Checks that need the model: the patch against model.max_patch_size.
+  void check_against(long max_patch_size) const;
 };
 
 }  // namespace iris::train

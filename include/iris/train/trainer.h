@@ -24,6 +24,12 @@ class TensorBoardWriter;
 
 enum class TrainOutcome { kFinished, kPreempted };
 
+// --resume: from output_dir/checkpoints/last.ckpt (kLast: an error when it is
+// missing or damaged, naming the intact numbered checkpoint it could use);
+// kAuto: last.ckpt if intact, else the newest intact iter_*.ckpt, else a
+// fresh start when there is no checkpoint at all.
+enum class ResumeMode { kNone, kLast, kAuto };
+
 struct StepMetrics {
   long iteration = 0;
   double loss = 0, dice_loss = 0, bce_loss = 0, lr = 0, grad_norm = 0, seconds = 0;
@@ -39,7 +45,10 @@ class Trainer {
 
   // Trains until train.iterations or a stop request (SIGTERM/SIGUSR1, or
   // request_stop()). With resume, continues from output_dir/checkpoints/last.ckpt.
-  TrainOutcome run(bool resume);
+  TrainOutcome run(ResumeMode resume);
+  TrainOutcome run(bool resume) { return run(resume ? ResumeMode::kLast : ResumeMode::kNone); }
+  // Episodes per forward/backward pass on this rank (train.micro_batch, probed for auto).
+  long micro_batch() const { return micro_batch_; }
 
   // Losses of the steps this process ran (rank-local view of the global loss).
   const std::vector<StepMetrics>& history() const { return history_; }
@@ -59,8 +68,10 @@ class Trainer {
   void build_optimizer();
   void load_initial_weights();  // train.init_from
   StepMetrics step(long iteration);
+  long probe_micro_batch();
   void save_checkpoint(long next_iteration, bool final_copy);
-  long load_checkpoint();
+  std::string choose_checkpoint(ResumeMode mode) const;
+  long load_checkpoint(const std::string& path);
   void export_model();
   void log(const StepMetrics& m, double val_dice);
 
@@ -80,6 +91,7 @@ class Trainer {
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0, when train.tensorboard
   long stop_after_ = -1;
   long local_batch_ = 1;
+  long micro_batch_ = 1;
 };
 
 }  // namespace iris::train

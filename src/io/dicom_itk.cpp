@@ -1,0 +1,338 @@
+#include "iris/io/dicom.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include <dcmtk/config/osconfig.h>  // DCMTK wants its configuration first
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/oflog/oflog.h>
+#include <itkGDCMImageIO.h>
+#include <itkImageSeriesReader.h>
+
+#include "iris/common/error.h"
+#include "dicom_slices.h"
+#include "image_checks.h"
+#include "itk_bridge.h"
+
+namespace fs = std::filesystem;
+
+namespace iris::io {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+void quiet_dcmtk() {
+  static const bool once = [] {
+    OFLog::getLogger("dcmtk").setLogLevel(OFLogger::FATAL_LOG_LEVEL);
+    return true;
+  }();
+  (void)once;
+}
+
+std::string text_of(DcmItem& item, const DcmTagKey& tag) {
+  OFString value;
+  if (item.findAndGetOFStringArray(tag, value).bad()) return "";
+  std::string s(value.c_str());
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+std::vector<double> numbers_of(DcmItem& item, const DcmTagKey& tag, unsigned long count) {
+  std::vector<double> values;
+  for (unsigned long i = 0; i < count; ++i) {
+    Float64 v = 0;
+    if (item.findAndGetFloat64(tag, v, i).bad() || !std::isfinite(v)) return {};
+    values.push_back(v);
+  }
+  return values;
+}
+
+// What the scan learnt of one image slice.
+struct Slice {
+  std::string file;
+  std::string series_uid, description, modality;
+  long rows = 0, columns = 0;
+  std::vector<double> position, orientation, pixel_spacing;
+  long instance_number = 0;
+  std::string damage;  // "" when the slice reads cleanly
+};
+
+// Reads one file's header and checks its pixel data; nullopt-like: `skip`
+// set when it is not an image slice of a series.
+Slice scan_file(const std::string& file, std::string& skip) {
+  Slice s;
+  s.file = file;
+  DcmFileFormat ff;
+  const OFCondition loaded = ff.loadFile(file.c_str());
+  DcmDataset& ds = *ff.getDataset();
+  s.series_uid = text_of(ds, DCM_SeriesInstanceUID);
+  if (loaded.bad()) {
+    // A file cut short still yields the elements before the cut: when they
+    // name a series, the series has a damaged slice; otherwise it is no DICOM.
+    if (s.series_uid.empty() || text_of(ds, DCM_Rows).empty()) {
+      skip = std::string("not readable as DICOM (") + loaded.text() + ")";
+      return s;
+    }
+    s.damage = std::string("cannot be read to its end (") + loaded.text() + "; cut short?)";
+  }
+  const std::string media_class = text_of(*ff.getMetaInfo(), DCM_MediaStorageSOPClassUID);
+  const std::string sop_class = text_of(ds, DCM_SOPClassUID);
+  if (media_class == UID_MediaStorageDirectoryStorage) {
+    skip = "a DICOMDIR (an index of other files, not an image)";
+    return s;
+  }
+  if (sop_class == UID_RTDoseStorage) {
+    skip = "an RT Dose grid, not an image series";
+    return s;
+  }
+  if (!ds.tagExists(DCM_PixelData)) {
+    const char* name = dcmFindNameOfUID(sop_class.c_str());
+    skip = std::string("holds no image (") + (name ? name : sop_class.empty() ? "no SOP class" : sop_class.c_str()) + ")";
+    return s;
+  }
+  Uint16 rows = 0, columns = 0, samples = 1, bits = 0;
+  ds.findAndGetUint16(DCM_Rows, rows);
+  ds.findAndGetUint16(DCM_Columns, columns);
+  ds.findAndGetUint16(DCM_SamplesPerPixel, samples);
+  ds.findAndGetUint16(DCM_BitsAllocated, bits);
+  Sint32 frames = 1;
+  if (ds.findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;
+  if (frames > 1) {
+    skip = "a multi-frame image (" + std::to_string(frames) + " frames), which iris does not read yet";
+    return s;
+  }
+  if (samples != 1) {
+    skip = "a colour image (" + std::to_string(samples) + " samples per pixel)";
+    return s;
+  }
+  if (rows == 0 || columns == 0 || (bits != 8 && bits != 16 && bits != 32)) {
+    skip = "an image without usable Rows, Columns or BitsAllocated";
+    return s;
+  }
+  s.rows = rows;
+  s.columns = columns;
+  s.description = text_of(ds, DCM_SeriesDescription);
+  s.modality = text_of(ds, DCM_Modality);
+  s.position = numbers_of(ds, DCM_ImagePositionPatient, 3);
+  s.orientation = numbers_of(ds, DCM_ImageOrientationPatient, 6);
+  s.pixel_spacing = numbers_of(ds, DCM_PixelSpacing, 2);
+  Sint32 number = 0;
+  if (ds.findAndGetSint32(DCM_InstanceNumber, number).good()) s.instance_number = number;
+  if (s.series_uid.empty()) {
+    skip = "an image without a SeriesInstanceUID";
+    return s;
+  }
+  if (!s.damage.empty()) return s;
+  // The pixel data must be all there: DCMTK reads it lazily, so load it now
+  // (a cut file fails here) and compare its length with what the header needs.
+  DcmElement* pixels = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || !pixels) {
+    s.damage = "its pixel data cannot be found";
+    return s;
+  }
+  const OFCondition all = pixels->loadAllDataIntoMemory();
+  if (all.bad()) {
+    s.damage = std::string("its pixel data cannot be read (") + all.text() + "; cut short?)";
+    return s;
+  }
+  const DcmXfer xfer(ds.getOriginalXfer());
+  if (!xfer.isEncapsulated()) {
+    const unsigned long needed = static_cast<unsigned long>(rows) * columns * (bits / 8);
+    const unsigned long have = pixels->getLength();
+    if (have < needed)
+      s.damage = "its pixel data holds " + std::to_string(have) + " bytes but " + std::to_string(rows) + "x" +
+                 std::to_string(columns) + " pixels of " + std::to_string(bits) + " bits need " + std::to_string(needed);
+  }
+  return s;
+}
+
+std::string describe_orientation(const std::vector<double>& o) {
+  std::ostringstream m;
+  for (size_t i = 0; i < o.size(); ++i) m << (i ? "\\" : "") << o[i];
+  return m.str();
+}
+
+}  // namespace
+
+std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive,
+                                               std::vector<DicomSkippedFile>* skipped) {
+  if (!fs::exists(folder)) throw Error(folder, "folder not found");
+  if (!fs::is_directory(folder)) throw Error(folder, "is not a folder of DICOM files");
+  if (fs::is_empty(folder)) throw Error(folder, "folder is empty; no DICOM series to read");
+  quiet_dcmtk();
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (recursive) {
+    for (auto it = fs::recursive_directory_iterator(folder, fs::directory_options::skip_permission_denied, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (ec) break;
+      if (it->is_regular_file(ec)) files.push_back(it->path().string());
+    }
+  } else {
+    for (const auto& e : fs::directory_iterator(folder, ec))
+      if (e.is_regular_file()) files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+
+  // Group by SeriesInstanceUID, then by image shape.
+  std::map<std::string, std::vector<Slice>> by_uid;
+  std::vector<std::string> order;
+  for (const auto& file : files) {
+    std::string skip;
+    Slice s = scan_file(file, skip);
+    if (!skip.empty()) {
+      if (skipped) skipped->push_back({file, skip});
+      continue;
+    }
+    if (!by_uid.count(s.series_uid)) order.push_back(s.series_uid);
+    by_uid[s.series_uid].push_back(std::move(s));
+  }
+  std::vector<DicomSeriesInfo> result;
+  for (const auto& uid : order) {
+    auto& slices = by_uid[uid];
+    std::map<std::pair<long, long>, std::vector<Slice*>> shapes;
+    std::vector<const Slice*> damaged;
+    for (auto& s : slices) {
+      if (!s.damage.empty() && s.rows == 0) damaged.push_back(&s);
+      else shapes[{s.rows, s.columns}].push_back(&s);
+    }
+    if (shapes.empty()) {
+      // Every slice of the series is damaged: still listed, so that reading it names them.
+      shapes[{0, 0}] = {};
+    }
+    for (auto& [shape, members] : shapes) {
+      DicomSeriesInfo info;
+      info.series_instance_uid = uid;
+      info.uid = shapes.size() > 1 ? uid + "." + std::to_string(shape.first) + "x" + std::to_string(shape.second) : uid;
+      for (const Slice* d : damaged) info.damaged.push_back({d->file, d->damage});
+      std::vector<Slice*> good;
+      for (Slice* m : members) {
+        if (!m->damage.empty()) info.damaged.push_back({m->file, m->damage});
+        else good.push_back(m);
+      }
+      if (!members.empty()) {
+        info.description = members.front()->description;
+        info.modality = members.front()->modality;
+      }
+      // Along the slice normal of the first slice when every slice has a
+      // position; else by InstanceNumber, then file name.
+      const Slice* first = good.empty() ? nullptr : good.front();
+      const bool placed = first && first->orientation.size() == 6 &&
+                          std::all_of(good.begin(), good.end(), [](const Slice* s) { return s->position.size() == 3; });
+      if (placed) {
+        const auto& o = first->orientation;
+        const double n[3] = {o[1] * o[5] - o[2] * o[4], o[2] * o[3] - o[0] * o[5], o[0] * o[4] - o[1] * o[3]};
+        auto along = [&](const Slice* s) { return n[0] * s->position[0] + n[1] * s->position[1] + n[2] * s->position[2]; };
+        std::stable_sort(good.begin(), good.end(), [&](const Slice* a, const Slice* b) { return along(a) < along(b); });
+      } else {
+        std::stable_sort(good.begin(), good.end(),
+                         [](const Slice* a, const Slice* b) { return a->instance_number < b->instance_number; });
+      }
+      for (const Slice* g : good) info.files.push_back(g->file);
+      info.number_of_slices = static_cast<int>(info.files.size() + info.damaged.size());
+      result.push_back(std::move(info));
+    }
+    // Geometry checks need the slices again at read time: keep them in a side table.
+    (void)slices;
+  }
+  if (result.empty()) {
+    std::string why;
+    if (skipped && !skipped->empty()) why = " (" + std::to_string(skipped->size()) + " file(s) skipped, e.g. " +
+                                            fs::path(skipped->front().file).filename().string() + ": " +
+                                            skipped->front().reason + ")";
+    throw Error(folder, "holds no DICOM image series" + why);
+  }
+  return result;
+}
+
+Image read_dicom_series(const std::string& folder, const std::string& series_uid, const DicomReadOptions& options) {
+  const auto series = list_dicom_series(folder, options.recursive);
+  const DicomSeriesInfo& chosen = choose_dicom_series(series, folder, series_uid);
+  const std::string source = folder;
+  if (!chosen.damaged.empty()) {
+    std::string list;
+    for (size_t i = 0; i < chosen.damaged.size() && i < 5; ++i)
+      list += "\n  " + chosen.damaged[i].first + ": " + chosen.damaged[i].second;
+    if (chosen.damaged.size() > 5) list += "\n  ... and " + std::to_string(chosen.damaged.size() - 5) + " more";
+    throw Error(source, "series " + chosen.uid + " has " + std::to_string(chosen.damaged.size()) +
+                            " damaged slice(s); refusing to build a volume with holes:" + list);
+  }
+  if (chosen.files.size() < 2)
+    throw Error(source, "series " + chosen.uid + " has a single slice (2-D); a 3-D image is needed");
+
+  // Every slice must sit on the same kind of grid: orientation and pixel
+  // spacing as the first slice, and a position.
+  quiet_dcmtk();
+  std::vector<std::array<double, 3>> positions;
+  std::vector<double> orientation, spacing;
+  for (const auto& file : chosen.files) {
+    DcmFileFormat header;
+    if (header.loadFileUntilTag(file.c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_autoDetect, DCM_PixelData).bad())
+      throw Error(source, "slice " + file + " of series " + chosen.uid + " cannot be read");
+    DcmDataset& ds = *header.getDataset();
+    const auto ipp = numbers_of(ds, DCM_ImagePositionPatient, 3);
+    const auto iop = numbers_of(ds, DCM_ImageOrientationPatient, 6);
+    const auto ps = numbers_of(ds, DCM_PixelSpacing, 2);
+    if (ipp.size() != 3) throw Error(source, "slice " + file + " of series " + chosen.uid + " has no ImagePositionPatient");
+    if (iop.size() != 6) throw Error(source, "slice " + file + " of series " + chosen.uid + " has no ImageOrientationPatient");
+    positions.push_back({ipp[0], ipp[1], ipp[2]});
+    if (orientation.empty()) {
+      orientation = iop;
+      spacing = ps;
+      continue;
+    }
+    for (int i = 0; i < 6; ++i)
+      if (std::abs(iop[i] - orientation[i]) > 1e-3)
+        throw Error(source, "slice " + file + " of series " + chosen.uid + " has ImageOrientationPatient " +
+                                describe_orientation(iop) + " but the others " + describe_orientation(orientation) +
+                                "; slices of different orientations do not make one volume");
+    if (ps.size() != spacing.size() || (ps.size() == 2 && (std::abs(ps[0] - spacing[0]) > 1e-4 * spacing[0] ||
+                                                         std::abs(ps[1] - spacing[1]) > 1e-4 * spacing[1])))
+      throw Error(source, "slice " + file + " of series " + chosen.uid + " has another PixelSpacing than the others");
+  }
+  const detail::SliceStack stack = detail::slice_stack(positions, orientation, source, "series " + chosen.uid);
+  const double relative = stack.max_deviation / stack.mean_step;
+  std::ostringstream note;
+  note << "series " << chosen.uid << " has uneven slice spacing: mean " << stack.mean_step
+       << " mm, largest deviation " << stack.max_deviation << " mm (" << 100 * relative << " %)";
+  if (relative > options.spacing_error_fraction)
+    throw Error(source, note.str() + "; missing slices? refusing to build a volume");
+
+  using Volume = itk::Image<float, 3>;
+  auto reader = itk::ImageSeriesReader<Volume>::New();
+  auto io = itk::GDCMImageIO::New();
+  reader->SetImageIO(io);
+  reader->SetFileNames(chosen.files);
+  // We measure spacing ourselves above (with tolerances the caller sets);
+  // silence ITK's own stderr warning about it.
+  reader->SetSpacingWarningRelThreshold(1e9);
+  try {
+    reader->Update();
+  } catch (const itk::ExceptionObject& e) {
+    throw Error(source, "cannot read DICOM series " + chosen.uid + ": " + detail::short_reason(e));
+  }
+  Volume::Pointer volume = reader->GetOutput();
+  volume->DisconnectPipeline();
+
+  Image out = detail::image_from_itk<float>(volume, source);
+  // ITK takes the 3rd axis from first-to-last position; the slice normal is
+  // exact and keeps the direction orthonormal when positions are rounded.
+  for (int r = 0; r < 3; ++r) out.geometry.direction[3 * r + 2] = stack.normal[r];
+  out.geometry.spacing[2] = stack.mean_step;
+  out.geometry.origin = positions.front();
+  if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
+  detail::check_geometry(out.geometry, source);
+  detail::check_finite(out.voxels, source, kNaN, nullptr);
+  return out;
+}
+
+}  // namespace iris::io
