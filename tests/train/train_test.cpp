@@ -6,8 +6,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <thread>
 
 #include <torch/torch.h>
 
@@ -16,12 +18,14 @@
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
 #include "iris/model/model_file.h"
+#include "iris/train/batch_probe.h"
 #include "iris/train/communicator.h"
 #include "iris/train/losses.h"
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
 #include "iris/train/tensorboard.h"
 #include "iris/train/trainer.h"
+#include "support/test_support.h"
 
 extern char** environ;
 using namespace iris;
@@ -343,6 +347,45 @@ TEST(Trainer, LossDecreasesOnALearnableTask) {
 
 // ---- two Gloo ranks -------------------------------------------------------
 namespace {
+// A communicator that counts the collectives it passes on to `inner` and
+// remembers the devices of the tensors it was handed.
+class Recording : public train::Communicator {
+ public:
+  explicit Recording(train::Communicator& inner, std::function<void(int)> on_call = {})
+      : Communicator(inner.device()), inner_(inner), on_call_(std::move(on_call)) {}
+  Recording(train::Communicator& inner, c10::Device claimed) : Communicator(claimed), inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  std::string backend() const override { return "recording"; }
+  int calls = 0;
+  std::set<std::string> devices;
+  std::vector<int64_t> reduced;  // numel of every all-reduced tensor
+
+ protected:
+  void do_broadcast(std::vector<at::Tensor>& tensors) override {
+    note(tensors);
+    inner_.broadcast(tensors);
+  }
+  std::function<void()> do_allreduce_sum_async(at::Tensor& tensor) override {
+    reduced.push_back(tensor.numel());
+    note({tensor});
+    return inner_.allreduce_sum_async(tensor);
+  }
+  void do_barrier() override {
+    ++calls;
+    inner_.barrier();
+  }
+
+ private:
+  void note(const std::vector<at::Tensor>& tensors) {
+    ++calls;
+    for (const auto& t : tensors) devices.insert(t.device().str());
+    if (on_call_) on_call_(calls);
+  }
+  train::Communicator& inner_;
+  std::function<void(int)> on_call_;
+};
+
 // Adam-type updates divide by sqrt(v): for parameters with near-zero
 // gradients that turns float rounding differences into O(lr) steps. A large
 // epsilon makes the update proportional to the gradient, so one process and
@@ -365,48 +408,99 @@ at::Tensor flat_state(train::Trainer& t) {
 }
 }  // namespace
 
-// The parent test starts this binary twice as workers (fresh processes, so
-// no fork-after-threads trouble); each trains and writes its final weights.
-TEST(Distributed, Worker) {
+// A rank of a two-process run: this binary started again (fresh processes,
+// so no fork-after-threads trouble) with only the disabled worker test
+// selected. IRIS_TEST_WORKER_MODE says what the worker does.
+TEST(DistributedWorker, DISABLED_Run) {
   const char* out = std::getenv("IRIS_TEST_WORKER_OUT");
-  if (!out) GTEST_SKIP() << "only runs as a worker of Distributed.TwoGlooRanksMatchOneProcess";
+  const char* mode_env = std::getenv("IRIS_TEST_WORKER_MODE");
+  ASSERT_TRUE(out && mode_env) << "started by the Distributed tests only";
+  const std::string mode = mode_env;
   auto env = train::DistributedEnv::from_environment();
-  auto comm = train::make_communicator(env, train::CommunicatorOptions{"gloo"});
+  train::CommunicatorOptions o{"gloo"};
+  o.timeout = std::chrono::seconds(20);
+  auto gloo = train::make_communicator(env, o);
   auto c = distributed_config(fs::path(out) / ("rank" + std::to_string(env.rank)));
-  train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed), std::nullopt,
-                   {"outer", "core"}, *comm);
-  t.run(false);
-  torch::save(flat_state(t), (fs::path(out) / ("weights" + std::to_string(env.rank) + ".pt")).string());
+  if (mode == "train") {
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, *gloo);
+    t.run(false);
+    torch::save(flat_state(t), (fs::path(out) / ("weights" + std::to_string(env.rank) + ".pt")).string());
+    return;
+  }
+  // "die": rank 1 disappears in the middle of the run (as a process
+  // killed by the OOM killer would); rank 0 must stop with an error, not hang.
+  c.iterations = 50;
+  Recording counting(*gloo, [&](int calls) {
+    if (env.rank == 1 && calls == 40) std::_Exit(3);
+  });
+  try {
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, counting);
+    t.run(false);
+  } catch (const iris::Error& e) {
+    std::ofstream(fs::path(out) / ("error" + std::to_string(env.rank) + ".txt")) << e.what();
+    std::_Exit(0);  // the process group's destructor may wait on the dead peer
+  }
+  std::_Exit(5);  // finishing a run whose peer died is a failure
 }
 
-TEST(Distributed, TwoGlooRanksMatchOneProcess) {
-  fs::path dir = temp_dir("gloo");
+namespace {
+// Starts `n` worker processes of this binary and waits for them; returns their exit codes.
+std::vector<int> run_workers(int n, const fs::path& dir, const std::string& mode, double timeout_s = 120) {
   const std::string self = fs::read_symlink("/proc/self/exe").string();
-  const int port = 29000 + (::getpid() % 2000);
+  const int port = iris::testing::free_port();
   std::vector<pid_t> pids;
-  for (int rank = 0; rank < 2; ++rank) {
-    std::vector<std::string> envs{"RANK=" + std::to_string(rank), "WORLD_SIZE=2", "LOCAL_RANK=" + std::to_string(rank),
-                                  "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(port),
-                                  "IRIS_TEST_WORKER_OUT=" + dir.string(), "OMP_NUM_THREADS=1"};
+  for (int rank = 0; rank < n; ++rank) {
+    std::vector<std::string> envs{"RANK=" + std::to_string(rank),
+                                  "WORLD_SIZE=" + std::to_string(n),
+                                  "LOCAL_RANK=" + std::to_string(rank),
+                                  "MASTER_ADDR=127.0.0.1",
+                                  "MASTER_PORT=" + std::to_string(port),
+                                  "IRIS_TEST_WORKER_OUT=" + dir.string(),
+                                  "IRIS_TEST_WORKER_MODE=" + mode,
+                                  "OMP_NUM_THREADS=1"};
     for (char** e = environ; *e; ++e) {
       std::string s(*e);
-      if (s.rfind("RANK=", 0) && s.rfind("WORLD_SIZE=", 0) && s.rfind("MASTER_", 0) && s.rfind("OMP_NUM_THREADS=", 0))
+      if (s.rfind("RANK=", 0) && s.rfind("WORLD_SIZE=", 0) && s.rfind("MASTER_", 0) && s.rfind("OMP_NUM_THREADS=", 0) &&
+          s.rfind("LOCAL_", 0) && s.rfind("IRIS_TEST_WORKER", 0))
         envs.push_back(s);
     }
     std::vector<char*> envp;
     for (auto& s : envs) envp.push_back(s.data());
     envp.push_back(nullptr);
-    std::string filter = "--gtest_filter=Distributed.Worker";
-    char* argv[] = {const_cast<char*>(self.c_str()), filter.data(), nullptr};
+    std::string filter = "--gtest_filter=DistributedWorker.DISABLED_Run", disabled = "--gtest_also_run_disabled_tests";
+    char* argv[] = {const_cast<char*>(self.c_str()), filter.data(), disabled.data(), nullptr};
     pid_t pid;
-    ASSERT_EQ(posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp.data()), 0);
+    if (posix_spawn(&pid, self.c_str(), nullptr, nullptr, argv, envp.data()) != 0) {
+      ADD_FAILURE() << "cannot start a worker";
+      return {};
+    }
     pids.push_back(pid);
   }
+  std::vector<int> codes;
+  const auto start = std::chrono::steady_clock::now();
   for (pid_t pid : pids) {
     int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "worker failed";
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) {
+        for (pid_t p : pids) ::kill(p, SIGKILL);
+        ADD_FAILURE() << "workers still running after " << timeout_s << " s: a hang";
+        waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : -1);
   }
+  return codes;
+}
+}  // namespace
+
+TEST(Distributed, TwoGlooRanksMatchOneProcess) {
+  fs::path dir = temp_dir("gloo");
+  const auto codes = run_workers(2, dir, "train");
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << "worker failed";
   at::Tensor w0, w1;
   torch::load(w0, (dir / "weights0.pt").string());
   torch::load(w1, (dir / "weights1.pt").string());
@@ -422,6 +516,22 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   const float diff = (single - w0).abs().max().item<float>();
   std::printf("max |single - distributed| weight difference after 3 steps: %g\n", diff);
   EXPECT_LT(diff, 1e-4);
+  fs::remove_all(dir);
+}
+
+TEST(Distributed, ARankThatDiesEndsTheOthersWithAnErrorNotAHang) {
+  fs::path dir = temp_dir("gloo_death");
+  const auto start = std::chrono::steady_clock::now();
+  const auto codes = run_workers(2, dir, "die", 90);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(codes.size(), 2u);
+  EXPECT_EQ(codes[1], 3) << "rank 1 should have died on purpose";
+  EXPECT_EQ(codes[0], 0) << "rank 0 should have stopped with an iris::Error";
+  std::ifstream in(dir / "error0.txt");
+  const std::string message((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(message.find("train.distributed_timeout_s"), std::string::npos) << message;
+  EXPECT_NE(message.find("another rank has probably stopped"), std::string::npos) << message;
+  EXPECT_LT(seconds, 60) << "the surviving rank took " << seconds << " s to notice";
   fs::remove_all(dir);
 }
 
@@ -573,4 +683,181 @@ TEST(Trainer, WritesTensorBoardScalarsOfEveryLoggedStep) {
     EXPECT_EQ(steps[i], history[i].iteration);
   }
   fs::remove_all(dir);
+}
+
+// ---- collectives, devices, micro-batches, resume ---------------------------
+
+TEST(Communicator, RefusesTensorsOffItsDevice) {
+  // A communicator of cuda:0 (constructed without a GPU: nothing runs there).
+  train::CommunicatorOptions o{"none"};
+  o.device = c10::Device(c10::kCUDA, 0);
+  auto comm = train::make_communicator({}, o);
+  at::Tensor host = at::zeros({3});
+  std::string msg = iris::testing::error_of([&] { comm->allreduce_sum(host); });
+  EXPECT_NE(msg.find("on cpu but this communicator (none) runs on cuda:0"), std::string::npos) << msg;
+  std::vector<at::Tensor> many{host};
+  msg = iris::testing::error_of([&] { comm->broadcast(many); });
+  EXPECT_NE(msg.find("broadcast"), std::string::npos) << msg;
+  // A trainer refuses a communicator of another device than its own.
+  auto none = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  Recording claimed(*none, c10::Device(c10::kCUDA, 0));
+  fs::path dir = temp_dir("device_rule");
+  auto c = tiny_train_config(dir);
+  msg = iris::testing::error_of([&] {
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, claimed);
+  });
+  EXPECT_NE(msg.find("the communicator runs on cuda:0 but training on cpu"), std::string::npos) << msg;
+  fs::remove_all(dir);
+}
+
+TEST(Communicator, ANamedBackendRunsEveryCollectiveOnOneRank) {
+  fs::path dir = temp_dir("one_rank");
+  auto run = [&](train::Communicator& comm, const std::string& name) {
+    auto c = tiny_train_config(dir / name);
+    c.iterations = 3;
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, comm);
+    EXPECT_EQ(t.run(false), train::TrainOutcome::kFinished);
+    std::vector<double> losses;
+    for (const auto& m : t.history()) losses.push_back(m.loss);
+    return losses;
+  };
+  auto none = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  const auto reference = run(*none, "none");
+  // Every collective of the engine passes through, with tensors on the training device.
+  Recording recording(*none);
+  EXPECT_EQ(run(recording, "recording"), reference);
+  EXPECT_EQ(recording.devices, (std::set<std::string>{"cpu"}));
+  // The gradients (one bucket holds all of the tiny model's) are all-reduced once per step.
+  int64_t parameters = 0;
+  for (const auto& p : model::IrisNet(tiny_model())->parameters()) parameters += p.numel();
+  EXPECT_EQ(std::count(recording.reduced.begin(), recording.reduced.end(), parameters), 3);
+  // ... and per step the valid-class count and the stop flag (one number each), the memory-bank ids and tokens.
+  EXPECT_EQ(std::count(recording.reduced.begin(), recording.reduced.end(), 1), 2 * 3);
+  EXPECT_GE(recording.calls, 1 + 3 * 5) << recording.calls;
+  // A real Gloo process group at world size 1 (what train.distributed: nccl is on one GPU).
+  train::DistributedEnv env;
+  env.master_port = iris::testing::free_port();
+  auto gloo = train::make_communicator(env, train::CommunicatorOptions{"gloo"});
+  EXPECT_EQ(gloo->backend(), "gloo");
+  EXPECT_EQ(run(*gloo, "gloo"), reference);
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, MicroBatchesAccumulateToTheSameStep) {
+  fs::path dir = temp_dir("micro");
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto run = [&](long micro) {
+    auto c = distributed_config(dir / ("micro" + std::to_string(micro)));
+    c.batch = 4;
+    c.micro_batch = micro;
+    auto t = std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{},
+                                              data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                                              std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
+    EXPECT_EQ(t->run(false), train::TrainOutcome::kFinished);
+    return std::make_pair(t->history(), flat_state(*t));
+  };
+  const auto [whole_history, whole] = run(0);
+  for (long micro : {1L, 3L}) {
+    const auto [history, weights] = run(micro);
+    ASSERT_EQ(history.size(), whole_history.size());
+    for (size_t i = 0; i < history.size(); ++i) EXPECT_NEAR(history[i].loss, whole_history[i].loss, 1e-5) << micro;
+    EXPECT_LT((weights - whole).abs().max().item<float>(), 1e-4) << micro;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(Trainer, MicroBatchesSendTheGradientsOncePerStep) {
+  // One rank through a Recording communicator: with micro-batches the
+  // gradient all-reduce happens once per step (not once per pass).
+  fs::path dir = temp_dir("micro_comm");
+  auto none = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto count_calls = [&](long micro) {
+    Recording recording(*none);
+    auto c = distributed_config(dir / std::to_string(micro));
+    c.batch = 4;
+    c.micro_batch = micro;
+    c.update_memory_bank = false;
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     std::nullopt, {"outer", "core"}, recording);
+    t.run(false);
+    return std::make_pair(recording.calls, recording.reduced.size());
+  };
+  const auto whole = count_calls(0);
+  EXPECT_EQ(count_calls(1), whole);
+  EXPECT_EQ(count_calls(3), whole);
+  fs::remove_all(dir);
+}
+
+TEST(BatchProbe, TakesTheLargestSizeThatFitsWithAMargin) {
+  auto oom = [](long limit) {
+    return [limit](long size) {
+      if (size > limit) throw c10::OutOfMemoryError({__func__, __FILE__, 0}, "CUDA out of memory. Tried to allocate");
+    };
+  };
+  double peak = 0;
+  auto reset = [&] { peak = 0; };
+  train::BatchProbeOptions o;
+  o.largest = 8;
+  // Sizes above 5 run out of memory; 5 fits at 95 % (above the 10 % margin), 4 at 80 %.
+  auto step = [&](long size) {
+    oom(5)(size);
+    peak = size == 5 ? 0.95 : 0.8;
+  };
+  const auto r = train::probe_micro_batch(step, [&] { return peak; }, reset, o);
+  EXPECT_EQ(r.micro_batch, 4);
+  ASSERT_EQ(r.log.size(), 5u);
+  EXPECT_NE(r.log[0].find("micro-batch 8: out of memory"), std::string::npos) << r.log[0];
+  EXPECT_NE(r.log[3].find("above the safety margin"), std::string::npos) << r.log[3];
+  // The same from the message alone (LibTorch 1.13 raises a plain c10::Error).
+  auto plain = [](long size) {
+    if (size > 2) throw c10::Error({__func__, __FILE__, 0}, "CUDA out of memory. Tried to allocate 2 GiB");
+  };
+  EXPECT_EQ(train::probe_micro_batch(plain, [] { return 0.0; }, [] {}, o).micro_batch, 2);
+  // Other errors are not out-of-memory: they propagate.
+  auto broken = [](long) { throw std::runtime_error("shape mismatch"); };
+  EXPECT_THROW(train::probe_micro_batch(broken, [] { return 0.0; }, [] {}, o), std::runtime_error);
+  // Nothing fits: an error naming the key.
+  const std::string msg = iris::testing::error_of(
+      [&] { train::probe_micro_batch(oom(0), [] { return 0.0; }, [] {}, o); });
+  EXPECT_NE(msg.find("train.micro_batch"), std::string::npos) << msg;
+}
+
+TEST(Trainer, ResumeFindsTheNewestIntactCheckpoint) {
+  fs::path dir = temp_dir("resume_auto");
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto c = tiny_train_config(dir);
+  c.iterations = 6;
+  c.checkpoint_every = 2;
+  c.keep_checkpoints = 5;
+  auto make = [&] {
+    return std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{},
+                                            data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                                            std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
+  };
+  auto full = make();
+  full->stop_after(3);
+  ASSERT_EQ(full->run(false), train::TrainOutcome::kPreempted);
+  const fs::path ckpt = dir / "checkpoints";
+  ASSERT_TRUE(fs::exists(ckpt / "iter_0000002.ckpt"));
+  // A kill -9 mid-write leaves a temporary; a cut copy stands for a damaged last.ckpt.
+  std::ofstream(ckpt / ".last.tmp999999999_3.ckpt") << "half a checkpoint";
+  fs::resize_file(ckpt / "last.ckpt", fs::file_size(ckpt / "last.ckpt") / 2);
+  std::string msg = iris::testing::error_of([&] { make()->run(train::ResumeMode::kLast); });
+  EXPECT_NE(msg.find("last.ckpt"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("iter_0000002.ckpt is intact: resume from it with --resume=auto"), std::string::npos) << msg;
+  auto resumed = make();
+  ASSERT_EQ(resumed->run(train::ResumeMode::kAuto), train::TrainOutcome::kFinished);
+  EXPECT_EQ(resumed->history().front().iteration, 2);
+  EXPECT_FALSE(fs::exists(ckpt / ".last.tmp999999999_3.ckpt"));
+  for (const auto& e : fs::directory_iterator(ckpt))
+    EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+  // --resume=auto with no checkpoint at all starts afresh.
+  fs::path fresh = temp_dir("resume_fresh");
+  c.output_dir = fresh.string();
+  c.iterations = 1;
+  EXPECT_EQ(make()->run(train::ResumeMode::kAuto), train::TrainOutcome::kFinished);
+  fs::remove_all(dir);
+  fs::remove_all(fresh);
 }
