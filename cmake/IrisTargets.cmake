@@ -133,6 +133,9 @@ if(IRIS_BUILD_TESTS)
     target_compile_definitions(iris_${area}_tests PRIVATE
       IRIS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests"
       IRIS_BINARY_DIR="${PROJECT_BINARY_DIR}")
+    if(IRIS_WITH_ITK AND area STREQUAL "io")
+      target_link_libraries(iris_io_tests PRIVATE DCMTK::dcmdata)  # tests edit DICOM files with it
+    endif()
     gtest_discover_tests(iris_${area}_tests DISCOVERY_TIMEOUT 120
       PROPERTIES ENVIRONMENT "IRIS_BIN_DIR=${PROJECT_BINARY_DIR}")
   endforeach()

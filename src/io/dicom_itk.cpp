@@ -9,6 +9,7 @@
 
 #include <dcmtk/config/osconfig.h>  // DCMTK wants its configuration first
 #include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcobject.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcuid.h>
@@ -33,6 +34,9 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 void quiet_dcmtk() {
   static const bool once = [] {
     OFLog::getLogger("dcmtk").setLogLevel(OFLogger::FATAL_LOG_LEVEL);
+    // Elements stored with VR UN (some converters do that) are read with the
+    // VR the data dictionary gives them, so their values are text again.
+    dcmEnableUnknownVRConversion.set(OFTrue);
     return true;
   }();
   (void)once;

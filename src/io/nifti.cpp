@@ -334,14 +334,10 @@ Geometry geometry_of(const Header& H, const std::array<long, 3>& size, const std
     m = qform_affine(H, spacing);
     have = true;
   }
-  if (!have) {
-    // No transform: the voxel grid, axes along the file's x, y, z (as ITK reads it).
-    m = Affine{};
-    for (int i = 0; i < 3; ++i) m[i][i] = spacing[i];
-  }
   Geometry g;
   g.size = size;
   g.spacing = spacing;
+  if (!have) return g;  // no transform: identity axes at the origin, as ITK reads it
   for (int j = 0; j < 3; ++j) {
     const double length = column_length(m, j);
     if (!(length > 0) || !std::isfinite(length)) throw Error(path, "has a degenerate voxel-to-world transform");
