@@ -2,10 +2,13 @@
 #   make demo   installs, builds and runs the main job on the embedded default
 #   make test   installs, builds and runs every test (what CI runs)
 BUILD ?= build
+# The GPU-node build (no ITK, no yaml-cpp): every app on NIfTI alone. CI
+# builds and tests it too, so it cannot rot unseen (ccache shares objects).
+BUILD_NOITK ?= build-noitk
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup build build-noitk test test-itk test-noitk demo bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -14,8 +17,17 @@ build: setup
 	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+build-noitk: setup
+	cmake -S . -B $(BUILD_NOITK) -G Ninja $(CMAKE_FLAGS) -DIRIS_WITH_ITK=OFF -DIRIS_WITH_YAML=OFF
+	cmake --build $(BUILD_NOITK) -j $(JOBS)
+
+test: test-itk test-noitk
+
+test-itk: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+test-noitk: build-noitk
+	cd $(BUILD_NOITK) && ctest --output-on-failure -j $(JOBS) --timeout 900
 
 demo: build
 	bash scripts/demo.sh $(BUILD)
@@ -24,4 +36,4 @@ bench: build
 	$(BUILD)/iris-bench --preset tiny --patch 64 --output $(BUILD)/bench-tiny.json
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD_NOITK)

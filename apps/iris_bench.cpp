@@ -14,6 +14,7 @@
 
 #include "common/app_common.h"
 #include "iris/common/atomic_file.h"
+#include "iris/common/device.h"
 #include "iris/common/compat.h"
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
   cli.add_option("--queries", queries, "queries segmented with one encoded task (inference workload)")->check(CLI::Range(1, 100000));
   cli.add_option("--warmup", warmup)->check(CLI::Range(0, 100000));
   cli.add_option("--repeats", repeats)->check(CLI::Range(1, 100000));
-  cli.add_option("--device", device_name, "cpu or cuda:N");
+  cli.add_option("--device", device_name, "cpu, cuda (this process's GPU) or cuda:N");
   cli.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
   cli.add_flag("!--no-backward", backward, "skip the forward+backward measurement");
   cli.add_flag("!--no-forward", forward_pass, "skip the plain forward measurement");
@@ -109,7 +110,8 @@ int main(int argc, char** argv) {
     for (const auto& o : overrides) cfg.apply_override(o);
     auto config = model::ModelConfig::from_config(cfg);
     if (patch == 0) patch = config.max_patch_size;
-    const torch::Device device(device_name);
+    const torch::Device device =
+        resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
     torch::manual_seed(0);
     model::IrisNet net(config);
     net->to(device);

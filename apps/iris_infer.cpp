@@ -194,7 +194,7 @@ int main(int argc, char** argv) {
     app->add_option("--max-labels", max_labels,
                     "refuse a reference mask with more distinct label values than this (default 255)")
         ->check(CLI::Range(1L, 100000L));
-    app->add_option("--threads", threads, "CPU threads (default: all cores)");
+    app->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
     app->add_flag("--quiet", quiet, "no progress output");
     app->add_option("--classes-per-pass", classes_per_pass,
                     "encode (each group from its own reference window) and segment this many classes at a time "

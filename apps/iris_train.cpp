@@ -17,10 +17,8 @@
 #include "iris/data/intensity.h"
 #include "iris/model/model_config.h"
 #include "iris/train/trainer.h"
-#ifdef IRIS_HAVE_ITK
 #include "iris/io/image_io.h"
 #include "iris/io/preprocess.h"
-#endif
 
 using namespace iris;
 namespace fs = std::filesystem;
@@ -35,12 +33,9 @@ std::string intensity_for(const data::DatasetSpec& d) {
 
 // Spatial preprocessing (reorient, resample, crop) from the config's
 // preprocess section; unset = voxels as they are on disk.
-#ifdef IRIS_HAVE_ITK
 std::optional<io::PreprocessConfig> g_spatial;
-#endif
 
 data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) {
-#ifdef IRIS_HAVE_ITK
   io::Image image = io::read_image(c.image);
   io::Image labels = io::read_labels(c.labels);
   io::check_same_grid(image, labels);
@@ -58,9 +53,6 @@ data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) 
   v.classes = data::classes_present(v.labels, d, c.labels);
   v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};
   return v;
-#else
-  throw Error(c.image, "this build has no ITK: train from a preprocessed cache instead");
-#endif
 }
 
 const std::vector<std::string> kTopLevel{"model", "train", "data", "preprocess"};
@@ -129,7 +121,6 @@ int main(int argc, char** argv) {
       // The exported model records the full preprocessing (spatial steps +
       // the first dataset's intensity scheme) so iris-infer can repeat it.
       ConfigMap pre = config.subtree("preprocess");
-#ifdef IRIS_HAVE_ITK
       if (!pre.entries().empty()) {
         g_spatial = io::PreprocessConfig::from_config(pre);
         io::PreprocessConfig stored = *g_spatial;
@@ -138,16 +129,6 @@ int main(int argc, char** argv) {
         const ConfigMap stored_keys = stored.to_config();
         for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
       }
-#else
-      if (!pre.entries().empty() && !cache)
-        throw Error("preprocess", "this build has no ITK: preprocess the data into data.cache on a machine with ITK "
-                                  "(iris-train CONFIG --fill-cache) and train from that cache here");
-      // The model file still records the preprocessing the cache was made
-      // with, and the intensity scheme training used (per dataset, as above).
-      if (!pre.entries().empty()) config.set("preprocess.intensity", intensity_for(datasets.front()), "resolved");
-      if (fill_cache)
-        throw Error("--fill-cache", "this build has no ITK and cannot read raw images: fill the cache on a machine with ITK");
-#endif
     }
     app::configure_threads(train_config.threads);
     const train::DistributedEnv env = train::DistributedEnv::from_environment();
@@ -167,12 +148,7 @@ int main(int argc, char** argv) {
     const std::vector<std::string> class_names = data::class_table(datasets);
     data::CaseLoader loader = load_case;
     if (cache) {
-#ifdef IRIS_HAVE_ITK
-      data::CaseLoader raw = load_case;
-#else
-      data::CaseLoader raw;  // this build reads cases from the cache only
-#endif
-      loader = cache->loader(raw, [](const std::string& w) { app::log_warn(w); });
+      loader = cache->loader(load_case, [](const std::string& w) { app::log_warn(w); });
       if (comm->rank() == 0)
         for (const auto& d : datasets) cache->record_dataset(d);
     }

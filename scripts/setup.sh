@@ -8,6 +8,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config
       libtorch-dev libopenblas0-openmp
       libinsighttoolkit5-dev libgdcm-dev libgdcm-tools libdcmtk-dev
       libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libgtest-dev libgmock-dev libgloo-dev
+      nlohmann-json3-dev zlib1g-dev
       mricron-data insighttoolkit5-examples python3-pydicom python3-torch python3-numpy chromium)
 # nodejs from other sources bundles npm and conflicts with Debian's npm package.
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)

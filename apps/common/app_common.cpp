@@ -1,7 +1,9 @@
 #include "common/app_common.h"
 
 #include <cmath>
+#include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -25,6 +27,13 @@ int run_main(const std::string& program, const std::function<int()>& body) {
     return kUsage;
   } catch (const iris::Error& e) {
     std::cerr << program << ": error: " << e.what() << std::endl;
+    return kBadInput;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // Folders made or moved by the library: name the path and say what happened.
+    const int code = e.code().value();
+    std::cerr << program << ": error: " << e.path1().string() << ": "
+              << (code == ENOSPC || code == EDQUOT ? std::string("no space left on the device") : e.code().message())
+              << std::endl;
     return kBadInput;
   } catch (const c10::Error& e) {
     std::cerr << program << ": error (torch): " << e.what_without_backtrace() << std::endl;

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include "iris/common/compat.h"
 #include "iris/common/error.h"
 
 #ifdef IRIS_HAVE_GLOO
@@ -177,6 +178,7 @@ std::unique_ptr<Communicator> make_communicator(const DistributedEnv& env, const
     // instead of hanging it (names of LibTorch 2.2+ and of earlier versions).
     setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1", 0);
     setenv("NCCL_ASYNC_ERROR_HANDLING", "1", 0);
+    compat::cuda_set_device(o.device.index() < 0 ? 0 : o.device.index());
     auto options = c10d::ProcessGroupNCCL::Options::create();
     options->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(o.timeout);
     auto group = c10::make_intrusive<c10d::ProcessGroupNCCL>(make_store(env, o.timeout), env.rank, env.world_size, options);

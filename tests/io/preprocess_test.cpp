@@ -348,6 +348,7 @@ TEST_F(PreprocessTest, PerLabelLinearKeepsClasses) {
 // Oblique DICOM (read once: slow). The network grid stays close to identity
 // (small obliquity kept, nothing interpolated by the reorientation), and the
 // inverse lands on the DICOM grid to 1e-4 mm after a NIfTI round trip.
+#ifdef IRIS_HAVE_ITK  // DICOM needs the ITK build
 TEST_F(PreprocessTest, ObliqueDicomSeriesRoundTrip) {
   REQUIRE_DATA(kDaikonVolume);
   const Image image = iris::io::read_image(kDaikonVolume);
@@ -365,6 +366,7 @@ TEST_F(PreprocessTest, ObliqueDicomSeriesRoundTrip) {
   EXPECT_EQ(probs_back.voxels.size(0), 2);
   EXPECT_NEAR(probs_back.voxels[1].max().item<float>(), 0.75f, 1e-5);
 }
+#endif
 
 // CT-like phantom in HU: the presets clip where they should and z-score.
 TEST(IntensityPresetTest, CtWindowsOnSyntheticVolume) {
@@ -412,6 +414,7 @@ TEST(IntensityPresetTest, CtWindowsOnSyntheticVolume) {
 }
 
 // N4 removes a smooth multiplicative field from a phantom.
+#ifdef IRIS_HAVE_ITK  // N4 is ITK's
 TEST(N4Test, RemovesASmoothBiasField) {
   Geometry g;
   g.size = {48, 48, 48};
@@ -434,6 +437,7 @@ TEST(N4Test, RemovesASmoothBiasField) {
   EXPECT_GT(cv(biased), 0.1);
   EXPECT_LT(cv(corrected), 0.5 * cv(biased)) << "before " << cv(biased) << ", after " << cv(corrected);
 }
+#endif
 
 TEST_F(PreprocessTest, RefusesMismatchedLabelsAndTensors) {
   Image image;

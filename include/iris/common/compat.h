@@ -35,6 +35,7 @@ inline bool cuda_available() {
 #ifdef IRIS_HAVE_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace iris::compat {
@@ -53,6 +54,15 @@ inline long long cuda_peak_allocated_bytes(int device) {
 inline void cuda_reset_peak(int device) {
 #ifdef IRIS_HAVE_CUDA
   c10::cuda::CUDACachingAllocator::resetPeakStats(device);
+#else
+  (void)device;
+#endif
+}
+
+// Makes `device` the current CUDA device of this thread (NCCL's default).
+inline void cuda_set_device(int device) {
+#ifdef IRIS_HAVE_CUDA
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(device));
 #else
   (void)device;
 #endif

@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# The GPU check of iris, in one command that writes one JSON file.
+#
+#   bash scripts/gpu_check.sh OUT_DIR [--device cuda|cpu] [--preset mass|tiny]
+#        [--build-dir DIR] [--skip-build] [--iterations N] [--mass MASS_CHECKOUT]
+#
+# On a bare GPU node (Ubuntu, a CUDA PyTorch, 16 cores, no ITK, yaml-cpp,
+# spdlog, CLI11, nlohmann-json or network), from a checkout of iris:
+#   1. on a machine with Debian's packages, once:  bash scripts/gpu_carry.sh
+#      (copies CLI11, nlohmann/json, GoogleTest's sources and, when fetched,
+#      the author's MASS code into .gpu_carry/, which git ignores)
+#   2. on the GPU node, with .gpu_carry carried along:
+#        bash scripts/gpu_check.sh "$OUT"                      (about 5-8 minutes)
+#      With this workplace's device tool: run(command="bash scripts/gpu_check.sh $OUT",
+#      carry=[".gpu_carry"], timeout_s=600); the JSON comes back under $OUT.
+#
+# Steps (each recorded in OUT_DIR/gpu_check.json with ok, seconds and figures):
+#   build     iris without ITK against the PyTorch's LibTorch (+ the device tests)
+#   tests     tests/device on the device: the author's model in float32 and bf16,
+#             sliding window against the CPU, training steps, checkpoint round trip
+#   train     a 1-GPU run with train.distributed: nccl (gloo on cpu) on synthetic
+#             NIfTI data, SIGUSR1 in the middle (exit 124, checkpoint), then
+#             --resume=auto to the end
+#   infer     iris-infer of the trained model on a NIfTI query, iris-eval of it
+#   bench     iris-bench (mass preset: a training step of 2 episodes of 128^3 in
+#             bf16, and the paper's workload: 1 reference, 15 classes, 10 queries)
+#             next to tools/bench_mass.py (the author's code) on the same device
+# --device cpu --preset tiny --skip-build is the part that runs on any machine;
+# tests/apps/gpu_check_test.cpp runs it in CI so this script never rots.
+# Exit status: 0 when every step passed, 1 otherwise (the JSON says which).
+set -uo pipefail
+
+OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [options]}
+shift
+DEVICE=cuda PRESET=mass BUILD="" SKIP_BUILD=0 ITERATIONS="" MASS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift ;;
+    --preset) PRESET=$2; shift ;;
+    --build-dir) BUILD=$2; shift ;;
+    --skip-build) SKIP_BUILD=1 ;;
+    --iterations) ITERATIONS=$2; shift ;;
+    --mass) MASS=$2; shift ;;
+    *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CARRY=$HERE/.gpu_carry
+BUILD=${BUILD:-$HERE/build-gpu}
+[ -z "$MASS" ] && [ -d "$CARRY/MASS" ] && MASS=$CARRY/MASS
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/iris_gpu_check.XXXXXX")
+STEPS=$WORK/steps
+mkdir -p "$STEPS"
+PY=python3
+NPROC=$(nproc)
+if [ "$DEVICE" = cuda ]; then
+  BACKEND=nccl BF16=true PATCH=64 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-300} VOLUME=96 REPEATS=10
+else
+  BACKEND=gloo BF16=false PATCH=32 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-8} VOLUME=40 REPEATS=1
+fi
+
+# record NAME STATUS SECONDS [JSON-FIGURES]
+record() {
+  local figures=${4:-}
+  [ -z "$figures" ] && figures='{}'
+  printf '{"ok": %s, "seconds": %s, "figures": %s}\n' "$2" "$3" "$figures" > "$STEPS/$1.json"
+}
+now() { date +%s.%N; }
+since() { echo "$(now) $1" | awk '{printf "%.1f", $1 - $2}'; }
+
+# ------------------------------------------------------------------ build
+t=$(now)
+if [ "$SKIP_BUILD" = 0 ]; then
+  TORCH_PREFIX=$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')
+  EXTRA=()
+  [ -d "$CARRY/include" ] && EXTRA+=(-DIRIS_CLI11_INCLUDE_DIR="$CARRY/include" -DIRIS_JSON_INCLUDE_DIR="$CARRY/include")
+  [ -d "$CARRY/googletest" ] && EXTRA+=(-DIRIS_GTEST_SOURCE_DIR="$CARRY/googletest")
+  GEN=()
+  command -v ninja > /dev/null && GEN=(-G Ninja)
+  if cmake -S "$HERE" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DIRIS_WITH_ITK=OFF -DIRIS_WITH_YAML=OFF \
+       -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" "${EXTRA[@]}" > "$OUT/build.log" 2>&1 &&
+     cmake --build "$BUILD" -j "$NPROC" --target iris-train iris-infer iris-eval iris-bench iris_device_tests \
+       >> "$OUT/build.log" 2>&1; then
+    record build true "$(since "$t")"
+  else
+    record build false "$(since "$t")"
+    tail -30 "$OUT/build.log" >&2
+  fi
+else
+  [ -x "$BUILD/iris-train" ] && record build true 0 '{"skipped": true}' || record build false 0 '{"skipped": true}'
+fi
+
+# ------------------------------------------------------------------ device tests
+t=$(now)
+if IRIS_TEST_DEVICE=$DEVICE IRIS_BIN_DIR=$BUILD "$BUILD/iris_device_tests" --gtest_output="json:$WORK/device_tests.json" \
+     > "$OUT/tests.log" 2>&1; then ok=true; else ok=false; fi
+record tests $ok "$(since "$t")" "$($PY - "$WORK/device_tests.json" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+    print(json.dumps({"tests": d["tests"], "failures": d["failures"],
+                      "failed": [t["name"] for s in d["testsuites"] for t in s["testsuite"] if t.get("failures")]}))
+except Exception as e:
+    print(json.dumps({"error": str(e)}))
+EOF
+)"
+
+# ------------------------------------------------------------------ data
+# Synthetic NIfTI-1 cases (an ellipsoid with a core, noise) written with the
+# standard library only: .nii, so a build without zlib reads them too.
+$PY - "$WORK/data" "$VOLUME" <<'EOF'
+import math, os, random, struct, sys
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+def write(path, values, datatype, bitpix, fmt):
+    h = bytearray(352)
+    struct.pack_into("<i", h, 0, 348)
+    struct.pack_into("<8h", h, 40, 3, n, n, n, 1, 1, 1, 1)
+    struct.pack_into("<hh", h, 70, datatype, bitpix)
+    struct.pack_into("<8f", h, 76, 1, 1.5, 1.5, 1.5, 1, 1, 1, 1)
+    struct.pack_into("<fff", h, 108, 352, 1, 0)
+    struct.pack_into("<hh", h, 252, 1, 1)
+    for r in range(3):
+        struct.pack_into("<4f", h, 280 + 16 * r, *[1.5 if c == r else 0.0 for c in range(3)], 0.0)
+    h[344:348] = b"n+1\0"
+    with open(path, "wb") as f:
+        f.write(h)
+        f.write(struct.pack("<%d%s" % (len(values), fmt), *values))
+for case in range(4):
+    rnd = random.Random(case)
+    cz, cy, cx = n / 2 + rnd.uniform(-4, 4), n / 2 + rnd.uniform(-4, 4), n / 2 + rnd.uniform(-4, 4)
+    image, labels = [], []
+    for z in range(n):
+        for y in range(n):
+            for x in range(n):
+                d2 = ((x - cx) / (0.3 * n)) ** 2 + ((y - cy) / (0.25 * n)) ** 2 + ((z - cz) / (0.28 * n)) ** 2
+                label = 2 if d2 <= 0.3 else 1 if d2 <= 1 else 0
+                labels.append(label)
+                image.append(0.8 * label + rnd.gauss(0, 0.2))
+    write(os.path.join(out, "case%d.nii" % case), image, 16, 32, "f")
+    write(os.path.join(out, "case%d_labels.nii" % case), labels, 2, 8, "B")
+EOF
+cat > "$WORK/train.yaml" <<EOF
+model:
+  preset: $TRAIN_PRESET
+  memory_bank_size: 4
+train:
+  iterations: $ITERATIONS
+  batch: 2
+  patch: $PATCH
+  max_classes: 2
+  warmup: 5
+  lr: 0.002
+  checkpoint_every: 0
+  validate_every: 0
+  log_every: 1
+  device: $DEVICE
+  distributed: $BACKEND
+  bf16: $BF16
+  loader_workers: 2
+  tensorboard: false
+  output_dir: $WORK/run
+data:
+  datasets:
+    synthetic:
+      layout: list
+      root: $WORK/data
+      classes: ["1:outer", "2:core"]
+      split: [1, 0, 0]
+      cases: ["case0.nii|case0_labels.nii", "case1.nii|case1_labels.nii", "case2.nii|case2_labels.nii", "case3.nii|case3_labels.nii"]
+EOF
+
+# ------------------------------------------------------------------ train
+t=$(now)
+export MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29621}
+"$BUILD/iris-train" "$WORK/train.yaml" > "$OUT/train_first.log" 2>&1 &
+pid=$!
+half=$((ITERATIONS / 2))
+while kill -0 $pid 2> /dev/null; do
+  lines=$(wc -l 2> /dev/null < "$WORK/run/metrics.jsonl" || echo 0)
+  [ "$lines" -ge "$half" ] && break
+  sleep 0.2
+done
+kill -USR1 $pid 2> /dev/null
+wait $pid
+first_rc=$?
+stopped_at=$(wc -l 2> /dev/null < "$WORK/run/metrics.jsonl" || echo 0)
+"$BUILD/iris-train" "$WORK/train.yaml" --resume=auto > "$OUT/train_resume.log" 2>&1
+second_rc=$?
+if [ "$first_rc" = 124 ] && [ "$second_rc" = 0 ] && [ -f "$WORK/run/model.iris" ]; then ok=true; else ok=false; fi
+record train $ok "$(since "$t")" "$($PY - "$WORK/run/metrics.jsonl" "$first_rc" "$second_rc" "$stopped_at" "$BACKEND" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])] if sys.argv[1] else []
+steps = [r["seconds"] for r in rows[5:]] or [0]
+print(json.dumps({"backend": sys.argv[5], "first_exit": int(sys.argv[2]), "resume_exit": int(sys.argv[3]),
+                  "stopped_after": int(sys.argv[4]), "iterations": len(rows),
+                  "first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
+                  "median_step_seconds": sorted(steps)[len(steps) // 2]}))
+EOF
+)"
+
+# ------------------------------------------------------------------ infer
+t=$(now)
+if "$BUILD/iris-infer" --model "$WORK/run/model.iris" --reference "$WORK/data/case0.nii" \
+     --reference-mask "$WORK/data/case0_labels.nii" --query "$WORK/data/case1.nii" --output "$WORK/pred.nii" \
+     --device "$DEVICE" --preprocess mr --report "$WORK/infer.json" > "$OUT/infer.log" 2>&1 &&
+   "$BUILD/iris-eval" --reference "$WORK/data/case1_labels.nii" --prediction "$WORK/pred.nii" \
+     --output "$WORK/eval.json" >> "$OUT/infer.log" 2>&1; then ok=true; else ok=false; fi
+record infer $ok "$(since "$t")" "$($PY - "$WORK/infer.json" "$WORK/eval.json" <<'EOF'
+import json, sys
+out = {}
+try:
+    out["seconds"] = json.load(open(sys.argv[1]))["seconds"]
+    out["dice"] = {k: v["Dice"] for k, v in json.load(open(sys.argv[2]))["mean"].items()}
+except Exception as e:
+    out["error"] = str(e)
+print(json.dumps(out))
+EOF
+)"
+
+# ------------------------------------------------------------------ bench
+t=$(now)
+if [ "$PRESET" = mass ]; then BPATCH=128 CLASSES=15 QUERIES=10; else BPATCH=32 CLASSES=3 QUERIES=2; fi
+BF16_FLAG=()
+[ "$BF16" = true ] && BF16_FLAG=(--bf16)
+ok=true
+"$BUILD/iris-bench" --preset "$PRESET" --device "$DEVICE" "${BF16_FLAG[@]}" --patch $BPATCH --batch 2 \
+  --classes $CLASSES --queries $QUERIES --repeats $REPEATS --threads "$NPROC" --output "$WORK/bench_iris.json" \
+  > "$OUT/bench.log" 2>&1 || ok=false
+mass_rc=skipped
+if [ -n "$MASS" ] && [ -d "$MASS" ]; then
+  CH="32 64 128 256 512"
+  [ "$PRESET" = tiny ] && CH="8 16 32 32 64"
+  if $PY "$HERE/tools/bench_mass.py" --mass "$MASS" --device "$DEVICE" "${BF16_FLAG[@]}" --patch $BPATCH --batch 2 \
+       --classes $CLASSES --queries $QUERIES --repeats $REPEATS --threads "$NPROC" --channels $CH \
+       > "$WORK/bench_mass.json" 2>> "$OUT/bench.log"; then mass_rc=ok; else mass_rc=failed; ok=false; fi
+fi
+record bench $ok "$(since "$t")" "$($PY - "$WORK/bench_iris.json" "$WORK/bench_mass.json" "$mass_rc" <<'EOF'
+import json, sys
+out = {"mass": sys.argv[3]}
+def load(p):
+    try:
+        return json.load(open(p))
+    except Exception:
+        return None
+iris, mass = load(sys.argv[1]), load(sys.argv[2])
+out["iris"] = iris
+if mass:
+    out["mass_result"] = mass
+    for k in ("forward_backward", "inference_one_reference", "forward"):
+        if iris and k in iris and k in mass and iris[k]["median_ms"] > 0:
+            out["speedup_" + k] = mass[k]["median_ms"] / iris[k]["median_ms"]
+print(json.dumps(out))
+EOF
+)"
+
+# ------------------------------------------------------------------ one JSON
+$PY - "$STEPS" "$OUT/gpu_check.json" "$DEVICE" "$PRESET" <<'EOF'
+import glob, json, os, subprocess, sys
+steps = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.json")))}
+gpu = ""
+try:
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=20).stdout.strip()
+except Exception:
+    pass
+try:
+    import torch
+    torch_version = torch.__version__
+except Exception:
+    torch_version = None
+result = {"device": sys.argv[3], "preset": sys.argv[4], "gpu": gpu, "python_torch": torch_version,
+          "ok": all(s["ok"] for s in steps.values()), "steps": steps}
+json.dump(result, open(sys.argv[2], "w"), indent=2)
+print(json.dumps({k: v["ok"] for k, v in steps.items()}))
+EOF
+status=$?
+rm -rf "$WORK"
+[ $status = 0 ] && $PY -c "import json,sys; sys.exit(0 if json.load(open('$OUT/gpu_check.json'))['ok'] else 1)"

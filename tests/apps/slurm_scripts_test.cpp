@@ -1,0 +1,218 @@
+// The sbatch scripts as SLURM runs them: a spooled copy of the file, started
+// from another folder, with srun and scontrol stubs that behave like SLURM's
+// (srun starts --ntasks local ranks with SLURM_PROCID/LOCALID/NTASKS set and
+// passes signals on; scontrol requeue is recorded). A USR1 to the batch shell
+// in the middle of a two-rank Gloo run must checkpoint and requeue; the
+// requeued job must resume and end with the losses of a run never stopped.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <ATen/ATen.h>
+
+#include "iris/io/image_io.h"
+#include "support/test_support.h"
+
+extern char** environ;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kRepo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+const std::string kData = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
+
+std::string bin_dir() {
+  const char* dir = std::getenv("IRIS_BIN_DIR");
+  return dir ? dir : IRIS_BINARY_DIR;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_script(const fs::path& p, const std::string& text) {
+  std::ofstream(p) << text;
+  fs::permissions(p, fs::perms::owner_all | fs::perms::group_read | fs::perms::others_read);
+}
+
+// Losses of metrics.jsonl by iteration.
+std::map<long, std::string> losses(const fs::path& metrics) {
+  std::map<long, std::string> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto it = line.find("\"iteration\": "), lo = line.find("\"loss\": ");
+    if (it == std::string::npos || lo == std::string::npos) continue;
+    const long iteration = std::stol(line.substr(it + 13));
+    out[iteration] = line.substr(lo + 8, line.find(',', lo) - lo - 8);
+  }
+  return out;
+}
+
+class SlurmScripts : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_DATA(kData + "KmeansTest_T1UCharRaw.nii.gz");
+    root = iris::testing::temp_folder("slurm");
+    for (const char* d : {"data", "stubs", "spool", "work"}) fs::create_directories(root / d);
+    fs::copy_file(kData + "KmeansTest_T1UCharRaw.nii.gz", root / "data" / "t1.nii.gz");
+    iris::io::Image strip = iris::io::read_labels(kData + "KmeansTest_T1RawSkullStrip.nii.gz");
+    strip.voxels = strip.voxels.gt(0).to(at::kByte);
+    iris::io::write_image(strip, (root / "data" / "brain.nii.gz").string());
+    // The config asks for the GPU; the submission line overrides it with
+    // --set train.device=cpu, which the scripts must pass on untouched.
+    std::ofstream(root / "train.yaml") << "model:\n  preset: tiny\n  memory_bank_size: 2\n"
+                                       << "preprocess:\n  spacing: [6, 6, 6]\n"
+                                       << "train:\n  iterations: 24\n  batch: 2\n  patch: 32\n  max_classes: 1\n"
+                                       << "  warmup: 1\n  checkpoint_every: 0\n  validate_every: 0\n  log_every: 1\n"
+                                       << "  device: cuda\n  distributed: gloo\n  threads: 1\n  tensorboard: false\n"
+                                       << "  loader_workers: 1\n"
+                                       << "data:\n  datasets:\n    brain:\n      layout: list\n"
+                                       << "      root: " << (root / "data").string() << "\n"
+                                       << "      classes: [\"1:brain\"]\n      split: [1, 0, 0]\n"
+                                       << "      cases: [\"t1.nii.gz|brain.nii.gz\"]\n";
+    // srun: --ntasks ranks (default SLURM_NTASKS) of the command, signals passed on.
+    write_script(root / "stubs" / "srun", R"(#!/bin/bash
+n=${SLURM_NTASKS:-1}
+while [[ $# -gt 0 && "$1" == -* ]]; do
+  case "$1" in --ntasks=*) n=${1#*=};; -n|--ntasks) n=$2; shift;; esac
+  shift
+done
+echo "srun $n: $*" >> "$STUB_LOG"
+pids=()
+for ((i = 0; i < n; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NTASKS=$n SLURM_NTASKS_PER_NODE=$n "$@" &
+  pids+=($!)
+done
+trap 'kill -USR1 "${pids[@]}" 2>/dev/null' USR1
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+rc=0
+for p in "${pids[@]}"; do
+  r=0
+  wait "$p" || r=$?
+  while kill -0 "$p" 2>/dev/null; do r=0; wait "$p" || r=$?; done
+  [ "$r" -gt "$rc" ] && rc=$r
+done
+exit $rc
+)");
+    write_script(root / "stubs" / "scontrol", R"(#!/bin/bash
+case "$1 $2" in
+  "show hostnames") echo localhost ;;
+  "requeue "*) echo "requeue $2" >> "$STUB_LOG" ;;
+  *) echo "scontrol stub: $*" >&2; exit 1 ;;
+esac
+)");
+  }
+  void TearDown() override { fs::remove_all(root); }
+
+  // Starts the spooled copy of `script` as SLURM would; returns the batch shell's pid.
+  pid_t submit(const std::string& script, const fs::path& out, const std::string& log, int restart_count,
+               const std::string& iris_bin) {
+    const fs::path spooled = root / "spool" / "slurm_script";
+    fs::copy_file(kRepo + "/slurm/" + script, spooled, fs::copy_options::overwrite_existing);
+    std::vector<std::string> env{"PATH=" + (root / "stubs").string() + ":" + std::getenv("PATH"),
+                                 "SLURM_SUBMIT_DIR=" + fs::canonical(kRepo).string(),
+                                 "SLURM_JOB_ID=4242",
+                                 "SLURM_JOB_NODELIST=node[01]",
+                                 "SLURM_CPUS_PER_TASK=1",
+                                 "SLURM_NTASKS=2",
+                                 "SLURM_RESTART_COUNT=" + std::to_string(restart_count),
+                                 "MASTER_PORT=" + std::to_string(iris::testing::free_port()),
+                                 "IRIS_BIN=" + iris_bin,
+                                 "STUB_LOG=" + (root / "stub.log").string(),
+                                 "HOME=" + root.string()};
+    std::vector<char*> envp;
+    for (auto& s : env) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    const std::string command = "cd " + iris::testing::shell_quoted((root / "work").string()) + " && exec bash " +
+                                iris::testing::shell_quoted(spooled.string()) + " " +
+                                iris::testing::shell_quoted((root / "train.yaml").string()) +
+                                " --set train.device=cpu --set train.output_dir=" +
+                                iris::testing::shell_quoted(out.string()) + " > " +
+                                iris::testing::shell_quoted(log) + " 2>&1";
+    char* argv[] = {const_cast<char*>("/bin/bash"), const_cast<char*>("-c"), const_cast<char*>(command.c_str()), nullptr};
+    pid_t pid = -1;
+    EXPECT_EQ(posix_spawn(&pid, "/bin/bash", nullptr, nullptr, argv, envp.data()), 0);
+    return pid;
+  }
+
+  static int wait_for(pid_t pid, double timeout_s = 300) {
+    int status = 0;
+    const auto start = std::chrono::steady_clock::now();
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s) {
+        ::kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        ADD_FAILURE() << "the job did not end within " << timeout_s << " s";
+        return -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  fs::path root;
+};
+
+}  // namespace
+
+TEST_F(SlurmScripts, PreemptedJobCheckpointsRequeuesAndResumesToTheSameLosses) {
+  // An uninterrupted job first: the losses to reach.
+  const pid_t whole = submit("train_1node_2gpu.sbatch", root / "whole", (root / "whole.log").string(), 0, bin_dir());
+  ASSERT_EQ(wait_for(whole), 0) << read_text(root / "whole.log");
+  EXPECT_EQ(read_text(root / "stub.log").find("requeue"), std::string::npos) << read_text(root / "stub.log");
+  EXPECT_NE(read_text(root / "whole.log").find("2 rank(s), backend gloo, device cpu"), std::string::npos)
+      << read_text(root / "whole.log");
+  const auto reference = losses(root / "whole" / "metrics.jsonl");
+  ASSERT_EQ(reference.size(), 24u);
+
+  // The same job, pre-empted (B:USR1 to the batch shell) once it is a few iterations in.
+  const fs::path out = root / "cut";
+  const pid_t first = submit("train_1node_2gpu.sbatch", out, (root / "first.log").string(), 0, bin_dir());
+  const auto start = std::chrono::steady_clock::now();
+  while (losses(out / "metrics.jsonl").size() < 5 &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 120)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_GE(losses(out / "metrics.jsonl").size(), 5u) << read_text(root / "first.log");
+  ASSERT_EQ(::kill(first, SIGUSR1), 0);
+  EXPECT_EQ(wait_for(first), 0) << read_text(root / "first.log");
+  EXPECT_NE(read_text(root / "stub.log").find("requeue 4242"), std::string::npos) << read_text(root / "stub.log");
+  EXPECT_NE(read_text(root / "first.log").find("checkpoint written; requeueing job 4242"), std::string::npos)
+      << read_text(root / "first.log");
+  ASSERT_TRUE(fs::exists(out / "checkpoints" / "last.ckpt"));
+  EXPECT_FALSE(fs::exists(out / "model.iris")) << "the pre-empted run should not have finished";
+  const size_t done_before = losses(out / "metrics.jsonl").size();
+  EXPECT_LT(done_before, 24u);
+
+  // SLURM starts the requeued job with SLURM_RESTART_COUNT=1.
+  const pid_t second = submit("train_1node_2gpu.sbatch", out, (root / "second.log").string(), 1, bin_dir());
+  ASSERT_EQ(wait_for(second), 0) << read_text(root / "second.log");
+  EXPECT_NE(read_text(root / "stub.log").find("--resume=auto"), std::string::npos) << read_text(root / "stub.log");
+  EXPECT_TRUE(fs::exists(out / "model.iris"));
+  const auto resumed = losses(out / "metrics.jsonl");
+  EXPECT_EQ(resumed, reference) << "stopped after " << done_before << " iterations";
+}
+
+TEST_F(SlurmScripts, ScriptsFindIrisWithoutTheirOwnPath) {
+  for (const std::string script : {"train_1node_2gpu.sbatch", "train_multinode.sbatch"}) {
+    // The spooled copy sources its helper from IRIS_HOME (= SLURM_SUBMIT_DIR): a
+    // missing build is reported by the helper, so it was found.
+    const pid_t pid = submit(script, root / "none", (root / "missing.log").string(), 0, (root / "nowhere").string());
+    EXPECT_EQ(wait_for(pid, 60), 2) << script;
+    EXPECT_NE(read_text(root / "missing.log").find("no iris-train in IRIS_BIN=" + (root / "nowhere").string()),
+              std::string::npos)
+        << script << ": " << read_text(root / "missing.log");
+  }
+}
