@@ -10,7 +10,8 @@ LABELS="$BUILD/iris-labels"
 T=/usr/share/mricron/templates
 MNI="$ROOT/third_party/npm/node_modules/nifti-reader-js/tests/data/avg152T1_LR_nifti.nii.gz"
 KDIR=$(dirname "$(dpkg -L insighttoolkit5-examples | grep 'KmeansTest_T1UCharRaw.nii.gz$' | head -n 1)")
-for f in "$T/ch2.nii.gz" "$T/ch2bet.nii.gz" "$T/aal.nii.gz" "$MNI" "$KDIR/KmeansTest_T1UCharRaw.nii.gz"; do
+for f in "$T/ch2.nii.gz" "$T/ch2bet.nii.gz" "$T/aal.nii.gz" "$T/brodmann.nii.gz" "$T/AICHAmc.nii.gz" \
+         "$T/JHU-WhiteMatter-labels-1mm.nii.gz" "$MNI" "$KDIR/KmeansTest_T1UCharRaw.nii.gz"; do
   [ -f "$f" ] || { echo "missing $f: run scripts/setup.sh" >&2; exit 1; }
 done
 mkdir -p "$OUT"
@@ -18,11 +19,31 @@ mkdir -p "$OUT"
 "$LABELS" threshold --input "$T/ch2bet.nii.gz" --above 0 --output "$OUT/colin_brain.nii.gz"
 # AAL: 91-116 cerebellum + vermis, 77-78 thalamus, 73-74 putamen, 71-72 caudate.
 "$LABELS" map --input "$T/aal.nii.gz" --map 91-116:1,77-78:2,73-74:3,71-72:4 --output "$OUT/colin_structures.nii.gz"
-# MNI152 average (2 mm): the same MNI-space masks carried onto its grid
-# through world coordinates (an atlas-based, approximate ground truth).
+# The MNI152 average (2 mm) of nifti-reader-js is a left-right test image:
+# the letters R and L are burnt into it (value 255 through every slice).
+# They are painted over from the tissue around them; it is never a training
+# image, only the demo's query.
+"$LABELS" fill --input "$MNI" --value 255 --output "$OUT/mni152.nii.gz"
+# The same MNI-space masks carried onto its grid through world coordinates
+# (an atlas-based, approximate ground truth).
 "$LABELS" resample --input "$OUT/colin_brain.nii.gz" --like "$MNI" --output "$OUT/mni_brain.nii.gz"
 "$LABELS" resample --input "$OUT/colin_structures.nii.gz" --like "$MNI" --output "$OUT/mni_structures.nii.gz"
-cp "$MNI" "$OUT/mni152.nii.gz"
+# Held out of every training task (configs/train/demo_brain.yaml): AAL
+# hippocampus (37-38) and amygdala (41-42), shown by the demo as classes the
+# model never saw.
+"$LABELS" map --input "$T/aal.nii.gz" --map 37-38:1,41-42:2 --output "$OUT/colin_heldout.nii.gz"
+"$LABELS" resample --input "$OUT/colin_heldout.nii.gz" --like "$MNI" --output "$OUT/mni_heldout.nii.gz"
+# Label maps on Colin27's grid for in-context pretraining (tasks: regions):
+# AAL (held-out values dropped by the config), Brodmann, AICHA without its
+# hippocampus, parahippocampal and amygdala parcels (159-165, 173), and the
+# JHU white-matter atlas. Harvard-Oxford is held out whole: not used here.
+cp "$T/aal.nii.gz" "$OUT/atlas_aal.nii.gz"
+cp "$T/brodmann.nii.gz" "$OUT/atlas_brodmann.nii.gz"
+# AICHA and JHU put MNI space in their sform only (their qforms disagree
+# with it, and ITK's rule would take the qform: JHU upside down, AICHA shifted).
+"$LABELS" resample --prefer-sform --input "$T/AICHAmc.nii.gz" --like "$T/ch2.nii.gz" --output "$OUT/aicha_all.nii.gz"
+"$LABELS" drop --input "$OUT/aicha_all.nii.gz" --values 159-165,173 --output "$OUT/atlas_aicha.nii.gz"
+"$LABELS" resample --prefer-sform --input "$T/JHU-WhiteMatter-labels-1mm.nii.gz" --like "$T/ch2.nii.gz" --output "$OUT/atlas_jhu.nii.gz"
 cp "$T/ch2.nii.gz" "$OUT/colin27.nii.gz"
 # KmeansTest: another person, LSA, 2x2x3 mm. Never used for training.
 cp "$KDIR/KmeansTest_T1UCharRaw.nii.gz" "$OUT/kmeans_t1.nii.gz"

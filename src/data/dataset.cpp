@@ -106,7 +106,11 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
   std::set<std::string> names;
   for (const auto& [k, v] : all.entries()) names.insert(k.substr(0, k.find('.')));
   if (names.empty()) throw Error("data.datasets", "no dataset declared");
-  const std::vector<std::string> known{"layout", "root", "modality", "intensity", "weight", "classes", "cases", "split", "split_seed"};
+  const std::vector<std::string> known{"layout",     "root",       "modality",          "intensity",
+                                       "weight",     "classes",    "cases",             "split",
+                                       "split_seed", "tasks",      "held_out",          "union_max",
+                                       "union_probability",        "min_region_voxels", "synthetic_images",
+                                       "deformation_voxels"};
   std::vector<DatasetSpec> out;
   for (const auto& name : names) {
     ConfigMap c = all.subtree(name);
@@ -119,6 +123,26 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
     if (c.has("intensity")) d.intensity = c.get("intensity");
     if (c.has("weight")) d.weight = config_double(c, "weight");
     if (c.has("split_seed")) d.split_seed = config_int(c, "split_seed");
+    const std::string key = "data.datasets." + name;
+    if (c.has("tasks")) {
+      const std::string tasks = c.get("tasks");
+      if (tasks != "classes" && tasks != "regions")
+        throw Error(key + ".tasks", "unknown task kind '" + tasks + "' (known: classes, regions)");
+      d.regions.enabled = tasks == "regions";
+    }
+    for (const char* k : {"held_out", "union_max", "union_probability", "min_region_voxels", "synthetic_images",
+                          "deformation_voxels"})
+      if (c.has(k) && !d.regions.enabled) throw Error(key + "." + k, "applies to 'tasks: regions' datasets only");
+    if (c.has("held_out")) d.regions.held_out = config_int_list(c, "held_out");
+    if (c.has("union_max")) d.regions.union_max = config_int(c, "union_max");
+    if (c.has("union_probability")) d.regions.union_probability = config_double(c, "union_probability");
+    if (c.has("min_region_voxels")) d.regions.min_voxels = config_int(c, "min_region_voxels");
+    if (c.has("synthetic_images")) d.regions.synthetic = config_double(c, "synthetic_images");
+    if (c.has("deformation_voxels")) d.regions.deformation = config_double(c, "deformation_voxels");
+    if (d.regions.union_max < 1) throw Error(key + ".union_max", "must be at least 1");
+    for (double p : {d.regions.union_probability, d.regions.synthetic})
+      if (p < 0 || p > 1) throw Error(key, "union_probability and synthetic_images are probabilities in [0, 1]");
+    if (d.regions.deformation < 0) throw Error(key + ".deformation_voxels", "must be >= 0");
     if (c.has("split")) {
       auto parts = split_list(c.get("split"));
       if (parts.size() != 3) throw Error("data.datasets." + name + ".split", "needs [train, val, test] fractions");
@@ -142,6 +166,12 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
         }
         d.cases.push_back(cs);
       }
+      // One image with several label maps (atlases of one brain): name each
+      // case by both, so that names stay unique.
+      std::map<std::string, int> seen;
+      for (const auto& cs : d.cases) ++seen[cs.name];
+      for (auto& cs : d.cases)
+        if (seen[cs.name] > 1) cs.name += "__" + strip_image_ext(fs::path(cs.labels).filename().string());
     } else if (d.layout == "nnunet" || d.layout == "msd") {
       if (d.root.empty()) throw Error("data.datasets." + name, "needs 'root'");
       std::optional<RecordedDataset> r;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -80,6 +81,17 @@ at::Tensor augment_intensity(at::Tensor x, Rng& r, const AugmentOptions& a, at::
   return x;
 }
 
+// A smooth random displacement field over a P^3 patch, [P^3, 3] voxels (z y x):
+// N(0, 1) on a 4^3 lattice scaled so its largest value is `amplitude`,
+// trilinearly interpolated.
+at::Tensor smooth_displacement(long P, double amplitude, at::Generator& gen) {
+  if (amplitude <= 0) return {};
+  at::Tensor lattice = at::normal(0.0, 1.0, {1, 3, 4, 4, 4}, gen);
+  lattice = lattice * (amplitude / std::max(1e-6, lattice.abs().max().item<double>()));
+  at::Tensor field = at::upsample_trilinear3d(lattice, {P, P, P}, true);  // [1, 3, P, P, P]
+  return field[0].permute({1, 2, 3, 0}).reshape({-1, 3});
+}
+
 at::Tensor perturb_masks(const at::Tensor& masks, Rng& r) {
   // Simulate imperfect references: dilate or erode by one voxel.
   at::Tensor m = masks.unsqueeze(0);
@@ -99,6 +111,7 @@ std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, 
     LoadedDataset d;
     d.name = spec.name;
     d.weight = spec.weight;
+    d.regions = spec.regions;
     for (const auto& [value, name] : spec.class_names)
       d.class_ids[value] = std::find(table.begin(), table.end(), name) - table.begin();
     for (const auto& c : cases) {
@@ -120,16 +133,100 @@ EpisodeSampler::EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptio
   for (const auto& d : datasets_)
     if (d.cases.empty()) throw Error("data.datasets." + d.name, "has no cases");
   if (options_.patch % 16 != 0) throw Error("train.patch", "must be a multiple of 16");
+  regions_.resize(datasets_.size());
+  for (size_t di = 0; di < datasets_.size(); ++di) {
+    const LoadedDataset& d = datasets_[di];
+    if (!d.regions.enabled) continue;
+    for (const CaseVolume& c : d.cases) {
+      RegionIndex index;
+      const at::Tensor labels = c.labels.to(at::kLong);
+      const std::set<long> held_out(d.regions.held_out.begin(), d.regions.held_out.end());
+      const at::Tensor flat = labels.reshape({-1});
+      const at::Tensor counts = at::bincount(flat.clamp_min(0));
+      for (long v = 1; v < counts.size(0); ++v)
+        if (counts[v].item<long>() >= d.regions.min_voxels && !held_out.count(v)) index.regions.push_back(v);
+      const std::set<long> usable(index.regions.begin(), index.regions.end());
+      // Touching regions: neighbours along each axis with different non-zero labels.
+      for (int axis = 0; axis < 3; ++axis) {
+        const long n = labels.size(axis);
+        if (n < 2) continue;
+        const at::Tensor a = labels.narrow(axis, 0, n - 1).reshape({-1}), b = labels.narrow(axis, 1, n - 1).reshape({-1});
+        const at::Tensor touch = (a != b) & (a > 0) & (b > 0);
+        const at::Tensor pairs = std::get<0>(at::unique_dim(at::stack({a.masked_select(touch), b.masked_select(touch)}, 1), 0));
+        for (long i = 0; i < pairs.size(0); ++i) {
+          const long x = pairs[i][0].item<long>(), y = pairs[i][1].item<long>();
+          if (!usable.count(x) || !usable.count(y)) continue;
+          for (auto [from, to] : {std::make_pair(x, y), std::make_pair(y, x)}) {
+            auto& list = index.neighbours[from];
+            if (std::find(list.begin(), list.end(), to) == list.end()) list.push_back(to);
+          }
+        }
+      }
+      // Regions of the generated image: every label value (held-out ones too:
+      // they are image content, just never a task), and where the map has no
+      // label, four intensity bands of the real image (background: index 0).
+      at::Tensor codes = flat.clone();
+      const at::Tensor image = c.image.reshape({-1});
+      const double low = image.min().item<double>(), high = image.max().item<double>();
+      if (high > low) {
+        const at::Tensor band = ((image - low) / (high - low) * 4).floor().clamp(0, 3).to(at::kLong);
+        const at::Tensor head = image > low + 0.05 * (high - low);
+        const long offset = counts.size(0) + 1;
+        codes = at::where((flat == 0) & head, band + offset, codes);
+      }
+      at::Tensor unique, inverse;
+      std::tie(unique, inverse, std::ignore) = at::_unique2(codes, true, true);
+      // Index 0 must be the background (code 0) when present.
+      index.synth_regions = unique.size(0);
+      index.synth_index = inverse.reshape(labels.sizes());
+      if (unique[0].item<long>() != 0) index.synth_index = index.synth_index + 1, ++index.synth_regions;
+      regions_[di].push_back(std::move(index));
+    }
+  }
+}
+
+at::Tensor synthesize_image(const at::Tensor& index, long regions, uint64_t seed, const SynthOptions& o,
+                            std::vector<double>* means_out) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  at::Tensor means = at::rand({regions}, gen, at::kDouble);
+  at::Tensor stds = at::rand({regions}, gen, at::kDouble) * o.std_max;
+  means[0] = 0;
+  stds[0] = 0;
+  const at::Tensor idx = index.to(at::kLong);
+  at::Tensor x = means.index_select(0, idx.reshape({-1})).view(idx.sizes()) +
+                 stds.index_select(0, idx.reshape({-1})).view(idx.sizes()) * at::normal(0.0, 1.0, idx.sizes(), gen, at::kDouble);
+  x = x.to(at::kFloat);
+  if (o.bias_field) {
+    at::Tensor lattice = at::normal(0.0, 0.3, {1, 1, 4, 4, 4}, gen).to(at::kFloat);
+    x = x * at::upsample_trilinear3d(lattice, {idx.size(0), idx.size(1), idx.size(2)}, true)[0][0].exp();
+  }
+  if (o.blur_sigma_max > 0) {
+    const double sigma = at::rand({1}, gen).item<double>() * o.blur_sigma_max;
+    if (sigma > 0.3) x = gaussian_blur(x, sigma);
+  }
+  if (o.noise_std_max > 0) x = x + at::normal(0.0, 1.0, x.sizes(), gen) * (at::rand({1}, gen).item<double>() * o.noise_std_max);
+  const at::Tensor foreground = idx > 0;
+  if (foreground.any().item<bool>()) {
+    const at::Tensor v = x.masked_select(foreground);
+    x = (x - v.mean()) / v.std().clamp_min(1e-6);
+    x.masked_fill_(~foreground, (-v.mean() / v.std().clamp_min(1e-6)).item<double>());
+  }
+  if (means_out) {
+    means_out->clear();
+    for (long i = 0; i < regions; ++i) means_out->push_back(means[i].item<double>());
+  }
+  return x;
 }
 
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
-                        const std::array<double, 9>& m, long P) {
+                        const std::array<double, 9>& m, long P, const at::Tensor& displacement) {
   // Patch voxel offsets from the patch centre, [P^3, 3] in (z, y, x).
   at::Tensor r = at::arange(P, at::kFloat) - (P - 1) / 2.0f;
   auto grids = at::meshgrid({r, r, r}, "ij");
   at::Tensor offsets = at::stack({grids[0], grids[1], grids[2]}, -1).view({-1, 3});
   at::Tensor mat = at::tensor(std::vector<float>(m.begin(), m.end()), at::kFloat).view({3, 3});
   at::Tensor pos = offsets.matmul(mat.t()) + at::tensor({(float)centre[0], (float)centre[1], (float)centre[2]});
+  if (displacement.defined()) pos = pos + displacement.to(at::kFloat);
   // grid_sample wants (x, y, z) normalised to [-1, 1] with align_corners=true.
   const long Z = volume.size(1), Y = volume.size(2), X = volume.size(3);
   at::Tensor nz = pos.select(1, 0) * (2.0 / std::max<long>(1, Z - 1)) - 1;
@@ -148,6 +245,7 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
   b.reference_masks = at::zeros({batch_size, K, P, P, P});
   b.class_ids = at::full({batch_size, K}, -1, at::kLong);
   b.valid = at::zeros({batch_size, K});
+  b.task_labels.assign(batch_size, std::vector<std::vector<long>>(K));
   std::vector<double> weights;
   for (const auto& d : datasets_) weights.push_back(d.weight);
 
@@ -155,8 +253,13 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     const uint64_t episode = static_cast<uint64_t>(index) * static_cast<uint64_t>(batch_size) + item;
     Rng r(seed_ * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(rank_) * 0xBF58476D1CE4E5B9ULL + episode * 0x94D049BB133111EBULL + 1);
     at::Generator gen = at::detail::createCPUGenerator(r());
-    const auto& d = datasets_[std::discrete_distribution<size_t>(weights.begin(), weights.end())(r)];
+    const size_t di = std::discrete_distribution<size_t>(weights.begin(), weights.end())(r);
+    const auto& d = datasets_[di];
     const size_t qi = std::uniform_int_distribution<size_t>(0, d.cases.size() - 1)(r);
+    if (d.regions.enabled) {
+      sample_regions(di, qi, r, gen, b, item);
+      continue;
+    }
     size_t ri = qi;
     if (d.cases.size() > 1)
       while (ri == qi) ri = std::uniform_int_distribution<size_t>(0, d.cases.size() - 1)(r);
@@ -209,11 +312,91 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
       b.query_masks[item][j].copy_(q_masks[j]);
       b.reference_masks[item][j].copy_(r_masks[j]);
       b.valid[item][j] = 1;
+      b.task_labels[item][j] = {shared[j]};
       auto it = d.class_ids.find(shared[j]);
       b.class_ids[item][j] = it == d.class_ids.end() ? -1 : it->second;
     }
   }
   return b;
+}
+
+void EpisodeSampler::sample_regions(size_t di, size_t ci, std::mt19937_64& r, at::Generator& gen, EpisodeBatch& b,
+                                    long item) const {
+  const LoadedDataset& d = datasets_[di];
+  const RegionIndex& index = regions_[di][ci];
+  const CaseVolume& c = d.cases[ci];
+  const long P = options_.patch, K = options_.max_classes;
+  if (index.regions.empty()) return;
+  // Tasks: K' <= K disjoint sets of regions, each a seed region grown, now
+  // and then, into a union of touching regions.
+  const long k = std::uniform_int_distribution<long>(1, std::min<long>(K, index.regions.size()))(r);
+  std::set<long> used;
+  std::vector<std::vector<long>> tasks;
+  for (long j = 0; j < k; ++j) {
+    long seed_region = -1;
+    for (int attempt = 0; attempt < 20 && seed_region < 0; ++attempt) {
+      const long v = index.regions[std::uniform_int_distribution<size_t>(0, index.regions.size() - 1)(r)];
+      if (!used.count(v)) seed_region = v;
+    }
+    if (seed_region < 0) break;
+    std::vector<long> task{seed_region};
+    used.insert(seed_region);
+    if (d.regions.union_max > 1 && chance(r, d.regions.union_probability)) {
+      const long size = std::uniform_int_distribution<long>(2, d.regions.union_max)(r);
+      while (static_cast<long>(task.size()) < size) {
+        std::vector<long> frontier;
+        for (long t : task) {
+          const auto it = index.neighbours.find(t);
+          if (it == index.neighbours.end()) continue;
+          for (long n : it->second)
+            if (!used.count(n) && std::find(frontier.begin(), frontier.end(), n) == frontier.end()) frontier.push_back(n);
+        }
+        if (frontier.empty()) break;
+        const long next = frontier[std::uniform_int_distribution<size_t>(0, frontier.size() - 1)(r)];
+        task.push_back(next);
+        used.insert(next);
+      }
+    }
+    std::sort(task.begin(), task.end());
+    tasks.push_back(std::move(task));
+  }
+  const long kk = static_cast<long>(tasks.size());
+  const at::Tensor labels = c.labels.to(at::kLong);
+  std::vector<at::Tensor> masks;
+  for (const auto& t : tasks) masks.push_back(at::isin(labels, at::tensor(t, at::kLong)).to(at::kFloat));
+  const at::Tensor m = at::stack(masks);
+  // The same brain for query and reference: the real image, or one generated image.
+  at::Tensor image = c.image;
+  if (chance(r, d.regions.synthetic)) image = synthesize_image(index.synth_index, index.synth_regions, r(), SynthOptions{});
+  // Query crop: around a voxel of one task (moved by the spread); reference: centred on all tasks.
+  std::array<double, 3> qc = random_voxel_of(m[std::uniform_int_distribution<long>(0, kk - 1)(r)], r);
+  const double spread = options_.foreground_spread * (P - 1) / 2.0;
+  if (spread > 0)
+    for (auto& v : qc) v += uniform(r, -spread, spread);
+  std::array<double, 3> rc = bbox_centre(m.amax(0));
+  const double jitter = options_.augment.enabled ? options_.augment.translation_fraction * P : 0.0;
+  for (auto& v : rc) v += uniform(r, -jitter, jitter);
+  // Each its own affine and smooth deformation: only correspondence solves the task.
+  const auto qa = random_affine(r, options_.augment), ra = random_affine(r, options_.augment);
+  const at::Tensor qd = smooth_displacement(P, uniform(r, 0, d.regions.deformation), gen);
+  const at::Tensor rd = smooth_displacement(P, uniform(r, 0, d.regions.deformation), gen);
+  const at::Tensor volume = at::cat({image.unsqueeze(0).to(at::kFloat), m});
+  at::Tensor q_patch = sample_patch(volume, qc, qa, P, qd);
+  at::Tensor r_patch = sample_patch(volume, rc, ra, P, rd);
+  at::Tensor q_masks = q_patch.slice(0, 1).gt(0.5).to(at::kFloat);
+  at::Tensor r_masks = r_patch.slice(0, 1).gt(0.5).to(at::kFloat);
+  if (chance(r, options_.perturb_reference)) r_masks = perturb_masks(r_masks, r);
+  b.query[item][0].copy_(augment_intensity(q_patch[0], r, options_.augment, gen));
+  b.reference[item][0].copy_(augment_intensity(r_patch[0], r, options_.augment, gen));
+  (void)K;
+  for (long j = 0; j < kk; ++j) {
+    if (r_masks[j].sum().item<double>() < 1) continue;  // the reference crop lost it
+    b.query_masks[item][j].copy_(q_masks[j]);
+    b.reference_masks[item][j].copy_(r_masks[j]);
+    b.valid[item][j] = 1;
+    b.task_labels[item][j] = tasks[j];
+    b.class_ids[item][j] = -1;  // a new task every time: no memory-bank entry
+  }
 }
 
 }  // namespace iris::data

@@ -121,7 +121,7 @@ Image read_image(const std::string& path, const ImageReadOptions& options) {
   if (fs::is_directory(path)) {
     out = read_dicom_series(path);
   } else if (detail::is_nifti_path(path)) {
-    detail::NiftiVolume v = detail::read_nifti(path);
+    detail::NiftiVolume v = detail::read_nifti(path, options.prefer_sform);
     out = std::move(v.image);
     out.voxels = out.voxels.to(at::kFloat);
     if (v.scaled()) out.voxels = out.voxels.mul(v.slope).add(v.intercept);
@@ -134,12 +134,12 @@ Image read_image(const std::string& path, const ImageReadOptions& options) {
   return out;
 }
 
-Image read_labels(const std::string& path) {
+Image read_labels(const std::string& path, const ImageReadOptions& options) {
   Image out;
   if (fs::is_directory(path)) {
     out = read_dicom_series(path);
   } else if (detail::is_nifti_path(path)) {
-    detail::NiftiVolume v = detail::read_nifti(path);
+    detail::NiftiVolume v = detail::read_nifti(path, options.prefer_sform);
     out = std::move(v.image);
     if (v.scaled()) out.voxels = out.voxels.to(at::kDouble).mul(v.slope).add(v.intercept);
   } else {

@@ -306,7 +306,7 @@ bool same_directions(const Affine& a, const Affine& b) {
   return true;
 }
 
-Geometry geometry_of(const Header& H, const std::array<long, 3>& size, const std::string& path) {
+Geometry geometry_of(const Header& H, const std::array<long, 3>& size, const std::string& path, bool prefer_sform) {
   const bool sform_set = H.sform_code > 0 && is_rigid(sform_affine(H));
   std::array<double, 3> spacing{};
   for (int i = 0; i < 3; ++i) {
@@ -325,7 +325,7 @@ Geometry geometry_of(const Header& H, const std::array<long, 3>& size, const std
   const bool qform_set = H.qform_code > 0;
   if (sform_set) {
     const bool agree = qform_set && same_directions(sform_affine(H), qform_affine(H, spacing));
-    if (!qform_set || H.sform_code == 1 || agree) {
+    if (prefer_sform || !qform_set || H.sform_code == 1 || agree) {
       m = sform_affine(H);
       have = true;
     }
@@ -365,7 +365,7 @@ bool is_nifti_path(const std::string& path) {
   return ends_with(lower, ".nii") || ends_with(lower, ".nii.gz");
 }
 
-NiftiVolume read_nifti(const std::string& path) {
+NiftiVolume read_nifti(const std::string& path, bool prefer_sform) {
   Source in(path);
   const Header H = parse_header(in, path);
   const TypeInfo type = type_of(H.datatype, path);
@@ -414,7 +414,8 @@ NiftiVolume read_nifti(const std::string& path) {
   out.image.source = path;
   out.image.voxels = raw;
   out.image.geometry =
-      geometry_of(H, {static_cast<long>(sizes[0]), static_cast<long>(sizes[1]), static_cast<long>(sizes[2])}, path);
+      geometry_of(H, {static_cast<long>(sizes[0]), static_cast<long>(sizes[1]), static_cast<long>(sizes[2])}, path,
+                  prefer_sform);
   // scl_slope 0 (or not finite) means "no scaling", as in the standard.
   if (H.slope != 0 && std::isfinite(H.slope) && std::isfinite(H.intercept)) {
     out.slope = H.slope;

@@ -861,3 +861,121 @@ TEST(Trainer, ResumeFindsTheNewestIntactCheckpoint) {
   fs::remove_all(dir);
   fs::remove_all(fresh);
 }
+
+// ---- in-context pretraining from label maps (tasks: regions) ---------------
+namespace {
+// A 40^3 "atlas": 27 box regions in a 3x3x3 arrangement on a brain-like
+// image; regions 13 and 14 are held out.
+std::vector<data::LoadedDataset> atlas_dataset(double synthetic) {
+  data::LoadedDataset d;
+  d.name = "atlas";
+  d.regions.enabled = true;
+  d.regions.held_out = {13, 14};
+  d.regions.union_max = 3;
+  d.regions.union_probability = 0.7;
+  d.regions.min_voxels = 8;
+  d.regions.synthetic = synthetic;
+  d.regions.deformation = 3.0;
+  const long n = 40;
+  auto r = torch::arange(n, torch::kLong);
+  auto band = [](const at::Tensor& t) { return at::div(t - 2, 12, "floor").clamp(0, 2); };
+  auto z = band(r.view({n, 1, 1})), y = band(r.view({1, n, 1})), x = band(r.view({1, 1, n}));
+  at::Tensor inside = (r.view({n, 1, 1}) >= 2) & (r.view({n, 1, 1}) < 38) & (r.view({1, n, 1}) >= 2) &
+                      (r.view({1, n, 1}) < 38) & (r.view({1, 1, n}) >= 2) & (r.view({1, 1, n}) < 38);
+  data::CaseVolume v;
+  v.name = "atlas0";
+  v.labels = at::where(inside, z * 9 + y * 3 + x + 1, at::zeros({}, at::kLong));
+  torch::manual_seed(11);
+  v.image = v.labels.to(at::kFloat).remainder(5) * 0.3 + 0.1 * torch::randn({n, n, n});
+  d.cases.push_back(v);
+  return {d};
+}
+}  // namespace
+
+TEST(RegionEpisodes, SameIndexSameEpisodeAndQueryAndReferenceDeformDifferently) {
+  data::EpisodeOptions o;
+  o.patch = 32;
+  o.max_classes = 3;
+  o.augment.intensity_probability = 0;
+  o.augment.blur_probability = 0;
+  data::EpisodeSampler s(atlas_dataset(0.5), o, 7);
+  const auto a = s.sample(12, 2), b = s.sample(12, 2), c = s.sample(13, 2);
+  EXPECT_TRUE(at::equal(a.query, b.query));
+  EXPECT_TRUE(at::equal(a.reference_masks, b.reference_masks));
+  EXPECT_EQ(a.task_labels, b.task_labels);
+  EXPECT_FALSE(at::equal(a.query, c.query));
+  // The same brain, but query and reference are sampled through different
+  // affines and deformations: their masks never coincide.
+  long compared = 0;
+  for (long e = 0; e < 20; ++e) {
+    const auto batch = s.sample(e, 1);
+    for (long k = 0; k < 3; ++k) {
+      if (batch.valid[0][k].item<float>() < 0.5) continue;
+      EXPECT_FALSE(at::equal(batch.query_masks[0][k], batch.reference_masks[0][k])) << e;
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 10);
+}
+
+TEST(RegionEpisodes, HeldOutRegionsNeverEnterATaskAndUnionsAreOfNeighbours) {
+  data::EpisodeOptions o;
+  o.patch = 16;
+  o.max_classes = 3;
+  o.augment.enabled = false;
+  data::EpisodeSampler s(atlas_dataset(0.0), o, 3);
+  const auto& index = s.region_index(0, 0);
+  EXPECT_EQ(index.regions.size(), 25u);  // 27 regions, 13 and 14 held out
+  long tasks = 0, unions = 0;
+  for (long e = 0; e < 3000; ++e) {
+    const auto batch = s.sample(e, 1);
+    for (const auto& task : batch.task_labels[0]) {
+      if (task.empty()) continue;
+      ++tasks;
+      for (long v : task) {
+        ASSERT_NE(v, 13) << "episode " << e;
+        ASSERT_NE(v, 14) << "episode " << e;
+      }
+      if (task.size() > 1) {
+        ++unions;
+        // Every region of a union touches another one of it.
+        for (long v : task) {
+          const auto& n = index.neighbours.at(v);
+          EXPECT_TRUE(std::any_of(task.begin(), task.end(),
+                                  [&](long w) { return w != v && std::find(n.begin(), n.end(), w) != n.end(); }));
+        }
+      }
+    }
+  }
+  EXPECT_GT(tasks, 3000);
+  EXPECT_GT(unions, 500);
+}
+
+TEST(RegionEpisodes, GeneratedImagesHaveTheDrawnMeanPerRegion) {
+  const long n = 30;
+  at::Tensor index = at::div(at::arange(n * n * n, at::kLong).reshape({n, n, n}), n * n * n / 6, "floor").clamp_max(5);
+  data::SynthOptions o;
+  o.bias_field = false;
+  o.blur_sigma_max = 0;
+  o.noise_std_max = 0;
+  std::vector<double> means;
+  const at::Tensor image = data::synthesize_image(index, 6, 42, o, &means);
+  ASSERT_EQ(means.size(), 6u);
+  // The image is z-scored (an affine map of the drawn values): fit that map
+  // over the five regions and compare every region's mean with it.
+  std::vector<double> measured;
+  for (long k = 1; k < 6; ++k) measured.push_back(image.masked_select(index == k).mean().item<double>());
+  double mx = 0, my = 0, sxx = 0, sxy = 0;
+  for (long k = 0; k < 5; ++k) mx += means[k + 1] / 5, my += measured[k] / 5;
+  for (long k = 0; k < 5; ++k) {
+    sxx += (means[k + 1] - mx) * (means[k + 1] - mx);
+    sxy += (means[k + 1] - mx) * (measured[k] - my);
+  }
+  const double slope = sxy / sxx, intercept = my - slope * mx;
+  ASSERT_GT(slope, 0);
+  for (long k = 0; k < 5; ++k)
+    // Per-region noise is at most 0.08 of the [0, 1] range, averaged over 4500 voxels.
+    EXPECT_NEAR(measured[k], intercept + slope * means[k + 1], 0.01 * slope) << k + 1;
+  EXPECT_TRUE(at::equal(image, data::synthesize_image(index, 6, 42, o)));
+  EXPECT_FALSE(at::equal(image, data::synthesize_image(index, 6, 43, o)));
+}

@@ -22,6 +22,24 @@ struct CaseSpec {
   std::string labels;
 };
 
+// Episodes of a `tasks: regions` dataset: in-context pretraining from label
+// maps (atlases). Each class of an episode is a random region of the case's
+// label map, or a union of neighbouring regions, so the set of tasks is
+// combinatorially large and only the reference can say what to segment.
+// Query and reference are the same case, each through its own random affine
+// and smooth deformation; with probability `synthetic` both show one image
+// generated from the label map (per-region intensities drawn per episode,
+// bias field, blur, noise) instead of the real image.
+struct RegionTasks {
+  bool enabled = false;
+  std::vector<long> held_out;     // label values that never enter a task, not even a union
+  long union_max = 3;             // regions in a union at most
+  double union_probability = 0.5;
+  long min_voxels = 8;            // smaller regions (at training resolution) are not tasks
+  double synthetic = 0.5;         // chance of a generated image
+  double deformation = 2.0;       // largest smooth displacement, voxels
+};
+
 struct DatasetSpec {
   std::string name;
   std::string layout = "list";   // list | nnunet | msd
@@ -33,6 +51,7 @@ struct DatasetSpec {
   std::vector<CaseSpec> cases;
   std::array<double, 3> split{0.75, 0.05, 0.20};  // train / val / test fractions
   long split_seed = 0;
+  RegionTasks regions;           // tasks: regions
 
   std::vector<CaseSpec> train, val, test;  // filled by make_split
 };

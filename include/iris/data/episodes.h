@@ -5,10 +5,12 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
 #include <ATen/Tensor.h>
+#include <ATen/core/Generator.h>
 
 #include "iris/data/dataset.h"
 
@@ -48,7 +50,26 @@ struct EpisodeBatch {
   at::Tensor reference, reference_masks;  // same shapes
   at::Tensor class_ids;                   // [B, K] memory-bank ids, -1 = padding
   at::Tensor valid;                       // [B, K] 1 = real class
+  // Per item and class: the label values that make the class (one for a
+  // class of a classes dataset; the regions of the task for tasks: regions).
+  std::vector<std::vector<std::vector<long>>> task_labels;
 };
+
+// How a `tasks: regions` episode's generated image is drawn (SynthSeg-like).
+struct SynthOptions {
+  double std_max = 0.08;       // per-region noise, drawn per region in [0, std_max]
+  bool bias_field = true;      // smooth multiplicative field, exp(N(0, 0.3)) on a 4^3 lattice
+  double blur_sigma_max = 1.2; // voxels; 0 = no blur
+  double noise_std_max = 0.05; // additive noise over the whole volume
+};
+
+// An image of the volume whose voxel v belongs to region index[v] (0..n-1;
+// region 0 is background and stays 0): a mean per region uniform in [0, 1]
+// (returned in `means` when given), that region's noise, then bias field,
+// blur and noise, z-scored over the non-background voxels. Deterministic in
+// `seed`.
+at::Tensor synthesize_image(const at::Tensor& index, long regions, uint64_t seed, const SynthOptions& options,
+                            std::vector<double>* means = nullptr);
 
 // A loaded dataset: its cases in memory, with global class ids per label.
 struct LoadedDataset {
@@ -56,6 +77,7 @@ struct LoadedDataset {
   double weight = 1.0;
   std::vector<CaseVolume> cases;
   std::map<long, long> class_ids;  // label value -> memory-bank id
+  RegionTasks regions;             // tasks: regions (see dataset.h)
 };
 
 // Loads every case of every dataset's `subset` ("train", "val", "test").
@@ -72,17 +94,31 @@ class EpisodeSampler {
 
   const EpisodeOptions& options() const { return options_; }
 
+  // What a regions dataset's case offers: its task regions and their neighbours.
+  struct RegionIndex {
+    std::vector<long> regions;                      // usable label values
+    std::map<long, std::vector<long>> neighbours;   // touching usable regions
+    at::Tensor synth_index;                         // [Z,Y,X] region index for generated images
+    long synth_regions = 0;
+  };
+  const RegionIndex& region_index(size_t dataset, size_t case_index) const { return regions_[dataset][case_index]; }
+
  private:
   std::vector<LoadedDataset> datasets_;
   EpisodeOptions options_;
   uint64_t seed_;
   int rank_;
+  std::vector<std::vector<RegionIndex>> regions_;  // per dataset, per case (regions datasets only)
+
+  void sample_regions(size_t dataset, size_t case_index, std::mt19937_64& r, at::Generator& gen, EpisodeBatch& b,
+                      long item) const;
 };
 
 // Samples a P^3 patch of `volume` ([C, Z, Y, X]) around `centre` (voxels)
 // through the affine `matrix` (3x3, patch axes -> volume axes, voxel units),
+// plus `displacement` ([P^3, 3] volume voxels, z y x; undefined = none),
 // trilinearly; outside the volume is 0.
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
-                        const std::array<double, 9>& matrix, long patch);
+                        const std::array<double, 9>& matrix, long patch, const at::Tensor& displacement = {});
 
 }  // namespace iris::data

@@ -23,6 +23,11 @@ struct ImageReadOptions {
   // NaN and infinite voxels are an error (naming the file and the count)
   // unless this is finite: then they are replaced by it, with a warning.
   double nan_as = std::numeric_limits<double>::quiet_NaN();
+  // NIfTI: take the sform whenever its code is set (FSL's and nibabel's
+  // rule). By default iris follows ITK, which prefers the qform when both
+  // are set with codes other than SCANNER_ANAT and disagree; some published
+  // atlases (JHU, AICHA) then land upside down or shifted.
+  bool prefer_sform = false;
 };
 
 // Reads a 3-D scalar image as float32 voxels [Z,Y,X] with its LPS geometry.
@@ -35,7 +40,7 @@ Image read_image(const std::string& path, const ImageReadOptions& options = {});
 
 // Same checks as read_image, but int32 voxels; throws when a voxel is not a
 // whole number >= 0 or is above the int32 range, naming the value.
-Image read_labels(const std::string& path);
+Image read_labels(const std::string& path, const ImageReadOptions& options = {});
 
 // Writes voxels of dtype uint8, int16, int32 or float32 with their geometry.
 // A [C,Z,Y,X] tensor becomes a 4-D image (x,y,z,c) whose 4th axis has spacing 1
