@@ -124,11 +124,7 @@ if(IRIS_BUILD_TESTS)
     endif()
     add_executable(iris_${area}_tests ${srcs})
     target_include_directories(iris_${area}_tests PRIVATE ${PROJECT_SOURCE_DIR}/tests)
-    if(TARGET iris_${area})
-      target_link_libraries(iris_${area}_tests PRIVATE iris_${area})
-    else()
-      target_link_libraries(iris_${area}_tests PRIVATE iris_core)
-    endif()
+    target_link_libraries(iris_${area}_tests PRIVATE iris_core)
     target_link_libraries(iris_${area}_tests PRIVATE GTest::gtest GTest::gtest_main nlohmann_json::nlohmann_json)
     target_compile_definitions(iris_${area}_tests PRIVATE
       IRIS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests"

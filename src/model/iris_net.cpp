@@ -76,6 +76,7 @@ at::Tensor IrisNetImpl::decode(const std::vector<at::Tensor>& features, const st
     batched.push_back(t.to(features[0].scalar_type()));
   }
   DecoderOutput d = decoder->forward(features, batched);
+  if (is_training() && config_.dropout > 0) d.features = at::feature_dropout(d.features, config_.dropout, true);
   return out->forward(d.features, d.class_tokens);
 }
 

@@ -40,12 +40,13 @@ void ModelConfig::validate() const {
   if (!(ema_momentum >= 0.0 && ema_momentum < 1.0)) fail("ema_momentum", "must be in [0, 1)");
   if (max_patch_size < 16 || max_patch_size % 16 != 0)
     fail("max_patch_size", "must be a positive multiple of 16 (four 2x poolings)");
+  if (!(dropout >= 0.0 && dropout < 1.0)) fail("dropout", "must be in [0, 1)");
 }
 
 std::vector<std::string> ModelConfig::known_keys() {
   return {"in_channels", "channels", "blocks_per_stage", "prior_stages", "query_tokens",
           "head_dim", "mlp_ratio", "attention_blocks", "memory_bank_size", "ema_momentum",
-          "max_patch_size", "foreground_token_in_attention", "preset"};
+          "max_patch_size", "foreground_token_in_attention", "dropout", "preset"};
 }
 
 ConfigMap ModelConfig::to_config() const {
@@ -65,6 +66,13 @@ ConfigMap ModelConfig::to_config() const {
   m.set("ema_momentum", ema.str());
   m.set("max_patch_size", std::to_string(max_patch_size));
   m.set("foreground_token_in_attention", foreground_token_in_attention ? "true" : "false");
+  // Written only when used, so that models without it keep their fingerprints.
+  if (dropout > 0) {
+    std::ostringstream d;
+    d.precision(17);
+    d << dropout;
+    m.set("dropout", d.str());
+  }
   return m;
 }
 
@@ -84,6 +92,7 @@ ModelConfig ModelConfig::from_config(const ConfigMap& m) {
   if (m.has("max_patch_size")) c.max_patch_size = config_int(m, "max_patch_size");
   if (m.has("foreground_token_in_attention"))
     c.foreground_token_in_attention = config_bool(m, "foreground_token_in_attention");
+  if (m.has("dropout")) c.dropout = config_double(m, "dropout");
   c.validate();
   return c;
 }

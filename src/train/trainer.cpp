@@ -111,7 +111,7 @@ void Trainer::load_initial_weights() {
     const auto a = init.config.to_config().entries(), b = model_config_.to_config().entries();
     std::string differing;
     for (const auto& [k, v] : b) {
-      if (k == "memory_bank_size" || k == "max_patch_size") continue;  // free to change
+      if (k == "memory_bank_size" || k == "max_patch_size" || k == "dropout") continue;  // free to change
       const auto it = a.find(k);
       if (it == a.end() || it->second != v)
         differing += " " + k + " (" + (it == a.end() ? std::string("unset") : it->second) + " there, " + v + " here)";

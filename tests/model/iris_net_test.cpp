@@ -284,3 +284,30 @@ TEST(PaperVariant, ForegroundTokenOutsideAttentionStillSegments) {
   EXPECT_EQ(e.stages[0].sizes(), (at::IntArrayRef{1, c.tokens_per_class(), c.stage_channels(0)}));
   EXPECT_EQ(segment(*net, img, e).sizes(), (at::IntArrayRef{1, 1, 32, 32, 32}));
 }
+
+TEST(Dropout, TrainsWithDropoutAndInfersWithout) {
+  torch::NoGradGuard g;
+  iris::model::ModelConfig plain = iris::model::preset("tiny");
+  iris::model::ModelConfig dropped = plain;
+  dropped.dropout = 0.5;
+  torch::manual_seed(1);
+  iris::model::IrisNet a(plain);
+  iris::model::IrisNet b(dropped);
+  for (size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
+  const auto q = torch::randn({1, 1, 32, 32, 32}), r = torch::randn({1, 1, 32, 32, 32});
+  const auto m = (torch::rand({1, 2, 32, 32, 32}) > 0.6).to(torch::kFloat);
+  a->eval();
+  b->eval();
+  EXPECT_TRUE(at::equal(a->forward(q, r, m), b->forward(q, r, m)));  // inference: no dropout
+  b->train();
+  EXPECT_FALSE(at::equal(b->forward(q, r, m), b->forward(q, r, m)));  // training: random masks
+  // The setting is stored and read back; without it nothing changes in a model's config text.
+  EXPECT_EQ(iris::model::ModelConfig::from_config(dropped.to_config()).dropout, 0.5);
+  EXPECT_FALSE(plain.to_config().has("dropout"));
+  EXPECT_THROW(iris::model::ModelConfig::from_config([] {
+                 iris::ConfigMap c;
+                 c.set("dropout", "1.5");
+                 return c;
+               }()),
+               iris::Error);
+}

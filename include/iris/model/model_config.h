@@ -28,6 +28,11 @@ struct ModelConfig {
   // The author's code feeds the foreground token through the attention with
   // the queries; the paper keeps it outside. true = author's behaviour.
   bool foreground_token_in_attention = true;
+  // Channel dropout on the decoder's full-resolution features before the
+  // head, in training only (the seed's stage-3 "dropout 0.2"); a model
+  // trained with it runs unchanged at inference. Not part of the
+  // architecture: it changes no weight, and init_from ignores it.
+  double dropout = 0.0;
 
   long tokens_per_class() const { return query_tokens + 1; }
   // Width of prior stage i (0 = deepest).
