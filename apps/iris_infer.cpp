@@ -25,7 +25,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 #include "iris/infer/connected_components.h"
 #include "iris/infer/reference.h"
 #include "iris/infer/retrieval.h"
@@ -430,7 +430,7 @@ int main(int argc, char** argv) {
         if (task_path.empty()) encoded.push_back(encode_one(pair));
         std::vector<at::Tensor> masks;
         for (long v : labels) masks.push_back(pair.mask.voxels.eq(v).to(at::kFloat));
-        examples.push_back({data::normalise_intensity(pair.image.voxels, preprocess), at::stack(masks)});
+        examples.push_back({io::normalise_intensity(pair.image.voxels, preprocess), at::stack(masks)});
       }
       task = task_path.empty() ? model::TaskEmbedding::mean(encoded) : load_task();
       if (task.num_classes() != static_cast<long>(labels.size()))
@@ -524,7 +524,7 @@ int main(int argc, char** argv) {
         q_pre = pre;
         q.voxels = image.voxels;
       }
-      at::Tensor volume = data::normalise_intensity(q.voxels, preprocess);
+      at::Tensor volume = io::normalise_intensity(q.voxels, preprocess);
       timings.add("preprocess", t);
 
       model::TaskEmbedding query_task = task;

@@ -14,7 +14,7 @@
 #include "iris/data/case_cache.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 #include "iris/model/model_config.h"
 #include "iris/train/trainer.h"
 #include "iris/io/image_io.h"
@@ -48,7 +48,7 @@ data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c) 
   }
   data::CaseVolume v;
   v.name = c.name;
-  v.image = data::normalise_intensity(image.voxels, intensity_for(d));
+  v.image = io::normalise_intensity(image.voxels, intensity_for(d));
   v.labels = labels.voxels.to(at::kLong);
   v.classes = data::classes_present(v.labels, d, c.labels);
   v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};

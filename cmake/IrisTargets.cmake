@@ -1,5 +1,7 @@
 # Libraries, apps and tests. Each area of src/ is its own static library, so a
-# change in one area rebuilds only what depends on it. Sources are globbed per
+# change in one area rebuilds only what depends on it. Areas link only the
+# areas they may include (docs/architecture.md; tests/common/layers_test.cpp
+# checks the includes). Sources are globbed per
 # area: adding a file needs no CMake edit.
 
 set(IRIS_AREA_LIBS)
@@ -67,10 +69,10 @@ endif()
 # io reads NIfTI itself in every build; ITK (NRRD, MetaImage, DICOM, N4,
 # B-spline) and DCMTK (DICOM-SEG, DICOM scanning) only where IRIS_WITH_ITK.
 if(IRIS_WITH_ITK)
-  iris_add_area(io iris_common iris_data ${ITK_LIBRARIES})
+  iris_add_area(io iris_common ${ITK_LIBRARIES})
   target_link_libraries(iris_io PRIVATE DCMTK::dcmseg DCMTK::dcmfg DCMTK::dcmiod DCMTK::dcmdata DCMTK::oflog DCMTK::ofstd)
 else()
-  iris_add_area(io iris_common iris_data)
+  iris_add_area(io iris_common)
 endif()
 target_link_libraries(iris_io PRIVATE nlohmann_json::nlohmann_json)
 if(ZLIB_FOUND)
@@ -78,7 +80,7 @@ if(ZLIB_FOUND)
   target_compile_definitions(iris_io PRIVATE IRIS_HAVE_ZLIB=1)
 endif()
 iris_add_area(eval iris_io)
-iris_add_area(infer iris_model iris_data iris_io iris_train)
+iris_add_area(infer iris_model iris_data iris_io)
 set(IRIS_CORE_DEPS iris_common iris_model iris_data iris_train iris_io iris_eval iris_infer)
 
 # iris::core is everything that was built.

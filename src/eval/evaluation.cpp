@@ -158,7 +158,7 @@ std::vector<CasePair> match_cases(const std::string& reference, const std::strin
   return pairs;
 }
 
-CaseResult evaluate_case(const io::Image& reference, const io::Image& prediction,
+CaseResult evaluate_case(const Image& reference, const Image& prediction,
                          const CasePair& files, const EvaluationOptions& options) {
   try {
     io::check_same_grid(reference, prediction);
@@ -185,8 +185,8 @@ EvaluationSummary evaluate(const std::vector<CasePair>& pairs, const EvaluationO
   summary.tolerance_mm = options.tolerance_mm;
   std::vector<std::string> grid_errors;
   for (const auto& pair : pairs) {
-    const io::Image reference = io::read_labels(pair.reference_file);
-    const io::Image prediction = io::read_labels(pair.prediction_file);
+    const Image reference = io::read_labels(pair.reference_file);
+    const Image prediction = io::read_labels(pair.prediction_file);
     try {
       summary.cases.push_back(evaluate_case(reference, prediction, pair, options));
     } catch (const Error& e) {

@@ -55,7 +55,7 @@ struct AxisMap {
   std::array<int, 3> sign{1, 1, 1};         // +1: voxel index grows with L/P/S
 };
 
-AxisMap axis_map_of(const io::Geometry& g) {
+AxisMap axis_map_of(const Geometry& g) {
   // direction is row-major with the voxel axes as columns: component r of axis a.
   auto component = [&](int r, int a) { return g.direction[3 * r + a]; };
   std::array<int, 3> perm{0, 1, 2}, best = perm;
@@ -97,7 +97,7 @@ struct CaseVolumes {
   at::Tensor reference, prediction;  // int32 [Z,Y,X], contiguous
   at::Tensor intensity;              // float [Z,Y,X] or undefined
   double window_low = 0, window_high = 1;
-  io::Geometry geometry;
+  Geometry geometry;
 };
 
 // numpy-style percentiles of (a strided subsample of) the intensities.
@@ -350,14 +350,14 @@ std::string mean_table_html(const EvaluationSummary& summary) {
 
 CaseVolumes load_case(const CaseResult& c, const std::string& image_file) {
   CaseVolumes v;
-  io::Image reference = io::read_labels(c.files.reference_file);
-  io::Image prediction = io::read_labels(c.files.prediction_file);
+  Image reference = io::read_labels(c.files.reference_file);
+  Image prediction = io::read_labels(c.files.prediction_file);
   io::check_same_grid(reference, prediction);
   v.geometry = reference.geometry;
   v.reference = reference.voxels.contiguous();
   v.prediction = prediction.voxels.contiguous();
   if (!image_file.empty()) {
-    io::Image image = io::read_image(image_file);
+    Image image = io::read_image(image_file);
     try {
       io::check_same_grid(reference, image);
     } catch (const Error& e) {

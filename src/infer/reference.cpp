@@ -8,13 +8,13 @@
 #include <torch/utils.h>
 
 #include "iris/common/error.h"
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 #include "iris/io/image_io.h"
 #include "iris/model/iris_net.h"
 
 namespace iris::infer {
 
-std::vector<long> reference_label_values(const io::Image& labels, const std::vector<long>& requested,
+std::vector<long> reference_label_values(const Image& labels, const std::vector<long>& requested,
                                          long max_labels) {
   at::Tensor unique = std::get<0>(at::_unique(labels.voxels.reshape({-1}), /*sorted=*/true));
   const long nonzero = unique.numel() - (unique.numel() > 0 && unique[0].item<long>() == 0 ? 1 : 0);
@@ -45,7 +45,7 @@ std::vector<long> reference_label_values(const io::Image& labels, const std::vec
   return requested;
 }
 
-model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
+model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const Image& image, const Image& labels,
                                       const std::vector<long>& label_values, const std::string& intensity,
                                       const c10::Device& device, const std::string& fingerprint,
                                       long classes_per_window) {
@@ -60,7 +60,7 @@ model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& 
     return model::TaskEmbedding::concat(groups);
   }
   io::check_same_grid(image, labels);
-  at::Tensor volume = data::normalise_intensity(image.voxels, intensity);
+  at::Tensor volume = io::normalise_intensity(image.voxels, intensity);
   std::vector<at::Tensor> masks;
   for (long v : label_values) masks.push_back(labels.voxels.eq(v).to(at::kFloat));
   at::Tensor mask_stack = at::stack(masks);  // [K, Z, Y, X]

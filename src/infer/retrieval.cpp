@@ -10,7 +10,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/common/tensor_file.h"
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 #include "iris/infer/reference.h"
 #include "iris/model/iris_net.h"
 
@@ -114,13 +114,13 @@ at::Tensor image_feature_vector(model::IrisNetImpl& net, const at::Tensor& volum
   return sum / static_cast<double>(count);
 }
 
-PoolEntry encode_pool_entry(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
+PoolEntry encode_pool_entry(model::IrisNetImpl& net, const Image& image, const Image& labels,
                             const std::vector<long>& label_values, const std::string& intensity,
                             const c10::Device& device, const std::string& fingerprint, long classes_per_window) {
   PoolEntry entry;
   entry.name = fs::path(image.source).filename().string();
   entry.task = encode_reference(net, image, labels, label_values, intensity, device, fingerprint, classes_per_window);
-  entry.image_features = image_feature_vector(net, data::normalise_intensity(image.voxels, intensity),
+  entry.image_features = image_feature_vector(net, io::normalise_intensity(image.voxels, intensity),
                                               net.config().max_patch_size, device);
   return entry;
 }

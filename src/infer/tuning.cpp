@@ -51,11 +51,11 @@ std::vector<MaskedWindow> example_windows(const model::IrisNetImpl& net, const m
 }
 
 at::Tensor mean_loss(model::IrisNetImpl& net, const std::vector<at::Tensor>& stages,
-                     const std::vector<MaskedWindow>& windows, const train::LossWeights& weights) {
+                     const std::vector<MaskedWindow>& windows, const model::LossWeights& weights) {
   at::Tensor total;
   for (const auto& w : windows) {
     at::Tensor logits = net.decode(net.encode_image(w.image), stages);
-    at::Tensor loss = train::dice_bce_loss(logits, w.masks, {}, weights).total;
+    at::Tensor loss = model::dice_bce_loss(logits, w.masks, {}, weights).total;
     total = total.defined() ? total + loss : loss;
   }
   return total / static_cast<double>(windows.size());

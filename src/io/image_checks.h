@@ -5,7 +5,7 @@
 
 #include <ATen/Tensor.h>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
 namespace iris::io::detail {
 

@@ -7,7 +7,7 @@
 #include <itkImage.h>
 #include <torch/types.h>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 #include "image_checks.h"
 
 namespace iris::io::detail {

@@ -7,7 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 
 namespace iris::io {
 
@@ -69,7 +69,7 @@ void PreprocessConfig::validate() const {
   if (label_interpolation != Interpolation::kNearest && label_interpolation != Interpolation::kPerLabelLinear)
     throw Error("preprocess.label_interpolation", "labels need nearest or per-label-linear, not " +
                                                       interpolation_name(label_interpolation));
-  const auto schemes = data::intensity_schemes();
+  const auto schemes = io::intensity_schemes();
   if (std::find(schemes.begin(), schemes.end(), intensity) == schemes.end()) {
     std::string known;
     for (const auto& s : schemes) known += (known.empty() ? "" : ", ") + s;
@@ -189,7 +189,7 @@ PreprocessedImage preprocess(const Image& image, const PreprocessConfig& config)
       out.resampled = true;
     }
   }
-  out.voxels = data::normalise_intensity(v, config.intensity).contiguous();
+  out.voxels = io::normalise_intensity(v, config.intensity).contiguous();
   return out;
 }
 

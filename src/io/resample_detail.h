@@ -6,7 +6,7 @@
 // clamps neighbours to the image, outside points are 0).
 #include <ATen/Tensor.h>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 #include "iris/io/resample.h"
 
 namespace iris::io::detail {

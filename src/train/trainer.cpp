@@ -20,7 +20,7 @@
 #include "iris/data/prefetcher.h"
 #include "iris/common/error.h"
 #include "iris/model/model_file.h"
-#include "iris/train/losses.h"
+#include "iris/model/losses.h"
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
 #include "iris/train/tensorboard.h"
@@ -243,10 +243,10 @@ StepMetrics Trainer::step(long iteration) {
       logits = net_->decode(net_->encode_image(q), tokens);
     }
     logits = logits.to(at::kFloat);
-    LossWeights w;
+    model::LossWeights w;
     w.dice = config_.dice_weight;
     w.bce = config_.bce_weight;
-    LossTerms terms = dice_bce_loss(logits, qm, valid, w);
+    model::LossTerms terms = model::dice_bce_loss(logits, qm, valid, w);
     const double part_valid = std::max(1.0, valid.sum().item<double>());
     // dice_bce_loss averages over this pass's valid classes; rescale to the global count.
     at::Tensor loss = terms.total * (part_valid / global_valid) * comm_.size();
@@ -327,7 +327,7 @@ long Trainer::probe_micro_batch() {
     compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
     auto tokens = net_->encode_task_tokens(net_->encode_image(b.reference.to(device)), b.reference_masks.to(device));
     at::Tensor logits = net_->decode(net_->encode_image(b.query.to(device)), tokens).to(at::kFloat);
-    LossTerms terms = dice_bce_loss(logits, b.query_masks.to(device), b.valid.to(device), LossWeights{});
+    model::LossTerms terms = model::dice_bce_loss(logits, b.query_masks.to(device), b.valid.to(device), model::LossWeights{});
     terms.total.backward();
     opt_->optimizer->zero_grad();
   };

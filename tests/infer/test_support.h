@@ -6,8 +6,8 @@
 
 #include <torch/torch.h>
 
-#include "iris/data/intensity.h"
-#include "iris/io/image.h"
+#include "iris/io/intensity.h"
+#include "iris/common/image.h"
 #include "iris/io/image_io.h"
 #include "iris/model/iris_net.h"
 #include "iris/model/model_file.h"
@@ -56,7 +56,7 @@ inline std::pair<iris::io::Image, iris::io::Image> ball_and_box(long z, long y, 
 }
 
 inline at::Tensor data_volume(const iris::io::Image& image, const std::string& scheme = "zscore") {
-  return iris::data::normalise_intensity(image.voxels, scheme);
+  return iris::io::normalise_intensity(image.voxels, scheme);
 }
 
 const std::string kTemplates = "/usr/share/mricron/templates";

@@ -20,7 +20,7 @@
 #include "iris/model/model_file.h"
 #include "iris/train/batch_probe.h"
 #include "iris/train/communicator.h"
-#include "iris/train/losses.h"
+#include "iris/model/losses.h"
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
 #include "iris/train/tensorboard.h"
@@ -177,11 +177,11 @@ TEST(Loss, DiceAndBceOfKnownValues) {
   t[0][0].narrow(0, 0, 2).fill_(1);
   at::Tensor logits = (t * 2 - 1) * 50;
   at::Tensor valid = torch::tensor({{1.0f, 0.0f}});
-  auto terms = train::dice_bce_loss(logits, t, valid);
+  auto terms = model::dice_bce_loss(logits, t, valid);
   EXPECT_LT(terms.dice.item<float>(), 1e-4);
   EXPECT_LT(terms.bce.item<float>(), 1e-4);
   // All-zero logits: p = 0.5 everywhere; Dice = 2*0.5*32 / (32 + 32) = 0.5, BCE = ln 2.
-  auto half = train::dice_bce_loss(torch::zeros_like(t), t, valid);
+  auto half = model::dice_bce_loss(torch::zeros_like(t), t, valid);
   EXPECT_NEAR(half.dice.item<float>(), 0.5, 1e-4);
   EXPECT_NEAR(half.bce.item<float>(), std::log(2.0), 1e-4);
 }

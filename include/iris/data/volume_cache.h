@@ -24,13 +24,13 @@
 
 #include <ATen/Tensor.h>
 
-#include "iris/io/image.h"  // Geometry is a plain struct; nothing of ITK is used
+#include "iris/common/image.h"
 
 namespace iris::data {
 
 struct CachedVolume {
   at::Tensor voxels;                  // uint8, int16, int32, float32 or float64
-  io::Geometry geometry;              // grid of the last three axes of voxels
+  Geometry geometry;              // grid of the last three axes of voxels
   std::optional<at::Tensor> labels;   // same spatial shape, integer dtype
   std::string info;                   // free text (source, config), for people
 };

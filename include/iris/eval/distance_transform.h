@@ -8,7 +8,7 @@
 
 namespace iris::eval {
 
-// A binary volume indexed [z][y][x], x fastest (the layout of io::Image).
+// A binary volume indexed [z][y][x], x fastest (the layout of Image).
 struct BinaryVolume {
   std::array<int64_t, 3> size_zyx{0, 0, 0};
   std::vector<uint8_t> voxels;  // 0 = background, anything else = foreground

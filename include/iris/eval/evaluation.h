@@ -7,11 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "iris/common/image.h"
 #include "iris/eval/label_metrics.h"
-
-namespace iris::io {
-struct Image;
-}
 
 namespace iris::eval {
 
@@ -46,7 +43,7 @@ struct EvaluationSummary {
 };
 
 // Metrics of one case; throws iris::Error naming both files when the grids differ.
-CaseResult evaluate_case(const io::Image& reference, const io::Image& prediction,
+CaseResult evaluate_case(const Image& reference, const Image& prediction,
                          const CasePair& files, const EvaluationOptions& options);
 
 // Reads and evaluates every pair. Geometry mismatches of all cases are

@@ -34,7 +34,7 @@ struct MetricOptions {
 };
 
 // reference/prediction: integer label maps [Z, Y, X] on the same grid.
-// spacing_xyz: voxel spacing in mm, x y z (io::Geometry's order).
+// spacing_xyz: voxel spacing in mm, x y z (Geometry's order).
 // Returns one entry per label, in ascending label order.
 std::vector<LabelMetrics> compute_label_metrics(const at::Tensor& reference,
                                                 const at::Tensor& prediction,

@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "iris/infer/sliding_window.h"
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 #include "iris/model/task_embedding.h"
 
 namespace iris::infer {
@@ -14,15 +14,15 @@ namespace iris::infer {
 // naming the file and the missing values otherwise).
 // More than `max_labels` distinct non-zero values (a mask that is really an
 // image, say) is an iris::Error before anything per label is allocated.
-std::vector<long> reference_label_values(const io::Image& labels, const std::vector<long>& requested = {},
+std::vector<long> reference_label_values(const Image& labels, const std::vector<long>& requested = {},
                                          long max_labels = 255);
 
 // Encodes one reference pair: checks that image and labels share a grid,
-// normalises the image with `intensity` (data::normalise_intensity), crops a
+// normalises the image with `intensity` (io::normalise_intensity), crops a
 // model-sized window around the masks, and encodes the classes. With
 // classes_per_window > 0 the classes go in groups of that many, each group
 // from a window centred on its own masks (as training centres references).
-model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
+model::TaskEmbedding encode_reference(model::IrisNetImpl& net, const Image& image, const Image& labels,
                                       const std::vector<long>& label_values, const std::string& intensity,
                                       const c10::Device& device, const std::string& model_fingerprint,
                                       long classes_per_window = 0);

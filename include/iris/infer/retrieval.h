@@ -12,7 +12,7 @@
 #include <ATen/Tensor.h>
 
 #include "iris/infer/sliding_window.h"
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 #include "iris/model/task_embedding.h"
 
 namespace iris::infer {
@@ -44,7 +44,7 @@ at::Tensor image_feature_vector(model::IrisNetImpl& net, const at::Tensor& volum
                                 const c10::Device& device);
 
 // encode_reference plus the image features of the reference.
-PoolEntry encode_pool_entry(model::IrisNetImpl& net, const io::Image& image, const io::Image& labels,
+PoolEntry encode_pool_entry(model::IrisNetImpl& net, const Image& image, const Image& labels,
                             const std::vector<long>& label_values, const std::string& intensity,
                             const c10::Device& device, const std::string& model_fingerprint,
                             long classes_per_window = 0);

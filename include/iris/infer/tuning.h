@@ -10,7 +10,7 @@
 #include <c10/core/Device.h>
 
 #include "iris/model/task_embedding.h"
-#include "iris/train/losses.h"
+#include "iris/model/losses.h"
 
 namespace iris::infer {
 
@@ -28,7 +28,7 @@ struct TuningOptions {
   double learning_rate = 0.1;
   bool adamw = false;          // AdamW (decoupled weight decay) instead of Adam
   double weight_decay = 0.0;
-  train::LossWeights loss;     // Dice/BCE weights
+  model::LossWeights loss;     // Dice/BCE weights
   c10::Device device = c10::Device(c10::kCPU);
   // > 0: the classes are tuned in groups of this many, each group on its own
   // (a window around that group's masks, its own optimiser), as

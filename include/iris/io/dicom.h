@@ -7,9 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
 namespace iris::io {
+
+// The toolkit-wide image types (common/image.h), as io's readers and writers hand them out.
+using iris::Geometry;
+using iris::Image;
+
 
 struct DicomSeriesInfo {
   // Identifier to pass to read_dicom_series. It is the SeriesInstanceUID,

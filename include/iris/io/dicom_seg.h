@@ -7,9 +7,14 @@
 #include <string>
 #include <vector>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
 namespace iris::io {
+
+// The toolkit-wide image types (common/image.h), as io's readers and writers hand them out.
+using iris::Geometry;
+using iris::Image;
+
 
 struct DicomSegOptions {
   // Segment Label of each label value (e.g. 1 -> "liver"); values without a

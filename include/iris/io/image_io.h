@@ -8,9 +8,14 @@
 #include <string>
 #include <vector>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
 namespace iris::io {
+
+// The toolkit-wide image types (common/image.h), as io's readers and writers hand them out.
+using iris::Geometry;
+using iris::Image;
+
 
 // The file extensions iris reads images from (lower case, with the dot).
 const std::vector<std::string>& image_extensions();

@@ -14,10 +14,15 @@
 #include <ATen/Tensor.h>
 
 #include "iris/common/config_map.h"
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 #include "iris/io/resample.h"
 
 namespace iris::io {
+
+// The toolkit-wide image types (common/image.h), as io's readers and writers hand them out.
+using iris::Geometry;
+using iris::Image;
+
 
 struct PreprocessConfig {
   bool reorient = true;
@@ -25,7 +30,7 @@ struct PreprocessConfig {
   std::optional<std::array<double, 3>> spacing = std::array<double, 3>{1.5, 1.5, 1.5};
   Interpolation image_interpolation = Interpolation::kLinear;        // linear | bspline
   Interpolation label_interpolation = Interpolation::kNearest;       // nearest | per-label-linear
-  std::string intensity = "zscore";  // a data::intensity_schemes() name
+  std::string intensity = "zscore";  // a io::intensity_schemes() name
   bool crop_foreground = true;
   ForegroundOptions crop;  // percentile, optional absolute threshold, margin
   bool n4 = false;         // MR bias-field correction (slow; off by default)

@@ -10,9 +10,14 @@
 
 #include <ATen/Tensor.h>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
 namespace iris::io {
+
+// The toolkit-wide image types (common/image.h), as io's readers and writers hand them out.
+using iris::Geometry;
+using iris::Image;
+
 
 // ------------------------------------------------------------ reorientation
 

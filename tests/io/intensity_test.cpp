@@ -5,7 +5,7 @@
 
 #include <ATen/ATen.h>
 
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 #include "iris/io/image_io.h"
 #include "support/test_support.h"
 
@@ -32,17 +32,17 @@ TEST(WhiteStripe, TheStripeIsWhiteMatterOfKmeansTest) {
     if (mean > best) best = mean, brightest = c;
   }
   ASSERT_GE(brightest, 0);
-  const auto s = iris::data::white_stripe(t1.voxels, brain);
+  const auto s = iris::io::white_stripe(t1.voxels, brain);
   const double in_white = (s.stripe & (classes == brightest)).sum().item<double>() / s.stripe.sum().item<double>();
   std::printf("white-stripe mode %.1f, stripe [%.1f, %.1f], %.0f voxels, %.1f%% in class %ld\n", s.mode, s.low, s.high,
               s.stripe.sum().item<double>(), 100 * in_white, brightest);
   EXPECT_GE(in_white, 0.8);
-  const at::Tensor normalised = iris::data::white_stripe_normalise(t1.voxels, brain);
+  const at::Tensor normalised = iris::io::white_stripe_normalise(t1.voxels, brain);
   const at::Tensor stripe = normalised.masked_select(s.stripe);
   EXPECT_NEAR(stripe.mean().item<double>(), 0.0, 1e-4);
   EXPECT_NEAR(stripe.std().item<double>(), 1.0, 1e-4);
   // The named scheme over the non-zero voxels of the skull-stripped image.
   const at::Tensor stripped = t1.voxels * brain.to(at::kFloat);
-  const at::Tensor by_name = iris::data::normalise_intensity(stripped, "mr-whitestripe");
+  const at::Tensor by_name = iris::io::normalise_intensity(stripped, "mr-whitestripe");
   EXPECT_NEAR(by_name.masked_select(s.stripe).mean().item<double>(), 0.0, 0.2);
 }

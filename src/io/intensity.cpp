@@ -1,10 +1,10 @@
-#include "iris/data/intensity.h"
+#include "iris/io/intensity.h"
 
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
 
-namespace iris::data {
+namespace iris::io {
 
 at::Tensor zscore(const at::Tensor& volume) {
   at::Tensor v = volume.to(at::kFloat);
@@ -93,4 +93,4 @@ at::Tensor normalise_intensity(const at::Tensor& volume, const std::string& sche
   throw Error("--preprocess", "unknown intensity scheme '" + scheme + "' (known: " + known + ")");
 }
 
-}  // namespace iris::data
+}  // namespace iris::io

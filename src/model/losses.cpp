@@ -1,10 +1,10 @@
-#include "iris/train/losses.h"
+#include "iris/model/losses.h"
 
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
 
-namespace iris::train {
+namespace iris::model {
 
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid,
                         const LossWeights& w) {
@@ -25,4 +25,4 @@ LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, con
   return t;
 }
 
-}  // namespace iris::train
+}  // namespace iris::model

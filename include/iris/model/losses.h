@@ -3,7 +3,7 @@
 // class (one sigmoid per class), averaged over the valid classes.
 #include <ATen/Tensor.h>
 
-namespace iris::train {
+namespace iris::model {
 
 struct LossWeights {
   double dice = 1.0;
@@ -22,4 +22,4 @@ struct LossTerms {
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid = {},
                         const LossWeights& weights = {});
 
-}  // namespace iris::train
+}  // namespace iris::model

@@ -5,7 +5,7 @@
 
 #include <ATen/Tensor.h>
 
-namespace iris::data {
+namespace iris::io {
 
 // Clip to [lo, hi] percentiles (0..100) of the voxels, then z-score.
 at::Tensor clip_percentile_zscore(const at::Tensor& volume, double lo = 2.0, double hi = 98.0);
@@ -38,4 +38,4 @@ at::Tensor white_stripe_normalise(const at::Tensor& volume, const at::Tensor& br
 at::Tensor normalise_intensity(const at::Tensor& volume, const std::string& scheme);
 std::vector<std::string> intensity_schemes();
 
-}  // namespace iris::data
+}  // namespace iris::io

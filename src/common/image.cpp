@@ -1,9 +1,9 @@
 #include <cmath>
 #include <sstream>
 
-#include "iris/io/image.h"
+#include "iris/common/image.h"
 
-namespace iris::io {
+namespace iris {
 
 bool Geometry::same_grid(const Geometry& o, double tol) const {
   if (size != o.size) return false;
@@ -31,4 +31,4 @@ std::string Geometry::describe() const {
   return s.str();
 }
 
-}  // namespace iris::io
+}  // namespace iris

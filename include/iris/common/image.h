@@ -1,6 +1,6 @@
 #pragma once
-// The one in-memory image type of iris: voxels as a torch tensor plus the
-// physical geometry (LPS, as ITK). The tensor is indexed [z][y][x] (x fastest,
+// The one in-memory image type of iris, used by every area: voxels as a
+// torch tensor plus the physical geometry (LPS, as ITK). The tensor is indexed [z][y][x] (x fastest,
 // the order of the voxels on disk), optionally with a leading component axis.
 #include <array>
 #include <string>
@@ -8,7 +8,7 @@
 
 #include <ATen/Tensor.h>
 
-namespace iris::io {
+namespace iris {
 
 struct Geometry {
   std::array<long, 3> size{0, 0, 0};          // x, y, z voxel counts
@@ -30,4 +30,4 @@ struct Image {
   std::vector<std::string> warnings;
 };
 
-}  // namespace iris::io
+}  // namespace iris

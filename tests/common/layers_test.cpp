@@ -1,0 +1,50 @@
+// The areas point one way (docs/architecture.md): each may include only the
+// areas below it. Read off the sources themselves, so a new include that
+// breaks the rule fails here, naming the file and line.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+
+namespace fs = std::filesystem;
+
+TEST(Layers, EveryAreaIncludesOnlyTheAreasBelowIt) {
+  const std::map<std::string, std::set<std::string>> allowed{
+      {"common", {"common"}},
+      {"model", {"common", "model"}},
+      {"io", {"common", "io"}},
+      {"data", {"common", "data"}},
+      {"train", {"common", "model", "data", "train"}},
+      {"infer", {"common", "model", "io", "data", "infer"}},
+      {"eval", {"common", "io", "eval"}},
+  };
+  const fs::path root = fs::path(IRIS_TEST_DATA_DIR) / "..";
+  const std::regex include(R"re(^\s*#\s*include\s*"iris/([a-z]+)/)re");
+  long checked = 0;
+  std::string violations;
+  for (const auto& [area, may] : allowed) {
+    for (const fs::path dir : {root / "src" / area, root / "include" / "iris" / area}) {
+      ASSERT_TRUE(fs::is_directory(dir)) << dir;
+      for (const auto& e : fs::recursive_directory_iterator(dir)) {
+        if (!e.is_regular_file()) continue;
+        std::ifstream in(e.path());
+        std::string line;
+        long number = 0;
+        while (std::getline(in, line)) {
+          ++number;
+          std::smatch m;
+          if (!std::regex_search(line, m, include)) continue;
+          ++checked;
+          if (!may.count(m[1].str()))
+            violations += "\n  " + fs::relative(e.path(), root).string() + ":" + std::to_string(number) + " (" + area +
+                          ") includes iris/" + m[1].str() + "/";
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 100);
+  EXPECT_TRUE(violations.empty()) << "includes against the layer rules:" << violations;
+}
