@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines")->excludes(labels_opt);
     app.add_option("--tolerance-mm", tolerance_mm, "Tolerance of the normalised surface Dice (mm)")
         ->check(iris::app::number_in(0, 1e6));
-    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)")->check(CLI::Range(0, 4096));
+    iris::app::add_threads_option(app, threads);
 
     auto* bench = app.add_subcommand("bench", "Time the metrics of a synthetic label pair");
     int64_t bx = 512, by = 512, bz = 300;
@@ -89,6 +89,7 @@ int main(int argc, char** argv) {
     rsna->add_option("--truth", rsna_truth, "CSV: SeriesInstanceUID + 14 label columns (0/1)")->required();
     rsna->add_option("--output", rsna_output, "JSON file to write");
     app.require_subcommand(0, 1);
+    iris::app::add_verbosity(app);
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -102,7 +103,7 @@ int main(int argc, char** argv) {
     if (rsna->parsed()) {
       const auto score = iris::eval::score_rsna(iris::eval::read_csv(rsna_predictions),
                                                 iris::eval::read_csv(rsna_truth));
-      for (const auto& warning : score.warnings) iris::app::log_warn(warning);
+      for (const auto& warning : score.warnings) iris::log::warn(warning);
       if (!rsna_output.empty()) write_text(rsna_output, iris::eval::rsna_json(score));
       std::cout << iris::eval::rsna_console_table(score);
       return iris::app::kOk;
@@ -122,7 +123,7 @@ int main(int argc, char** argv) {
     const auto pairs = iris::eval::match_cases(reference, prediction);
     // Checked before the (long) evaluation so a missing image fails fast.
     iris::eval::match_images(image, pairs);
-    iris::app::log_info("evaluating " + std::to_string(pairs.size()) + " case(s)");
+    iris::log::info("evaluating " + std::to_string(pairs.size()) + " case(s)");
     const auto summary = iris::eval::evaluate(pairs, options);
     // The report comes first: when it fails, no summary.json claims success.
     if (!html_dir.empty()) iris::eval::write_html_report(summary, html_dir, {image});

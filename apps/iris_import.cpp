@@ -24,13 +24,14 @@ int main(int argc, char** argv) {
   bool trust_legacy = false;
   cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
   cli.add_option("--output", output, "iris model file to write (.iris)")->required();
-  cli.add_option("--config", config_path, "model YAML; default: infer the architecture from the checkpoint");
-  cli.add_option("--set", overrides, "model key=value overrides (e.g. ema_momentum=0.999)");
+  app::add_config_options(cli, config_path, overrides,
+                          "model config (default: the architecture read off the checkpoint; its model: keys)");
   cli.add_option("--state-dict-key", key, "take the weights from this entry (model, ema_model, ...)");
   cli.add_option("--class-names", names, "comma-separated names of the memory-bank entries, in id order");
   cli.add_flag("--trust-legacy", trust_legacy,
                "CHECKPOINT is a .iris or .task file of iris' first format: convert it once (opening such a file can "
                "run code it carries: only for files you trust)");
+  app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
   return app::run_main("iris-import", [&]() -> int {
     if (trust_legacy) {

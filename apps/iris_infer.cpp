@@ -25,6 +25,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 #include "iris/io/intensity.h"
 #include "iris/infer/connected_components.h"
 #include "iris/infer/reference.h"
@@ -149,19 +150,6 @@ std::string input_modality(const std::string& path, const std::string& flag, con
   return "";
 }
 
-std::string json_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
 const std::vector<std::string> kStrategies{"one-shot", "ensemble", "memory-bank", "retrieval", "image-retrieval",
                                            "tuning"};
 
@@ -181,7 +169,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   long max_labels = 255;
   double nan_as = std::numeric_limits<double>::quiet_NaN();
-  bool tta = false, quiet = false, keep_largest = false, aggregate_on_cpu = true, tune_adamw = false;
+  bool tta = false, keep_largest = false, aggregate_on_cpu = true, tune_adamw = false;
 
   auto add_reference_options = [&](CLI::App* app) {
     app->add_option("--model", model_path, "iris model file (.iris), required");
@@ -189,13 +177,12 @@ int main(int argc, char** argv) {
     app->add_option("--reference-mask", reference_masks, "reference label map, one per --reference");
     app->add_option("--labels", labels_text, "label values to segment, e.g. 1,3 (default: all in the reference)");
     app->add_option("--preprocess", preprocess, "model (the preprocessing stored in the model file: reorient, resample, crop, intensity, inverted on output), none, or an intensity scheme only: zscore, mr, ct, ct-brain, ct-abdomen");
-    app->add_option("--device", device_name,
-                    "cpu, cuda (this process's GPU: cuda:LOCAL_RANK under torchrun or srun) or cuda:N");
+    app::add_device_option(*app, device_name);
     app->add_option("--max-labels", max_labels,
                     "refuse a reference mask with more distinct label values than this (default 255)")
         ->check(CLI::Range(1L, 100000L));
-    app->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 4096));
-    app->add_flag("--quiet", quiet, "no progress output");
+    app::add_threads_option(*app, threads);
+    app::add_verbosity(*app);
     app->add_option("--classes-per-pass", classes_per_pass,
                     "encode (each group from its own reference window) and segment this many classes at a time "
                     "(default: all together)")
@@ -257,7 +244,7 @@ int main(int argc, char** argv) {
     Timings timings;
     std::vector<std::string> warnings;
     auto warn = [&](const std::string& message) {
-      app::log_warn(message);
+      log::warn(message);
       warnings.push_back(message);
     };
     auto t0 = Clock::now();
@@ -351,14 +338,14 @@ int main(int argc, char** argv) {
       if (references.empty()) throw Error("--reference", "encode needs at least one reference pair");
       model::TaskEmbedding task = encode_from_references();
       task.save(encode_output);
-      if (!quiet) std::cerr << "iris-infer: wrote " << task.num_classes() << "-class task embedding to " << encode_output << "\n";
+      app::Info() << "iris-infer: wrote " << task.num_classes() << "-class task embedding to " << encode_output;
       return 0;
     }
     if (pool_cmd->parsed()) {
       if (references.empty()) throw Error("--reference", "pool needs at least one reference pair");
       infer::EmbeddingPool pool = pool_from_references();
       pool.save(pool_output);
-      if (!quiet) std::cerr << "iris-infer: wrote a pool of " << pool.entries.size() << " references to " << pool_output << "\n";
+      app::Info() << "iris-infer: wrote a pool of " << pool.entries.size() << " references to " << pool_output;
       return 0;
     }
 
@@ -442,7 +429,7 @@ int main(int argc, char** argv) {
       tuning.adamw = tune_adamw;
       tuning.device = device;
       tuning.classes_per_pass = classes_per_pass;
-      if (!quiet)
+      if (app::show_progress())
         tuning.progress = [](long step, long total, double loss) {
           std::cerr << "\r  tuning step " << step << "/" << total << " loss " << loss << std::flush;
           if (step == total) std::cerr << "\n";
@@ -491,7 +478,7 @@ int main(int argc, char** argv) {
     opts.device = device;
     opts.mirror_tta = tta;
     opts.classes_per_pass = classes_per_pass;
-    if (!quiet)
+    if (app::show_progress())
       opts.progress = [](long done, long total) {
         std::cerr << "\r  windows " << done << "/" << total << std::flush;
         if (done == total) std::cerr << "\n";
@@ -502,7 +489,7 @@ int main(int argc, char** argv) {
 
     const std::string ref_modality =
         references.empty() ? upper(reference_modality) : input_modality(references[0], reference_modality, "");
-    std::ostringstream choices;  // report: what retrieval picked per query
+    Json choices = Json::object();  // report: what retrieval picked per query
     for (const auto& [in, out] : plan_queries(query, output)) {
       if (!ref_modality.empty()) {
         const std::string q_modality = input_modality(in, query_modality, series);
@@ -539,12 +526,8 @@ int main(int argc, char** argv) {
         infer::RetrievalResult picked = infer::object_level_retrieval(*model.net, volume, task, pool, ro);
         query_task = picked.task;
         timings.add("retrieval", t);
-        choices << (choices.tellp() > 0 ? ", " : "") << "\"" << json_escape(in) << "\": [";
-        for (size_t k = 0; k < picked.chosen_entry.size(); ++k) {
-          const long e = picked.chosen_entry[k];
-          choices << (k ? ", " : "") << "\"" << (e < 0 ? std::string("(initial)") : json_escape(pool.entries[e].name)) << "\"";
-        }
-        choices << "]";
+        choices[in] = Json::array();
+        for (const long e : picked.chosen_entry) choices[in].push_back(e < 0 ? std::string("(initial)") : pool.entries[e].name);
       } else if (strategy == "image-retrieval") {
         t = Clock::now();
         const at::Tensor features = infer::image_feature_vector(*model.net, volume, opts.window, device);
@@ -559,9 +542,8 @@ int main(int argc, char** argv) {
         }
         query_task = chosen.select(indices);
         timings.add("retrieval", t);
-        choices << (choices.tellp() > 0 ? ", " : "") << "\"" << json_escape(in) << "\": [\""
-                << json_escape(pool.entries[e].name) << "\"]";
-        if (!quiet) std::cerr << "iris-infer: " << in << ": nearest reference " << pool.entries[e].name << "\n";
+        choices[in] = Json::array({pool.entries[e].name});
+        app::Info() << "iris-infer: " << in << ": nearest reference " << pool.entries[e].name;
       }
 
       t = Clock::now();
@@ -585,13 +567,13 @@ int main(int argc, char** argv) {
       io::write_image(label_image, out);
       if (!dicom_seg_path.empty() && !label_image.voxels.ne(0).any().item<bool>()) {
         // A SEG needs at least one frame; an empty result is still a result.
-        app::log_warn(in + ": nothing segmented, so no DICOM-SEG written to " + dicom_seg_path);
+        log::warn(in + ": nothing segmented, so no DICOM-SEG written to " + dicom_seg_path);
       } else if (!dicom_seg_path.empty()) {
         io::DicomSegOptions seg_options;
         for (size_t c = 0; c < query_task.labels.size() && c < query_task.names.size(); ++c)
           if (!query_task.names[c].empty()) seg_options.segment_names[query_task.labels[c]] = query_task.names[c];
         io::write_dicom_seg(dicom_seg_path, label_image, in, series, seg_options);
-        if (!quiet) std::cerr << "iris-infer: " << in << " -> " << dicom_seg_path << " (DICOM-SEG)\n";
+        app::Info() << "iris-infer: " << in << " -> " << dicom_seg_path << " (DICOM-SEG)";
       }
       if (!probabilities.empty()) {
         io::Image p;
@@ -600,29 +582,27 @@ int main(int argc, char** argv) {
         io::write_image(p, probabilities);
       }
       timings.add("write", t);
-      if (!quiet) std::cerr << "iris-infer: " << in << " -> " << out << "\n";
+      app::Info() << "iris-infer: " << in << " -> " << out;
     }
 
     if (!report_path.empty()) {
-      std::ostringstream js;
-      js << "{\n  \"model\": \"" << json_escape(model_path) << "\",\n  \"model_fingerprint\": \"" << model.fingerprint
-         << "\",\n  \"strategy\": \"" << strategy << "\",\n  \"device\": \"" << device.str()
-         << "\",\n  \"classes\": " << task.num_classes() << ",\n  \"classes_per_pass\": "
-         << (classes_per_pass > 0 ? std::min(classes_per_pass, task.num_classes()) : task.num_classes())
-         << ",\n  \"seconds\": {";
-      for (size_t i = 0; i < timings.stages.size(); ++i)
-        js << (i ? ", " : "") << "\"" << timings.stages[i].first << "\": " << timings.stages[i].second;
-      js << "},\n  \"peak_rss_bytes\": " << app::peak_rss_bytes();
+      Json report = {{"model", model_path},
+                     {"model_fingerprint", model.fingerprint},
+                     {"strategy", strategy},
+                     {"device", device.str()},
+                     {"classes", task.num_classes()},
+                     {"classes_per_pass",
+                      classes_per_pass > 0 ? std::min(classes_per_pass, task.num_classes()) : task.num_classes()},
+                     {"peak_rss_bytes", app::peak_rss_bytes()},
+                     {"warnings", warnings}};
+      report["seconds"] = Json::object();
+      for (const auto& [stage, seconds] : timings.stages) report["seconds"][stage] = number(seconds);
       if (!tuning_losses.empty()) {
-        js << ",\n  \"tuning_losses\": [";
-        for (size_t i = 0; i < tuning_losses.size(); ++i) js << (i ? ", " : "") << tuning_losses[i];
-        js << "]";
+        report["tuning_losses"] = Json::array();
+        for (double l : tuning_losses) report["tuning_losses"].push_back(number(l));
       }
-      if (choices.tellp() > 0) js << ",\n  \"retrieved\": {" << choices.str() << "}";
-      js << ",\n  \"warnings\": [";
-      for (size_t i = 0; i < warnings.size(); ++i) js << (i ? ", " : "") << "\"" << json_escape(warnings[i]) << "\"";
-      js << "]\n}\n";
-      write_text_file(report_path, js.str());
+      if (!choices.empty()) report["retrieved"] = choices;
+      write_text_file(report_path, dump(report, 2));
     }
     return 0;
   });

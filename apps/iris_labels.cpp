@@ -121,6 +121,7 @@ int main(int argc, char** argv) {
   fill->add_option("--input", input)->required();
   fill->add_option("--value", fill_value)->required()->check(app::finite_number());
   fill->add_option("--output", output)->required();
+  app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-labels", [&]() -> int {
@@ -169,7 +170,7 @@ int main(int argc, char** argv) {
     } else if (otsu->parsed()) {
       io::Image img = io::read_image(input);
       const double t = otsu_threshold(img.voxels);
-      std::cerr << "iris-labels: Otsu threshold " << t << "\n";
+      app::Info() << "iris-labels: Otsu threshold " << t;
       io::write_image(as_labels(img, img.voxels.gt(t).to(at::kInt)), output);
     }
     return 0;

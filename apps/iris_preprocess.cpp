@@ -67,11 +67,11 @@ int main(int argc, char** argv) {
     app.add_option("--labels", labels, "Label map on the image's grid");
     app.add_option("--output", output, "Preprocessed image to write (.nii.gz, .nrrd, .mha, ...)")->required();
     app.add_option("--output-labels", labels_output, "Preprocessed labels (default: <output>_labels.<ext>)");
-    app.add_option("--config", config_path, "YAML file (its preprocess: section, or flat keys)");
-    app.add_option("--set", overrides, "Override a key, e.g. --set spacing=[1,1,1] (repeatable)");
+    iris::app::add_config_options(app, config_path, overrides, "preprocessing config (its preprocess: keys, or flat keys)");
     app.add_flag("--inverse-check", inverse_check,
                  "Map the result back onto the input grid and check geometry (and labels)");
-    app.add_option("--threads", threads, "Threads (default: $IRIS_THREADS or all cores)")->check(CLI::Range(0, 4096));
+    iris::app::add_threads_option(app, threads);
+    iris::app::add_verbosity(app);
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
 
     const auto start = std::chrono::steady_clock::now();
     const iris::io::Image image = iris::io::read_image(input);
-    for (const auto& w : image.warnings) iris::app::log_warn(input + ": " + w);
+    for (const auto& w : image.warnings) iris::log::warn(input + ": " + w);
     const auto pre = iris::io::preprocess(image, config);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cout << describe_steps(pre) << "read + preprocess: " << seconds << " s\n";

@@ -35,6 +35,10 @@ if(IRIS_WITH_YAML)
   find_package(yaml-cpp REQUIRED)
 endif()
 
+# spdlog (optional): the toolkit's messages (common/log.h); plain stderr without it.
+find_package(spdlog CONFIG QUIET)
+find_package(fmt CONFIG QUIET)
+
 if(IRIS_BUILD_APPS)
   # CLI11 is header-only: Debian's libcli11-dev, or IRIS_CLI11_INCLUDE_DIR (a folder holding CLI/CLI.hpp).
   find_package(CLI11 CONFIG QUIET)
@@ -46,8 +50,6 @@ if(IRIS_BUILD_APPS)
       set(CLI11_FOUND TRUE)
     endif()
   endif()
-  find_package(spdlog CONFIG QUIET)
-  find_package(fmt CONFIG QUIET)
   if(NOT CLI11_FOUND)
     message(FATAL_ERROR "CLI11 not found: apt-get install libcli11-dev, or configure with -DIRIS_BUILD_APPS=OFF")
   endif()

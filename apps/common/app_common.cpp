@@ -8,12 +8,8 @@
 #include <iostream>
 #include <thread>
 
-#include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
-#ifdef IRIS_HAVE_SPDLOG
-#include <spdlog/spdlog.h>
-#endif
 
 #include "iris/common/error.h"
 
@@ -95,45 +91,26 @@ CLI::Validator at_least(double low) {
       ">=" + CLI::detail::to_string(low));
 }
 
-void configure_threads(int requested) {
-  int n = requested;
-  if (n <= 0)
-    if (const char* env = std::getenv("IRIS_THREADS")) n = std::atoi(env);
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  if (n <= 0) n = 1;
-  at::set_num_threads(n);
+
+
+void add_device_option(CLI::App& app, std::string& device) {
+  app.add_option("--device", device,
+                 "cpu, cuda (this process's own GPU: cuda:LOCAL_RANK under torchrun or srun) or cuda:N");
 }
 
-long long peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
-  return 0;
+void add_threads_option(CLI::App& app, int& threads) {
+  app.add_option("--threads", threads, "CPU threads (default: $IRIS_THREADS, else every core)")->check(CLI::Range(0, 4096));
 }
 
-void log_info(const std::string& message) {
-#ifdef IRIS_HAVE_SPDLOG
-  spdlog::info(message);
-#else
-  std::cerr << "[info] " << message << std::endl;
-#endif
+void add_config_options(CLI::App& app, std::string& config, std::vector<std::string>& overrides,
+                        const std::string& what) {
+  app.add_option("--config", config, what + " (YAML)");
+  app.add_option("--set", overrides, "override a key of it: --set key=value (repeatable)");
 }
 
-void log_warn(const std::string& message) {
-#ifdef IRIS_HAVE_SPDLOG
-  spdlog::warn(message);
-#else
-  std::cerr << "[warning] " << message << std::endl;
-#endif
-}
-
-void set_verbose(bool verbose) {
-#ifdef IRIS_HAVE_SPDLOG
-  spdlog::set_level(verbose ? spdlog::level::debug : spdlog::level::info);
-#else
-  (void)verbose;
-#endif
+void add_verbosity(CLI::App& app) {
+  app.add_flag_callback("--quiet", [] { log::set_level(log::Level::kWarn); }, "only warnings and errors");
+  app.add_flag_callback("--verbose", [] { log::set_level(log::Level::kDebug); }, "also debugging messages");
 }
 
 }  // namespace iris::app

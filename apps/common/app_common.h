@@ -2,9 +2,14 @@
 // What every iris program shares: one place that maps errors to exit codes,
 // sets up logging and torch threads.
 #include <functional>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "iris/common/device.h"
+#include "iris/common/log.h"
 
 namespace iris::app {
 
@@ -32,15 +37,36 @@ CLI::Validator at_least(double low);                // finite, x >= low
 // file), CLI errors (exit 2) and anything else (exit 1), printing one line.
 int run_main(const std::string& program, const std::function<int()>& body);
 
-// Torch intra-op threads: `requested` > 0, else $IRIS_THREADS, else all cores.
-// (LibTorch defaults to one thread on Debian.)
-void configure_threads(int requested = 0);
+// Torch intra-op threads (common/device.h).
+using iris::configure_threads;
 
-// Peak resident memory of this process (VmHWM), bytes; 0 where unknown.
-long long peak_rss_bytes();
+using iris::peak_rss_bytes;
 
-void log_info(const std::string& message);
-void log_warn(const std::string& message);
-void set_verbose(bool verbose);
+// The options every program spells the same way.
+void add_device_option(CLI::App& app, std::string& device);
+void add_threads_option(CLI::App& app, int& threads);
+void add_config_options(CLI::App& app, std::string& config, std::vector<std::string>& overrides,
+                        const std::string& what);
+
+// --quiet (warnings and errors only) and --verbose (debug messages) on `app`.
+void add_verbosity(CLI::App& app);
+
+// One status line, composed with << and logged (log::info) when it goes out
+// of scope: app::Info() << "wrote " << path;
+class Info {
+ public:
+  ~Info() { log::info(text_.str()); }
+  template <typename T>
+  Info& operator<<(const T& value) {
+    text_ << value;
+    return *this;
+  }
+
+ private:
+  std::ostringstream text_;
+};
+
+// Progress bars are drawn only at the info level (not with --quiet).
+inline bool show_progress() { return log::level() <= log::Level::kInfo; }
 
 }  // namespace iris::app

@@ -2,7 +2,11 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
 #include <regex>
+#include <thread>
+
+#include <ATen/Parallel.h>
 
 #include "iris/common/compat.h"
 #ifdef IRIS_HAVE_CUDA
@@ -83,6 +87,22 @@ c10::Device resolve_device(const std::string& requested, const DistributedEnv& e
     throw Error(where, "'" + requested + "' needs GPU " + std::to_string(index) + " but this process sees " +
                            std::to_string(cuda_devices) + " (check CUDA_VISIBLE_DEVICES and --gres)");
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void configure_threads(int requested) {
+  int n = requested;
+  if (n <= 0)
+    if (const char* env = std::getenv("IRIS_THREADS")) n = std::atoi(env);
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  at::set_num_threads(std::max(1, n));
+}
+
+long long peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  return 0;
 }
 
 int visible_cuda_devices() {

@@ -10,6 +10,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 
 namespace fs = std::filesystem;
 
@@ -40,31 +41,35 @@ std::string strip_image_ext(const std::string& name) {
   return name;
 }
 
-// The "labels" table of a dataset.json: v2 {"name": value} or MSD/v1
-// {"value": "name"}. A small scanner is enough for this one object.
+// The "labels" table of a dataset.json: v2 {"name": value} (or a list of
+// values: a region made of several labels, not a class of its own) or
+// MSD/v1 {"value": "name"}.
 std::map<long, std::string> read_dataset_json_labels(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw Error(path, "cannot open dataset.json");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::string text = ss.str();
-  const auto pos = text.find("\"labels\"");
-  if (pos == std::string::npos) throw Error(path, "dataset.json has no \"labels\" table");
-  const auto open = text.find('{', pos), close = text.find('}', open);
-  if (open == std::string::npos || close == std::string::npos) throw Error(path, "malformed \"labels\" table");
-  const std::string body = text.substr(open + 1, close - open - 1);
-  std::regex pair_re("\"([^\"]*)\"\\s*:\\s*(\"([^\"]*)\"|(-?[0-9]+))");
+  Json doc;
+  try {
+    doc = Json::parse(f);
+  } catch (const Json::exception& e) {
+    throw Error(path, std::string("is not valid JSON (") + e.what() + ")");
+  }
+  if (!doc.is_object() || !doc.contains("labels") || !doc["labels"].is_object())
+    throw Error(path, "dataset.json has no \"labels\" table");
   std::map<long, std::string> out;
-  for (auto it = std::sregex_iterator(body.begin(), body.end(), pair_re); it != std::sregex_iterator(); ++it) {
-    const std::string key = (*it)[1];
-    if ((*it)[4].matched) {
-      out[std::stol((*it)[4])] = key;  // v2: "liver": 1
-    } else {
+  for (const auto& [key, value] : doc["labels"].items()) {
+    if (value.is_number_integer()) {
+      out[value.get<long>()] = key;  // v2: "liver": 1
+    } else if (value.is_string()) {
       try {
-        out[std::stol(key)] = (*it)[3];  // v1/MSD: "1": "liver"
+        size_t used = 0;
+        const long v = std::stol(key, &used);
+        if (used != key.size()) throw std::invalid_argument(key);
+        out[v] = value.get<std::string>();  // v1/MSD: "1": "liver"
       } catch (const std::exception&) {
         throw Error(path, "label key '" + key + "' is neither a name with an integer value nor an integer");
       }
+    } else if (!value.is_array()) {
+      throw Error(path, "label '" + key + "' has a value that is neither an integer, a name nor a list of integers");
     }
   }
   out.erase(0);  // background is not a task

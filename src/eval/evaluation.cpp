@@ -11,6 +11,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 #include "iris/io/image_io.h"
 
 namespace fs = std::filesystem;
@@ -60,24 +61,18 @@ std::string csv_field(const std::string& s) {
   return out + "\"";
 }
 
-std::string indent(int level) { return std::string(4 * level, ' '); }
-
-// {"Dice": .., ...} for one label, keys sorted.
-std::string metrics_object(const LabelMetrics* m, const std::map<std::string, double>* means,
-                           int level) {
-  std::string out = "{\n";
-  const auto names = sorted(metric_names());
-  for (size_t i = 0; i < names.size(); ++i) {
-    out += indent(level + 1) + json_string(names[i]) + ": ";
-    if (m) {
-      const double v = metric_value(*m, names[i]);
-      out += is_count_metric(names[i]) ? std::to_string(static_cast<int64_t>(v)) : json_number(v);
-    } else {
-      out += json_number(means->at(names[i]));
+// {"Dice": .., ...} for one label (keys sorted, as nnU-Net writes them).
+Json metrics_json(const LabelMetrics* m, const std::map<std::string, double>* means) {
+  Json out = Json::object();
+  for (const auto& name : metric_names()) {
+    if (!m) {
+      out[name] = number(means->at(name));
+      continue;
     }
-    out += i + 1 < names.size() ? ",\n" : "\n";
+    const double v = metric_value(*m, name);
+    out[name] = is_count_metric(name) ? Json(static_cast<int64_t>(v)) : number(v);
   }
-  return out + indent(level) + "}";
+  return out;
 }
 
 std::string fixed(double v, int digits) {
@@ -89,28 +84,7 @@ std::string fixed(double v, int digits) {
 
 }  // namespace
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
-std::string json_number(double value) {
+std::string python_number(double value) {
   if (std::isnan(value)) return "NaN";
   if (std::isinf(value)) return value > 0 ? "Infinity" : "-Infinity";
   char buf[64];
@@ -289,47 +263,24 @@ std::string summary_json(const EvaluationSummary& summary) {
     foreground[name] = n ? sum / n : kNaN;
   }
 
-  std::string out = "{\n";
-  out += indent(1) + "\"foreground_mean\": " + metrics_object(nullptr, &foreground, 1) + ",\n";
-  out += indent(1) + "\"iris\": {\n";
-  out += indent(2) + "\"label_names\": {";
-  {
-    std::map<std::string, std::string> names;
-    for (const auto& [k, v] : summary.label_names) names[std::to_string(k)] = v;
-    size_t i = 0;
-    for (const auto& [k, v] : names)
-      out += std::string(i++ ? ", " : "") + json_string(k) + ": " + json_string(v);
+  Json root;
+  root["foreground_mean"] = metrics_json(nullptr, &foreground);
+  Json names = Json::object();
+  for (const auto& [k, v] : summary.label_names) names[std::to_string(k)] = v;
+  root["iris"] = {{"label_names", names},
+                  {"surface", "foreground voxels with a 6-neighbour outside"},
+                  {"tolerance_mm", number(summary.tolerance_mm)}};
+  root["mean"] = Json::object();
+  for (const auto& [key, values] : means) root["mean"][key] = metrics_json(nullptr, &values);
+  root["metric_per_case"] = Json::array();
+  for (const auto& cr : summary.cases) {
+    Json metrics = Json::object();
+    for (const auto& m : cr.labels) metrics[std::to_string(m.label)] = metrics_json(&m, nullptr);
+    root["metric_per_case"].push_back(
+        {{"metrics", metrics}, {"prediction_file", cr.files.prediction_file}, {"reference_file", cr.files.reference_file}});
   }
-  out += "},\n";
-  out += indent(2) + "\"surface\": \"foreground voxels with a 6-neighbour outside\",\n";
-  out += indent(2) + "\"tolerance_mm\": " + json_number(summary.tolerance_mm) + "\n";
-  out += indent(1) + "},\n";
-  out += indent(1) + "\"mean\": {";
-  {
-    size_t i = 0;
-    for (const auto& [key, values] : means)
-      out += std::string(i++ ? ",\n" : "\n") + indent(2) + json_string(key) + ": " +
-             metrics_object(nullptr, &values, 2);
-    out += means.empty() ? "},\n" : "\n" + indent(1) + "},\n";
-  }
-  out += indent(1) + "\"metric_per_case\": [";
-  for (size_t c = 0; c < summary.cases.size(); ++c) {
-    const auto& cr = summary.cases[c];
-    out += std::string(c ? ",\n" : "\n") + indent(2) + "{\n";
-    out += indent(3) + "\"metrics\": {";
-    std::map<std::string, const LabelMetrics*> by_key;
-    for (const auto& m : cr.labels) by_key[std::to_string(m.label)] = &m;
-    size_t i = 0;
-    for (const auto& [key, m] : by_key)
-      out += std::string(i++ ? ",\n" : "\n") + indent(4) + json_string(key) + ": " +
-             metrics_object(m, nullptr, 4);
-    out += by_key.empty() ? "},\n" : "\n" + indent(3) + "},\n";
-    out += indent(3) + "\"prediction_file\": " + json_string(cr.files.prediction_file) + ",\n";
-    out += indent(3) + "\"reference_file\": " + json_string(cr.files.reference_file) + "\n";
-    out += indent(2) + "}";
-  }
-  out += summary.cases.empty() ? "]\n" : "\n" + indent(1) + "]\n";
-  return out + "}\n";
+  // NaN where a metric is undefined, as nnU-Net's (Python) summary.json has it.
+  return dump(root, 4, true);
 }
 
 std::string metrics_csv(const EvaluationSummary& summary) {
@@ -345,7 +296,7 @@ std::string metrics_csv(const EvaluationSummary& summary) {
       for (const auto& metric : metric_names()) {
         const double v = metric_value(m, metric);
         out += "," + (is_count_metric(metric) ? std::to_string(static_cast<int64_t>(v))
-                                              : json_number(v));
+                                              : python_number(v));
       }
       out += "\n";
     }

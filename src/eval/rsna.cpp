@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 #include "iris/eval/evaluation.h"
 
 namespace iris::eval {
@@ -236,27 +237,18 @@ RsnaScore score_rsna(const CsvTable& predictions, const CsvTable& truth) {
 }
 
 std::string rsna_json(const RsnaScore& score) {
-  std::map<std::string, const ColumnAuc*> sorted_columns;
-  for (const auto& c : score.columns) sorted_columns[c.column] = &c;
-  std::ostringstream s;
-  s << "{\n    \"columns\": {";
-  size_t i = 0;
-  for (const auto& [name, c] : sorted_columns) {
-    s << (i++ ? ",\n" : "\n") << "        " << json_string(name) << ": {\n"
-      << "            \"auc\": " << json_number(c->auc) << ",\n"
-      << "            \"negatives\": " << c->negatives << ",\n"
-      << "            \"positives\": " << c->positives << ",\n"
-      << "            \"weight\": " << json_number(c->weight) << "\n        }";
+  Json root;
+  root["columns"] = Json::object();
+  root["excluded_columns"] = Json::array();
+  for (const auto& c : score.columns) {
+    root["columns"][c.column] = {
+        {"auc", number(c.auc)}, {"negatives", c.negatives}, {"positives", c.positives}, {"weight", number(c.weight)}};
+    if (std::isnan(c.auc)) root["excluded_columns"].push_back(c.column);
   }
-  s << "\n    },\n    \"excluded_columns\": [";
-  i = 0;
-  for (const auto& c : score.columns)
-    if (std::isnan(c.auc)) s << (i++ ? ", " : "") << json_string(c.column);
-  s << "],\n    \"series\": " << score.series << ",\n    \"warnings\": [";
-  for (size_t w = 0; w < score.warnings.size(); ++w)
-    s << (w ? ", " : "") << json_string(score.warnings[w]);
-  s << "],\n    \"weighted_auc\": " << json_number(score.weighted_auc) << "\n}\n";
-  return s.str();
+  root["series"] = score.series;
+  root["warnings"] = score.warnings;
+  root["weighted_auc"] = number(score.weighted_auc);
+  return dump(root, 4, true);
 }
 
 std::string rsna_console_table(const RsnaScore& score) {

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "iris/common/error.h"
+#include "iris/common/log.h"
 
 namespace fs = std::filesystem;
 
@@ -256,11 +257,10 @@ TensorBoardWriter::~TensorBoardWriter() {
   try {
     flush();
   } catch (const std::exception& e) {
-    std::cerr << "warning: " << e.what() << "\n";
+    log::warn(e.what());
   }
   if (std::fclose(file_) != 0)
-    std::cerr << "warning: " << path_ << ": closing the TensorBoard event file failed: " << std::strerror(errno)
-              << "\n";
+    log::warn(path_ + ": closing the TensorBoard event file failed: " + std::strerror(errno));
 }
 
 void TensorBoardWriter::append_record(const std::string& event) {

@@ -17,6 +17,8 @@
 #include "iris/common/tensor_file.h"
 #include "iris/train/batch_probe.h"
 #include "iris/common/compat.h"
+#include "iris/common/json.h"
+#include "iris/common/log.h"
 #include "iris/data/prefetcher.h"
 #include "iris/common/error.h"
 #include "iris/model/model_file.h"
@@ -359,9 +361,10 @@ long Trainer::probe_micro_batch() {
   comm_.allreduce_sum(sizes);
   const long chosen = static_cast<long>(sizes.min().item<double>());
   if (comm_.rank() == 0) {
-    for (const auto& line : r.log) std::cerr << "iris-train: probing " << line << "\n";
-    std::cerr << "iris-train: train.micro_batch auto -> " << chosen << " (" << (local_batch_ + chosen - 1) / chosen
-              << " pass(es) per step for " << local_batch_ << " episodes per rank)\n";
+    for (const auto& line : r.log) log::info("probing " + line);
+    log::info("train.micro_batch auto -> " + std::to_string(chosen) + " (" +
+              std::to_string((local_batch_ + chosen - 1) / chosen) + " pass(es) per step for " +
+              std::to_string(local_batch_) + " episodes per rank)");
   }
   return chosen;
 }
@@ -434,7 +437,7 @@ std::string Trainer::choose_checkpoint(ResumeMode mode) const {
     }
     if (c == last || mode == ResumeMode::kAuto) {
       if (c != last && comm_.rank() == 0)
-        std::cerr << "iris-train: " << first_problem << "\niris-train: resuming from " << c << " instead\n";
+        log::warn(first_problem + "; resuming from " + c + " instead");
       return c;
     }
     throw Error(last, "cannot resume from it (" + first_problem + "); " + c +
@@ -489,13 +492,12 @@ void Trainer::export_model() {
 void Trainer::log(const StepMetrics& m, double val_dice) {
   if (comm_.rank() != 0) return;
   fs::create_directories(config_.output_dir);
-  std::ostringstream jl;
-  jl << "{\"iteration\": " << m.iteration << ", \"loss\": " << m.loss << ", \"dice_loss\": " << m.dice_loss
-     << ", \"bce_loss\": " << m.bce_loss << ", \"lr\": " << m.lr << ", \"grad_norm\": " << m.grad_norm
-     << ", \"seconds\": " << m.seconds << ", \"data_seconds\": " << m.data_seconds;
-  if (!std::isnan(val_dice)) jl << ", \"val_dice\": " << val_dice;
-  jl << "}\n";
-  append_text_file((fs::path(config_.output_dir) / "metrics.jsonl").string(), jl.str());
+  // One JSON object per line; a non-finite loss is written as null.
+  Json line = {{"iteration", m.iteration},       {"loss", number(m.loss)},       {"dice_loss", number(m.dice_loss)},
+               {"bce_loss", number(m.bce_loss)}, {"lr", number(m.lr)},           {"grad_norm", number(m.grad_norm)},
+               {"seconds", number(m.seconds)},   {"data_seconds", number(m.data_seconds)}};
+  if (!std::isnan(val_dice)) line["val_dice"] = number(val_dice);
+  append_text_file((fs::path(config_.output_dir) / "metrics.jsonl").string(), dump(line, -1));
   if (!config_.tensorboard) return;
   try {
     if (!tensorboard_) tensorboard_ = std::make_unique<TensorBoardWriter>((fs::path(config_.output_dir) / "tensorboard").string());
@@ -507,7 +509,7 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
     if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
   } catch (const Error& e) {
     // Losing the TensorBoard copy must not stop a training run: metrics.jsonl has it all.
-    std::cerr << "iris-train: warning: " << e.what() << "; TensorBoard logging stops\n";
+    log::warn(std::string(e.what()) + "; TensorBoard logging stops");
     tensorboard_.reset();
     config_.tensorboard = false;
   }
@@ -518,7 +520,7 @@ TrainOutcome Trainer::run(ResumeMode resume) {
   if (comm_.rank() == 0) {
     // Temporary files of a run that was killed mid-write (kill -9, a node lost).
     const int stale = remove_stale_temporaries(checkpoints.string()) + remove_stale_temporaries(config_.output_dir);
-    if (stale > 0) std::cerr << "iris-train: removed " << stale << " temporary file(s) of an interrupted run\n";
+    if (stale > 0) log::info("removed " + std::to_string(stale) + " temporary file(s) of an interrupted run");
   }
   long start = 0;
   if (resume != ResumeMode::kNone) {
@@ -548,13 +550,7 @@ TrainOutcome Trainer::run(ResumeMode resume) {
       log(m, val);
       if (comm_.rank() == 0) {
         const double per_step = rate_seconds / std::max<long>(1, rate_steps);
-        const double eta = per_step * (config_.iterations - it - 1);
-        std::cerr << "iter " << (it + 1) << "/" << config_.iterations << "  loss " << std::fixed
-                  << std::setprecision(4) << m.loss << " (dice " << m.dice_loss << ", bce " << m.bce_loss << ")  lr "
-                  << std::scientific << std::setprecision(2) << m.lr << std::fixed << "  " << std::setprecision(2)
-                  << 1.0 / per_step << " it/s  ETA " << static_cast<long>(eta) << " s";
-        if (!std::isnan(val)) std::cerr << "  val Dice " << std::setprecision(4) << val;
-        std::cerr << std::endl;
+        if (progress_) progress_({m, config_.iterations, 1.0 / per_step, per_step * (config_.iterations - it - 1), val});
         rate_seconds = 0;
         rate_steps = 0;
       }

@@ -91,7 +91,7 @@ TEST_F(IrisEvalCli, RealMapsGiveExitZeroAndTheInProcessSummary) {
   std::ifstream in(check);
   std::string line;
   std::getline(in, line);
-  EXPECT_EQ(line, "1 ['1', '2', '45'] " + iris::eval::json_number(dice_45) + " " +
+  EXPECT_EQ(line, "1 ['1', '2', '45'] " + iris::eval::python_number(dice_45) + " " +
                       std::to_string(expected.cases[0].labels[2].true_positives));
   // Console table: one row per label.
   EXPECT_NE(r.output.find("45 "), std::string::npos) << r.output;

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include "iris/io/image_io.h"
 #include "support/test_support.h"
@@ -48,15 +49,15 @@ void write_script(const fs::path& p, const std::string& text) {
 }
 
 // Losses of metrics.jsonl by iteration.
-std::map<long, std::string> losses(const fs::path& metrics) {
-  std::map<long, std::string> out;
+std::map<long, double> losses(const fs::path& metrics) {
+  std::map<long, double> out;
   std::ifstream in(metrics);
   std::string line;
   while (std::getline(in, line)) {
-    const auto it = line.find("\"iteration\": "), lo = line.find("\"loss\": ");
-    if (it == std::string::npos || lo == std::string::npos) continue;
-    const long iteration = std::stol(line.substr(it + 13));
-    out[iteration] = line.substr(lo + 8, line.find(',', lo) - lo - 8);
+    if (line.empty()) continue;
+    const auto row = nlohmann::json::parse(line, nullptr, false);
+    if (row.is_discarded()) continue;  // a line being written right now
+    out[row["iteration"].get<long>()] = row["loss"].get<double>();
   }
   return out;
 }

@@ -20,6 +20,7 @@ TEST(Layers, EveryAreaIncludesOnlyTheAreasBelowIt) {
       {"train", {"common", "model", "data", "train"}},
       {"infer", {"common", "model", "io", "data", "infer"}},
       {"eval", {"common", "io", "eval"}},
+      {"pipeline", {"common", "model", "io", "data", "train", "infer", "eval", "pipeline"}},
   };
   const fs::path root = fs::path(IRIS_TEST_DATA_DIR) / "..";
   const std::regex include(R"re(^\s*#\s*include\s*"iris/([a-z]+)/)re");

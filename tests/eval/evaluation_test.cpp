@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 #include "iris/eval/evaluation.h"
 #include "iris/io/image_io.h"
 
@@ -112,11 +113,16 @@ TEST_F(EvaluationFolders, GeometryMismatchNamesBothFiles) {
 }
 
 TEST(JsonNumber, WritesLikePythonJson) {
-  EXPECT_EQ(json_number(1.0), "1.0");
-  EXPECT_EQ(json_number(0.1), "0.1");
-  EXPECT_EQ(json_number(std::nan("")), "NaN");
-  EXPECT_EQ(json_number(INFINITY), "Infinity");
-  EXPECT_EQ(json_number(2.0 / 3.0), "0.6666666666666666");
+  EXPECT_EQ(python_number(1.0), "1.0");
+  EXPECT_EQ(python_number(0.1), "0.1");
+  EXPECT_EQ(python_number(std::nan("")), "NaN");
+  EXPECT_EQ(python_number(INFINITY), "Infinity");
+  EXPECT_EQ(python_number(2.0 / 3.0), "0.6666666666666666");
+  // The same numbers in JSON (nlohmann), with Python's spelling of the non-finite ones.
+  const iris::Json j = {{"a", iris::number(1.0)}, {"b", iris::number(std::nan(""))}, {"c", iris::number(-INFINITY)},
+                        {"d", iris::number(2.0 / 3.0)}, {"e", "x\ty\"z"}};
+  EXPECT_EQ(iris::dump(j, -1, true), "{\"a\":1.0,\"b\":NaN,\"c\":-Infinity,\"d\":0.6666666666666666,\"e\":\"x\\ty\\\"z\"}\n");
+  EXPECT_EQ(iris::dump(j, -1, false), "{\"a\":1.0,\"b\":null,\"c\":null,\"d\":0.6666666666666666,\"e\":\"x\\ty\\\"z\"}\n");
 }
 
 TEST(LabelInput, ParsesListsAndNames) {

@@ -32,4 +32,11 @@ c10::Device resolve_device(const std::string& requested, const DistributedEnv& e
 // The number of GPUs this process sees (0 in builds without CUDA).
 int visible_cuda_devices();
 
+// LibTorch's intra-op CPU threads: `requested` > 0, else $IRIS_THREADS, else
+// every core (LibTorch on Debian would otherwise use one).
+void configure_threads(int requested = 0);
+
+// Peak resident memory of this process (VmHWM), bytes; 0 where unknown.
+long long peak_rss_bytes();
+
 }  // namespace iris

@@ -75,9 +75,8 @@ std::vector<int32_t> parse_label_list(const std::string& text);
 // Label names file: lines "<value> <name>" or "<value>,<name>"; '#' comments.
 std::map<int32_t, std::string> read_label_names(const std::string& path);
 
-// Python-json style number: shortest round trip, NaN/Infinity/-Infinity spelled as Python does.
-std::string json_number(double value);
-// JSON string literal with quotes and escapes.
-std::string json_string(const std::string& text);
+// A number as Python writes it (shortest round trip, "1.0", NaN, Infinity),
+// for the CSV next to summary.json.
+std::string python_number(double value);
 
 }  // namespace iris::eval

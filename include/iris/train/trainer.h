@@ -3,6 +3,7 @@
 // and decay, gradient clipping, weight EMA, memory-bank EMA, validation,
 // atomic checkpoints with exact resume, pre-emption handling, and gradient
 // all-reduce across ranks.
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,15 @@ struct StepMetrics {
   double data_seconds = 0;  // part of `seconds` spent waiting for the episode batch
 };
 
+// What rank 0 reports every train.log_every steps (the app draws it).
+struct TrainProgress {
+  const StepMetrics& step;
+  long total_iterations;
+  double steps_per_second;  // over the steps since the last report
+  double eta_seconds;
+  double val_dice;          // NaN when this step did not validate
+};
+
 class Trainer {
  public:
   Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap resolved_config,
@@ -61,6 +71,8 @@ class Trainer {
   static void request_stop();
   // Stops after this iteration count (tests: simulate an interruption).
   void stop_after(long iteration) { stop_after_ = iteration; }
+  // Called on rank 0 at every logged step; nothing is printed without it.
+  void set_progress(std::function<void(const TrainProgress&)> progress) { progress_ = std::move(progress); }
 
   double validate();
 
@@ -90,6 +102,7 @@ class Trainer {
   std::unique_ptr<data::EpisodePrefetcher> loader_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0, when train.tensorboard
   long stop_after_ = -1;
+  std::function<void(const TrainProgress&)> progress_;
   long local_batch_ = 1;
   long micro_batch_ = 1;
 };

@@ -1,0 +1,174 @@
+#include "iris/pipeline/benchmark.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include "iris/common/compat.h"
+#include "iris/common/config_map.h"
+#include "iris/common/device.h"
+#include "iris/common/error.h"
+#include "iris/data/episodes.h"
+#include "iris/model/iris_net.h"
+#include "iris/model/task_embedding.h"
+
+namespace iris::pipeline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
+}
+
+Json measure(const std::function<void()>& step, int warmup, int repeats, const torch::Device& device) {
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize(device.index());
+  };
+  for (int i = 0; i < warmup; ++i) step();
+  sync();
+  reset_peak_rss();
+  if (device.is_cuda()) compat::cuda_reset_peak(device.index());
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    auto t0 = Clock::now();
+    step();
+    sync();
+    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  const long long peak = device.is_cuda() ? compat::cuda_peak_allocated_bytes(device.index()) : peak_rss_bytes();
+  return {{"median_ms", number(median(times))},
+          {"min_ms", number(*std::min_element(times.begin(), times.end()))},
+          {"peak_bytes", peak}};
+}
+
+}  // namespace
+
+Json benchmark(const BenchmarkOptions& o) {
+  ConfigMap cfg;
+  cfg.set("preset", o.preset, "--preset");
+  if (!o.config_path.empty()) cfg.merge(ConfigMap::load_yaml_file(o.config_path).subtree("model"));
+  for (const auto& assignment : o.overrides) cfg.apply_override(assignment);
+  auto config = model::ModelConfig::from_config(cfg);
+  const long patch = o.patch > 0 ? o.patch : config.max_patch_size;
+  const torch::Device device =
+      resolve_device(o.device, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
+  torch::manual_seed(0);
+  model::IrisNet net(config);
+  net->to(device);
+  net->set_channels_last(o.channels_last);
+  net->set_activation_checkpointing(o.activation_checkpointing);
+  const long n_params = model::count_parameters(*net);
+
+  auto opts = torch::TensorOptions().device(device);
+  auto image = torch::randn({o.batch, config.in_channels, patch, patch, patch}, opts);
+  auto masks = (torch::rand({o.batch, o.classes, patch, patch, patch}, opts) > 0.7).to(torch::kFloat);
+
+  // Mixed precision as train.bf16 uses it: forward passes only.
+  auto autocast = [&] { return std::make_unique<compat::AutocastGuard>(device.type(), at::kBFloat16, o.bf16); };
+  net->eval();
+  Json forward;
+  if (o.forward)
+    forward = measure(
+        [&] {
+          torch::NoGradGuard g;
+          auto a = autocast();
+          net->forward(image, image, masks);
+        },
+        o.warmup, o.repeats, device);
+
+  // The paper's inference workload: one reference encoded once, then
+  // `o.queries` volumes segmented for all o.classes.
+  auto one_ref = image.narrow(0, 0, 1);
+  auto one_masks = masks.narrow(0, 0, 1);
+  auto query = torch::randn({1, config.in_channels, patch, patch, patch}, opts);
+  Json inference = measure(
+      [&] {
+        torch::NoGradGuard g;
+        auto a = autocast();
+        auto task = model::encode_task(*net, one_ref, one_masks);
+        for (int q = 0; q < o.queries; ++q) model::segment(*net, query, task).sigmoid();
+      },
+      o.warmup, o.repeats, device);
+
+  Json train;
+  if (o.backward) {
+    net->train();
+    train = measure(
+        [&] {
+          net->zero_grad();
+          at::Tensor logits;
+          {
+            auto a = autocast();
+            logits = net->forward(image, image, masks);
+          }
+          torch::binary_cross_entropy_with_logits(logits.to(at::kFloat), masks).backward();
+        },
+        o.warmup, o.repeats, device);
+  }
+
+  // Episode sampling (augmentation, crops, masks) as one loader worker does
+  // it: one intra-op thread, synthetic cases of `o.volume`^3 with K blobs.
+  double episodes_per_second = 0;
+  if (o.episodes > 0) {
+    const int threads_before = at::get_num_threads();
+    at::set_num_threads(1);
+    data::LoadedDataset d;
+    d.name = "synthetic";
+    for (int c = 0; c < 2; ++c) {
+      data::CaseVolume v;
+      v.name = "case" + std::to_string(c);
+      v.image = torch::randn({o.volume, o.volume, o.volume});
+      v.labels = torch::zeros({o.volume, o.volume, o.volume}, torch::kLong);
+      for (long k = 1; k <= o.classes; ++k) {
+        const long at0 = (o.volume * k) / (o.classes + 2), size = o.volume / (o.classes + 3);
+        v.labels.slice(0, at0, at0 + size).slice(1, at0, at0 + size).slice(2, at0 + c, at0 + c + size).fill_(k);
+        v.classes.push_back(k);
+        d.class_ids[k] = k - 1;
+      }
+      d.cases.push_back(v);
+    }
+    data::EpisodeOptions eo;
+    eo.patch = patch;
+    eo.max_classes = o.classes;
+    data::EpisodeSampler sampler({d}, eo, 0);
+    sampler.sample(0, 1);  // warm-up
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long e = 0; e < o.episodes; ++e) sampler.sample(e + 1, 1);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    episodes_per_second = o.episodes / s;
+    at::set_num_threads(threads_before);
+  }
+
+  Json js = {{"tool", "iris-bench"},
+           {"torch_version", TORCH_VERSION},
+           {"device", device.str()},
+           {"threads", at::get_num_threads()},
+           {"channels_last", o.channels_last},
+           {"activation_checkpointing", o.activation_checkpointing},
+           {"bf16", o.bf16},
+           {"config", o.config_path.empty() ? "preset:" + o.preset : o.config_path},
+           {"parameters", n_params},
+           {"patch", patch},
+           {"batch", o.batch},
+           {"classes", o.classes},
+           {"queries", o.queries},
+           {"repeats", o.repeats},
+           {"inference_one_reference", inference}};
+  if (o.forward) js["forward"] = forward;
+  if (o.backward) js["forward_backward"] = train;
+  if (o.episodes > 0)
+  js["episode_sampling"] = {
+      {"episodes", o.episodes}, {"volume", o.volume}, {"episodes_per_second_per_core", number(episodes_per_second)}};
+  return js;
+}
+
+}  // namespace iris::pipeline

@@ -1,0 +1,181 @@
+#include "iris/pipeline/training_run.h"
+
+#include <filesystem>
+#include <optional>
+
+#include "iris/common/device.h"
+#include "iris/common/error.h"
+#include "iris/common/log.h"
+#include "iris/data/case_cache.h"
+#include "iris/data/dataset.h"
+#include "iris/data/episodes.h"
+#include "iris/io/image_io.h"
+#include "iris/io/intensity.h"
+#include "iris/io/preprocess.h"
+#include "iris/model/model_config.h"
+
+namespace fs = std::filesystem;
+
+namespace iris::pipeline {
+
+namespace {
+
+const std::vector<std::string> kTopLevel{"model", "train", "data", "preprocess"};
+
+std::string intensity_for(const data::DatasetSpec& d) {
+  if (!d.intensity.empty()) return d.intensity;
+  if (d.modality == "CT") return "ct";
+  return "mr";  // MR, PET and anything else: percentile clip + z-score
+}
+
+// Reads, checks and preprocesses one case (spatial steps from the config's
+// preprocess section, intensity per dataset).
+data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c,
+                           const std::optional<io::PreprocessConfig>& spatial) {
+  Image image = io::read_image(c.image);
+  Image labels = io::read_labels(c.labels);
+  io::check_same_grid(image, labels);
+  if (spatial) {
+    io::PreprocessedImage pre = io::preprocess(image, *spatial);
+    io::PreprocessedImage lab = io::preprocess_labels(labels, pre);
+    image.voxels = pre.voxels;
+    image.geometry = pre.geometry;
+    labels.voxels = lab.voxels;
+  }
+  data::CaseVolume v;
+  v.name = c.name;
+  v.image = io::normalise_intensity(image.voxels, intensity_for(d));
+  v.labels = labels.voxels.to(at::kLong);
+  v.classes = data::classes_present(v.labels, d, c.labels);
+  v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};
+  return v;
+}
+
+}  // namespace
+
+ConfigMap load_training_config(const std::string& path, const std::vector<std::string>& overrides) {
+  ConfigMap config = ConfigMap::load_yaml_file(path);
+  for (const auto& o : overrides) config.apply_override(o);
+  for (const auto& [k, v] : config.entries()) {
+    const std::string top = k.substr(0, k.find('.'));
+    if (std::find(kTopLevel.begin(), kTopLevel.end(), top) == kTopLevel.end() || k.find('.') == std::string::npos) {
+      std::string msg = "unknown top-level key '" + top + "' (known: model, train, data, preprocess)";
+      const std::string hint = nearest_word(top, kTopLevel);
+      if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+      throw Error(config.origin(k).empty() ? k : config.origin(k), msg);
+    }
+  }
+  const ConfigMap data = config.subtree("data");
+  for (const auto& [k, v] : data.entries())
+    if (k.rfind("datasets.", 0) != 0 && k != "cache") {
+      std::string msg = "unknown key (known under data: datasets, cache)";
+      const std::string hint = nearest_word(k, {"datasets", "cache"});
+      if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
+      throw Error(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
+    }
+  const auto model_config = model::ModelConfig::from_config(config.subtree("model"));
+  train::TrainConfig::from_config(config.subtree("train")).check_against(model_config.max_patch_size);
+  return config;
+}
+
+std::string resolved_config_text(const ConfigMap& config) {
+  ConfigMap shown = config;
+  const ConfigMap model_keys = model::ModelConfig::from_config(config.subtree("model")).to_config();
+  for (const auto& [k, v] : model_keys.entries()) shown.set("model." + k, v);
+  return "# resolved configuration (model defaults shown in full)\n" + shown.to_text();
+}
+
+RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
+  const model::ModelConfig model_config = model::ModelConfig::from_config(config.subtree("model"));
+  train::TrainConfig train_config = train::TrainConfig::from_config(config.subtree("train"));
+  train_config.check_against(model_config.max_patch_size);
+  const ConfigMap data_config = config.subtree("data");
+  // Cases preprocessed once into data.cache; the key uses the preprocess
+  // section as written, so every machine running this config agrees on it.
+  std::optional<data::CaseCache> cache;
+  if (data_config.has("cache")) cache.emplace(data_config.get("cache"), config.subtree("preprocess").to_text());
+  if (options.fill_cache_only && !cache) throw Error("--fill-cache", "needs data.cache (e.g. --set data.cache=cache/)");
+  data::RecordedDatasets recorded;
+  if (cache) recorded = [&](const std::string& name) { return cache->recorded_dataset(name); };
+  std::vector<data::DatasetSpec> datasets = data::datasets_from_config(data_config, recorded);
+
+  // The exported model records the full preprocessing (spatial steps + the
+  // first dataset's intensity scheme) so iris-infer can repeat it.
+  std::optional<io::PreprocessConfig> spatial;
+  if (const ConfigMap pre = config.subtree("preprocess"); !pre.entries().empty()) {
+    spatial = io::PreprocessConfig::from_config(pre);
+    io::PreprocessConfig stored = *spatial;
+    stored.intensity = intensity_for(datasets.front());
+    spatial->intensity = "none";  // intensity is applied per dataset
+    const ConfigMap stored_keys = stored.to_config();
+    for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
+  }
+  configure_threads(train_config.threads);
+
+  // "cuda" is this rank's own GPU (cuda:LOCAL_RANK); collectives run there.
+  const DistributedEnv env = DistributedEnv::from_environment();
+  train::CommunicatorOptions comm_options;
+  comm_options.device = resolve_device(train_config.device, env, visible_cuda_devices(), "train.device");
+  train_config.device = comm_options.device.str();
+  comm_options.backend = train_config.distributed;
+  comm_options.timeout = std::chrono::seconds(train_config.distributed_timeout_s);
+  auto comm = train::make_communicator(env, comm_options);
+  if (comm->rank() == 0) {
+    fs::create_directories(train_config.output_dir);
+    for (const auto& d : datasets)
+      data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
+    log::info(std::to_string(comm->size()) + " rank(s), backend " + comm->backend() + ", device " + train_config.device);
+  }
+  data::CaseLoader loader = [&spatial](const data::DatasetSpec& d, const data::CaseSpec& c) {
+    return load_case(d, c, spatial);
+  };
+  if (cache) {
+    loader = cache->loader(loader, [](const std::string& w) { log::warn(w); });
+    if (comm->rank() == 0)
+      for (const auto& d : datasets) cache->record_dataset(d);
+  }
+  std::vector<data::LoadedDataset> train_sets, val_sets;
+  auto load_all = [&] {
+    train_sets = data::load_datasets(datasets, "train", loader);
+    val_sets = data::load_datasets(datasets, "val", loader);
+  };
+  if (cache && comm->size() > 1) {
+    // Rank 0 fills a cold cache alone; the others then read it.
+    if (comm->rank() == 0) load_all();
+    comm->barrier();
+    if (comm->rank() != 0) load_all();
+  } else {
+    load_all();
+  }
+  if (options.fill_cache_only) {
+    long n = 0;
+    for (const auto& d : train_sets) n += static_cast<long>(d.cases.size());
+    for (const auto& d : val_sets) n += static_cast<long>(d.cases.size());
+    if (comm->rank() == 0) log::info(std::to_string(n) + " cases cached in " + cache->folder());
+    return RunOutcome::kCacheFilled;
+  }
+  data::EpisodeSampler train_sampler(train_sets, train_config.episodes, static_cast<uint64_t>(train_config.seed));
+  std::optional<data::EpisodeSampler> val_sampler;
+  if (!val_sets.empty()) {
+    data::EpisodeOptions vo = train_config.episodes;
+    vo.augment.enabled = false;
+    vo.perturb_reference = 0;
+    vo.foreground_oversample = 1.0;
+    val_sampler.emplace(val_sets, vo, static_cast<uint64_t>(train_config.seed) + 7919);
+  }
+  train::Trainer::install_signal_handlers();
+  train::Trainer trainer(train_config, model_config, config, std::move(train_sampler), std::move(val_sampler),
+                         data::class_table(datasets), *comm);
+  if (options.progress) trainer.set_progress(options.progress);
+  const auto outcome = trainer.run(options.resume);
+  if (outcome == train::TrainOutcome::kPreempted) {
+    if (comm->rank() == 0)
+      log::info("stopped on request; checkpoint " + trainer.last_checkpoint() +
+                " (resume with --resume; exit code 124 asks SLURM to requeue)");
+    return RunOutcome::kPreempted;
+  }
+  if (comm->rank() == 0) log::info("done; model written to " + trainer.final_model_path());
+  return RunOutcome::kFinished;
+}
+
+}  // namespace iris::pipeline
