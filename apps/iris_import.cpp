@@ -11,6 +11,7 @@
 #include "iris/common/config_map.h"
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/label_list.h"
 #include "iris/model/checkpoint_import.h"
 #include "iris/model/model_file.h"
 #include "iris/model/task_embedding.h"
@@ -72,13 +73,7 @@ int main(int argc, char** argv) {
     }
     model::ImportReport report;
     model::IrisModel model = model::import_mass_checkpoint(checkpoint, config, &report, key);
-    size_t start = 0;
-    while (!names.empty() && start <= names.size()) {
-      size_t comma = names.find(',', start);
-      if (comma == std::string::npos) comma = names.size();
-      model.class_names.push_back(names.substr(start, comma - start));
-      start = comma + 1;
-    }
+    model.class_names = split_comma_list(names, /*keep_empty=*/true);
     model::save_model(model, output);
     std::cout << "iris-import: " << report.tensors << " tensors"
               << (report.source_key.empty() ? "" : " from '" + report.source_key + "'") << ", "

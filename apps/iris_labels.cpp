@@ -7,85 +7,16 @@
 //   drop       set some label values to 0, keep the others
 //   fill       replace voxels of one value by what surrounds them in their slice
 //              (e.g. text burnt into a test image)
-#include <iostream>
-#include <sstream>
-
 #include <CLI/CLI.hpp>
 #include <ATen/ATen.h>
 
 #include "common/app_common.h"
-#include "iris/common/error.h"
+#include "iris/common/label_list.h"
 #include "iris/io/image_io.h"
+#include "iris/io/label_ops.h"
 #include "iris/io/resample.h"
 
 using namespace iris;
-
-namespace {
-
-io::Image as_labels(const io::Image& like, const at::Tensor& voxels) {
-  io::Image out;
-  out.geometry = like.geometry;
-  // The smallest type that holds every value (labels are >= 0).
-  const long highest = voxels.numel() ? voxels.max().item<long>() : 0;
-  out.voxels = voxels.to(highest < 256 ? at::kByte : highest < 32768 ? at::kShort : at::kInt);
-  return out;
-}
-
-// Otsu's threshold on a 256-bin histogram of the non-constant range.
-double otsu_threshold(const at::Tensor& volume) {
-  at::Tensor v = volume.to(at::kDouble).reshape({-1});
-  const double lo = v.min().item<double>(), hi = v.max().item<double>();
-  if (hi <= lo) throw Error("otsu", "the image is constant");
-  at::Tensor hist = at::histc(v, 256, lo, hi);
-  at::Tensor p = hist / hist.sum();
-  at::Tensor centres = lo + (at::arange(256, at::kDouble) + 0.5) * (hi - lo) / 256;
-  at::Tensor w0 = p.cumsum(0), mu0 = (p * centres).cumsum(0);
-  const double mu = mu0[-1].item<double>();
-  at::Tensor between = (mu * w0 - mu0).pow(2) / (w0 * (1 - w0)).clamp_min(1e-12);
-  const long best = between.argmax().item<long>();
-  return centres[best].item<double>() + 0.5 * (hi - lo) / 256;
-}
-
-// "LO-HI,V" -> ranges of whole numbers >= 0; anything else names `flag`.
-std::vector<std::pair<long, long>> parse_ranges(const std::string& text, const std::string& flag) {
-  std::vector<std::pair<long, long>> out;
-  std::stringstream ss(text);
-  std::string item;
-  auto whole = [&](const std::string& t) {
-    if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 9)
-      throw Error(flag, "'" + t + "' in '" + text + "' is not a label value (a whole number >= 0)");
-    return std::stol(t);
-  };
-  while (std::getline(ss, item, ',')) {
-    const auto dash = item.find('-', 1);
-    const long lo = whole(item.substr(0, dash)), hi = dash == std::string::npos ? lo : whole(item.substr(dash + 1));
-    if (hi < lo) throw Error(flag, "range " + item + " is empty (write LO-HI with LO <= HI)");
-    out.emplace_back(lo, hi);
-  }
-  if (out.empty()) throw Error(flag, "no values given");
-  return out;
-}
-
-// Each masked voxel becomes the mean of its unmasked in-plane neighbours,
-// layer by layer from the edge of the masked area inwards.
-at::Tensor inpaint_in_slices(at::Tensor voxels, at::Tensor mask) {
-  voxels = voxels.to(at::kFloat).clone();
-  mask = mask.clone();
-  for (int pass = 0; pass < 1000 && mask.any().item<bool>(); ++pass) {
-    const at::Tensor known = (~mask).to(at::kFloat).unsqueeze(1);               // [Z, 1, Y, X]
-    const at::Tensor values = (voxels * (~mask).to(at::kFloat)).unsqueeze(1);
-    const at::Tensor kernel = at::ones({1, 1, 3, 3});
-    const at::Tensor sum = at::conv2d(values, kernel, {}, 1, 1).squeeze(1);
-    const at::Tensor count = at::conv2d(known, kernel, {}, 1, 1).squeeze(1);
-    const at::Tensor ready = mask & (count > 0);
-    if (!ready.any().item<bool>()) break;
-    voxels = at::where(ready, sum / count.clamp_min(1), voxels);
-    mask = mask & ~ready;
-  }
-  return voxels;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App cli{"iris-labels: label-map utilities"};
@@ -127,51 +58,32 @@ int main(int argc, char** argv) {
   return app::run_main("iris-labels", [&]() -> int {
     if (threshold->parsed()) {
       io::Image img = io::read_image(input);
-      io::write_image(as_labels(img, img.voxels.gt(value).to(at::kInt)), output);
+      io::write_image(io::label_image_like(img, img.voxels.gt(value).to(at::kInt)), output);
     } else if (map->parsed()) {
       io::Image lab = io::read_labels(input);
-      at::Tensor out = at::zeros_like(lab.voxels);
-      std::stringstream ss(mapping);
-      std::string item;
-      while (std::getline(ss, item, ',')) {
-        const auto colon = item.find(':');
-        if (colon == std::string::npos) throw Error("--map", "expected LO-HI:NEW or V:NEW, got '" + item + "'");
-        const std::string range = item.substr(0, colon);
-        const auto dash = range.find('-', 1);
-        // Whole numbers >= 0, nothing else: "5x" or "-1" are mistakes, not 5 and -1.
-        auto whole = [&](const std::string& text) {
-          if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)
-            throw Error("--map", "'" + text + "' in '" + item + "' is not a label value (a whole number >= 0)");
-          return std::stol(text);
-        };
-        const long lo = whole(range.substr(0, dash));
-        const long hi = dash == std::string::npos ? lo : whole(range.substr(dash + 1));
-        const long target = whole(item.substr(colon + 1));
-        if (hi < lo)
-          throw Error("--map", "range " + range + " in '" + item + "' is empty (write LO-HI with LO <= HI)");
-        out.masked_fill_(lab.voxels.ge(lo) & lab.voxels.le(hi), target);
-      }
-      io::write_image(as_labels(lab, out), output);
+      const auto mappings = parse_label_mapping(mapping, "--map");
+      io::write_image(io::label_image_like(lab, io::apply_label_mapping(lab.voxels, mappings)), output);
     } else if (resample->parsed()) {
       io::ImageReadOptions read_options;
       read_options.prefer_sform = prefer_sform;
       io::Image lab = io::read_labels(input, read_options);
       io::Image target = io::read_image(like);
       at::Tensor out = io::resample_voxels(lab.voxels, lab.geometry, target.geometry, io::Interpolation::kNearest);
-      io::write_image(as_labels(target, out.to(at::kInt)), output);
+      io::write_image(io::label_image_like(target, out.to(at::kInt)), output);
     } else if (drop->parsed()) {
       io::Image lab = io::read_labels(input);
-      for (const auto& [lo, hi] : parse_ranges(values, "--values")) lab.voxels.masked_fill_(lab.voxels.ge(lo) & lab.voxels.le(hi), 0);
-      io::write_image(as_labels(lab, lab.voxels), output);
+      std::vector<LabelMapping> to_zero;
+      for (long v : parse_label_values(values, "--values")) to_zero.push_back({v, v, 0});
+      io::write_image(io::label_image_like(lab, io::apply_label_mapping(lab.voxels, to_zero, -1)), output);
     } else if (fill->parsed()) {
       io::Image img = io::read_image(input);
-      img.voxels = inpaint_in_slices(img.voxels, img.voxels.eq(fill_value));
+      img.voxels = io::inpaint_in_slices(img.voxels, img.voxels.eq(fill_value));
       io::write_image(img, output);
     } else if (otsu->parsed()) {
       io::Image img = io::read_image(input);
-      const double t = otsu_threshold(img.voxels);
+      const double t = io::otsu_threshold(img.voxels, "iris-labels otsu: " + input);
       app::Info() << "iris-labels: Otsu threshold " << t;
-      io::write_image(as_labels(img, img.voxels.gt(t).to(at::kInt)), output);
+      io::write_image(io::label_image_like(img, img.voxels.gt(t).to(at::kInt)), output);
     }
     return 0;
   });

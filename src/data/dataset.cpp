@@ -10,6 +10,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
 #include "iris/common/json.h"
 
 namespace fs = std::filesystem;
@@ -32,14 +33,6 @@ std::vector<std::string> split_list(const std::string& text) {
   return out;
 }
 
-std::string strip_image_ext(const std::string& name) {
-  for (const char* ext : {".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"}) {
-    const std::string e(ext);
-    if (name.size() > e.size() && name.compare(name.size() - e.size(), e.size(), e) == 0)
-      return name.substr(0, name.size() - e.size());
-  }
-  return name;
-}
 
 // The "labels" table of a dataset.json: v2 {"name": value} (or a list of
 // values: a region made of several labels, not a class of its own) or
@@ -86,36 +79,42 @@ void find_folder_cases(DatasetSpec& d, bool nnunet) {
     if (e.is_regular_file() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   for (const auto& file : names) {
-    std::string stem = strip_image_ext(file);
+    if (!has_image_extension(file)) continue;
+    const std::string stem = case_name(file);
     const std::string ext = file.substr(stem.size());
-    std::string case_name = stem;
+    std::string name = stem;
     if (nnunet) {
       // Channel files are NAME_XXXX; iris uses channel 0.
       static const std::regex channel("(.*)_([0-9]{4})$");
       std::smatch m;
       if (!std::regex_match(stem, m, channel)) throw Error((images / file).string(), "nnU-Net image without a _XXXX channel suffix");
       if (m[2] != "0000") continue;
-      case_name = m[1];
+      name = m[1];
     }
-    const fs::path label = labels / (case_name + ext);
+    const fs::path label = labels / (name + ext);
     if (!fs::exists(label)) throw Error((images / file).string(), "has no label map " + label.string());
-    d.cases.push_back({case_name, (images / file).string(), label.string()});
+    d.cases.push_back({name, (images / file).string(), label.string()});
   }
   if (d.cases.empty()) throw Error(images.string(), "no training cases found");
 }
 
 }  // namespace
 
+const std::vector<std::string>& dataset_keys() {
+  static const std::vector<std::string> known{"layout",     "root",       "modality",          "intensity",
+                                              "weight",     "classes",    "cases",             "split",
+                                              "split_seed", "tasks",      "held_out",          "union_max",
+                                              "union_probability",        "min_region_voxels", "synthetic_images",
+                                              "deformation_voxels"};
+  return known;
+}
+
 std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, const RecordedDatasets& recorded) {
   ConfigMap all = data_config.subtree("datasets");
   std::set<std::string> names;
   for (const auto& [k, v] : all.entries()) names.insert(k.substr(0, k.find('.')));
   if (names.empty()) throw Error("data.datasets", "no dataset declared");
-  const std::vector<std::string> known{"layout",     "root",       "modality",          "intensity",
-                                       "weight",     "classes",    "cases",             "split",
-                                       "split_seed", "tasks",      "held_out",          "union_max",
-                                       "union_probability",        "min_region_voxels", "synthetic_images",
-                                       "deformation_voxels"};
+  const auto& known = dataset_keys();
   std::vector<DatasetSpec> out;
   for (const auto& name : names) {
     ConfigMap c = all.subtree(name);
@@ -164,7 +163,7 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
       for (const auto& item : split_list(c.get("cases"))) {
         const auto bar = item.find('|');
         if (bar == std::string::npos) throw Error("data.datasets." + name + ".cases", "expected image|labels, got '" + item + "'");
-        CaseSpec cs{strip_image_ext(fs::path(item.substr(0, bar)).filename().string()), item.substr(0, bar), item.substr(bar + 1)};
+        CaseSpec cs{case_name(fs::path(item.substr(0, bar)).filename().string()), item.substr(0, bar), item.substr(bar + 1)};
         if (!d.root.empty()) {
           cs.image = (fs::path(d.root) / cs.image).string();
           cs.labels = (fs::path(d.root) / cs.labels).string();
@@ -176,7 +175,7 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
       std::map<std::string, int> seen;
       for (const auto& cs : d.cases) ++seen[cs.name];
       for (auto& cs : d.cases)
-        if (seen[cs.name] > 1) cs.name += "__" + strip_image_ext(fs::path(cs.labels).filename().string());
+        if (seen[cs.name] > 1) cs.name += "__" + case_name(fs::path(cs.labels).filename().string());
     } else if (d.layout == "nnunet" || d.layout == "msd") {
       if (d.root.empty()) throw Error("data.datasets." + name, "needs 'root'");
       std::optional<RecordedDataset> r;

@@ -9,6 +9,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "iris/common/error.h"
+#include "iris/common/mask_box.h"
 
 namespace iris::data {
 namespace {
@@ -43,12 +44,10 @@ std::array<double, 3> random_voxel_of(const at::Tensor& mask, Rng& r) {
           static_cast<double>(nz[i][2].item<long>())};
 }
 
+// The centre of the mask's box; the volume's centre when the mask is empty.
 std::array<double, 3> bbox_centre(const at::Tensor& mask) {
-  at::Tensor nz = at::nonzero(mask);
-  if (nz.size(0) == 0) return {mask.size(0) / 2.0, mask.size(1) / 2.0, mask.size(2) / 2.0};
-  at::Tensor lo = std::get<0>(nz.min(0)).to(at::kDouble), hi = std::get<0>(nz.max(0)).to(at::kDouble);
-  at::Tensor c = (lo + hi) / 2;
-  return {c[0].item<double>(), c[1].item<double>(), c[2].item<double>()};
+  if (const auto box = mask_box(mask)) return box->centre();
+  return {mask.size(0) / 2.0, mask.size(1) / 2.0, mask.size(2) / 2.0};
 }
 
 at::Tensor gaussian_blur(const at::Tensor& x, double sigma) {

@@ -110,10 +110,6 @@ struct FileCloser {
 };
 using File = std::unique_ptr<std::FILE, FileCloser>;
 
-void write_all(std::FILE* f, const void* data, size_t n, const std::string& path) {
-  if (n > 0 && std::fwrite(data, 1, n, f) != n) throw Error(path, "cannot write the cache file (disk full?)");
-}
-
 // Reads the file header by header, checking each field against the file size
 // before trusting it (a corrupt size must not cause a huge allocation).
 class Reader {
@@ -209,15 +205,13 @@ void write_cached_volume(const CachedVolume& volume, const std::string& path) {
   if (labels.defined()) put_tensor_header(header, labels);
   const uint64_t sum = checksum(header, voxels, labels.defined() ? &labels : nullptr);
 
-  write_atomically(path, [&](const std::string& tmp) {
-    File f(std::fopen(tmp.c_str(), "wb"));
-    if (!f) throw Error(path, "cannot create the cache file");
-    write_all(f.get(), header.data(), header.size(), path);
-    write_all(f.get(), voxels.data_ptr(), voxels.nbytes(), path);
-    if (labels.defined()) write_all(f.get(), labels.data_ptr(), labels.nbytes(), path);
-    write_all(f.get(), &sum, sizeof sum, path);
-    if (std::fclose(f.release()) != 0) throw Error(path, "cannot finish the cache file (disk full?)");
-  });
+  const uint64_t bytes = header.size() + voxels.nbytes() + (labels.defined() ? labels.nbytes() : 0) + sizeof sum;
+  write_file_atomically(path, [&](OutputFile& f) {
+    f.write(header.data(), header.size());
+    f.write(voxels.data_ptr(), voxels.nbytes());
+    if (labels.defined()) f.write(labels.data_ptr(), labels.nbytes());
+    f.write(&sum, sizeof sum);
+  }, bytes);
 }
 
 CachedVolume read_cached_volume(const std::string& path) {

@@ -11,6 +11,8 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
+#include "iris/common/label_list.h"
 #include "iris/common/json.h"
 #include "iris/io/image_io.h"
 
@@ -21,15 +23,9 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-bool is_image_file(const fs::path& p) {
-  static const std::set<std::string> known{".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"};
-  return fs::is_regular_file(p) && known.count(full_extension(p.string())) > 0;
-}
+bool is_image_file(const fs::path& p) { return fs::is_regular_file(p) && has_image_extension(p.string()); }
 
-std::string case_name_of(const fs::path& p) {
-  const std::string name = p.filename().string();
-  return name.substr(0, name.size() - full_extension(name).size());
-}
+std::string case_name_of(const fs::path& p) { return case_name(p.string()); }
 
 std::map<std::string, std::string> images_by_case(const std::string& folder) {
   std::map<std::string, std::string> out;
@@ -47,11 +43,6 @@ std::map<std::string, std::string> images_by_case(const std::string& folder) {
 bool is_count_metric(const std::string& name) {
   return name == "TP" || name == "FP" || name == "FN" || name == "TN" || name == "n_pred" ||
          name == "n_ref";
-}
-
-std::vector<std::string> sorted(std::vector<std::string> v) {
-  std::sort(v.begin(), v.end());  // Python's sort_keys: by code point
-  return v;
 }
 
 std::string csv_field(const std::string& s) {
@@ -330,19 +321,7 @@ std::string console_table(const EvaluationSummary& summary) {
 
 std::vector<int32_t> parse_label_list(const std::string& text) {
   std::vector<int32_t> labels;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    int32_t v = 0;
-    const char* b = item.data();
-    const char* e = b + item.size();
-    while (b < e && *b == ' ') ++b;
-    auto [ptr, ec] = std::from_chars(b, e, v);
-    if (ec != std::errc() || ptr != e || b == e)
-      throw Error("--labels", "'" + item + "' is not an integer label (expected e.g. 1,2,3)");
-    labels.push_back(v);
-  }
-  if (labels.empty()) throw Error("--labels", "no labels given");
+  for (long v : parse_label_values(text, "--labels")) labels.push_back(static_cast<int32_t>(v));
   return labels;
 }
 

@@ -196,7 +196,7 @@ std::vector<LabelMetrics> compute_label_metrics(const at::Tensor& reference,
       std::max(ref.max().item<int32_t>(), pred.max().item<int32_t>());
   const int64_t range = int64_t{max_value} - min_value + 1;
   if (range > kMaxLabelRange)
-    throw Error("compute_label_metrics: label values span " + std::to_string(min_value) + ".." +
+    throw Error("label map", "label values span " + std::to_string(min_value) + ".." +
                 std::to_string(max_value) + ", too wide for a label map");
   const int32_t* ref_data = ref.data_ptr<int32_t>();
   const int32_t* pred_data = pred.data_ptr<int32_t>();

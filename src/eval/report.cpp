@@ -15,6 +15,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
 #include "iris/io/image_io.h"
 #include "iris/io/png.h"
 
@@ -450,10 +451,7 @@ std::map<std::string, std::string> match_images(const std::string& image,
   std::map<std::string, std::string> by_name;
   for (const auto& entry : fs::directory_iterator(image)) {
     if (!entry.is_regular_file()) continue;
-    const std::string name = entry.path().filename().string();
-    const std::string ext = full_extension(name);
-    static const std::set<std::string> known{".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd"};
-    if (known.count(ext)) by_name[name.substr(0, name.size() - ext.size())] = entry.path().string();
+    if (has_image_extension(entry.path().string())) by_name[case_name(entry.path().string())] = entry.path().string();
   }
   std::vector<std::string> missing;
   for (const auto& pair : pairs) {

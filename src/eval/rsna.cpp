@@ -248,7 +248,7 @@ std::string rsna_json(const RsnaScore& score) {
   root["series"] = score.series;
   root["warnings"] = score.warnings;
   root["weighted_auc"] = number(score.weighted_auc);
-  return dump(root, 4, true);
+  return dump(root, 4);  // strict JSON: an excluded column's AUC is null
 }
 
 std::string rsna_console_table(const RsnaScore& score) {

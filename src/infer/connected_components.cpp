@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 
 namespace iris::infer {
 
@@ -39,7 +40,7 @@ struct DisjointSets {
 }  // namespace
 
 ComponentLabels connected_components(const at::Tensor& mask, Connectivity connectivity) {
-  if (mask.dim() != 3) throw Error("connected components", "expected a 3-D mask [Z, Y, X]");
+  if (mask.dim() != 3) internal_error("connected components", "expected a 3-D mask [Z, Y, X]");
   const at::Tensor fg = mask.ne(0).to(at::kByte).contiguous().cpu();
   const long Z = fg.size(0), Y = fg.size(1), X = fg.size(2);
   const uint8_t* in = fg.data_ptr<uint8_t>();

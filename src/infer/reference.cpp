@@ -8,6 +8,7 @@
 #include <torch/utils.h>
 
 #include "iris/common/error.h"
+#include "iris/common/mask_box.h"
 #include "iris/io/intensity.h"
 #include "iris/io/image_io.h"
 #include "iris/model/iris_net.h"
@@ -89,18 +90,6 @@ namespace iris::infer {
 
 namespace {
 
-// Bounding box [lo, hi] per axis of the non-zero voxels of a 3-D mask; false when empty.
-bool bounding_box(const at::Tensor& mask, std::array<long, 3>& lo, std::array<long, 3>& hi) {
-  at::Tensor nz = at::nonzero(mask);
-  if (nz.size(0) == 0) return false;
-  at::Tensor mn = std::get<0>(nz.min(0)), mx = std::get<0>(nz.max(0));
-  for (int a = 0; a < 3; ++a) {
-    lo[a] = mn[a].item<long>();
-    hi[a] = mx[a].item<long>();
-  }
-  return true;
-}
-
 }  // namespace
 
 MaskedWindow crop_around_masks(const at::Tensor& volume, const at::Tensor& masks, long max_window) {
@@ -110,10 +99,11 @@ MaskedWindow crop_around_masks(const at::Tensor& volume, const at::Tensor& masks
   const auto win = window_shape(size, max_window);
   at::Tensor v = pad_to(volume.to(at::kFloat), win);
   at::Tensor m = pad_to(masks.to(at::kFloat), win);
-  std::array<long, 3> lo{}, hi{}, start{};
-  if (!bounding_box(m.amax(0), lo, hi)) throw Error("masks", "are empty: nothing to crop around");
+  const auto box = mask_box(m.amax(0));
+  if (!box) throw Error("reference mask", "is empty: nothing to crop around");
+  std::array<long, 3> start{};
   for (int a = 0; a < 3; ++a) {
-    const long centred = (lo[a] + hi[a] + 1) / 2 - win[a] / 2;
+    const long centred = (box->lo[a] + box->hi[a] + 1) / 2 - win[a] / 2;
     start[a] = std::max<long>(0, std::min(centred, v.size(a) - win[a]));
   }
   using torch::indexing::Slice;
@@ -130,13 +120,12 @@ model::TaskEmbedding encode_masks(model::IrisNetImpl& net, const at::Tensor& vol
   const long window = net.config().max_patch_size;
   const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
   const auto win = window_shape(size, window);
-  std::array<long, 3> lo{}, hi{};
   for (long k = 0; k < K; ++k)
-    if (!bounding_box(masks[k], lo, hi))
-      throw Error("masks", "class " + std::to_string(k) + " is empty: it needs at least one voxel");
-  bounding_box(masks.amax(0), lo, hi);
+    if (!mask_box(masks[k]))
+      throw Error("reference mask", "class #" + std::to_string(k + 1) + " has no voxels: each class needs at least one");
+  const MaskBox all = *mask_box(masks.amax(0));
   bool fits = true;
-  for (int a = 0; a < 3; ++a) fits = fits && hi[a] - lo[a] + 1 <= win[a];
+  for (int a = 0; a < 3; ++a) fits = fits && all.extent(a) <= win[a];
 
   torch::NoGradGuard no_grad;
   auto encode_window = [&](const MaskedWindow& w) {

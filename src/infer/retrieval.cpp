@@ -215,7 +215,7 @@ long nearest_image(const at::Tensor& query_features, const EmbeddingPool& pool, 
       best_entry = static_cast<long>(e);
     }
   }
-  if (best_entry < 0) throw Error("image retrieval", "no pool entry has image features (.features files)");
+  if (best_entry < 0) throw Error("--pool", "no pool entry has image features (.features files next to its .task files)");
   if (similarity_out) *similarity_out = best;
   return best_entry;
 }

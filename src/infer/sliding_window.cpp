@@ -7,6 +7,8 @@
 #include <torch/utils.h>
 
 #include "iris/common/error.h"
+#include "iris/common/mask_box.h"
+#include "iris/common/internal_error.h"
 #include "iris/model/iris_net.h"
 
 namespace iris::infer {
@@ -54,12 +56,11 @@ at::Tensor pad_to(const at::Tensor& x, const std::array<long, 3>& shape, double 
 }
 
 std::array<long, 3> reference_window_start(const at::Tensor& mask, const std::array<long, 3>& shape) {
-  at::Tensor nz = at::nonzero(mask);  // [N, 3]
-  if (nz.size(0) == 0) throw Error("reference mask", "is empty");
-  at::Tensor lo = std::get<0>(nz.min(0)), hi = std::get<0>(nz.max(0));
+  const auto box = mask_box(mask);
+  if (!box) throw Error("reference mask", "is empty");
   std::array<long, 3> start{};
   for (int a = 0; a < 3; ++a) {
-    const long l = lo[a].item<long>(), h = hi[a].item<long>(), size = mask.size(a);
+    const long l = box->lo[a], h = box->hi[a], size = mask.size(a);
     if (h - l + 1 > shape[a])
       throw Error("reference mask", "extends over " + std::to_string(h - l + 1) + " voxels along axis " +
                                         std::to_string(a) + ", more than the " + std::to_string(shape[a]) +
@@ -73,7 +74,7 @@ std::array<long, 3> reference_window_start(const at::Tensor& mask, const std::ar
 
 at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
                                         const model::TaskEmbedding& task, const SlidingWindowOptions& o) {
-  if (volume.dim() != 3) throw Error("query", "expected a 3-D volume");
+  if (volume.dim() != 3) internal_error("sliding_window_probabilities", "the query must be a 3-D volume [Z, Y, X]");
   const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
   const auto win = window_shape(size, o.window);
   at::Tensor padded = pad_to(volume.to(at::kFloat), win);
@@ -128,7 +129,7 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
 at::Tensor labels_from_probabilities(const at::Tensor& probabilities, const std::vector<long>& labels,
                                      double threshold) {
   if (probabilities.size(0) != static_cast<long>(labels.size()))
-    throw Error("labels", "one label value per class is needed");
+    internal_error("labels_from_probabilities", "one label value per class is needed");
   auto [best, index] = probabilities.max(0);
   at::Tensor values = at::tensor(std::vector<int32_t>(labels.begin(), labels.end()), at::kInt);
   at::Tensor out = values.index_select(0, index.reshape({-1})).view(index.sizes());

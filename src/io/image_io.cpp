@@ -58,32 +58,6 @@ void check_finite(at::Tensor& voxels, const std::string& source, double nan_as, 
 
 }  // namespace detail
 
-const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> known{".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"};
-  return known;
-}
-
-namespace {
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-std::string matching_extension(const std::string& path) {
-  const std::string name = lower(fs::path(path).filename().string());
-  for (const auto& ext : image_extensions())
-    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) return ext;
-  return "";
-}
-}  // namespace
-
-bool has_image_extension(const std::string& path) { return !matching_extension(path).empty(); }
-
-std::string case_name(const std::string& path) {
-  const std::string name = fs::path(path).filename().string();
-  const std::string ext = matching_extension(path);
-  return ext.empty() ? fs::path(name).stem().string() : name.substr(0, name.size() - ext.size());
-}
-
 namespace {
 
 void check_is_file(const std::string& path) {
@@ -118,10 +92,12 @@ at::Tensor to_label_voxels(const at::Tensor& voxels, const std::string& path) {
 
 Image read_image(const std::string& path, const ImageReadOptions& options) {
   Image out;
+  if (options.components && !detail::is_nifti_path(path))
+    throw Error(path, "images with components (4-D) are read from NIfTI files only");
   if (fs::is_directory(path)) {
     out = read_dicom_series(path);
   } else if (detail::is_nifti_path(path)) {
-    detail::NiftiVolume v = detail::read_nifti(path, options.prefer_sform);
+    detail::NiftiVolume v = detail::read_nifti(path, options.prefer_sform, options.components);
     out = std::move(v.image);
     out.voxels = out.voxels.to(at::kFloat);
     if (v.scaled()) out.voxels = out.voxels.mul(v.slope).add(v.intercept);

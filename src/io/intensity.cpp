@@ -90,7 +90,7 @@ at::Tensor normalise_intensity(const at::Tensor& volume, const std::string& sche
   if (scheme == "ct-abdomen") return clip_window_zscore(volume, -160, 240);
   std::string known;
   for (const auto& s : intensity_schemes()) known += (known.empty() ? "" : ", ") + s;
-  throw Error("--preprocess", "unknown intensity scheme '" + scheme + "' (known: " + known + ")");
+  throw Error("preprocess.intensity", "unknown intensity scheme '" + scheme + "' (known: " + known + ")");
 }
 
 }  // namespace iris::io

@@ -365,7 +365,7 @@ bool is_nifti_path(const std::string& path) {
   return ends_with(lower, ".nii") || ends_with(lower, ".nii.gz");
 }
 
-NiftiVolume read_nifti(const std::string& path, bool prefer_sform) {
+NiftiVolume read_nifti(const std::string& path, bool prefer_sform, bool components) {
   Source in(path);
   const Header H = parse_header(in, path);
   const TypeInfo type = type_of(H.datatype, path);
@@ -375,7 +375,8 @@ NiftiVolume read_nifti(const std::string& path, bool prefer_sform) {
     if (sizes[i] < 1)
       throw Error(path, "has dim[" + std::to_string(i + 1) + "] = " + std::to_string(sizes[i]) + " (must be >= 1)");
   while (sizes.size() > 3 && sizes.back() == 1) sizes.pop_back();
-  if (sizes.size() != 3) {
+  const bool four_d = components && sizes.size() == 4;
+  if (sizes.size() != 3 && !four_d) {
     std::string text;
     for (size_t i = 0; i < sizes.size(); ++i) text += (i ? "x" : "") + std::to_string(sizes[i]);
     throw Error(path, "is " + std::to_string(sizes.size()) + "-D (" + text + "); a 3-D image is needed");
@@ -401,7 +402,8 @@ NiftiVolume read_nifti(const std::string& path, bool prefer_sform) {
                           "x" + std::to_string(sizes[2]) + " " + type.name + "): the file is truncated");
   }
   in.skip(offset - header_bytes, "header extension");
-  at::Tensor raw = at::empty({sizes[2], sizes[1], sizes[0]}, at::TensorOptions().dtype(type.stored));
+  at::Tensor raw = four_d ? at::empty({sizes[3], sizes[2], sizes[1], sizes[0]}, at::TensorOptions().dtype(type.stored))
+                          : at::empty({sizes[2], sizes[1], sizes[0]}, at::TensorOptions().dtype(type.stored));
   in.read(raw.data_ptr(), data_bytes, "voxel data");
   in.check_end();
   if (H.swap) swap_bytes(raw);

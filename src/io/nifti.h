@@ -34,7 +34,8 @@ struct NiftiVolume {
 // iris::Error naming the path for a file that is not NIfTI, is cut short or
 // whose header points past its end, has an unsupported type, is not 3-D, or
 // has no usable voxel size.
-NiftiVolume read_nifti(const std::string& path, bool prefer_sform = false);
+// `components`: a 4-D file (X, Y, Z, C) reads as voxels [C, Z, Y, X].
+NiftiVolume read_nifti(const std::string& path, bool prefer_sform = false, bool components = false);
 
 // Writes a NIfTI-1 file (.nii, or gzipped when the name ends .nii.gz) of a
 // [Z,Y,X] or [C,Z,Y,X] uint8/int16/int32/float32 tensor, with qform and sform

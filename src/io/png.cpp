@@ -33,7 +33,7 @@ std::vector<uint8_t> zlib_stream(const std::vector<uint8_t>& raw) {
   uLongf size = compressBound(static_cast<uLong>(raw.size()));
   std::vector<uint8_t> out(size);
   if (compress2(out.data(), &size, raw.data(), static_cast<uLong>(raw.size()), 6) != Z_OK)
-    throw Error("png", "compression failed");
+    throw Error("PNG writer", "zlib compression failed (out of memory?)");
   out.resize(size);
   return out;
 #else

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 #include "resample_detail.h"
 
 namespace iris::io {
@@ -120,7 +121,7 @@ std::pair<long, long> true_span(const at::Tensor& flags) {
 }  // namespace
 
 CropBox foreground_box(const at::Tensor& volume, const Geometry& g, const ForegroundOptions& o) {
-  if (volume.dim() != 3) throw Error("foreground_box", "expects a [Z,Y,X] volume");
+  if (volume.dim() != 3) internal_error("foreground_box", "expects a [Z,Y,X] volume");
   CropBox whole;
   whole.end = g.size;
   if (volume.numel() == 0) return whole;
@@ -168,7 +169,7 @@ at::Tensor pad_back(const at::Tensor& cropped, const CropBox& box, const Geometr
   for (int axis = 2; axis >= 0; --axis) shape.push_back(full.size[axis]);
   for (int axis = 0; axis < 3; ++axis)
     if (cropped.size(dim_of_axis(lead, axis)) != box.end[axis] - box.begin[axis])
-      throw Error("pad_back", "tensor does not have the crop box's size");
+      internal_error("pad_back", "tensor does not have the crop box's size");
   at::Tensor out = at::full(shape, fill, cropped.options());
   at::Tensor window = out;
   for (int axis = 0; axis < 3; ++axis)
@@ -246,11 +247,11 @@ at::Tensor resample_3d(const at::Tensor& voxels, const Geometry& from, const Geo
     const at::Tensor labels = voxels.to(at::kInt);
     if (interpolation == Interpolation::kPerLabelLinear) return resample_per_label(labels, from, onto);
     if (interpolation != Interpolation::kNearest)
-      throw Error("resample_voxels", "integer (label) voxels need nearest or per-label-linear interpolation");
+      internal_error("resample_voxels", "integer (label) voxels need nearest or per-label-linear interpolation");
     return resample_one(labels, from, onto, interpolation);
   }
   if (interpolation == Interpolation::kPerLabelLinear)
-    throw Error("resample_voxels", "per-label-linear needs integer label voxels");
+    internal_error("resample_voxels", "per-label-linear needs integer label voxels");
   return resample_one(voxels.to(at::kFloat), from, onto, interpolation);
 }
 
@@ -260,7 +261,7 @@ at::Tensor resample_voxels(const at::Tensor& voxels, const Geometry& from, const
                            Interpolation interpolation) {
   check_spatial(voxels, "resample_voxels");
   if (voxels.size(-1) != from.size[0] || voxels.size(-2) != from.size[1] || voxels.size(-3) != from.size[2])
-    throw Error("resample_voxels", "tensor shape " + c10::str(voxels.sizes()) +
+    internal_error("resample_voxels", "tensor shape " + c10::str(voxels.sizes()) +
                                        " does not match the grid " + from.describe());
   if (voxels.dim() == 3) return resample_3d(voxels, from, onto, interpolation);
   std::vector<at::Tensor> channels;

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 #include "itk_bridge.h"
 #include "resample_detail.h"
 
@@ -39,7 +40,7 @@ at::Tensor resample_itk(const at::Tensor& input, const Geometry& from, const Geo
       break;
     }
     case Interpolation::kPerLabelLinear:
-      throw Error("resample_voxels", "per-label-linear is handled per label");
+      internal_error("resample_voxels", "per-label-linear is handled per label");
   }
   auto grid = ItkImage::New();  // geometry only, no pixels
   set_geometry(*grid, onto);
@@ -68,7 +69,7 @@ at::Tensor resample_scalar(const at::Tensor& voxels, const Geometry& from, const
 
 at::Tensor n4_bias_correct(const at::Tensor& volume, const Geometry& g, const N4Options& o) {
   if (volume.dim() != 3) throw Error("n4", "expects a [Z,Y,X] volume");
-  if (o.shrink_factor < 1) throw Error("n4_shrink", "must be at least 1");
+  if (o.shrink_factor < 1) throw Error("preprocess.n4_shrink", "must be at least 1");
   using Float = itk::Image<float, 3>;
   using Mask = itk::Image<uint8_t, 3>;
   using N4 = itk::N4BiasFieldCorrectionImageFilter<Float, Mask, Float>;

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 #include "resample_detail.h"
 
 namespace iris::io::detail {
@@ -11,10 +12,10 @@ namespace iris::io::detail {
 at::Tensor resample_native(const at::Tensor& voxels, const Geometry& from, const Geometry& onto,
                            Interpolation interpolation) {
   if (interpolation != Interpolation::kNearest && interpolation != Interpolation::kLinear)
-    throw Error("resample_voxels", interpolation_name(interpolation) + " is not one of iris' own interpolations");
+    internal_error("resample_voxels", interpolation_name(interpolation) + " is not one of iris' own interpolations");
   const bool integral = voxels.scalar_type() == at::kInt;
   if (integral && interpolation != Interpolation::kNearest)
-    throw Error("resample_voxels", "integer (label) voxels need nearest interpolation");
+    internal_error("resample_voxels", "integer (label) voxels need nearest interpolation");
   // Continuous index in `from` of output index (x, y, z): c = A (x, y, z) + b,
   // A = S_from^-1 D_from^T D_onto S_onto, b = S_from^-1 D_from^T (o_onto - o_from).
   double A[3][3], b[3];

@@ -16,6 +16,7 @@
 #endif
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 
 namespace iris::model {
 
@@ -93,10 +94,10 @@ void share_tensors(const torch::nn::Module& from, torch::nn::Module& to) {
   torch::NoGradGuard no_grad;
   auto share = [](const auto& src, const auto& dst, const char* kind) {
     if (src.size() != dst.size())
-      throw Error("activation checkpointing", std::string("the twin module has a different number of ") + kind);
+      internal_error("activation checkpointing", std::string("the twin module has a different number of ") + kind);
     for (size_t i = 0; i < src.size(); ++i) {
       if (src[i].key() != dst[i].key())
-        throw Error("activation checkpointing", "the twin module has " + dst[i].key() + " where the module has " +
+        internal_error("activation checkpointing", "the twin module has " + dst[i].key() + " where the module has " +
                                                     src[i].key());
       at::Tensor d = dst[i].value();
       d.set_data(src[i].value().data());
@@ -177,7 +178,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     if (torch::GradMode::is_enabled())
-      throw Error("activation checkpointing", "double backward (create_graph) is not supported");
+      internal_error("activation checkpointing", "double backward (create_graph) is not supported");
     const auto holder = ctx->saved_data["state"].toCapsule();
     auto& state = *static_cast<SegmentState*>(holder.get());
     const variable_list saved = ctx->get_saved_variables();
@@ -236,7 +237,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 std::vector<at::Tensor> checkpointed(const Segment& fn, const std::shared_ptr<torch::nn::Module>& module,
                                      const std::shared_ptr<torch::nn::Module>& twin,
                                      const std::vector<at::Tensor>& inputs) {
-  if (!module || !twin) throw Error("activation checkpointing", "a module and its twin are required");
+  if (!module || !twin) internal_error("activation checkpointing", "a module and its twin are required");
   const std::vector<at::Tensor> params = module->parameters();
   auto needs_grad = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
   if (!torch::GradMode::is_enabled() ||

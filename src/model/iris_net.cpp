@@ -3,6 +3,7 @@
 #include <torch/nn/init.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 
 namespace iris::model {
 
@@ -55,7 +56,7 @@ std::vector<at::Tensor> IrisNetImpl::encode_image(const at::Tensor& image) {
 
 std::vector<at::Tensor> IrisNetImpl::encode_task_tokens(const std::vector<at::Tensor>& features,
                                                         const at::Tensor& masks) {
-  if (masks.dim() != 5) throw Error("masks", "expected [batch, classes, D, H, W]");
+  if (masks.dim() != 5) internal_error("IrisNet::encode_task_tokens", "masks expected [batch, classes, D, H, W]");
   std::vector<at::Tensor> tokens;
   for (long i = 0; i < config_.prior_stages; ++i)
     tokens.push_back(task_embedding[i]->as<TaskEncoder>()->forward(features[i], masks));

@@ -3,12 +3,13 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 
 namespace iris::model {
 
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid,
                         const LossWeights& w) {
-  if (logits.sizes() != targets.sizes()) throw Error("loss", "logits and targets differ in shape");
+  if (logits.sizes() != targets.sizes()) internal_error("loss", "logits and targets differ in shape");
   const long B = logits.size(0), K = logits.size(1);
   at::Tensor x = logits.to(at::kFloat).reshape({B, K, -1});
   at::Tensor y = targets.to(at::kFloat).reshape({B, K, -1});

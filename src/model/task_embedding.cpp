@@ -151,7 +151,8 @@ TaskEmbedding encode_task(IrisNetImpl& net, const at::Tensor& reference, const a
   for (long b = 0; b < voxels.size(0); ++b)
     for (long k = 0; k < voxels.size(1); ++k)
       if (voxels[b][k].item<double>() <= 0)
-        throw Error("reference mask", "class " + std::to_string(k) + " is empty: a reference needs at least one voxel");
+        throw Error("reference mask", "class #" + std::to_string(k + 1) + " of reference " + std::to_string(b + 1) +
+                                       " has no voxels: each class must appear in every reference");
   auto tokens = net.encode_task_tokens(net.encode_image(reference), masks);
   TaskEmbedding t;
   t.model_fingerprint = fingerprint;

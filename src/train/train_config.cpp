@@ -6,13 +6,18 @@
 
 namespace iris::train {
 
-TrainConfig TrainConfig::from_config(const ConfigMap& m) {
+const std::vector<std::string>& TrainConfig::known_keys() {
   static const std::vector<std::string> known{
       "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
       "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
       "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
       "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "distributed_timeout_s", "micro_batch", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
       "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
+  return known;
+}
+
+TrainConfig TrainConfig::from_config(const ConfigMap& m) {
+  const auto& known = known_keys();
   ConfigMap plain;
   std::set<std::string> group_names;
   for (const auto& [k, v] : m.entries()) {

@@ -20,6 +20,7 @@
 #include <itkPNGImageIO.h>
 #include <itkRGBAPixel.h>
 
+#include "../support/test_support.h"
 #include "iris/io/image_io.h"
 
 namespace fs = std::filesystem;
@@ -51,8 +52,8 @@ std::string shell_quoted(const fs::path& p) { return "'" + p.string() + "'"; }
 class IrisEvalReport : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(kAtlas) || !fs::exists(kT1))
-      GTEST_SKIP() << "mricron-data templates missing: run scripts/setup.sh";
+    REQUIRE_DATA(kAtlas);
+    REQUIRE_DATA(kT1);
     root = fs::temp_directory_path() / ("iris_eval_report_" + std::to_string(::getpid()));
     fs::remove_all(root);
     for (const char* sub : {"gt", "pred", "images"}) fs::create_directories(root / sub);

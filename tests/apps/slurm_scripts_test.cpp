@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "iris/io/image_io.h"
+#include "iris/model/model_file.h"
 #include "support/test_support.h"
 
 extern char** environ;
@@ -216,4 +217,64 @@ TEST_F(SlurmScripts, ScriptsFindIrisWithoutTheirOwnPath) {
               std::string::npos)
         << script << ": " << read_text(root / "missing.log");
   }
+}
+
+// The inference array: three tasks together segment every case once (each
+// its own part), and a requeued task finds its cases done.
+TEST_F(SlurmScripts, InferenceArraySegmentsEachCaseOnceAndARerunSkipsThem) {
+  const fs::path queries = root / "queries", out = root / "masks";
+  fs::create_directories(queries);
+  fs::create_directories(out);
+  at::manual_seed(0);
+  for (int i = 0; i < 7; ++i) {
+    iris::Image q;
+    q.voxels = at::rand({16, 16, 16});
+    q.geometry.size = {16, 16, 16};
+    iris::io::write_image(q, (queries / ("case" + std::to_string(i) + ".nii.gz")).string());
+  }
+  iris::Image mask;
+  mask.voxels = at::zeros({16, 16, 16}, at::kByte);
+  mask.voxels.index_put_({at::indexing::Slice(4, 10), at::indexing::Slice(4, 10), at::indexing::Slice(4, 10)}, 1);
+  mask.geometry.size = {16, 16, 16};
+  iris::io::write_image(mask, (root / "ref_mask.nii.gz").string());
+  fs::copy_file(queries / "case0.nii.gz", root / "ref.nii.gz");
+  iris::model::IrisModel m;
+  m.config = iris::model::preset("tiny");
+  m.net = iris::model::IrisNet(m.config);
+  iris::model::save_model(m, (root / "tiny.iris").string());
+
+  const fs::path spooled = root / "spool" / "slurm_script";
+  fs::copy_file(kRepo + "/slurm/infer_array.sbatch", spooled, fs::copy_options::overwrite_existing);
+  auto task = [&](int id, const std::string& log) {
+    const std::string command =
+        "cd " + iris::testing::shell_quoted((root / "work").string()) + " && SLURM_ARRAY_TASK_ID=" + std::to_string(id) +
+        " SLURM_ARRAY_TASK_COUNT=3 SLURM_ARRAY_TASK_MIN=0 SLURM_CPUS_PER_TASK=1 SLURM_SUBMIT_DIR=" +
+        iris::testing::shell_quoted(fs::canonical(kRepo).string()) + " IRIS_BIN=" + iris::testing::shell_quoted(bin_dir()) +
+        " bash " + iris::testing::shell_quoted(spooled.string()) + " --model " +
+        iris::testing::shell_quoted((root / "tiny.iris").string()) + " --reference " +
+        iris::testing::shell_quoted((root / "ref.nii.gz").string()) + " --reference-mask " +
+        iris::testing::shell_quoted((root / "ref_mask.nii.gz").string()) + " --preprocess zscore --window 16 --query " +
+        iris::testing::shell_quoted(queries.string()) + " --output " + iris::testing::shell_quoted(out.string()) +
+        " --device cpu > " + iris::testing::shell_quoted((root / log).string()) + " 2>&1";
+    const int status = std::system(command.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  std::vector<size_t> per_task;
+  for (int id = 0; id < 3; ++id) {
+    const size_t before = std::distance(fs::directory_iterator(out), fs::directory_iterator{});
+    ASSERT_EQ(task(id, "task" + std::to_string(id) + ".log"), 0) << read_text(root / ("task" + std::to_string(id) + ".log"));
+    per_task.push_back(std::distance(fs::directory_iterator(out), fs::directory_iterator{}) - before);
+  }
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(fs::exists(out / ("case" + std::to_string(i) + ".nii.gz"))) << i;
+  EXPECT_EQ(per_task[0] + per_task[1] + per_task[2], 7u);
+  ASSERT_EQ(task(1, "again.log"), 0) << read_text(root / "again.log");
+  EXPECT_NE(read_text(root / "again.log").find("already done (--continue)"), std::string::npos) << read_text(root / "again.log");
+  // Not an array task: a clear refusal.
+  const std::string plain = "SLURM_SUBMIT_DIR=" + iris::testing::shell_quoted(fs::canonical(kRepo).string()) +
+                            " IRIS_BIN=" + iris::testing::shell_quoted(bin_dir()) + " bash " +
+                            iris::testing::shell_quoted(spooled.string()) + " > " +
+                            iris::testing::shell_quoted((root / "plain.log").string()) + " 2>&1";
+  const int status = std::system(plain.c_str());
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  EXPECT_NE(read_text(root / "plain.log").find("not an array task"), std::string::npos);
 }

@@ -49,3 +49,24 @@ TEST(Layers, EveryAreaIncludesOnlyTheAreasBelowIt) {
   EXPECT_GT(checked, 100);
   EXPECT_TRUE(violations.empty()) << "includes against the layer rules:" << violations;
 }
+
+// Missing data or a missing tool must fail a test, never skip it quietly
+// (REQUIRE_DATA in tests/support/test_support.h): no test skips itself.
+TEST(Layers, NoTestSkipsItself) {
+  const fs::path root = fs::path(IRIS_TEST_DATA_DIR) / "..";
+  const std::string skip = std::string("GTEST_") + "SKIP";
+  std::string found;
+  long files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(root / "tests")) {
+    if (!e.is_regular_file() || (e.path().extension() != ".cpp" && e.path().extension() != ".h")) continue;
+    ++files;
+    std::ifstream in(e.path());
+    std::string line;
+    long number = 0;
+    while (std::getline(in, line))
+      if (++number, line.find(skip) != std::string::npos)
+        found += "\n  " + fs::relative(e.path(), root).string() + ":" + std::to_string(number);
+  }
+  EXPECT_GT(files, 30);
+  EXPECT_TRUE(found.empty()) << "tests that skip themselves:" << found;
+}

@@ -94,8 +94,9 @@ TEST_F(CaseCacheTest, OtherPreprocessingIsAnotherEntry) {
 TEST_F(CaseCacheTest, ChangedRawFilesAreReadAgain) {
   data::CaseCache cache((dir_ / "cache").string(), "p\n");
   const auto first = cache.loader(raw_loader())(spec_, spec_.cases[0]);
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto written = fs::last_write_time(spec_.cases[0].image);
   std::ofstream(spec_.cases[0].image) << "a rewritten, longer image file";
+  fs::last_write_time(spec_.cases[0].image, written + std::chrono::seconds(2));  // a later time, without waiting
   std::vector<std::string> warnings;
   const auto again = cache.loader(raw_loader(), [&](const std::string& w) { warnings.push_back(w); })(spec_, spec_.cases[0]);
   EXPECT_EQ(raw_calls_, 2);

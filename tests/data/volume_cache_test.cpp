@@ -9,7 +9,10 @@
 #include <fstream>
 #include <thread>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+
+#include <csignal>
 
 #include <ATen/ATen.h>
 
@@ -170,6 +173,41 @@ TEST_F(VolumeCacheTest, TruncatedOrCorruptFilesAreMisses) {
   std::string why;
   EXPECT_FALSE(cache.get("k", &why).has_value());
   EXPECT_NE(why.find("IRISVOL1"), std::string::npos) << why;
+}
+
+// Deterministic: a write that fails half-way (the file-size limit stops it
+// after 64 KB of a 2 MB volume, as a full disk would) leaves the previous
+// entry complete and readable, and no temporary file behind.
+TEST_F(VolumeCacheTest, AWriteFailingHalfWayLeavesTheOldEntry) {
+  VolumeCache cache(dir_.string());
+  const CachedVolume old = sample(3);
+  cache.put("k", old);
+  CachedVolume big = sample(4);
+  big.voxels = at::randn({32, 128, 128});
+  big.geometry.size = {128, 128, 32};
+  big.labels.reset();
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);  // writes past the limit fail with EFBIG instead
+    rlimit limit{64 * 1024, 64 * 1024};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+    try {
+      cache.put("k", big);
+    } catch (const iris::Error&) {
+      ::_exit(0);  // the failure was reported as it should be
+    }
+    ::_exit(1);  // the write "succeeded": the limit did not bite
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the child's put did not fail with an iris::Error";
+  const auto got = cache.get("k");
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(at::equal(got->voxels, old.voxels));
+  int leftovers = 0;
+  for (const auto& e : fs::directory_iterator(dir_)) leftovers += e.path().filename() != "k.irisvol";
+  EXPECT_EQ(leftovers, 0) << "temporary files left behind";
 }
 
 // Writers racing on one key (as two loader processes filling the same cache):

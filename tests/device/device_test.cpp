@@ -145,8 +145,9 @@ TEST(OnDevice, SlidingWindowEqualsTheCpu) {
 TEST(OnDevice, TrainingStepsAndACheckpointRoundTrip) {
   const c10::Device device = test_device();
   const fs::path dir = iris::testing::temp_folder("device_train");
-  // One process; with a GPU also through NCCL with the backend named (world size 1).
-  train::CommunicatorOptions o{"none"};
+  // One process with the backend named, so its collectives run even at world
+  // size 1: NCCL on a GPU (CUDA tensors only), Gloo on the CPU.
+  train::CommunicatorOptions o{device.is_cuda() ? "nccl" : "gloo"};
   o.device = device;
   auto comm = train::make_communicator({}, o);
   auto make = [&](const fs::path& out) {

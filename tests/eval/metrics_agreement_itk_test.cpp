@@ -19,6 +19,7 @@
 #include <itkLabelOverlapMeasuresImageFilter.h>
 #include <itkSignedMaurerDistanceMapImageFilter.h>
 
+#include "../support/test_support.h"
 #include "iris/eval/label_metrics.h"
 #include "iris/io/image_io.h"
 
@@ -181,14 +182,14 @@ void expect_agreement(const at::Tensor& full_ref, const at::Tensor& full_pred, c
 }
 
 TEST(ItkAgreement, AtlasAgainstShiftedAtlas) {
-  if (!std::filesystem::exists(kAtlas)) GTEST_SKIP() << kAtlas << " not installed";
+  REQUIRE_DATA(kAtlas);
   const at::Tensor atlas = io::read_labels(kAtlas).voxels;
   const at::Tensor moved = shifted(atlas, 2, -1, 3);
   expect_agreement(atlas, moved, {1, 2, 37, 71});
 }
 
 TEST(ItkAgreement, AtlasAgainstErodedAndRelabelled) {
-  if (!std::filesystem::exists(kAtlas)) GTEST_SKIP() << kAtlas << " not installed";
+  REQUIRE_DATA(kAtlas);
   const at::Tensor atlas = io::read_labels(kAtlas).voxels;
   // Erode by removing each label's surface, then relabel one structure to
   // another so that one label has extra, distant false positives.
@@ -199,8 +200,8 @@ TEST(ItkAgreement, AtlasAgainstErodedAndRelabelled) {
 }
 
 TEST(ItkAgreement, BrainMaskAgainstThresholdedHead) {
-  if (!std::filesystem::exists(kHead) || !std::filesystem::exists(kBrain))
-    GTEST_SKIP() << "ch2 templates not installed";
+  REQUIRE_DATA(kHead);
+  REQUIRE_DATA(kBrain);
   const io::Image head = io::read_image(kHead);
   const io::Image brain = io::read_image(kBrain);
   io::check_same_grid(head, brain);

@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "infer/test_support.h"
+#include "iris/io/dicom_seg.h"
 #include "iris/io/image_io.h"
 #include "iris/model/task_embedding.h"
 
@@ -78,6 +79,15 @@ void expect_labels_within(const io::Image& labels, const std::vector<long>& allo
   }
 }
 
+// Comparisons of two outputs mean something only when the outputs are not
+// all background (or all foreground): the untrained tiny model must have
+// labelled some voxels and left others.
+void expect_not_vacuous(const io::Image& labels, const std::string& what) {
+  const long labelled = labels.voxels.ne(0).sum().item<long>();
+  EXPECT_GT(labelled, 0) << what << ": nothing labelled, so the comparison proves nothing";
+  EXPECT_LT(labelled, labels.voxels.numel()) << what << ": everything labelled";
+}
+
 }  // namespace
 
 TEST_F(App, EnsembleOfOneEqualsOneShot) {
@@ -85,6 +95,7 @@ TEST_F(App, EnsembleOfOneEqualsOneShot) {
   ASSERT_EQ(run(reference_args() + " --query " + query + " --output " + one + " --window 32").exit_code, 0);
   const RunResult r = run(reference_args() + " --strategy ensemble --query " + query + " --output " + ens + " --window 32");
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_not_vacuous(io::read_labels(one), "one-shot");
   EXPECT_TRUE(torch::equal(io::read_labels(one).voxels, io::read_labels(ens).voxels));
 }
 
@@ -153,6 +164,7 @@ TEST_F(App, PoolRetrievalAndImageRetrieval) {
     const io::Image labels = io::read_labels(out);
     EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{30, 44, 40}));
     expect_labels_within(labels, {1, 2});
+    expect_not_vacuous(labels, strategy);
     const auto json = nlohmann::json::parse(read_text(report));
     EXPECT_EQ(json["strategy"], strategy) << json.dump();
     EXPECT_TRUE(json.contains("retrieved")) << json.dump();
@@ -179,6 +191,7 @@ TEST_F(App, TuningStoresATaskAndWarnsAboutModalities) {
   const std::string again = temp_path("tuned_again.nii.gz");
   ASSERT_EQ(run(" --model " + model + " --task " + tuned + " --preprocess zscore --quiet --query " + query +
                 " --output " + again).exit_code, 0);
+  expect_not_vacuous(io::read_labels(out), "tuned");
   EXPECT_TRUE(torch::equal(io::read_labels(out).voxels, io::read_labels(again).voxels));
 }
 
@@ -219,14 +232,16 @@ TEST_F(App, QueryLargerThanTheWindowIsWindowed) {
 TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
   ASSERT_TRUE(fs::exists(kDaikonVolume)) << "test data missing: run scripts/setup.sh";
   const std::string out = temp_path("dicom_mask.nii.gz"), report = temp_path("dicom.json");
+  const std::string seg = temp_path("dicom_mask.dcm");
   const RunResult r = run(reference_args() + " --reference-modality CT --query " + kDaikonVolume + " --output " + out +
-                    " --overlap 0 --report " + report);
+                    " --overlap 0 --report " + report + " --dicom-seg " + seg);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("query modality MR differs"), std::string::npos) << r.err;
   const io::Image labels = io::read_labels(out);
   EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{20, 256, 256}));
   expect_labels_within(labels, {1, 2});
-  // The grid of tests/io/dicom_test.cpp (from gdcmdump of the headers).
+  expect_not_vacuous(labels, "DICOM query");
+  // The grid of tests/io/dicom_itk_test.cpp (from gdcmdump of the headers).
   const auto& g = labels.geometry;
   EXPECT_NEAR(g.spacing[0], 0.859375, 1e-5);
   EXPECT_NEAR(g.spacing[1], 0.859375, 1e-5);
@@ -237,5 +252,81 @@ TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
   EXPECT_NEAR(g.direction[4], 0.990960, 1e-5);  // the oblique column direction, y
   EXPECT_NEAR(g.direction[7], 0.134158, 1e-5);  // and z
   EXPECT_FALSE(nlohmann::json::parse(read_text(report))["warnings"].empty());
+  // --dicom-seg: the same masks as a DICOM-SEG referencing the series.
+  ASSERT_TRUE(fs::exists(seg)) << r.err;
+  const io::DicomSeg read_back = io::read_dicom_seg(seg, &labels.geometry);
+  EXPECT_TRUE(torch::equal(read_back.labels.voxels, labels.voxels.to(torch::kInt)));
 }
 #endif
+
+TEST_F(App, ThresholdDecidesWhichVoxelsAClassClaims) {
+  const std::string all = temp_path("t0.nii.gz"), none = temp_path("t1.nii.gz"), mid = temp_path("t5.nii.gz");
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --threshold 0 --output " + all).exit_code, 0);
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --threshold 1 --output " + none).exit_code, 0);
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --output " + mid).exit_code, 0);
+  const at::Tensor a = io::read_labels(all).voxels, n = io::read_labels(none).voxels, m = io::read_labels(mid).voxels;
+  EXPECT_TRUE(a.ne(0).all().item<bool>()) << "threshold 0: every voxel goes to its most probable class";
+  EXPECT_FALSE(n.ne(0).any().item<bool>()) << "threshold 1: a sigmoid never reaches it";
+  // The default 0.5 keeps the 0 run's class where it labels at all.
+  EXPECT_TRUE(torch::equal(m.ne(0).logical_and(m.ne(a)).any(), torch::tensor(false)));
+  EXPECT_NE(run(reference_args() + " --query " + query + " --threshold 1.5 --output " + mid).exit_code, 0);
+}
+
+TEST_F(App, ProbabilitiesAreWrittenPerCaseAndAgreeWithTheLabels) {
+  const std::string labels = temp_path("p_labels.nii.gz"), probs = temp_path("p_probs.nii.gz");
+  RunResult r = run(reference_args() + " --query " + query + " --window 32 --output " + labels + " --probabilities " + probs);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const at::Tensor p = read_probabilities(probs), l = io::read_labels(labels).voxels;
+  ASSERT_EQ(p.sizes(), (at::IntArrayRef{2, 30, 44, 40}));
+  EXPECT_GE(p.min().item<float>(), 0.0f);
+  EXPECT_LE(p.max().item<float>(), 1.0f);
+  // Label = most probable class where that probability is >= 0.5, else 0:
+  // counted here from the probabilities file.
+  auto [best, index] = p.max(0);
+  const at::Tensor expected = at::where(best.ge(0.5), index.to(at::kInt) + 1, at::zeros_like(index, at::kInt));
+  EXPECT_TRUE(torch::equal(l, expected));
+  expect_not_vacuous(io::read_labels(labels), "labels");
+
+  // A folder of queries: one probability file per case in a folder.
+  const fs::path in = temp_path("p_in"), out = temp_path("p_out"), pdir = temp_path("p_dir");
+  for (const auto& d : {in, out, pdir}) fs::create_directories(d);
+  fs::copy_file(query, in / "q1.nii.gz", fs::copy_options::overwrite_existing);
+  fs::copy_file(references[0], in / "q2.nii.gz", fs::copy_options::overwrite_existing);
+  r = run(reference_args() + " --query " + in.string() + " --window 32 --output " + out.string() + " --probabilities " +
+          pdir.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(read_probabilities((pdir / "q1.nii.gz").string()).size(1), 30);
+  EXPECT_EQ(read_probabilities((pdir / "q2.nii.gz").string()).size(1), 24);
+  r = run(reference_args() + " --query " + in.string() + " --output " + out.string() + " --probabilities " + probs);
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("--probabilities"), std::string::npos) << r.err;
+}
+
+TEST_F(App, MemoryBankClassesByName) {
+  model::IrisModel m = model::load_model(model);
+  m.class_names = {"ball", "box"};
+  const std::string named = temp_path("named.iris"), out = temp_path("bank.nii.gz"), report = temp_path("bank.json");
+  model::save_model(m, named);
+  RunResult r = run(" --model " + named + " --classes box,ball --preprocess zscore --quiet --window 32 --query " + query +
+                    " --output " + out + " --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_labels_within(io::read_labels(out), {1, 2});
+  const auto json = nlohmann::json::parse(read_text(report));
+  EXPECT_EQ(json["strategy"], "memory-bank");
+  EXPECT_EQ(json["classes"], 2);
+  r = run(" --model " + named + " --classes liver --preprocess zscore --quiet --query " + query + " --output " + out);
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("liver"), std::string::npos) << r.err;
+}
+
+TEST_F(App, MirroringChangesTheUntrainedModelsProbabilities) {
+  const std::string plain = temp_path("m0.nii.gz"), tta = temp_path("m1.nii.gz");
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --output " + temp_path("m.nii.gz") +
+                " --probabilities " + plain).exit_code, 0);
+  const RunResult r = run(reference_args() + " --query " + query + " --window 32 --tta --output " +
+                          temp_path("m2.nii.gz") + " --probabilities " + tta);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The arithmetic of mirroring is checked in segmenter_test; here the flag
+  // must reach it.
+  EXPECT_GT((read_probabilities(plain) - read_probabilities(tta)).abs().max().item<float>(), 1e-4);
+}

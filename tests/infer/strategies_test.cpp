@@ -45,14 +45,26 @@ struct Tiny : ::testing::Test {
 
 }  // namespace
 
-TEST_F(Tiny, EnsembleOfOneEqualsOneShot) {
-  const model::TaskEmbedding ensemble = model::TaskEmbedding::mean({task});
+TEST_F(Tiny, EnsembleIsTheElementwiseMeanOfItsMembers) {
+  // Two different references: the ensemble's tokens are (a + b) / 2, added
+  // here stage by stage, and a one-member ensemble is that member.
+  auto [other, other_labels] = ball_and_box(28, 36, 40, 5);
+  const model::TaskEmbedding second =
+      infer::encode_reference(*net, other, other_labels, {1, 2}, "zscore", c10::kCPU, "fp");
+  const model::TaskEmbedding ensemble = model::TaskEmbedding::mean({task, second});
   ASSERT_EQ(ensemble.stages.size(), task.stages.size());
-  for (size_t s = 0; s < task.stages.size(); ++s) EXPECT_TRUE(torch::equal(ensemble.stages[s], task.stages[s]));
+  for (size_t s = 0; s < task.stages.size(); ++s) {
+    ASSERT_FALSE(torch::allclose(task.stages[s], second.stages[s])) << "the two references must differ";
+    EXPECT_TRUE(torch::allclose(ensemble.stages[s], (task.stages[s] + second.stages[s]) / 2, 1e-6, 1e-7)) << s;
+  }
+  const model::TaskEmbedding one = model::TaskEmbedding::mean({task});
+  for (size_t s = 0; s < task.stages.size(); ++s) EXPECT_TRUE(torch::equal(one.stages[s], task.stages[s]));
+  // And the decoder sees the mean: probabilities differ from either member's.
   const at::Tensor volume = data_volume(query);
   const auto opts = window_options(32);
-  EXPECT_TRUE(torch::equal(infer::sliding_window_probabilities(*net, volume, task, opts),
-                           infer::sliding_window_probabilities(*net, volume, ensemble, opts)));
+  const at::Tensor p_ens = infer::sliding_window_probabilities(*net, volume, ensemble, opts);
+  EXPECT_FALSE(torch::allclose(p_ens, infer::sliding_window_probabilities(*net, volume, task, opts)));
+  EXPECT_FALSE(torch::allclose(p_ens, infer::sliding_window_probabilities(*net, volume, second, opts)));
 }
 
 TEST_F(Tiny, ClassesPerPassDecodesEachGroupAsItsOwnTask) {
@@ -346,9 +358,9 @@ TEST(BadInput, EmptyOrMissingReferenceLabels) {
   EXPECT_NE(missing.find("present: 1, 2"), std::string::npos) << missing;
   model::IrisNet net = tiny_net();
   at::Tensor masks = torch::zeros({2, 16, 16, 16});
-  masks[0][3][3][3] = 1;  // class 1 (index 1) stays empty
-  EXPECT_NE(error_of([&] { infer::encode_masks(*net, image.voxels, masks, c10::kCPU, ""); }).find("class 1 is empty"),
-            std::string::npos);
+  masks[0][3][3][3] = 1;  // the second class stays empty
+  const std::string no_voxels = error_of([&] { infer::encode_masks(*net, image.voxels, masks, c10::kCPU, ""); });
+  EXPECT_NE(no_voxels.find("reference mask: class #2 has no voxels"), std::string::npos) << no_voxels;
 }
 
 TEST(ConnectedComponents, FaceAndFullConnectivity) {

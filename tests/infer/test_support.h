@@ -55,6 +55,13 @@ inline std::pair<iris::io::Image, iris::io::Image> ball_and_box(long z, long y, 
   return {image, labels};
 }
 
+// A 4-D probabilities file as iris-infer writes it: [K, Z, Y, X].
+inline at::Tensor read_probabilities(const std::string& path) {
+  iris::io::ImageReadOptions o;
+  o.components = true;
+  return iris::io::read_image(path, o).voxels;
+}
+
 inline at::Tensor data_volume(const iris::io::Image& image, const std::string& scheme = "zscore") {
   return iris::io::normalise_intensity(image.voxels, scheme);
 }

@@ -4,6 +4,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include <torch/torch.h>
 
@@ -211,11 +214,13 @@ TEST(ModelConfig, TextRoundTrip) {
 }
 
 TEST(ModelConfig, MassPresetHasTheReferenceParameterCount) {
-  // The author's configuration: about 120.1 M parameters (IRIS-SPEC.md).
+  // The author's configuration: the count tools/make_mass_fixtures.py took
+  // from the author's PyTorch model (about 120.1 M, IRIS-SPEC.md), exactly.
+  std::ifstream meta(std::string(IRIS_TEST_DATA_DIR) + "/fixtures/mass_tiny/meta.json");
+  ASSERT_TRUE(meta) << "tests/fixtures/mass_tiny/meta.json is missing";
+  const long expected = nlohmann::json::parse(meta).at("mass_param_count").get<long>();
   IrisNet net(preset("mass"));
-  const long n = count_parameters(*net);
-  std::printf("mass preset parameters: %ld\n", n);
-  EXPECT_NEAR(static_cast<double>(n), 120.1e6, 0.05e6);
+  EXPECT_EQ(count_parameters(*net), expected);
 }
 
 TEST_F(TinyNet, ModelFileRoundTrip) {

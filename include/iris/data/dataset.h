@@ -68,6 +68,8 @@ using RecordedDatasets = std::function<std::optional<RecordedDataset>(const std:
 // folders, unpaired images, unknown keys. When a folder dataset's root is
 // missing and `recorded` knows the dataset, its recorded cases are used.
 std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, const RecordedDatasets& recorded = {});
+// The keys of one data.datasets.NAME section.
+const std::vector<std::string>& dataset_keys();
 
 // Deterministic split by seed (sorted case names, shuffled with the seed).
 void make_split(DatasetSpec& d);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "iris/common/file_names.h"
 #include "iris/common/image.h"
 
 namespace iris::io {
@@ -17,12 +18,10 @@ using iris::Geometry;
 using iris::Image;
 
 
-// The file extensions iris reads images from (lower case, with the dot).
-const std::vector<std::string>& image_extensions();
-// True when `path` ends with one of them (case-insensitive).
-bool has_image_extension(const std::string& path);
-// A case name: the file name without its image extension ("ct_001.nii.gz" -> "ct_001").
-std::string case_name(const std::string& path);
+// File extensions and case names: common/file_names.h.
+using iris::case_name;
+using iris::has_image_extension;
+using iris::image_extensions;
 
 struct ImageReadOptions {
   // NaN and infinite voxels are an error (naming the file and the count)
@@ -33,6 +32,9 @@ struct ImageReadOptions {
   // are set with codes other than SCANNER_ANAT and disagree; some published
   // atlases (JHU, AICHA) then land upside down or shifted.
   bool prefer_sform = false;
+  // read_image of a 4-D NIfTI file (X, Y, Z, C: iris-infer's probabilities)
+  // gives voxels [C, Z, Y, X] instead of an error. NIfTI only.
+  bool components = false;
 };
 
 // Reads a 3-D scalar image as float32 voxels [Z,Y,X] with its LPS geometry.

@@ -52,7 +52,8 @@ struct ModelConfig {
   static std::vector<std::string> known_keys();
 };
 
-// The presets shipped in configs/model/: "mass" (the author's), "tiny" (tests).
+// The presets shipped in configs/model/: "mass" (the author's), "paper" (the
+// paper's description), "small" (the demo model) and "tiny" (tests).
 ModelConfig preset(const std::string& name);
 
 }  // namespace iris::model

@@ -63,6 +63,8 @@ struct TrainConfig {
   data::EpisodeOptions episodes;
 
   static TrainConfig from_config(const ConfigMap& train);
+  // The train.* keys from_config reads (param_groups.* aside).
+  static const std::vector<std::string>& known_keys();
   // Checks that need the model: the patch against model.max_patch_size.
   void check_against(long max_patch_size) const;
 };

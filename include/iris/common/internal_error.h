@@ -1,0 +1,16 @@
+#pragma once
+#include <string>
+
+#include "iris/common/error.h"
+
+namespace iris {
+
+// A broken invariant inside iris (a caller passed what the library itself
+// should never pass): says so, names the function, and asks for a report,
+// instead of naming an internal parameter as if the user had set it.
+[[noreturn]] inline void internal_error(const std::string& function, const std::string& what) {
+  throw Error("internal error in " + function,
+              what + " (a bug in iris, not in your input: please report it with the command line)");
+}
+
+}  // namespace iris

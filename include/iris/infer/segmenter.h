@@ -1,0 +1,165 @@
+#pragma once
+// The whole query pipeline as a library object, as nnU-Net's nnUNetPredictor
+// is: built once from a model file and a task (reference pairs, a stored
+// task, memory-bank classes, a pool, or tuning on the references), then
+// segments any number of queries:
+//
+//   infer::TaskSpec task;
+//   task.references = {"ref.nii.gz"};
+//   task.reference_masks = {"ref_mask.nii.gz"};
+//   infer::Segmenter segmenter("model.iris", task, {});
+//   infer::Segmentation s = segmenter.segment(io::read_image("query.nii.gz"));
+//   io::write_image(s.labels, "query_mask.nii.gz");
+//
+// read -> model preprocessing -> intensity -> (retrieval) -> sliding window ->
+// threshold/argmax -> post-processing -> inverse preprocessing onto the
+// query's own grid. iris-infer is a command line over this class.
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "iris/common/image.h"
+#include "iris/common/json.h"
+#include "iris/infer/connected_components.h"
+#include "iris/infer/retrieval.h"
+#include "iris/infer/statistics.h"
+#include "iris/infer/tuning.h"
+#include "iris/model/task_embedding.h"
+
+namespace iris::model {
+struct IrisModel;
+}
+
+namespace iris::infer {
+
+// The strategies, in the words of the command line.
+const std::vector<std::string>& strategy_names();
+
+// Where the task comes from. Errors name the command-line flag of a field.
+struct TaskSpec {
+  // one-shot | ensemble | memory-bank | retrieval | image-retrieval | tuning;
+  // "" = from the inputs (classes: memory-bank, pool: retrieval, several
+  // references: ensemble, else one-shot).
+  std::string strategy;
+  std::vector<std::string> references, reference_masks;  // --reference / --reference-mask pairs
+  std::string task_file;                                 // --task
+  std::vector<std::string> classes;                      // --classes (memory bank)
+  std::string pool_dir;                                  // --pool
+  std::vector<long> labels;                              // --labels (empty: all of the first reference)
+  long max_labels = 255;                                 // --max-labels
+  std::string reference_modality;                        // --reference-modality ("" = DICOM tag or unknown)
+  EmbeddingSimilarity similarity = EmbeddingSimilarity::all_tokens;  // --similarity
+  unsigned seed = 0;                                     // --seed (retrieval's initial pool entry)
+  TuningOptions tuning;                                  // --tune-* (device and groups come from the options)
+  std::string tuned_task_out;                            // --tuned-task-out
+};
+
+struct SegmenterOptions {
+  // "model": the model file's stored preprocessing (spatial steps inverted on
+  // output); else an intensity scheme only (io::intensity_schemes()).
+  std::string preprocess = "model";
+  c10::Device device{c10::kCPU};
+  long window = 0;           // 0: the model's max patch size
+  double overlap = 0.5;
+  long window_batch = 1;
+  bool mirror_tta = false;
+  long classes_per_pass = 0;
+  double threshold = 0.5;
+  PostprocessOptions post;
+  bool probabilities = false;  // also return the class probabilities on the query's grid
+  bool statistics = false;     // per-class statistics of each result (statistics.h)
+  // Progress of windows (done, total) and tuning (step, total, loss); may be empty.
+  std::function<void(long, long)> window_progress;
+  std::function<void(long, long, double)> tuning_progress;
+  // Each warning as it happens (all are also in the report).
+  std::function<void(const std::string&)> warn;
+};
+
+struct Segmentation {
+  Image labels;                        // on the query's grid, the smallest type that holds the task's labels
+  std::optional<Image> probabilities;  // [K, Z, Y, X] float32 on the query's grid, when asked
+  std::vector<long> label_values;      // per class
+  std::vector<std::string> class_names;
+  std::vector<std::string> retrieved;  // retrieval strategies: the pool entries used
+  std::vector<ClassStatistics> statistics;  // when asked
+};
+
+// One query of a run and where its results go.
+struct QueryJob {
+  std::string input;          // image file or DICOM series folder
+  std::string output;         // label map
+  std::string probabilities;  // "" = none
+  std::string dicom_seg;      // "" = none
+};
+
+struct QueryReadOptions {
+  std::string series;         // DICOM SeriesInstanceUID, when a folder holds several
+  double nan_as = std::numeric_limits<double>::quiet_NaN();  // NaN/inf voxels: refuse (NaN) or replace
+  std::string modality;       // the queries' modality ("" = DICOM tag or unknown)
+};
+
+struct PlanOptions {
+  std::string probabilities;  // file, or folder for several queries ("" = none)
+  std::string dicom_seg;      // needs one DICOM folder as the query
+  // Sharding (--num-parts, --part-id): this part's cases are those whose
+  // case-name hash (FNV-1a) modulo num_parts is part_id, so a case stays in
+  // its part when others are added or removed.
+  long num_parts = 1, part_id = 0;
+  // Several queries write derived file names: an existing output is an error
+  // unless `overwrite`, or the case is skipped with `skip_finished` (its
+  // outputs exist; writes are atomic, so an existing file is complete).
+  bool overwrite = false, skip_finished = false;
+};
+
+// A query argument as iris-infer takes it: an image file, a DICOM folder, a
+// folder of image files or a .txt list of paths. Several queries need
+// `output` (and the probabilities, when asked) to be existing folders; each
+// case is written there as CASE.nii.gz. One query writes where it is told.
+// `skipped`, when given, receives the inputs left out as finished.
+std::vector<QueryJob> plan_queries(const std::string& query, const std::string& output, const PlanOptions& options = {},
+                                   std::vector<std::string>* skipped = nullptr);
+
+// The part of `names` (by index) that part `part_id` of `num_parts` takes.
+std::vector<size_t> shard(const std::vector<std::string>& names, long num_parts, long part_id);
+
+class Segmenter {
+ public:
+  Segmenter(const std::string& model_path, TaskSpec task, SegmenterOptions options);
+  ~Segmenter();
+  Segmenter(const Segmenter&) = delete;
+  Segmenter& operator=(const Segmenter&) = delete;
+
+  // One query image as read (its own grid; DICOM included).
+  Segmentation segment(const Image& query, const std::string& name = "query");
+  // Reads `path` (file or DICOM folder) and segments it.
+  Segmentation segment_file(const std::string& path, const QueryReadOptions& read = {});
+  // Every job: a reader thread reads the next query and a writer thread
+  // writes the last results while the network runs on this one. `done` is
+  // called (on the writer thread) after each job's files are written.
+  void segment_files(const std::vector<QueryJob>& jobs, const QueryReadOptions& read = {},
+                     const std::function<void(const QueryJob&)>& done = {});
+
+  // The task every query gets (retrieval strategies: the initial one).
+  const model::TaskEmbedding& task() const;
+  // The retrieval pool (stored entries, then the given references).
+  const EmbeddingPool& pool() const;
+  const std::string& strategy() const;
+  const model::IrisModel& model() const;
+  // Per case (in the order segmented, named by case name): the statistics of
+  // every segment() call so far, when options.statistics is set.
+  const std::vector<std::pair<std::string, std::vector<ClassStatistics>>>& statistics() const;
+  // Run report: model, strategy, device, classes, timings per stage,
+  // warnings, tuning losses, retrieval choices, peak memory.
+  Json report() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+}  // namespace iris::infer

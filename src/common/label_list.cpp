@@ -1,0 +1,75 @@
+#include "iris/common/label_list.h"
+
+#include <sstream>
+
+#include "iris/common/error.h"
+
+namespace iris {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+long whole(const std::string& text, const std::string& item, const std::string& where) {
+  if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)
+    throw Error(where, "'" + item + "' is not a label value or range (whole numbers >= 0, e.g. 1,3,5-7)");
+  return std::stol(text);
+}
+
+std::pair<long, long> range(const std::string& item, const std::string& where) {
+  const std::string t = trim(item);
+  const auto dash = t.find('-', 1);
+  const long low = whole(trim(t.substr(0, dash)), item, where);
+  const long high = dash == std::string::npos ? low : whole(trim(t.substr(dash + 1)), item, where);
+  if (high < low) throw Error(where, "range " + t + " is empty (write LO-HI with LO <= HI)");
+  return {low, high};
+}
+
+}  // namespace
+
+std::vector<std::string> split_comma_list(const std::string& text, bool keep_empty) {
+  std::vector<std::string> out;
+  if (text.empty()) return out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    const std::string item = trim(text.substr(start, comma - start));
+    if (keep_empty || !item.empty()) out.push_back(item);
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::vector<long> parse_label_values(const std::string& text, const std::string& where) {
+  std::vector<long> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto [low, high] = range(item, where);
+    if (high - low > 100000) throw Error(where, "range " + trim(item) + " is too long");
+    for (long v = low; v <= high; ++v) out.push_back(v);
+  }
+  if (out.empty()) throw Error(where, "no label values given");
+  return out;
+}
+
+std::vector<LabelMapping> parse_label_mapping(const std::string& text, const std::string& where) {
+  std::vector<LabelMapping> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto colon = item.find(':');
+    if (colon == std::string::npos) throw Error(where, "expected LO-HI:NEW or V:NEW, got '" + item + "'");
+    const auto [low, high] = range(item.substr(0, colon), where);
+    out.push_back({low, high, whole(trim(item.substr(colon + 1)), item, where)});
+  }
+  if (out.empty()) throw Error(where, "no mapping given");
+  return out;
+}
+
+}  // namespace iris

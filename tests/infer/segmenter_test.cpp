@@ -1,0 +1,361 @@
+// infer::Segmenter, the query pipeline as a library object: its result is
+// the composition of the pipeline's steps, folders of queries give what one
+// query at a time gives, probabilities come only when asked and on the
+// query's grid, mirroring is the mean of the mirrored passes, and errors of
+// the reader or writer thread reach the caller.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "infer/test_support.h"
+#include "support/test_support.h"
+#include "iris/common/error.h"
+#include "iris/infer/reference.h"
+#include "iris/infer/segmenter.h"
+#include "iris/infer/sliding_window.h"
+
+using namespace iris;
+using namespace iris_test;
+using iris::testing::error_of;
+
+namespace {
+
+struct SegmenterTest : ::testing::Test {
+  static void SetUpTestSuite() {
+    model = save_tiny_model(temp_path("segmenter_tiny.iris"));
+    auto [image, labels] = ball_and_box(24, 40, 36, 1);
+    reference = temp_path("seg_ref.nii.gz");
+    mask = temp_path("seg_ref_mask.nii.gz");
+    io::write_image(image, reference);
+    labels.voxels = labels.voxels.to(torch::kByte);
+    io::write_image(labels, mask);
+  }
+  static infer::TaskSpec one_shot() {
+    infer::TaskSpec t;
+    t.references = {reference};
+    t.reference_masks = {mask};
+    return t;
+  }
+  static infer::SegmenterOptions zscore(long window = 32) {
+    infer::SegmenterOptions o;
+    o.preprocess = "zscore";
+    o.window = window;
+    o.warn = [](const std::string&) {};
+    return o;
+  }
+  static inline std::string model, reference, mask;
+};
+
+long labelled(const io::Image& labels) { return labels.voxels.ne(0).sum().item<long>(); }
+
+}  // namespace
+
+TEST_F(SegmenterTest, OneQueryIsTheCompositionOfThePipelineSteps) {
+  infer::Segmenter segmenter(model, one_shot(), zscore());
+  EXPECT_EQ(segmenter.strategy(), "one-shot");
+  auto [q, unused] = ball_and_box(30, 44, 40, 2);
+  q.geometry.spacing = {0.9, 1.1, 1.3};
+  q.geometry.origin = {-5, 7, 11};
+  const infer::Segmentation s = segmenter.segment(q);
+  // The same steps by hand, from the model file.
+  model::IrisModel m = model::load_model(model);
+  m.net->eval();
+  const model::TaskEmbedding task = infer::encode_reference(*m.net, io::read_image(reference), io::read_labels(mask),
+                                                            {1, 2}, "zscore", c10::kCPU, m.fingerprint);
+  infer::SlidingWindowOptions w;
+  w.window = 32;
+  const at::Tensor probs = infer::sliding_window_probabilities(*m.net, io::normalise_intensity(q.voxels, "zscore"), task, w);
+  const at::Tensor expected = infer::labels_from_probabilities(probs, {1, 2}, 0.5);
+  EXPECT_TRUE(torch::equal(s.labels.voxels.to(at::kInt), expected));
+  EXPECT_GT(labelled(s.labels), 0);
+  EXPECT_LT(labelled(s.labels), s.labels.voxels.numel());
+  EXPECT_EQ(s.labels.voxels.scalar_type(), at::kByte);
+  EXPECT_EQ(s.labels.geometry.spacing, q.geometry.spacing);
+  EXPECT_EQ(s.labels.geometry.origin, q.geometry.origin);
+  EXPECT_EQ(s.label_values, (std::vector<long>{1, 2}));
+  EXPECT_FALSE(s.probabilities.has_value()) << "probabilities only when asked";
+}
+
+TEST_F(SegmenterTest, AFolderOfQueriesGivesWhatOneQueryAtATimeGives) {
+  const fs::path in = temp_path("seg_queries"), out = temp_path("seg_out"), prob = temp_path("seg_prob");
+  for (const auto& d : {in, out, prob}) fs::create_directories(d);
+  std::vector<io::Image> queries;
+  for (int i = 0; i < 3; ++i) {
+    auto [q, unused] = ball_and_box(28 + 2 * i, 40, 36, 10 + i);
+    io::write_image(q, (in / ("case" + std::to_string(i) + ".nii.gz")).string());
+    queries.push_back(q);
+  }
+  std::ofstream(in / "notes.txt") << "not an image";  // ignored
+  infer::PlanOptions plan;
+  plan.probabilities = prob.string();
+  const auto jobs = infer::plan_queries(in.string(), out.string(), plan);
+  ASSERT_EQ(jobs.size(), 3u);
+  EXPECT_EQ(jobs[1].output, (out / "case1.nii.gz").string());
+  EXPECT_EQ(jobs[1].probabilities, (prob / "case1.nii.gz").string());  // one file per case, not one for all
+
+  auto options = zscore();
+  options.probabilities = true;
+  infer::Segmenter segmenter(model, one_shot(), options);
+  std::vector<std::string> done;
+  segmenter.segment_files(jobs, {}, [&](const infer::QueryJob& j) { done.push_back(j.input); });
+  ASSERT_EQ(done.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(done[i], jobs[i].input);  // in order
+    const infer::Segmentation one = segmenter.segment(io::read_image(jobs[i].input));
+    EXPECT_TRUE(torch::equal(io::read_labels(jobs[i].output).voxels, one.labels.voxels.to(at::kInt))) << i;
+    const at::Tensor p = read_probabilities(jobs[i].probabilities);
+    ASSERT_EQ(p.dim(), 4);
+    EXPECT_EQ(p.size(0), 2);  // K classes
+    EXPECT_TRUE(torch::allclose(p, one.probabilities->voxels, 1e-6, 1e-6)) << i;
+  }
+  const Json report = segmenter.report();
+  EXPECT_EQ(report["strategy"], "one-shot");
+  EXPECT_TRUE(report["seconds"].contains("network"));
+  EXPECT_TRUE(report["seconds"].contains("read"));
+  EXPECT_TRUE(report["seconds"].contains("write"));
+}
+
+TEST_F(SegmenterTest, ProbabilitiesComeBackOnTheQueryGridThroughTheModelsPreprocessing) {
+  // A model whose stored preprocessing resamples to 2 mm: labels and
+  // probabilities are inverted onto the query's own 1 mm grid.
+  model::IrisModel m = model::load_model(model);
+  m.preprocess = "spacing: [2, 2, 2]\nintensity: zscore\n";
+  const std::string resampling = temp_path("segmenter_2mm.iris");
+  model::save_model(m, resampling);
+  auto options = zscore(32);
+  options.preprocess = "model";
+  options.probabilities = true;
+  infer::Segmenter segmenter(resampling, one_shot(), options);
+  auto [q, unused] = ball_and_box(40, 48, 44, 3);
+  const infer::Segmentation s = segmenter.segment(q);
+  EXPECT_EQ(s.labels.voxels.sizes(), q.voxels.sizes());
+  ASSERT_TRUE(s.probabilities.has_value());
+  EXPECT_EQ(s.probabilities->voxels.sizes(), (at::IntArrayRef{2, 40, 48, 44}));
+  // Labels (nearest) and probabilities (linear) are inverted separately, so
+  // they differ at edges; inside a class its probability is high on average
+  // and higher than outside.
+  long checked = 0;
+  for (long k = 0; k < 2; ++k) {
+    const at::Tensor in_class = s.labels.voxels.eq(k + 1);
+    if (!in_class.any().item<bool>() || in_class.all().item<bool>()) continue;
+    const at::Tensor p = s.probabilities->voxels[k];
+    const double inside = p.masked_select(in_class).mean().item<double>();
+    const double outside = p.masked_select(~in_class).mean().item<double>();
+    EXPECT_GT(inside, 0.5) << "class " << k + 1;
+    EXPECT_GT(inside, outside) << "class " << k + 1;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0) << "the untrained model labelled nothing: the check above is vacuous";
+}
+
+TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {
+  // One 32^3 window covers the query, so mirroring the query mirrors the
+  // window: the flipped passes are computed here without TTA and averaged.
+  auto [q, unused] = ball_and_box(32, 32, 32, 4);
+  auto options = zscore(32);
+  options.probabilities = true;
+  options.threshold = 0.5;
+  infer::Segmenter plain(model, one_shot(), options);
+  at::Tensor mean = at::zeros({2, 32, 32, 32});
+  for (int mask = 0; mask < 8; ++mask) {
+    std::vector<int64_t> dims;
+    for (int a = 0; a < 3; ++a)
+      if (mask & (1 << a)) dims.push_back(a);
+    io::Image flipped = q;
+    flipped.voxels = dims.empty() ? q.voxels : q.voxels.flip(dims).contiguous();
+    at::Tensor p = plain.segment(flipped).probabilities->voxels;
+    std::vector<int64_t> back;
+    for (auto d : dims) back.push_back(d + 1);
+    mean += back.empty() ? p : p.flip(back);
+  }
+  mean /= 8;
+  options.mirror_tta = true;
+  infer::Segmenter tta(model, one_shot(), options);
+  const at::Tensor got = tta.segment(q).probabilities->voxels;
+  EXPECT_LT((got - mean).abs().max().item<float>(), 1e-5);
+  // The untrained model is not mirror-symmetric: TTA changes something.
+  EXPECT_GT((got - plain.segment(q).probabilities->voxels).abs().max().item<float>(), 1e-4);
+}
+
+TEST_F(SegmenterTest, ReaderAndWriterErrorsReachTheCaller) {
+  infer::Segmenter segmenter(model, one_shot(), zscore());
+  auto [q, unused] = ball_and_box(30, 40, 36, 5);
+  const std::string good = temp_path("seg_good.nii.gz");
+  io::write_image(q, good);
+  // The second input is missing: the first is still written, then the error.
+  const std::string first_out = temp_path("seg_first_out.nii.gz");
+  fs::remove(first_out);
+  std::vector<infer::QueryJob> jobs{{good, first_out, "", ""},
+                                    {temp_path("missing.nii.gz"), temp_path("seg_missing_out.nii.gz"), "", ""}};
+  std::string e = error_of([&] { segmenter.segment_files(jobs); });
+  EXPECT_NE(e.find("missing.nii.gz"), std::string::npos) << e;
+  EXPECT_TRUE(fs::exists(first_out));
+  // An output under a regular file cannot be created (even as root).
+  const std::string blocker = temp_path("seg_blocker");
+  std::ofstream(blocker) << "a file, not a folder";
+  jobs = {{good, blocker + "/out.nii.gz", "", ""}};
+  e = error_of([&] { segmenter.segment_files(jobs); });
+  EXPECT_NE(e.find(blocker), std::string::npos) << e;
+}
+
+TEST_F(SegmenterTest, PlansAndTaskSourcesAreCheckedBeforeAnyWork) {
+  const fs::path in = temp_path("seg_plan_in");
+  fs::create_directories(in / "sub");
+  auto [q, unused] = ball_and_box(20, 20, 20, 6);
+  io::write_image(q, (in / "a.nii.gz").string());
+  io::write_image(q, (in / "a.nii").string());  // the same case name
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("")); }).find("case name 'a'"), std::string::npos);
+  fs::remove(in / "a.nii");
+  infer::PlanOptions plan;
+  plan.probabilities = temp_path("a_file.nii.gz");
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path(""), plan); }).find("--probabilities"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("not_there")); }).find("--output"),
+            std::string::npos);
+  plan = {};
+  plan.dicom_seg = "seg.dcm";
+  EXPECT_NE(error_of([&] { infer::plan_queries((in / "a.nii.gz").string(), "x.nii.gz", plan); }).find("--dicom-seg"),
+            std::string::npos);
+
+  infer::TaskSpec two_sources = one_shot();
+  two_sources.task_file = temp_path("some.task");
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, two_sources, zscore()); }).find("exactly one task source"),
+            std::string::npos);
+  infer::TaskSpec bank;
+  bank.classes = {"liver"};
+  bank.references = {reference};
+  bank.reference_masks = {mask};
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, bank, zscore()); }).find("--classes only"), std::string::npos);
+  auto bad = zscore();
+  bad.preprocess = "mr-bogus";
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).find("--preprocess"), std::string::npos);
+  bad = zscore(40);  // not a multiple of 16
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).find("--window"), std::string::npos);
+}
+
+TEST_F(SegmenterTest, PartsSplitTheCasesAndFinishedCasesAreSkippedOrRefused) {
+  const fs::path in = temp_path("seg_parts_in"), out = temp_path("seg_parts_out");
+  fs::create_directories(in);
+  fs::create_directories(out);
+  auto [q, unused] = ball_and_box(8, 8, 8, 7);
+  std::vector<std::string> names;
+  for (int i = 0; i < 20; ++i) {
+    names.push_back("case" + std::to_string(i));
+    io::write_image(q, (in / (names.back() + ".nii.gz")).string());
+  }
+  // Three parts: every case in exactly one, each part non-empty.
+  std::vector<int> seen(20, 0);
+  for (long part = 0; part < 3; ++part) {
+    infer::PlanOptions plan;
+    plan.num_parts = 3;
+    plan.part_id = part;
+    const auto jobs = infer::plan_queries(in.string(), out.string(), plan);
+    EXPECT_GT(jobs.size(), 0u) << "part " << part;
+    for (const auto& j : jobs) ++seen[std::stoi(fs::path(j.input).filename().string().substr(4))];
+    // A case keeps its part when others are added: the part is a function of the name.
+    std::vector<std::string> more{"aa_new_case"};  // first in the list: every index moves
+    more.insert(more.end(), names.begin(), names.end());
+    std::vector<std::string> before, after;
+    for (size_t i : infer::shard(names, 3, part)) before.push_back(names[i]);
+    for (size_t i : infer::shard(more, 3, part))
+      if (more[i] != "aa_new_case") after.push_back(more[i]);
+    EXPECT_EQ(before, after) << "part " << part;
+  }
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(seen[i], 1) << "case" << i;
+  infer::PlanOptions bad;
+  bad.num_parts = 3;
+  bad.part_id = 3;
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string(), bad); }).find("--part-id"), std::string::npos);
+
+  // One finished case: refused by default, skipped with skip_finished,
+  // planned again with overwrite.
+  io::write_image(q, (out / "case3.nii.gz").string());
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string()); }).find("--continue"), std::string::npos);
+  infer::PlanOptions resume;
+  resume.skip_finished = true;
+  std::vector<std::string> skipped;
+  EXPECT_EQ(infer::plan_queries(in.string(), out.string(), resume, &skipped).size(), 19u);
+  ASSERT_EQ(skipped.size(), 1u);
+  EXPECT_EQ(fs::path(skipped[0]).filename(), "case3.nii.gz");
+  infer::PlanOptions again;
+  again.overwrite = true;
+  EXPECT_EQ(infer::plan_queries(in.string(), out.string(), again).size(), 20u);
+}
+
+TEST_F(SegmenterTest, StatisticsAgreeWithLoopsOverTheLabelMap) {
+  auto [q, unused] = ball_and_box(20, 24, 22, 8);
+  q.geometry.spacing = {0.8, 1.2, 2.0};
+  q.geometry.origin = {10, -20, 30};
+  q.geometry.direction = {0, 1, 0, -1, 0, 0, 0, 0, 1};  // x and y swapped, one flipped
+  io::Image labels;
+  labels.geometry = q.geometry;
+  labels.voxels = torch::zeros({20, 24, 22}, torch::kByte);
+  // Class 1: two separate boxes; class 2: one voxel; class 3: absent.
+  labels.voxels.index_put_({torch::indexing::Slice(2, 5), torch::indexing::Slice(3, 7), torch::indexing::Slice(1, 4)}, 1);
+  labels.voxels.index_put_({torch::indexing::Slice(10, 12), torch::indexing::Slice(15, 17), torch::indexing::Slice(15, 20)}, 1);
+  labels.voxels[7][8][9] = 2;
+  const auto stats = infer::class_statistics(q, labels, {1, 2, 3}, {"boxes", "dot"});
+  ASSERT_EQ(stats.size(), 3u);
+
+  // By hand: every voxel of class 1, its value and its world position.
+  auto acc = labels.voxels.accessor<uint8_t, 3>();
+  auto img = q.voxels.accessor<float, 3>();
+  std::vector<double> values;
+  double sx = 0, sy = 0, sz = 0;
+  long minx = 1 << 30, maxx = -1;
+  for (long z = 0; z < 20; ++z)
+    for (long y = 0; y < 24; ++y)
+      for (long x = 0; x < 22; ++x)
+        if (acc[z][y][x] == 1) {
+          values.push_back(img[z][y][x]);
+          // world = origin + D * (spacing * index); D columns are the axes.
+          sx += 10 + 0 * 0.8 * x + 1 * 1.2 * y + 0 * 2.0 * z;
+          sy += -20 + -1 * 0.8 * x + 0 * 1.2 * y + 0 * 2.0 * z;
+          sz += 30 + 2.0 * z;
+          minx = std::min(minx, x);
+          maxx = std::max(maxx, x);
+        }
+  const double n = static_cast<double>(values.size());
+  double mean = 0;
+  for (double v : values) mean += v / n;
+  double var = 0;
+  for (double v : values) var += (v - mean) * (v - mean) / n;
+  std::sort(values.begin(), values.end());
+  auto pct = [&](double p) {  // numpy's linear rule, written out
+    const double pos = p * (n - 1);
+    const size_t lo = static_cast<size_t>(pos);
+    const double hi = values[std::min(lo + 1, values.size() - 1)];
+    return values[lo] + (pos - lo) * (hi - values[lo]);
+  };
+  const auto& s = stats[0];
+  EXPECT_EQ(s.name, "boxes");
+  EXPECT_EQ(s.voxels, 3 * 4 * 3 + 2 * 2 * 5);
+  EXPECT_NEAR(s.volume_mm3, s.voxels * 0.8 * 1.2 * 2.0, 1e-9);
+  EXPECT_NEAR(s.mean, mean, 1e-6);
+  EXPECT_NEAR(s.std, std::sqrt(var), 1e-6);
+  EXPECT_NEAR(s.median, pct(0.5), 1e-6);
+  EXPECT_NEAR(s.p5, pct(0.05), 1e-6);
+  EXPECT_NEAR(s.p95, pct(0.95), 1e-6);
+  EXPECT_NEAR(s.centroid_mm[0], sx / n, 1e-9);
+  EXPECT_NEAR(s.centroid_mm[1], sy / n, 1e-9);
+  EXPECT_NEAR(s.centroid_mm[2], sz / n, 1e-9);
+  EXPECT_EQ(s.bbox_min[0], minx);
+  EXPECT_EQ(s.bbox_max[0], maxx);
+  EXPECT_EQ(s.bbox_min[2], 2);
+  EXPECT_EQ(s.bbox_max[2], 11);
+  EXPECT_EQ(s.components, 2);
+  EXPECT_EQ(stats[1].voxels, 1);
+  EXPECT_EQ(stats[1].components, 1);
+  EXPECT_NEAR(stats[1].median, img[7][8][9], 1e-6);
+  EXPECT_EQ(stats[2].voxels, 0);
+  EXPECT_TRUE(std::isnan(stats[2].mean));
+  EXPECT_EQ(stats[2].bbox_min[0], -1);
+  // The CSV has a header and one row per class; empty values for NaN.
+  const std::string csv = infer::statistics_csv({{"q", stats}});
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
+  EXPECT_NE(csv.find("q,3,,0,0,,,,,"), std::string::npos) << csv;
+}
