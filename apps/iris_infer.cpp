@@ -20,6 +20,7 @@
 #include "iris/common/error.h"
 #include "iris/common/label_list.h"
 #include "iris/common/json.h"
+#include "iris/common/log.h"
 #include "iris/infer/segmenter.h"
 #include "iris/io/intensity.h"
 
@@ -33,13 +34,14 @@ int main(int argc, char** argv) {
   infer::SegmenterOptions opt;   // structs; what needs parsing is below
   infer::PlanOptions plan;
   infer::QueryReadOptions read;
-  std::string model_path, query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
+  std::vector<std::string> model_paths;
+  std::string model_weights, query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
   std::string similarity_name = "all-tokens";
   int threads = 0;
   bool aggregate_on_cpu = true;
 
   auto add_reference_options = [&](CLI::App* app) {
-    app->add_option("--model", model_path, "iris model file (.iris), required");
+    app->add_option("--model", model_paths, "iris model file (.iris), required; repeat for an ensemble of models");
     app->add_option("--reference", task.references, "reference image (repeat for a context ensemble)");
     app->add_option("--reference-mask", task.reference_masks, "reference label map, one per --reference");
     app->add_option("--labels", labels_text, "label values to segment, e.g. 1,3 (default: all in the reference)");
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   add_reference_options(&cli);
   cli.add_option("--strategy", task.strategy, "one-shot, ensemble, memory-bank, retrieval, image-retrieval or tuning "
                  "(default: from the inputs)")->check(CLI::IsMember(infer::strategy_names()));
+  cli.add_option("--model-weights", model_weights, "weights of the ensemble's models, e.g. 2,1 (default: equal)");
   cli.add_option("--task", task.task_file, "stored task embedding (from iris-infer encode)");
   cli.add_option("--classes", classes_text, "memory-bank class names, e.g. brain,ventricles");
   cli.add_option("--pool", task.pool_dir, "folder of encoded references for retrieval (from iris-infer pool)");
@@ -75,7 +78,11 @@ int main(int argc, char** argv) {
   cli.add_option("--query", query, "image file, DICOM folder, folder of images or .txt list");
   cli.add_option("--nan-as", read.nan_as, "replace NaN and infinite voxels of queries by this value (default: refuse "
                  "them)")->check(app::finite_number());
-  cli.add_option("--series", read.series, "DICOM SeriesInstanceUID when the folder holds several series");
+  cli.add_option("--series", read.series, "one DICOM SeriesInstanceUID of the query folder (default: every series of a "
+                 "study, each a case)");
+  std::string series_filter;
+  cli.add_option("--series-filter", series_filter, "which series of a DICOM study are queries: "
+                 "modality=CT,description=REGEX,min-slices=N");
   cli.add_option("--reference-modality", task.reference_modality, "modality of the references (CT, MR, ...)");
   cli.add_option("--query-modality", read.modality, "modality of the queries; a mismatch is warned about");
   cli.add_option("--output", output, "label map (file, or folder for several queries)");
@@ -112,7 +119,16 @@ int main(int argc, char** argv) {
 
   return app::run_main("iris-infer", [&]() -> int {
     app::configure_threads(threads);
-    if (model_path.empty()) throw Error("--model", "is required");
+    if (model_paths.empty()) throw Error("--model", "is required");
+    std::vector<double> weights;
+    for (const auto& w : split_comma_list(model_weights)) {
+      size_t used = 0;
+      try {
+        weights.push_back(std::stod(w, &used));
+      } catch (const std::exception&) {
+      }
+      if (used != w.size()) throw Error("--model-weights", "'" + w + "' is not a number");
+    }
     if (!aggregate_on_cpu)
       throw Error("--no-aggregate-on-cpu", "not supported: window predictions are always blended on the CPU");
     task.classes = split_comma_list(classes_text);
@@ -131,8 +147,9 @@ int main(int argc, char** argv) {
     }
     if (encode->parsed() || pool_cmd->parsed()) {
       if (task.references.empty()) throw Error("--reference", "encode and pool need at least one reference pair");
+      if (model_paths.size() > 1) throw Error("--model", "encode and pool take one model (a task belongs to its model)");
       if (pool_cmd->parsed()) task.strategy = "retrieval";
-      infer::Segmenter segmenter(model_path, task, opt);
+      infer::Segmenter segmenter(model_paths[0], task, opt);
       if (encode->parsed()) segmenter.task().save(encode_output);
       else segmenter.pool().save(pool_output);
       app::Info() << "iris-infer: wrote " << (encode->parsed() ? encode_output : pool_output);
@@ -140,15 +157,22 @@ int main(int argc, char** argv) {
     }
 
     // Every query and output is checked before the model is loaded.
-    std::vector<std::string> finished;
-    const auto jobs = infer::plan_queries(query, output, plan, &finished);
-    if (!finished.empty()) app::Info() << "iris-infer: " << finished.size() << " queries already done (--continue)";
+    plan.series = read.series;
+    if (!series_filter.empty()) plan.series_filter = infer::SeriesFilter::parse(series_filter, "--series-filter");
+    std::vector<infer::SkippedQuery> skipped;
+    const auto jobs = infer::plan_queries(query, output, plan, &skipped);
+    long finished = 0;
+    for (const auto& q : skipped) {
+      finished += q.reason.rfind("finished", 0) == 0;
+      log::info("iris-infer: skipped " + q.input + ": " + q.reason);
+    }
+    if (finished > 0) app::Info() << "iris-infer: " << finished << " queries already done (--continue)";
     const std::string statistics_format = fs::path(statistics_path).extension().string();
     if (!statistics_path.empty() && statistics_format != ".json" && statistics_format != ".csv")
       throw Error("--statistics", "name a .json or .csv file (" + statistics_path + ")");
     opt.statistics = !statistics_path.empty();
     opt.probabilities = !plan.probabilities.empty();
-    infer::Segmenter segmenter(model_path, task, opt);
+    infer::Segmenter segmenter(model_paths, task, opt, weights);
     segmenter.segment_files(jobs, read, [](const infer::QueryJob& job) {
       app::Info() << "iris-infer: " << job.input << " -> " << job.output
                   << (job.dicom_seg.empty() ? "" : " and " + job.dicom_seg + " (DICOM-SEG)");
@@ -157,7 +181,12 @@ int main(int argc, char** argv) {
       write_text_file(statistics_path, statistics_format == ".csv"
                                            ? infer::statistics_csv(segmenter.statistics())
                                            : dump(infer::statistics_json(segmenter.statistics()), 2) + "\n");
-    if (!report_path.empty()) write_text_file(report_path, dump(segmenter.report(), 2));
+    if (!report_path.empty()) {
+      Json report = segmenter.report();
+      report["skipped"] = Json::array();
+      for (const auto& q : skipped) report["skipped"].push_back({{"input", q.input}, {"reason", q.reason}});
+      write_text_file(report_path, dump(report, 2));
+    }
     return 0;
   });
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <limits>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <regex>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -19,6 +22,7 @@
 #include "iris/common/device.h"
 #include "iris/common/error.h"
 #include "iris/common/file_names.h"
+#include "iris/common/label_list.h"
 #include "iris/common/log.h"
 #include "iris/infer/reference.h"
 #include "iris/infer/sliding_window.h"
@@ -103,64 +107,165 @@ std::vector<size_t> shard(const std::vector<std::string>& names, long num_parts,
   return mine;
 }
 
+SeriesFilter SeriesFilter::parse(const std::string& text, const std::string& where) {
+  SeriesFilter f;
+  for (const auto& item : split_comma_list(text)) {
+    const auto eq = item.find('=');
+    const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    if (eq == std::string::npos || value.empty())
+      throw Error(where, "expected KEY=VALUE items (modality=CT,description=REGEX,min-slices=N), got '" + item + "'");
+    if (key == "modality") {
+      f.modality = upper(value);
+    } else if (key == "description") {
+      try {
+        std::regex(value, std::regex::ECMAScript | std::regex::icase);
+      } catch (const std::regex_error& e) {
+        throw Error(where, "description '" + value + "' is not a regular expression: " + e.what());
+      }
+      f.description = value;
+    } else if (key == "min-slices") {
+      if (value.find_first_not_of("0123456789") != std::string::npos || value.size() > 6)
+        throw Error(where, "min-slices must be a whole number, got '" + value + "'");
+      f.min_slices = std::max(3L, std::stol(value));
+    } else {
+      throw Error(where, "unknown key '" + key + "' (known: modality, description, min-slices)");
+    }
+  }
+  return f;
+}
+
+namespace {
+
+// Why a series is not a query of the study, or "" when it is one.
+std::string series_excluded(const io::DicomSeriesInfo& info, const SeriesFilter& f) {
+  if (info.number_of_slices < 3)
+    return std::to_string(info.number_of_slices) + " slice(s): not a volume (a localiser or single image)";
+  if (info.number_of_slices < f.min_slices)
+    return std::to_string(info.number_of_slices) + " slices, fewer than min-slices=" + std::to_string(f.min_slices);
+  if (!f.modality.empty() && upper(info.modality) != f.modality)
+    return "modality " + (info.modality.empty() ? std::string("(none)") : info.modality) + ", not " + f.modality;
+  if (!f.description.empty() &&
+      !std::regex_search(info.description, std::regex(f.description, std::regex::ECMAScript | std::regex::icase)))
+    return "description '" + info.description + "' does not match '" + f.description + "'";
+  return "";
+}
+
+// The folder of a series' files relative to the study folder ("" = itself).
+fs::path relative_folder(const io::DicomSeriesInfo& info, const std::string& study) {
+  if (info.files.empty()) return {};
+  const fs::path rel = fs::path(info.files.front()).parent_path().lexically_relative(fs::path(study));
+  return rel.empty() || rel == "." ? fs::path() : rel;
+}
+
+void require_folder(const std::string& path, const std::string& flag, const std::string& why) {
+  if (!fs::is_directory(path)) throw Error(flag, why + " need an existing folder; " + path + " is not");
+}
+
+}  // namespace
+
 std::vector<QueryJob> plan_queries(const std::string& query, const std::string& output, const PlanOptions& options,
-                                   std::vector<std::string>* skipped) {
+                                   std::vector<SkippedQuery>* skipped) {
   if (query.empty()) throw Error("--query", "is required");
   if (output.empty()) throw Error("--output", "is required");
-  std::vector<std::string> inputs;
+  if (options.num_parts != 1 || options.part_id != 0) shard({}, options.num_parts, options.part_id);  // checks the flags
+  std::vector<QueryJob> candidates;
   bool several = false;
   if (fs::is_directory(query)) {
+    std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(query))
-      if (e.is_regular_file() && has_image_extension(e.path().string())) inputs.push_back(e.path().string());
-    std::sort(inputs.begin(), inputs.end());
-    several = !inputs.empty();
-    if (!several) inputs.push_back(query);  // a DICOM series folder
+      if (e.is_regular_file() && has_image_extension(e.path().string())) files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    if (!files.empty()) {
+      several = true;
+      for (const auto& f : files) candidates.push_back({f, "", "", "", "", case_name(f)});
+    } else if (!options.series.empty()) {
+      candidates.push_back({query, output, options.probabilities, options.dicom_seg, options.series, case_name(query)});
+    } else {
+      // A DICOM folder: one series, or a study of several.
+      std::vector<io::DicomSkippedFile> stray;
+      const auto series = io::list_dicom_series(query, true, &stray);
+      if (series.size() == 1 && !fs::is_directory(output)) {
+        candidates.push_back({query, output, options.probabilities, options.dicom_seg, "", case_name(query)});
+      } else {
+        several = true;
+        require_folder(output, "--output", "the " + std::to_string(series.size()) + " series of a DICOM study");
+        if (!options.dicom_seg.empty())
+          require_folder(options.dicom_seg, "--dicom-seg", "the series of a DICOM study");
+        if (skipped)
+          for (const auto& f : stray) skipped->push_back({f.file, f.reason});
+        for (const auto& info : series) {
+          const std::string why = series_excluded(info, options.series_filter);
+          if (!why.empty()) {
+            if (skipped) skipped->push_back({query + " series " + info.uid, why});
+            continue;
+          }
+          const fs::path rel = relative_folder(info, query);
+          QueryJob job{query, (fs::path(output) / rel / (info.uid + ".nii.gz")).string(), "", "", info.uid, info.uid};
+          if (!options.dicom_seg.empty()) job.dicom_seg = (fs::path(options.dicom_seg) / rel / (info.uid + ".dcm")).string();
+          if (!options.probabilities.empty())
+            job.probabilities = (fs::path(options.probabilities) / rel / (info.uid + ".nii.gz")).string();
+          candidates.push_back(job);
+        }
+        if (candidates.empty()) throw Error(query, "no series of the study is a query (see the skipped series)");
+      }
+    }
   } else if (fs::path(query).extension() == ".txt") {
     std::ifstream f(query);
     if (!f) throw Error(query, "cannot open the query list");
     std::string line;
     while (std::getline(f, line))
-      if (!line.empty()) inputs.push_back(line);
-    if (inputs.empty()) throw Error(query, "the query list is empty");
+      if (!line.empty()) candidates.push_back({line, "", "", "", "", case_name(line)});
+    if (candidates.empty()) throw Error(query, "the query list is empty");
     several = true;
   } else {
     if (!fs::exists(query)) throw Error(query, "query does not exist");
-    inputs.push_back(query);
+    candidates.push_back({query, output, options.probabilities, options.dicom_seg, "", case_name(query)});
   }
-  if (!options.dicom_seg.empty() && (several || !fs::is_directory(inputs[0])))
-    throw Error("--dicom-seg", "needs --query to be one DICOM series folder; " + query + " is not");
-  std::vector<QueryJob> jobs;
-  if (!several) {
-    if (options.num_parts > 1) shard({}, options.num_parts, options.part_id);  // checks the flags
-    jobs.push_back({inputs[0], output, options.probabilities, options.dicom_seg});
-    return jobs;
+  if (!options.dicom_seg.empty() && !fs::is_directory(candidates[0].input))
+    throw Error("--dicom-seg", "needs --query to be DICOM (a series or study folder); " + query + " is not");
+  if (!several) return candidates;
+
+  if (candidates[0].output.empty()) {  // image files: OUTPUT/CASE.nii.gz
+    require_folder(output, "--output", "several queries");
+    if (!options.probabilities.empty()) require_folder(options.probabilities, "--probabilities", "several queries");
+    if (!options.dicom_seg.empty()) throw Error("--dicom-seg", "needs DICOM queries, not image files");
+    std::vector<std::string> seen;
+    for (auto& job : candidates) {
+      // Two inputs with one case name would write one file twice.
+      if (std::find(seen.begin(), seen.end(), job.name) != seen.end())
+        throw Error(job.input, "another query has the case name '" + job.name + "': outputs would overwrite each other");
+      seen.push_back(job.name);
+      job.output = (fs::path(output) / (job.name + ".nii.gz")).string();
+      if (!options.probabilities.empty()) job.probabilities = (fs::path(options.probabilities) / (job.name + ".nii.gz")).string();
+    }
+  } else if (!options.probabilities.empty()) {
+    require_folder(options.probabilities, "--probabilities", "the series of a DICOM study");
   }
-  if (!fs::is_directory(output)) throw Error("--output", "several queries need an existing folder; " + output + " is not");
-  if (!options.probabilities.empty() && !fs::is_directory(options.probabilities))
-    throw Error("--probabilities", "several queries need an existing folder; " + options.probabilities + " is not");
-  // Two inputs with one case name would write one file twice.
   std::vector<std::string> names;
-  for (const auto& in : inputs) {
-    const std::string name = case_name(in);
-    if (std::find(names.begin(), names.end(), name) != names.end())
-      throw Error(in, "another query has the case name '" + name + "': outputs would overwrite each other");
-    names.push_back(name);
-  }
+  for (const auto& job : candidates) names.push_back(job.name);
+  std::vector<QueryJob> jobs;
   for (size_t i : shard(names, options.num_parts, options.part_id)) {
-    QueryJob job{inputs[i], (fs::path(output) / (names[i] + ".nii.gz")).string(), "", ""};
-    if (!options.probabilities.empty()) job.probabilities = (fs::path(options.probabilities) / (names[i] + ".nii.gz")).string();
-    const bool labels_exist = fs::exists(job.output);
-    const bool probabilities_exist = job.probabilities.empty() || fs::exists(job.probabilities);
-    if (options.skip_finished && labels_exist && probabilities_exist) {
-      if (skipped) skipped->push_back(job.input);
+    QueryJob job = candidates[i];
+    std::vector<std::string> outputs{job.output};
+    if (!job.probabilities.empty()) outputs.push_back(job.probabilities);
+    if (!job.dicom_seg.empty()) outputs.push_back(job.dicom_seg);
+    bool all_exist = true;
+    std::string existing;
+    for (const auto& o : outputs) {
+      if (fs::exists(o)) {
+        if (existing.empty()) existing = o;
+      } else {
+        all_exist = false;
+      }
+    }
+    if (options.skip_finished && all_exist) {
+      if (skipped) skipped->push_back({job.name, "finished: its outputs exist (--continue)"});
       continue;
     }
-    if (!options.overwrite && !options.skip_finished) {
-      if (labels_exist)
-        throw Error(job.output, "exists: --overwrite replaces the outputs, --continue skips the finished cases");
-      if (!job.probabilities.empty() && fs::exists(job.probabilities))
-        throw Error(job.probabilities, "exists: --overwrite replaces the outputs, --continue skips the finished cases");
-    }
+    if (!options.overwrite && !options.skip_finished && !existing.empty())
+      throw Error(existing, "exists: --overwrite replaces the outputs, --continue skips the finished cases");
+    // Studies mirror their folders: make the sub-folders.
+    for (const auto& o : outputs) fs::create_directories(fs::path(o).parent_path());
     jobs.push_back(job);
   }
   return jobs;
@@ -169,16 +274,23 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
 struct Segmenter::State {
   TaskSpec spec;
   SegmenterOptions options;
-  std::string model_path;
-  model::IrisModel model;
+  // One member per model file: its network and its own encoding of the task.
+  struct Member {
+    std::string path;
+    double weight = 1;
+    model::IrisModel model;
+    model::TaskEmbedding task;
+    EmbeddingPool pool;
+    std::vector<double> tuning_losses;
+  };
+  std::vector<Member> members;
+  Member* cur = nullptr;                   // the member being built or run
+  std::vector<ReferencePair> reference_cache;  // read once for every member
   std::string strategy;
   std::string intensity;                   // scheme applied after the spatial steps
   std::optional<io::PreprocessConfig> spatial;
   SlidingWindowOptions window;
   std::vector<long> labels;                // label values of the task
-  model::TaskEmbedding task;
-  EmbeddingPool pool;
-  std::vector<double> tuning_losses;
   std::string reference_modality;
   Timings timings;
   mutable std::mutex report_mutex;
@@ -208,6 +320,7 @@ struct Segmenter::State {
   }
 
   ReferencePair read_reference(size_t i) {
+    if (i < reference_cache.size()) return reference_cache[i];
     const auto t = Clock::now();
     ReferencePair pair{io::read_image(spec.references[i]), io::read_labels(spec.reference_masks[i]),
                        spec.references[i]};
@@ -225,13 +338,14 @@ struct Segmenter::State {
     timings.add("read", t);
     const auto values = reference_label_values(pair.mask, labels.empty() ? spec.labels : labels, spec.max_labels);
     if (labels.empty()) labels = values;
+    reference_cache.push_back(pair);
     return pair;
   }
 
   model::TaskEmbedding encode_one(const ReferencePair& pair) {
     const auto t = Clock::now();
-    auto encoded = encode_reference(*model.net, pair.image, pair.mask, labels, intensity, options.device,
-                                    model.fingerprint, options.classes_per_pass);
+    auto encoded = encode_reference(*cur->model.net, pair.image, pair.mask, labels, intensity, options.device,
+                                    cur->model.fingerprint, options.classes_per_pass);
     timings.add("encode", t);
     return encoded;
   }
@@ -246,21 +360,21 @@ struct Segmenter::State {
     for (size_t i = 0; i < spec.references.size(); ++i) {
       ReferencePair pair = read_reference(i);
       const auto t = Clock::now();
-      pool.entries.push_back(encode_pool_entry(*model.net, pair.image, pair.mask, labels, intensity, options.device,
-                                               model.fingerprint, options.classes_per_pass));
+      cur->pool.entries.push_back(encode_pool_entry(*cur->model.net, pair.image, pair.mask, labels, intensity, options.device,
+                                               cur->model.fingerprint, options.classes_per_pass));
       timings.add("encode", t);
       std::string name = case_name(spec.references[i]);
-      for (const auto& e : pool.entries)
-        if (&e != &pool.entries.back() && e.name == name) name += "_" + std::to_string(i);
-      pool.entries.back().name = name;
+      for (const auto& e : cur->pool.entries)
+        if (&e != &cur->pool.entries.back() && e.name == name) name += "_" + std::to_string(i);
+      cur->pool.entries.back().name = name;
     }
   }
 
   model::TaskEmbedding load_task() const {
     model::TaskEmbedding t = model::TaskEmbedding::load(spec.task_file);
-    if (t.model_fingerprint != model.fingerprint)
+    if (t.model_fingerprint != cur->model.fingerprint)
       throw Error(spec.task_file, "task embedding was made by another model (fingerprint " + t.model_fingerprint +
-                                      ", this model " + model.fingerprint + "); encode it again with this model");
+                                      ", this model " + cur->model.fingerprint + "); encode it again with this model");
     return t;
   }
 
@@ -305,14 +419,14 @@ struct Segmenter::State {
   void build_task() {
     if (strategy == "memory-bank") {
       std::vector<int64_t> ids;
-      for (const auto& n : spec.classes) ids.push_back(model::class_id(model, n));
-      task.stages = model.net->memory_bank_tokens(at::tensor(ids, at::kLong));
-      for (auto& s : task.stages) s = s.to(at::kCPU);
-      task.names = spec.classes;
-      for (size_t i = 0; i < ids.size(); ++i) task.labels.push_back(static_cast<long>(i) + 1);
-      task.model_fingerprint = model.fingerprint;
+      for (const auto& n : spec.classes) ids.push_back(model::class_id(cur->model, n));
+      cur->task.stages = cur->model.net->memory_bank_tokens(at::tensor(ids, at::kLong));
+      for (auto& s : cur->task.stages) s = s.to(at::kCPU);
+      cur->task.names = spec.classes;
+      for (size_t i = 0; i < ids.size(); ++i) cur->task.labels.push_back(static_cast<long>(i) + 1);
+      cur->task.model_fingerprint = cur->model.fingerprint;
     } else if (strategy == "one-shot" || strategy == "ensemble") {
-      task = spec.task_file.empty() ? encode_references() : load_task();
+      cur->task = spec.task_file.empty() ? encode_references() : load_task();
     } else if (strategy == "tuning") {
       // Examples are the reference pairs; the start is --task or their ensemble.
       std::vector<TuningExample> examples;
@@ -325,41 +439,41 @@ struct Segmenter::State {
         for (long v : labels) masks.push_back(pair.mask.voxels.eq(v).to(at::kFloat));
         examples.push_back({io::normalise_intensity(pair.image.voxels, intensity), at::stack(masks)});
       }
-      task = spec.task_file.empty() ? model::TaskEmbedding::mean(encoded) : load_task();
-      if (task.num_classes() != static_cast<long>(labels.size()))
-        throw Error("--task", "the stored task has " + std::to_string(task.num_classes()) +
+      cur->task = spec.task_file.empty() ? model::TaskEmbedding::mean(encoded) : load_task();
+      if (cur->task.num_classes() != static_cast<long>(labels.size()))
+        throw Error("--task", "the stored task has " + std::to_string(cur->task.num_classes()) +
                                   " classes but the references give " + std::to_string(labels.size()));
       TuningOptions tuning = spec.tuning;
       tuning.device = options.device;
       tuning.classes_per_pass = options.classes_per_pass;
       if (options.tuning_progress) tuning.progress = options.tuning_progress;
       const auto t = Clock::now();
-      TuningResult tuned = tune_task_embedding(*model.net, task, examples, tuning);
+      TuningResult tuned = tune_task_embedding(*cur->model.net, cur->task, examples, tuning);
       timings.add("tune", t);
-      task = tuned.task;
-      tuning_losses = tuned.losses;
-      if (!spec.tuned_task_out.empty()) task.save(spec.tuned_task_out);
+      cur->task = tuned.task;
+      cur->tuning_losses = tuned.losses;
+      if (!spec.tuned_task_out.empty()) cur->task.save(spec.tuned_task_out);
     } else {  // retrieval, image-retrieval
-      if (!spec.pool_dir.empty()) pool = EmbeddingPool::load(spec.pool_dir, model.fingerprint);
-      const size_t stored = pool.entries.size();
+      if (!spec.pool_dir.empty()) cur->pool = EmbeddingPool::load(spec.pool_dir, cur->model.fingerprint);
+      const size_t stored = cur->pool.entries.size();
       add_references_to_pool();
       // Object retrieval starts from the first reference pair, else from a
       // random pool entry (seeded: runs repeat).
       if (!spec.references.empty()) {
-        task = pool.entries[stored].task;
+        cur->task = cur->pool.entries[stored].task;
       } else {
         std::mt19937 rng(spec.seed);
-        task = pool.entries[std::uniform_int_distribution<size_t>(0, pool.entries.size() - 1)(rng)].task;
-        labels = task.labels;
+        cur->task = cur->pool.entries[std::uniform_int_distribution<size_t>(0, cur->pool.entries.size() - 1)(rng)].task;
+        labels = cur->task.labels;
         if (!spec.labels.empty()) {
           std::vector<long> indices;
           for (long r : spec.labels) {
-            const auto it = std::find(task.labels.begin(), task.labels.end(), r);
-            if (it == task.labels.end())
+            const auto it = std::find(cur->task.labels.begin(), cur->task.labels.end(), r);
+            if (it == cur->task.labels.end())
               throw Error("--labels", "label value " + std::to_string(r) + " is not in the pool's initial entry");
-            indices.push_back(static_cast<long>(it - task.labels.begin()));
+            indices.push_back(static_cast<long>(it - cur->task.labels.begin()));
           }
-          task = task.select(indices);
+          cur->task = cur->task.select(indices);
           labels = spec.labels;
         }
       }
@@ -393,37 +507,52 @@ struct Segmenter::State {
       ro.window.progress = nullptr;
       ro.threshold = options.threshold;
       ro.similarity = spec.similarity;
-      RetrievalResult r = object_level_retrieval(*model.net, volume, task, pool, ro);
+      RetrievalResult r = object_level_retrieval(*cur->model.net, volume, cur->task, cur->pool, ro);
       timings.add("retrieval", t);
-      for (const long e : r.chosen_entry) picked->push_back(e < 0 ? std::string("(initial)") : pool.entries[e].name);
+      for (const long e : r.chosen_entry) picked->push_back(e < 0 ? std::string("(initial)") : cur->pool.entries[e].name);
       return r.task;
     }
     if (strategy == "image-retrieval") {
       const auto t = Clock::now();
-      const at::Tensor features = image_feature_vector(*model.net, volume, window.window, options.device);
-      const long e = nearest_image(features, pool);
-      const auto& chosen = pool.entries[e].task;
+      const at::Tensor features = image_feature_vector(*cur->model.net, volume, window.window, options.device);
+      const long e = nearest_image(features, cur->pool);
+      const auto& chosen = cur->pool.entries[e].task;
       std::vector<long> indices;
-      for (long l : task.labels) {
+      for (long l : cur->task.labels) {
         const auto it = std::find(chosen.labels.begin(), chosen.labels.end(), l);
         if (it == chosen.labels.end())
-          throw Error(pool.entries[e].name, "nearest pool entry lacks label value " + std::to_string(l));
+          throw Error(cur->pool.entries[e].name, "nearest pool entry lacks label value " + std::to_string(l));
         indices.push_back(static_cast<long>(it - chosen.labels.begin()));
       }
       timings.add("retrieval", t);
-      picked->push_back(pool.entries[e].name);
+      picked->push_back(cur->pool.entries[e].name);
       return chosen.select(indices);
     }
-    return task;
+    return cur->task;
   }
 };
 
 Segmenter::Segmenter(const std::string& model_path, TaskSpec task, SegmenterOptions options)
+    : Segmenter(std::vector<std::string>{model_path}, std::move(task), std::move(options)) {}
+
+Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task, SegmenterOptions options,
+                     std::vector<double> weights)
     : s_(std::make_unique<State>()) {
   State& s = *s_;
   s.spec = std::move(task);
   s.options = std::move(options);
-  s.model_path = model_path;
+  if (model_paths.empty()) throw Error("--model", "is required");
+  if (!weights.empty() && weights.size() != model_paths.size())
+    throw Error("--model-weights", "give one weight per --model (" + std::to_string(model_paths.size()) + " models, " +
+                                       std::to_string(weights.size()) + " weights)");
+  for (double w : weights)
+    if (!(w > 0) || !std::isfinite(w)) throw Error("--model-weights", "weights must be positive numbers");
+  if (model_paths.size() > 1) {
+    // Stored tasks and pools belong to the model that made them.
+    if (!s.spec.task_file.empty()) throw Error("--task", "a stored task belongs to one model: give reference pairs to an ensemble of models");
+    if (!s.spec.pool_dir.empty()) throw Error("--pool", "a stored pool belongs to one model: give reference pairs to an ensemble of models");
+    if (!s.spec.tuned_task_out.empty()) throw Error("--tuned-task-out", "an ensemble of models tunes one task per model");
+  }
   s.choose_strategy();
   if (s.options.preprocess != "model") {
     const auto schemes = io::intensity_schemes();
@@ -433,31 +562,42 @@ Segmenter::Segmenter(const std::string& model_path, TaskSpec task, SegmenterOpti
       throw Error("--preprocess", "unknown value '" + s.options.preprocess + "' (known: " + known + ")");
     }
   }
-  const auto t = Clock::now();
-  s.model = model::load_model(model_path);
-  s.model.net->to(s.options.device);
-  s.model.net->set_channels_last(true);
-  s.model.net->eval();
-  s.timings.add("load_model", t);
+  s.members.resize(model_paths.size());
+  long max_patch = std::numeric_limits<long>::max();
+  for (size_t i = 0; i < model_paths.size(); ++i) {
+    State::Member& m = s.members[i];
+    m.path = model_paths[i];
+    m.weight = weights.empty() ? 1.0 : weights[i];
+    const auto t = Clock::now();
+    m.model = model::load_model(m.path);
+    m.model.net->to(s.options.device);
+    m.model.net->set_channels_last(true);
+    m.model.net->eval();
+    s.timings.add("load_model", t);
+    if (s.options.preprocess == "model" && m.model.preprocess != s.members[0].model.preprocess)
+      throw Error(m.path, "stores other preprocessing than " + s.members[0].path +
+                              ": an ensemble needs one (or --preprocess with an intensity scheme)");
+    max_patch = std::min(max_patch, m.model.config.max_patch_size);
+  }
+  const model::IrisModel& first = s.members[0].model;
 
   // --preprocess model: the model's spatial steps run on every input and are
   // inverted on every output; its intensity step runs after them.
   s.intensity = s.options.preprocess;
   if (s.options.preprocess == "model") {
-    if (s.model.preprocess.empty()) {
+    if (first.preprocess.empty()) {
       s.intensity = "none";
     } else {
       s.spatial = io::PreprocessConfig::from_config(
-          ConfigMap::parse_text(s.model.preprocess, model_path + " (preprocess)"));
+          ConfigMap::parse_text(first.preprocess, s.members[0].path + " (preprocess)"));
       s.intensity = s.spatial->intensity;
       s.spatial->intensity = "none";
     }
   }
 
-  s.window.window = s.options.window > 0 ? s.options.window : s.model.config.max_patch_size;
-  if (s.window.window % 16 != 0 || s.window.window > s.model.config.max_patch_size)
-    throw Error("--window", "must be a multiple of 16 and at most the model's patch size " +
-                                std::to_string(s.model.config.max_patch_size));
+  s.window.window = s.options.window > 0 ? s.options.window : max_patch;
+  if (s.window.window % 16 != 0 || s.window.window > max_patch)
+    throw Error("--window", "must be a multiple of 16 and at most the model's patch size " + std::to_string(max_patch));
   s.window.overlap = s.options.overlap;
   s.window.batch = s.options.window_batch;
   s.window.device = s.options.device;
@@ -468,15 +608,21 @@ Segmenter::Segmenter(const std::string& model_path, TaskSpec task, SegmenterOpti
   s.reference_modality = s.spec.references.empty()
                              ? upper(s.spec.reference_modality)
                              : input_modality(s.spec.references[0], s.spec.reference_modality, "");
-  s.build_task();
+  for (auto& m : s.members) {
+    s.cur = &m;
+    s.build_task();
+    if (m.task.labels != s.members[0].task.labels)
+      throw Error(m.path, "its task has other label values than " + s.members[0].path + "'s");
+  }
+  s.cur = &s.members[0];
 }
 
 Segmenter::~Segmenter() = default;
 
-const model::TaskEmbedding& Segmenter::task() const { return s_->task; }
-const EmbeddingPool& Segmenter::pool() const { return s_->pool; }
+const model::TaskEmbedding& Segmenter::task() const { return s_->members[0].task; }
+const EmbeddingPool& Segmenter::pool() const { return s_->members[0].pool; }
 const std::string& Segmenter::strategy() const { return s_->strategy; }
-const model::IrisModel& Segmenter::model() const { return s_->model; }
+const model::IrisModel& Segmenter::model() const { return s_->members[0].model; }
 const std::vector<std::pair<std::string, std::vector<ClassStatistics>>>& Segmenter::statistics() const {
   return s_->statistics;
 }
@@ -489,14 +635,31 @@ Segmentation Segmenter::segment(const Image& query, const std::string& name) {
   s.timings.add("preprocess", t);
 
   Segmentation out;
-  const model::TaskEmbedding task = s.task_for(volume, &out.retrieved);
+  // Each model with its own task; the ensemble's probabilities are the
+  // weighted mean of the members' (one member: exactly its own).
+  at::Tensor probs;
+  model::TaskEmbedding task;
+  double total_weight = 0;
+  for (auto& m : s.members) {
+    s.cur = &m;
+    const model::TaskEmbedding member_task = s.task_for(volume, &out.retrieved);
+    t = Clock::now();
+    at::Tensor p = sliding_window_probabilities(*m.model.net, volume, member_task, s.window);
+    s.timings.add("network", t);
+    if (s.members.size() == 1) {
+      probs = p;
+    } else {
+      probs = probs.defined() ? probs + p * m.weight : p * m.weight;
+    }
+    total_weight += m.weight;
+    if (&m == &s.members[0]) task = member_task;
+  }
+  s.cur = &s.members[0];
+  if (s.members.size() > 1) probs = probs / total_weight;
   if (!out.retrieved.empty()) {
     std::lock_guard<std::mutex> lock(s.report_mutex);
     s.retrieved[name] = out.retrieved;
   }
-  t = Clock::now();
-  at::Tensor probs = sliding_window_probabilities(*s.model.net, volume, task, s.window);
-  s.timings.add("network", t);
   t = Clock::now();
   at::Tensor labels = labels_from_probabilities(probs, task.labels, s.options.threshold);
   labels = postprocess_labels(labels, task.labels, s.options.post);
@@ -527,13 +690,13 @@ Segmentation Segmenter::segment(const Image& query, const std::string& name) {
     out.statistics = class_statistics(query, out.labels, out.label_values, out.class_names);
     s.timings.add("statistics", t);
     std::lock_guard<std::mutex> lock(s.report_mutex);
-    s.statistics.emplace_back(case_name(name), out.statistics);
+    s.statistics.emplace_back(name, out.statistics);
   }
   return out;
 }
 
 Segmentation Segmenter::segment_file(const std::string& path, const QueryReadOptions& read) {
-  return segment(s_->read_query(path, read), path);
+  return segment(s_->read_query(path, read), case_name(path));
 }
 
 namespace {
@@ -601,7 +764,9 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
   std::thread reader([&] {
     try {
       for (size_t i = 0; i < jobs.size(); ++i) {
-        Image image = s.read_query(jobs[i].input, read);
+        QueryReadOptions job_read = read;
+        if (!jobs[i].series.empty()) job_read.series = jobs[i].series;
+        Image image = s.read_query(jobs[i].input, job_read);
         if (!to_network.put({i, std::move(image)})) return;  // the run has stopped
       }
       to_network.close();
@@ -624,7 +789,8 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
             io::DicomSegOptions seg;
             for (size_t c = 0; c < w.result.label_values.size() && c < w.result.class_names.size(); ++c)
               if (!w.result.class_names[c].empty()) seg.segment_names[w.result.label_values[c]] = w.result.class_names[c];
-            io::write_dicom_seg(job.dicom_seg, w.result.labels, job.input, read.series, seg);
+            io::write_dicom_seg(job.dicom_seg, w.result.labels, job.input, job.series.empty() ? read.series : job.series,
+                                seg);
           }
         }
         if (!job.probabilities.empty() && w.result.probabilities) io::write_image(*w.result.probabilities, job.probabilities);
@@ -641,7 +807,8 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
   try {
     Read r;
     while (to_network.take(r)) {
-      Written w{r.job, segment(r.image, jobs[r.job].input)};
+      const QueryJob& job = jobs[r.job];
+      Written w{r.job, segment(r.image, job.name.empty() ? case_name(job.input) : job.name)};
       if (!to_writer.put(std::move(w))) break;  // the writer failed
     }
   } catch (...) {
@@ -658,9 +825,9 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
 
 Json Segmenter::report() const {
   const State& s = *s_;
-  const long K = s.task.num_classes();
-  Json report = {{"model", s.model_path},
-                 {"model_fingerprint", s.model.fingerprint},
+  const long K = s.members[0].task.num_classes();
+  Json report = {{"model", s.members[0].path},
+                 {"model_fingerprint", s.members[0].model.fingerprint},
                  {"strategy", s.strategy},
                  {"device", s.options.device.str()},
                  {"classes", K},
@@ -672,9 +839,14 @@ Json Segmenter::report() const {
     if (!s.retrieved.empty()) report["retrieved"] = s.retrieved;
   }
   report["seconds"] = s.timings.to_json();
-  if (!s.tuning_losses.empty()) {
+  if (!s.members[0].tuning_losses.empty()) {
     report["tuning_losses"] = Json::array();
-    for (double l : s.tuning_losses) report["tuning_losses"].push_back(number(l));
+    for (double l : s.members[0].tuning_losses) report["tuning_losses"].push_back(number(l));
+  }
+  if (s.members.size() > 1) {
+    report["models"] = Json::array();
+    for (const auto& m : s.members)
+      report["models"].push_back({{"path", m.path}, {"fingerprint", m.model.fingerprint}, {"weight", number(m.weight)}});
   }
   return report;
 }

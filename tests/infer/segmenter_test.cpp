@@ -277,10 +277,11 @@ TEST_F(SegmenterTest, PartsSplitTheCasesAndFinishedCasesAreSkippedOrRefused) {
   EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string()); }).find("--continue"), std::string::npos);
   infer::PlanOptions resume;
   resume.skip_finished = true;
-  std::vector<std::string> skipped;
+  std::vector<infer::SkippedQuery> skipped;
   EXPECT_EQ(infer::plan_queries(in.string(), out.string(), resume, &skipped).size(), 19u);
   ASSERT_EQ(skipped.size(), 1u);
-  EXPECT_EQ(fs::path(skipped[0]).filename(), "case3.nii.gz");
+  EXPECT_EQ(skipped[0].input, "case3");
+  EXPECT_NE(skipped[0].reason.find("--continue"), std::string::npos);
   infer::PlanOptions again;
   again.overwrite = true;
   EXPECT_EQ(infer::plan_queries(in.string(), out.string(), again).size(), 20u);
@@ -358,4 +359,51 @@ TEST_F(SegmenterTest, StatisticsAgreeWithLoopsOverTheLabelMap) {
   const std::string csv = infer::statistics_csv({{"q", stats}});
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4);
   EXPECT_NE(csv.find("q,3,,0,0,,,,,"), std::string::npos) << csv;
+}
+
+TEST(SeriesFilter, ParsesItsKeysAndNamesTheFlagOnMistakes) {
+  const auto f = infer::SeriesFilter::parse("modality=ct, description=ax|axial,min-slices=20", "--series-filter");
+  EXPECT_EQ(f.modality, "CT");
+  EXPECT_EQ(f.description, "ax|axial");
+  EXPECT_EQ(f.min_slices, 20);
+  EXPECT_EQ(infer::SeriesFilter::parse("min-slices=1", "--series-filter").min_slices, 3);  // never below a volume
+  for (const char* bad : {"modality", "colour=red", "description=(", "min-slices=x"})
+    EXPECT_EQ(error_of([&] { infer::SeriesFilter::parse(bad, "--series-filter"); }).rfind("--series-filter: ", 0), 0u)
+        << bad;
+}
+
+TEST_F(SegmenterTest, AnEnsembleOfModelsAveragesTheirProbabilities) {
+  const std::string second = save_tiny_model(temp_path("segmenter_tiny_seed8.iris"), 8);
+  const std::string copy = temp_path("segmenter_tiny_copy.iris");
+  fs::copy_file(model, copy, fs::copy_options::overwrite_existing);
+  auto options = zscore();
+  options.probabilities = true;
+  auto [q, unused] = ball_and_box(30, 44, 40, 9);
+  const at::Tensor p1 = infer::Segmenter(model, one_shot(), options).segment(q).probabilities->voxels;
+  const at::Tensor p2 = infer::Segmenter(second, one_shot(), options).segment(q).probabilities->voxels;
+  ASSERT_GT((p1 - p2).abs().max().item<float>(), 1e-3) << "the two models must differ";
+  // Two copies of one model: exactly that model.
+  EXPECT_TRUE(torch::equal(infer::Segmenter({model, copy}, one_shot(), options).segment(q).probabilities->voxels, p1));
+  // Two models, equal and 3:1 weights: the means computed here.
+  infer::Segmenter pair({model, second}, one_shot(), options);
+  EXPECT_TRUE(torch::allclose(pair.segment(q).probabilities->voxels, (p1 + p2) / 2, 1e-6, 1e-6));
+  infer::Segmenter weighted({model, second}, one_shot(), options, {3, 1});
+  EXPECT_TRUE(torch::allclose(weighted.segment(q).probabilities->voxels, (3 * p1 + p2) / 4, 1e-6, 1e-6));
+  EXPECT_EQ(weighted.report()["models"].size(), 2u);
+
+  infer::TaskSpec stored = one_shot();
+  stored.references.clear();
+  stored.reference_masks.clear();
+  stored.task_file = temp_path("x.task");
+  EXPECT_NE(error_of([&] { infer::Segmenter({model, second}, stored, options); }).find("--task"), std::string::npos);
+  EXPECT_NE(error_of([&] { infer::Segmenter({model, second}, one_shot(), options, {1}); }).find("--model-weights"),
+            std::string::npos);
+  model::IrisModel other = model::load_model(second);
+  other.preprocess = "spacing: [2, 2, 2]\n";
+  const std::string resampling = temp_path("segmenter_other_pre.iris");
+  model::save_model(other, resampling);
+  auto from_model = options;
+  from_model.preprocess = "model";
+  EXPECT_NE(error_of([&] { infer::Segmenter({model, resampling}, one_shot(), from_model); }).find("other preprocessing"),
+            std::string::npos);
 }

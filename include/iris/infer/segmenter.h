@@ -91,10 +91,12 @@ struct Segmentation {
 
 // One query of a run and where its results go.
 struct QueryJob {
-  std::string input;          // image file or DICOM series folder
+  std::string input;          // image file or DICOM folder
   std::string output;         // label map
   std::string probabilities;  // "" = none
   std::string dicom_seg;      // "" = none
+  std::string series;         // DICOM series of `input` ("" = its only one, or QueryReadOptions::series)
+  std::string name;           // case name in reports and statistics
 };
 
 struct QueryReadOptions {
@@ -103,9 +105,22 @@ struct QueryReadOptions {
   std::string modality;       // the queries' modality ("" = DICOM tag or unknown)
 };
 
+// Which series of a DICOM study are queries (--series-filter
+// "modality=CT,description=AX|axial,min-slices=20"): Modality equal (case
+// insensitive), SeriesDescription matching the regex (ECMAScript, searched,
+// case insensitive), at least min_slices slices. Series with fewer than 3
+// slices (localisers, single images) are never volumes.
+struct SeriesFilter {
+  std::string modality, description;
+  long min_slices = 3;
+  static SeriesFilter parse(const std::string& text, const std::string& where);
+};
+
 struct PlanOptions {
   std::string probabilities;  // file, or folder for several queries ("" = none)
-  std::string dicom_seg;      // needs one DICOM folder as the query
+  std::string dicom_seg;      // file for one DICOM series, folder for a study ("" = none)
+  std::string series;         // one DICOM series of the query folder (--series)
+  SeriesFilter series_filter;
   // Sharding (--num-parts, --part-id): this part's cases are those whose
   // case-name hash (FNV-1a) modulo num_parts is part_id, so a case stays in
   // its part when others are added or removed.
@@ -116,13 +131,23 @@ struct PlanOptions {
   bool overwrite = false, skip_finished = false;
 };
 
-// A query argument as iris-infer takes it: an image file, a DICOM folder, a
-// folder of image files or a .txt list of paths. Several queries need
-// `output` (and the probabilities, when asked) to be existing folders; each
-// case is written there as CASE.nii.gz. One query writes where it is told.
-// `skipped`, when given, receives the inputs left out as finished.
+// An input left out of a run, and why (a finished case, a localiser, a
+// series the filter excludes, a file that is no image slice).
+struct SkippedQuery {
+  std::string input, reason;
+};
+
+// A query argument as iris-infer takes it: an image file, a folder of image
+// files, a .txt list of paths, a DICOM series folder, or a DICOM study: a
+// folder (any depth, other files allowed) with several series, or one when
+// `output` is an existing folder. Each series of a study is a case named by
+// its SeriesInstanceUID, written under `output` at the series' folder
+// relative to the query (OUTPUT/REL/UID.nii.gz; DICOM-SEGs likewise under the
+// --dicom-seg folder). Several queries need `output` (and the probabilities,
+// when asked) to be existing folders; image files are written there as
+// CASE.nii.gz. One query writes where it is told.
 std::vector<QueryJob> plan_queries(const std::string& query, const std::string& output, const PlanOptions& options = {},
-                                   std::vector<std::string>* skipped = nullptr);
+                                   std::vector<SkippedQuery>* skipped = nullptr);
 
 // The part of `names` (by index) that part `part_id` of `num_parts` takes.
 std::vector<size_t> shard(const std::vector<std::string>& names, long num_parts, long part_id);
@@ -130,6 +155,14 @@ std::vector<size_t> shard(const std::vector<std::string>& names, long num_parts,
 class Segmenter {
  public:
   Segmenter(const std::string& model_path, TaskSpec task, SegmenterOptions options);
+  // An ensemble of models: each encodes (or tunes, or retrieves) the task
+  // itself, and the class probabilities are the mean of theirs weighted by
+  // `weights` (empty: equal). One model gives exactly that model's result.
+  // The models must store the same preprocessing (or --preprocess names an
+  // intensity scheme); stored tasks and pools belong to one model and are
+  // refused; the window is at most the smallest model's patch.
+  Segmenter(const std::vector<std::string>& model_paths, TaskSpec task, SegmenterOptions options,
+            std::vector<double> weights = {});
   ~Segmenter();
   Segmenter(const Segmenter&) = delete;
   Segmenter& operator=(const Segmenter&) = delete;
@@ -144,7 +177,8 @@ class Segmenter {
   void segment_files(const std::vector<QueryJob>& jobs, const QueryReadOptions& read = {},
                      const std::function<void(const QueryJob&)>& done = {});
 
-  // The task every query gets (retrieval strategies: the initial one).
+  // The task every query gets (retrieval strategies: the initial one); of
+  // the first model for an ensemble.
   const model::TaskEmbedding& task() const;
   // The retrieval pool (stored entries, then the given references).
   const EmbeddingPool& pool() const;
