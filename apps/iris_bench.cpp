@@ -34,6 +34,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0L, 1000000L));
   cli.add_option("--volume", o.volume, "edge of the synthetic cases for --episodes (voxels)")->check(CLI::Range(16L, 2048L));
   cli.add_flag("--channels-last", o.channels_last, "channels-last 3-D conv layout");
+  bool loader = false;
+  pipeline::LoaderBenchmarkOptions lo;
+  cli.add_flag("--loader", loader, "measure the training loader over data larger than memory instead of a network");
+  cli.add_option("--loader-cases", lo.case_counts, "case counts to compare (default 16 256)")->delimiter(',');
+  cli.add_option("--loader-shape", lo.shape, "z,y,x of the synthetic cases (default 240,320,320)")->delimiter(',');
+  cli.add_option("--loader-memory-gb", lo.memory_gb, "the loader's memory budget (data.cache_memory_gb)")
+      ->check(CLI::Range(0.001, 1e6));
   cli.add_flag("--activation-checkpointing", o.activation_checkpointing,
                "recompute encoder stages and decoder up-steps in the backward (forward+backward only)");
   cli.add_option("--output", output, "write the JSON here as well as to stdout");
@@ -42,7 +49,12 @@ int main(int argc, char** argv) {
 
   return app::run_main("iris-bench", [&]() -> int {
     configure_threads(threads);
-    const std::string text = dump(pipeline::benchmark(o), 2);
+    if (loader) {
+      lo.patch = o.patch > 0 ? o.patch : 128;
+      lo.classes = o.classes;
+      if (o.episodes > 0) lo.episodes = o.episodes;
+    }
+    const std::string text = dump(loader ? pipeline::loader_benchmark(lo) : pipeline::benchmark(o), 2);
     std::cout << text;
     if (!output.empty()) write_text_file(output, text);
     return app::kOk;

@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include <ATen/ATen.h>
+
 #include "iris/common/error.h"
 
 namespace iris {
@@ -70,6 +72,11 @@ std::vector<LabelMapping> parse_label_mapping(const std::string& text, const std
   }
   if (out.empty()) throw Error(where, "no mapping given");
   return out;
+}
+
+at::Tensor narrow_labels(const at::Tensor& voxels, long highest) {
+  if (highest < 0) highest = voxels.numel() ? voxels.max().item<long>() : 0;
+  return voxels.to(highest < 256 ? at::kByte : highest < 32768 ? at::kShort : at::kInt);
 }
 
 }  // namespace iris

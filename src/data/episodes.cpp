@@ -1,6 +1,9 @@
 #include "iris/data/episodes.h"
 
 #include <algorithm>
+#include <thread>
+#include <mutex>
+#include <atomic>
 #include <cmath>
 #include <random>
 #include <set>
@@ -9,6 +12,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "iris/common/error.h"
+#include "iris/common/label_list.h"
 #include "iris/common/mask_box.h"
 
 namespace iris::data {
@@ -36,18 +40,70 @@ std::array<double, 9> random_affine(Rng& r, const AugmentOptions& a) {
   return m;
 }
 
-std::array<double, 3> random_voxel_of(const at::Tensor& mask, Rng& r) {
-  at::Tensor nz = at::nonzero(mask);
-  if (nz.size(0) == 0) return {mask.size(0) / 2.0, mask.size(1) / 2.0, mask.size(2) / 2.0};
-  const long i = std::uniform_int_distribution<long>(0, nz.size(0) - 1)(r);
-  return {static_cast<double>(nz[i][0].item<long>()), static_cast<double>(nz[i][1].item<long>()),
-          static_cast<double>(nz[i][2].item<long>())};
+// A voxel of the union of `values`, uniform over its voxels (through each
+// class's sampled locations); the middle of the case when none is there.
+std::array<double, 3> random_location(const CaseVolume& c, const std::vector<long>& values, Rng& r) {
+  long total = 0;
+  for (long v : values)
+    if (auto it = c.locations.find(v); it != c.locations.end()) total += it->second.count;
+  if (total == 0) return {c.shape[0] / 2.0, c.shape[1] / 2.0, c.shape[2] / 2.0};
+  long pick = std::uniform_int_distribution<long>(0, total - 1)(r);
+  for (long v : values) {
+    auto it = c.locations.find(v);
+    if (it == c.locations.end()) continue;
+    if (pick >= it->second.count) {
+      pick -= it->second.count;
+      continue;
+    }
+    const at::Tensor& voxels = it->second.voxels;
+    const long i = std::uniform_int_distribution<long>(0, voxels.size(0) - 1)(r);
+    const int32_t* row = voxels.data_ptr<int32_t>() + 3 * i;
+    return {static_cast<double>(row[0]), static_cast<double>(row[1]), static_cast<double>(row[2])};
+  }
+  return {c.shape[0] / 2.0, c.shape[1] / 2.0, c.shape[2] / 2.0};
 }
 
-// The centre of the mask's box; the volume's centre when the mask is empty.
-std::array<double, 3> bbox_centre(const at::Tensor& mask) {
-  if (const auto box = mask_box(mask)) return box->centre();
-  return {mask.size(0) / 2.0, mask.size(1) / 2.0, mask.size(2) / 2.0};
+// The centre of the box around the union of `values`; the volume's centre when none is there.
+std::array<double, 3> box_centre(const CaseVolume& c, const std::vector<long>& values) {
+  std::array<long, 3> lo{}, hi{};
+  bool any = false;
+  for (long v : values) {
+    auto it = c.locations.find(v);
+    if (it == c.locations.end()) continue;
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = any ? std::min(lo[a], it->second.lo[a]) : it->second.lo[a];
+      hi[a] = any ? std::max(hi[a], it->second.hi[a]) : it->second.hi[a];
+    }
+    any = true;
+  }
+  if (!any) return {c.shape[0] / 2.0, c.shape[1] / 2.0, c.shape[2] / 2.0};
+  return {(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0, (lo[2] + hi[2]) / 2.0};
+}
+
+// The voxels a patch around `centre` through `m` (plus a displacement of at
+// most `displacement` voxels) can read, with one voxel more for the linear
+// interpolation, clipped to the volume: the episode crops to this before it
+// builds any mask, so its cost does not grow with the volume.
+struct Footprint {
+  std::array<long, 3> lo{}, hi{};
+  bool empty = false;
+};
+Footprint footprint(const std::array<long, 3>& shape, const std::array<double, 3>& centre, const std::array<double, 9>& m,
+                    long P, double displacement) {
+  Footprint f;
+  for (int a = 0; a < 3; ++a) {
+    const double extent = (P - 1) / 2.0 * (std::abs(m[a * 3]) + std::abs(m[a * 3 + 1]) + std::abs(m[a * 3 + 2])) +
+                          displacement + 1.0;
+    f.lo[a] = std::max<long>(0, static_cast<long>(std::floor(centre[a] - extent)));
+    f.hi[a] = std::min<long>(shape[a] - 1, static_cast<long>(std::ceil(centre[a] + extent)));
+    if (f.lo[a] > f.hi[a]) f.empty = true;
+  }
+  return f;
+}
+
+at::Tensor crop(const at::Tensor& t, const Footprint& f) {
+  const long n = t.dim();
+  return t.slice(n - 3, f.lo[0], f.hi[0] + 1).slice(n - 2, f.lo[1], f.hi[1] + 1).slice(n - 1, f.lo[2], f.hi[2] + 1);
 }
 
 at::Tensor gaussian_blur(const at::Tensor& x, double sigma) {
@@ -101,29 +157,89 @@ at::Tensor perturb_masks(const at::Tensor& masks, Rng& r) {
 }  // namespace
 
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
-                                         const CaseLoader& loader) {
+                                         const CaseLoader& loader, const LoadOptions& options) {
   std::vector<std::string> table = class_table(specs);
   std::vector<LoadedDataset> out;
-  for (const auto& spec : specs) {
+  long total = 0, done = 0;
+  for (const auto& spec : specs)
+    total += static_cast<long>((subset == "train" ? spec.train : subset == "val" ? spec.val : spec.test).size());
+  const bool on_demand = options.memory_budget_bytes > 0;
+  // One budget for every dataset of the list: each store gets its share.
+  std::vector<const DatasetSpec*> used;
+  for (const auto& spec : specs)
+    if (!(subset == "train" ? spec.train : subset == "val" ? spec.val : spec.test).empty()) used.push_back(&spec);
+  std::mutex progress_mutex;
+  for (const DatasetSpec* sp : used) {
+    const DatasetSpec& spec = *sp;
     const auto& cases = subset == "train" ? spec.train : subset == "val" ? spec.val : spec.test;
-    if (cases.empty()) continue;
     LoadedDataset d;
     d.name = spec.name;
     d.weight = spec.weight;
     d.regions = spec.regions;
     for (const auto& [value, name] : spec.class_names)
       d.class_ids[value] = std::find(table.begin(), table.end(), name) - table.begin();
-    for (const auto& c : cases) {
-      CaseVolume v = loader(spec, c);
-      v.dataset = spec.name;
-      // A dataset without a class table: every label value is a class.
+    d.cases.resize(cases.size());
+    // Cases are read (and a cold cache filled) by `threads` workers taking
+    // the next case in turn; with a budget each keeps only its description.
+    std::atomic<size_t> next{0};
+    std::exception_ptr failure;
+    auto work = [&] {
+      for (size_t i = next++; i < cases.size() && !failure; i = next++) {
+        try {
+          CaseVolume v = loader(spec, cases[i]);
+          v.dataset = spec.name;
+          v.labels = narrow_labels(v.labels);
+          index_case(v);
+          if (on_demand) {
+            v.image = at::Tensor();
+            v.labels = at::Tensor();
+          }
+          d.cases[i] = std::move(v);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(progress_mutex);
+          if (!failure) failure = std::current_exception();
+        }
+        std::lock_guard<std::mutex> lock(progress_mutex);
+        ++done;
+        if (options.progress) options.progress(done, total);
+      }
+    };
+    std::vector<std::thread> workers;
+    const int n = std::max(1, std::min<int>(options.threads, static_cast<int>(cases.size())));
+    for (int t = 1; t < n; ++t) workers.emplace_back(work);
+    work();
+    for (auto& w : workers) w.join();
+    if (failure) std::rethrow_exception(failure);
+    // A dataset without a class table: every label value is a class.
+    for (const auto& v : d.cases)
       for (long value : v.classes)
         if (!d.class_ids.count(value)) d.class_ids[value] = -1;
-      d.cases.push_back(std::move(v));
+    if (on_demand) {
+      const DatasetSpec spec_copy = spec;
+      d.store = std::make_shared<CaseStore>(
+          [loader, spec_copy, cases](size_t i) {
+            CaseVolume v = loader(spec_copy, cases[i]);
+            v.labels = narrow_labels(v.labels);
+            return v;
+          },
+          options.memory_budget_bytes / used.size());
     }
     out.push_back(std::move(d));
   }
   return out;
+}
+
+std::shared_ptr<const CaseVolume> EpisodeSampler::case_at(size_t dataset, size_t case_index) const {
+  const LoadedDataset& d = datasets_[dataset];
+  if (d.store) {
+    auto volume = d.store->get(case_index);
+    // The description (locations) stays with the dataset; the store brings the voxels.
+    auto merged = std::make_shared<CaseVolume>(d.cases[case_index]);
+    merged->image = volume->image;
+    merged->labels = volume->labels;
+    return merged;
+  }
+  return std::shared_ptr<const CaseVolume>(std::shared_ptr<const CaseVolume>(), &d.cases[case_index]);
 }
 
 EpisodeSampler::EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptions options, uint64_t seed, int rank)
@@ -132,11 +248,18 @@ EpisodeSampler::EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptio
   for (const auto& d : datasets_)
     if (d.cases.empty()) throw Error("data.datasets." + d.name, "has no cases");
   if (options_.patch % 16 != 0) throw Error("train.patch", "must be a multiple of 16");
+  // Cases built in memory by a caller (not by load_datasets) get their index here.
+  for (auto& d : datasets_)
+    if (!d.store)
+      for (auto& c : d.cases)
+        if (c.labels.defined() && (c.locations.empty() || c.shape[0] == 0)) index_case(c);
   regions_.resize(datasets_.size());
   for (size_t di = 0; di < datasets_.size(); ++di) {
     const LoadedDataset& d = datasets_[di];
     if (!d.regions.enabled) continue;
-    for (const CaseVolume& c : d.cases) {
+    for (size_t ci = 0; ci < d.cases.size(); ++ci) {
+      const auto held = case_at(di, ci);
+      const CaseVolume& c = *held;
       RegionIndex index;
       const at::Tensor labels = c.labels.to(at::kLong);
       const std::set<long> held_out(d.regions.held_out.begin(), d.regions.held_out.end());
@@ -179,6 +302,7 @@ EpisodeSampler::EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptio
       index.synth_regions = unique.size(0);
       index.synth_index = inverse.reshape(labels.sizes());
       if (unique[0].item<long>() != 0) index.synth_index = index.synth_index + 1, ++index.synth_regions;
+      index.synth_index = narrow_labels(index.synth_index, index.synth_regions);
       regions_[di].push_back(std::move(index));
     }
   }
@@ -235,6 +359,25 @@ at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& c
   return at::grid_sampler(volume.unsqueeze(0).to(at::kFloat), grid, /*bilinear*/ 0, /*zeros*/ 0, true).squeeze(0);
 }
 
+// [1 + tasks, P, P, P]: the image and one mask per task (a task: label
+// values), sampled through the affine and displacement, built on the
+// patch's footprint only.
+at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::vector<std::vector<long>>& tasks,
+                    const std::array<double, 3>& centre, const std::array<double, 9>& m, long P,
+                    const at::Tensor& displacement, double displacement_max) {
+  const Footprint f = footprint(c.shape, centre, m, P, displacement_max);
+  if (f.empty) return at::zeros({1 + static_cast<long>(tasks.size()), P, P, P});
+  const at::Tensor labels = crop(c.labels, f);
+  std::vector<at::Tensor> parts{crop(image, f).to(at::kFloat).unsqueeze(0)};
+  for (const auto& t : tasks) {
+    at::Tensor mask = labels.eq(t[0]);
+    for (size_t i = 1; i < t.size(); ++i) mask = mask | labels.eq(t[i]);
+    parts.push_back(mask.to(at::kFloat).unsqueeze(0));
+  }
+  const std::array<double, 3> local{centre[0] - f.lo[0], centre[1] - f.lo[1], centre[2] - f.lo[2]};
+  return sample_patch(at::cat(parts), local, m, P, displacement);
+}
+
 EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
   const long P = options_.patch, K = options_.max_classes;
   EpisodeBatch b;
@@ -262,8 +405,10 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     size_t ri = qi;
     if (d.cases.size() > 1)
       while (ri == qi) ri = std::uniform_int_distribution<size_t>(0, d.cases.size() - 1)(r);
-    const CaseVolume& q = d.cases[qi];
-    const CaseVolume& ref = d.cases[ri];
+    // The voxels of both cases, held for this episode (read on demand for datasets larger than memory).
+    const auto q_held = case_at(di, qi), ref_held = case_at(di, ri);
+    const CaseVolume& q = *q_held;
+    const CaseVolume& ref = *ref_held;
     std::vector<long> shared;
     for (long c : q.classes)
       if (std::find(ref.classes.begin(), ref.classes.end(), c) != ref.classes.end()) shared.push_back(c);
@@ -272,33 +417,28 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     // Random class dropping: keep between 1 and K of the shared classes.
     const long k = std::uniform_int_distribution<long>(1, std::min<long>(K, shared.size()))(r);
     shared.resize(k);
-
-    auto stack_masks = [&](const CaseVolume& v) {
-      std::vector<at::Tensor> m;
-      for (long c : shared) m.push_back(v.labels.eq(c).to(at::kFloat));
-      return at::stack(m);
-    };
-    at::Tensor qm = stack_masks(q), rm = stack_masks(ref);
+    std::vector<std::vector<long>> tasks;
+    for (long c : shared) tasks.push_back({c});
 
     // Query crop: around a foreground voxel (oversampling) or anywhere.
     std::array<double, 3> qc;
     if (chance(r, options_.foreground_oversample)) {
-      qc = random_voxel_of(qm[std::uniform_int_distribution<long>(0, k - 1)(r)], r);
+      qc = random_location(q, {shared[std::uniform_int_distribution<long>(0, k - 1)(r)]}, r);
       // Offset in volume voxels, before the patch's rotation and scale.
       const double spread = options_.foreground_spread * (P - 1) / 2.0;
       if (spread > 0)
         for (auto& c : qc) c += uniform(r, -spread, spread);
     } else {
-      qc = {uniform(r, 0, q.image.size(0) - 1), uniform(r, 0, q.image.size(1) - 1), uniform(r, 0, q.image.size(2) - 1)};
+      qc = {uniform(r, 0, q.shape[0] - 1), uniform(r, 0, q.shape[1] - 1), uniform(r, 0, q.shape[2] - 1)};
     }
     // Reference crop: centred on all its masks (plus jitter) so it keeps them.
-    std::array<double, 3> rc = bbox_centre(rm.amax(0));
+    std::array<double, 3> rc = box_centre(ref, shared);
     const double jitter = options_.augment.enabled ? options_.augment.translation_fraction * P : 0.0;
     for (auto& c : rc) c += uniform(r, -jitter, jitter);
 
     const auto qa = random_affine(r, options_.augment), ra = random_affine(r, options_.augment);
-    at::Tensor q_patch = sample_patch(at::cat({q.image.unsqueeze(0), qm}), qc, qa, P);
-    at::Tensor r_patch = sample_patch(at::cat({ref.image.unsqueeze(0), rm}), rc, ra, P);
+    at::Tensor q_patch = case_patch(q, q.image, tasks, qc, qa, P, {}, 0);
+    at::Tensor r_patch = case_patch(ref, ref.image, tasks, rc, ra, P, {}, 0);
     at::Tensor q_masks = q_patch.slice(0, 1).gt(0.5).to(at::kFloat);
     at::Tensor r_masks = r_patch.slice(0, 1).gt(0.5).to(at::kFloat);
     if (chance(r, options_.perturb_reference)) r_masks = perturb_masks(r_masks, r);
@@ -323,7 +463,8 @@ void EpisodeSampler::sample_regions(size_t di, size_t ci, std::mt19937_64& r, at
                                     long item) const {
   const LoadedDataset& d = datasets_[di];
   const RegionIndex& index = regions_[di][ci];
-  const CaseVolume& c = d.cases[ci];
+  const auto held = case_at(di, ci);
+  const CaseVolume& c = *held;
   const long P = options_.patch, K = options_.max_classes;
   if (index.regions.empty()) return;
   // Tasks: K' <= K disjoint sets of regions, each a seed region grown, now
@@ -360,28 +501,26 @@ void EpisodeSampler::sample_regions(size_t di, size_t ci, std::mt19937_64& r, at
     tasks.push_back(std::move(task));
   }
   const long kk = static_cast<long>(tasks.size());
-  const at::Tensor labels = c.labels.to(at::kLong);
-  std::vector<at::Tensor> masks;
-  for (const auto& t : tasks) masks.push_back(at::isin(labels, at::tensor(t, at::kLong)).to(at::kFloat));
-  const at::Tensor m = at::stack(masks);
   // The same brain for query and reference: the real image, or one generated image.
   at::Tensor image = c.image;
   if (chance(r, d.regions.synthetic)) image = synthesize_image(index.synth_index, index.synth_regions, r(), SynthOptions{});
   // Query crop: around a voxel of one task (moved by the spread); reference: centred on all tasks.
-  std::array<double, 3> qc = random_voxel_of(m[std::uniform_int_distribution<long>(0, kk - 1)(r)], r);
+  std::array<double, 3> qc = random_location(c, tasks[std::uniform_int_distribution<long>(0, kk - 1)(r)], r);
   const double spread = options_.foreground_spread * (P - 1) / 2.0;
   if (spread > 0)
     for (auto& v : qc) v += uniform(r, -spread, spread);
-  std::array<double, 3> rc = bbox_centre(m.amax(0));
+  std::vector<long> all_regions;
+  for (const auto& t : tasks) all_regions.insert(all_regions.end(), t.begin(), t.end());
+  std::array<double, 3> rc = box_centre(c, all_regions);
   const double jitter = options_.augment.enabled ? options_.augment.translation_fraction * P : 0.0;
   for (auto& v : rc) v += uniform(r, -jitter, jitter);
   // Each its own affine and smooth deformation: only correspondence solves the task.
   const auto qa = random_affine(r, options_.augment), ra = random_affine(r, options_.augment);
-  const at::Tensor qd = smooth_displacement(P, uniform(r, 0, d.regions.deformation), gen);
-  const at::Tensor rd = smooth_displacement(P, uniform(r, 0, d.regions.deformation), gen);
-  const at::Tensor volume = at::cat({image.unsqueeze(0).to(at::kFloat), m});
-  at::Tensor q_patch = sample_patch(volume, qc, qa, P, qd);
-  at::Tensor r_patch = sample_patch(volume, rc, ra, P, rd);
+  const double q_amplitude = uniform(r, 0, d.regions.deformation), r_amplitude = uniform(r, 0, d.regions.deformation);
+  const at::Tensor qd = smooth_displacement(P, q_amplitude, gen);
+  const at::Tensor rd = smooth_displacement(P, r_amplitude, gen);
+  at::Tensor q_patch = case_patch(c, image, tasks, qc, qa, P, qd, q_amplitude);
+  at::Tensor r_patch = case_patch(c, image, tasks, rc, ra, P, rd, r_amplitude);
   at::Tensor q_masks = q_patch.slice(0, 1).gt(0.5).to(at::kFloat);
   at::Tensor r_masks = r_patch.slice(0, 1).gt(0.5).to(at::kFloat);
   if (chance(r, options_.perturb_reference)) r_masks = perturb_masks(r_masks, r);

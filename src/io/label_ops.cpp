@@ -6,11 +6,6 @@
 
 namespace iris::io {
 
-at::Tensor narrow_labels(const at::Tensor& voxels, long highest) {
-  if (highest < 0) highest = voxels.numel() ? voxels.max().item<long>() : 0;
-  return voxels.to(highest < 256 ? at::kByte : highest < 32768 ? at::kShort : at::kInt);
-}
-
 Image label_image_like(const Image& like, const at::Tensor& voxels) {
   Image out;
   out.geometry = like.geometry;

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+
+#include <unistd.h>
 
 #include <torch/cuda.h>
 #include <torch/torch.h>
@@ -13,10 +16,13 @@
 #include "iris/common/device.h"
 #include "iris/common/error.h"
 #include "iris/data/episodes.h"
+#include "iris/data/volume_cache.h"
 #include "iris/model/iris_net.h"
 #include "iris/model/task_embedding.h"
 
 namespace iris::pipeline {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -169,6 +175,90 @@ Json benchmark(const BenchmarkOptions& o) {
   js["episode_sampling"] = {
       {"episodes", o.episodes}, {"volume", o.volume}, {"episodes_per_second_per_core", number(episodes_per_second)}};
   return js;
+}
+
+Json loader_benchmark(const LoaderBenchmarkOptions& o) {
+  if (o.shape.size() != 3) throw Error("--loader-shape", "needs three sizes: z,y,x");
+  const fs::path folder = fs::temp_directory_path() / ("iris_loader_bench_" + std::to_string(::getpid()));
+  fs::create_directories(folder);
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() { fs::remove_all(p); }
+  } cleanup{folder};
+  const long Z = o.shape[0], Y = o.shape[1], X = o.shape[2];
+  std::vector<std::string> files;
+  for (int f = 0; f < o.distinct_files; ++f) {
+    at::manual_seed(f);
+    data::CachedVolume v;
+    v.voxels = torch::randn({Z, Y, X});
+    at::Tensor labels = torch::zeros({Z, Y, X}, torch::kByte);
+    for (long k = 1; k <= o.classes; ++k) {  // organs of a few percent of the volume
+      const long z0 = Z * k / (o.classes + 2), y0 = Y * k / (o.classes + 2) + f, x0 = X / 3;
+      labels.slice(0, z0, z0 + Z / 6).slice(1, y0, y0 + Y / 5).slice(2, x0, x0 + X / 4).fill_(k);
+    }
+    v.labels = labels;
+    v.geometry.size = {X, Y, Z};
+    files.push_back((folder / (std::to_string(f) + ".irisvol")).string());
+    data::write_cached_volume(v, files.back());
+  }
+  std::vector<long> classes;
+  for (long k = 1; k <= o.classes; ++k) classes.push_back(k);
+  data::CaseLoader loader = [&](const data::DatasetSpec&, const data::CaseSpec& c) {
+    const data::CachedVolume cv = data::read_cached_volume(files[std::stol(c.name) % files.size()]);
+    data::CaseVolume v;
+    v.name = c.name;
+    v.image = cv.voxels;
+    v.labels = *cv.labels;
+    v.classes = classes;
+    return v;
+  };
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(1);
+  Json runs = Json::array();
+  std::vector<double> peaks;
+  for (long n : o.case_counts) {
+    reset_peak_rss();
+    data::DatasetSpec spec;
+    spec.name = "synthetic";
+    for (long i = 0; i < n; ++i) {
+      data::CaseSpec c;
+      c.name = std::to_string(i);
+      spec.train.push_back(c);
+    }
+    data::LoadOptions lo;
+    lo.memory_budget_bytes = static_cast<size_t>(o.memory_gb * 1e9);
+    auto t0 = Clock::now();
+    auto sets = data::load_datasets({spec}, "train", loader, lo);
+    const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    auto store = sets[0].store;
+    data::EpisodeOptions eo;
+    eo.patch = o.patch;
+    eo.max_classes = o.classes;
+    data::EpisodeSampler sampler(std::move(sets), eo, 0);
+    sampler.sample(0, 1);
+    t0 = Clock::now();
+    for (long e = 0; e < o.episodes; ++e) sampler.sample(e + 1, 1);
+    const double sample_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double peak = static_cast<double>(peak_rss_bytes());
+    peaks.push_back(peak);
+    runs.push_back({{"cases", n},
+                    {"load_seconds", number(load_s)},
+                    {"episodes", o.episodes},
+                    {"episodes_per_second_per_core", number(o.episodes / sample_s)},
+                    {"cases_read_while_sampling", store ? static_cast<long>(store->loads()) : 0L},
+                    {"peak_rss_bytes", peak}});
+  }
+  at::set_num_threads(threads_before);
+  return {{"tool", "iris-bench"},
+          {"mode", "loader"},
+          {"torch_version", TORCH_VERSION},
+          {"shape_zyx", o.shape},
+          {"patch", o.patch},
+          {"classes", o.classes},
+          {"memory_gb", number(o.memory_gb)},
+          {"distinct_files", o.distinct_files},
+          {"runs", runs},
+          {"rss_ratio_largest_to_smallest", number(peaks.empty() ? 0.0 : peaks.back() / peaks.front())}};
 }
 
 }  // namespace iris::pipeline

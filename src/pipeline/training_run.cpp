@@ -1,7 +1,10 @@
 #include "iris/pipeline/training_run.h"
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <optional>
+#include <thread>
 
 #include "iris/common/device.h"
 #include "iris/common/error.h"
@@ -66,10 +69,11 @@ ConfigMap load_training_config(const std::string& path, const std::vector<std::s
     }
   }
   const ConfigMap data = config.subtree("data");
+  const std::vector<std::string> data_keys{"datasets", "cache", "cache_memory_gb", "load_threads"};
   for (const auto& [k, v] : data.entries())
-    if (k.rfind("datasets.", 0) != 0 && k != "cache") {
-      std::string msg = "unknown key (known under data: datasets, cache)";
-      const std::string hint = nearest_word(k, {"datasets", "cache"});
+    if (k.rfind("datasets.", 0) != 0 && std::find(data_keys.begin(), data_keys.end(), k) == data_keys.end()) {
+      std::string msg = "unknown key (known under data: datasets, cache, cache_memory_gb, load_threads)";
+      const std::string hint = nearest_word(k, data_keys);
       if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
       throw Error(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
     }
@@ -134,10 +138,37 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
     if (comm->rank() == 0)
       for (const auto& d : datasets) cache->record_dataset(d);
   }
+  // With data.cache, cases are read on demand and at most cache_memory_gb
+  // of them stay in memory (default 8 GB per rank; 0 keeps all); without a
+  // cache every case stays in memory (re-preprocessing raw files per episode
+  // would be far too slow).
+  data::LoadOptions load_options;
+  const double memory_gb = data_config.has("cache_memory_gb") ? config_double(data_config, "cache_memory_gb") : 8.0;
+  if (!(memory_gb >= 0)) throw Error("data.cache_memory_gb", "must be >= 0 (0 keeps every case in memory)");
+  if (cache && memory_gb > 0) load_options.memory_budget_bytes = static_cast<size_t>(memory_gb * 1e9);
+  load_options.threads = data_config.has("load_threads")
+                             ? static_cast<int>(config_int(data_config, "load_threads"))
+                             : std::max(1, std::min(8, static_cast<int>(std::thread::hardware_concurrency())));
+  if (load_options.threads < 1) throw Error("data.load_threads", "must be at least 1");
+  const auto started = std::chrono::steady_clock::now();
+  auto last_report = started;
+  load_options.progress = [&](long done, long total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (done != total && now - last_report < std::chrono::seconds(10)) return;
+    last_report = now;
+    const double elapsed = std::chrono::duration<double>(now - started).count();
+    const double eta = done > 0 ? elapsed / done * (total - done) : 0;
+    log::info("loading cases: " + std::to_string(done) + "/" + std::to_string(total) +
+              (done == total ? " in " + std::to_string(static_cast<long>(elapsed)) + " s"
+                             : ", ETA " + std::to_string(static_cast<long>(eta)) + " s"));
+  };
   std::vector<data::LoadedDataset> train_sets, val_sets;
   auto load_all = [&] {
-    train_sets = data::load_datasets(datasets, "train", loader);
-    val_sets = data::load_datasets(datasets, "val", loader);
+    train_sets = data::load_datasets(datasets, "train", loader, load_options);
+    data::LoadOptions val_options = load_options;
+    val_options.memory_budget_bytes /= 8;  // validation episodes are few
+    if (load_options.memory_budget_bytes > 0) val_options.memory_budget_bytes = std::max<size_t>(val_options.memory_budget_bytes, 1);
+    val_sets = data::load_datasets(datasets, "val", loader, val_options);
   };
   if (cache && comm->size() > 1) {
     // Rank 0 fills a cold cache alone; the others then read it.

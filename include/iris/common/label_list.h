@@ -1,8 +1,11 @@
 #pragma once
 // The text forms of label values on command lines, one parser each:
-// "1,3,5-7" (values and ranges) and "91-116:1,77:2" (relabelling).
+// "1,3,5-7" (values and ranges) and "91-116:1,77:2" (relabelling), and
+// the integer type label maps are kept in.
 #include <string>
 #include <vector>
+
+#include <ATen/Tensor.h>
 
 namespace iris {
 
@@ -21,5 +24,11 @@ std::vector<LabelMapping> parse_label_mapping(const std::string& text, const std
 // "a,b, c" -> {"a", "b", "c"}: items trimmed; empty items dropped, or kept
 // when their position means something (memory-bank ids: "liver,,spleen").
 std::vector<std::string> split_comma_list(const std::string& text, bool keep_empty = false);
+
+// `voxels` (label values >= 0) in the smallest integer type that holds them
+// all: uint8 below 256, int16 below 32768, else int32. `highest` >= 0 sets
+// the type from the values that could occur (a task's labels) rather than
+// from those present, so every output of one task has the same type.
+at::Tensor narrow_labels(const at::Tensor& voxels, long highest = -1);
 
 }  // namespace iris

@@ -76,14 +76,29 @@ void make_split(DatasetSpec& d);
 // Writes the split as text (one "subset<TAB>case" per line) for auditing.
 void write_split(const DatasetSpec& d, const std::string& path);
 
+// Where a class lies in a case, so that episodes find it without scanning
+// the volume: its bounding box, its voxel count and up to `max_samples` of
+// its voxels spread evenly over them (as nnU-Net's class locations).
+struct ClassLocations {
+  std::array<long, 3> lo{}, hi{};  // inclusive, z y x
+  long count = 0;
+  at::Tensor voxels;               // [N, 3] int32, z y x
+};
+
 // A loaded, preprocessed case: image [Z, Y, X] float (normalised), labels
-// [Z, Y, X] int64, and the label values present.
+// [Z, Y, X] integer (after loading: the smallest type that holds them), and
+// the label values present. A case of a dataset larger than memory keeps
+// only its description here (image and labels undefined) and is read on
+// demand (episodes.h, CaseStore).
 struct CaseVolume {
   std::string name, dataset;
   at::Tensor image, labels;
   std::vector<long> classes;
   std::array<double, 3> spacing{1, 1, 1};
+  std::array<long, 3> shape{};               // z y x (case_store.h: index_case)
+  std::map<long, ClassLocations> locations;  // per class (index_case)
 };
+
 
 using CaseLoader = std::function<CaseVolume(const DatasetSpec&, const CaseSpec&)>;
 

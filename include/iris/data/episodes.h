@@ -12,6 +12,7 @@
 #include <ATen/Tensor.h>
 #include <ATen/core/Generator.h>
 
+#include "iris/data/case_store.h"
 #include "iris/data/dataset.h"
 
 namespace iris::data {
@@ -71,18 +72,31 @@ struct SynthOptions {
 at::Tensor synthesize_image(const at::Tensor& index, long regions, uint64_t seed, const SynthOptions& options,
                             std::vector<double>* means = nullptr);
 
-// A loaded dataset: its cases in memory, with global class ids per label.
+// A loaded dataset, with global class ids per label. Its cases are in
+// memory, or, with a `store`, only described here and read on demand.
 struct LoadedDataset {
   std::string name;
   double weight = 1.0;
   std::vector<CaseVolume> cases;
   std::map<long, long> class_ids;  // label value -> memory-bank id
   RegionTasks regions;             // tasks: regions (see dataset.h)
+  std::shared_ptr<CaseStore> store;
 };
 
-// Loads every case of every dataset's `subset` ("train", "val", "test").
+struct LoadOptions {
+  // 0: every case stays in memory. Otherwise the cases' voxels are read on
+  // demand and at most this many bytes of them stay resident (per dataset
+  // list, shared by its datasets), so memory does not grow with the data.
+  size_t memory_budget_bytes = 0;
+  int threads = 1;  // cases loaded (and a cold cache filled) in parallel
+  // Called after each case with (done, total).
+  std::function<void(long, long)> progress;
+};
+
+// Loads every case of every dataset's `subset` ("train", "val", "test"):
+// labels in the smallest integer type, each case indexed (case_store.h).
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
-                                         const CaseLoader& loader);
+                                         const CaseLoader& loader, const LoadOptions& options = {});
 
 class EpisodeSampler {
  public:
@@ -102,6 +116,8 @@ class EpisodeSampler {
     long synth_regions = 0;
   };
   const RegionIndex& region_index(size_t dataset, size_t case_index) const { return regions_[dataset][case_index]; }
+  // A case with its voxels (read through the dataset's store when it has one).
+  std::shared_ptr<const CaseVolume> case_at(size_t dataset, size_t case_index) const;
 
  private:
   std::vector<LoadedDataset> datasets_;
@@ -120,5 +136,14 @@ class EpisodeSampler {
 // trilinearly; outside the volume is 0.
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
                         const std::array<double, 9>& matrix, long patch, const at::Tensor& displacement = {});
+
+// [1 + tasks, P, P, P]: sample_patch of the case's `image` and one mask per
+// task (a task: label values) around `centre`, built on the voxels the patch
+// can reach only (its footprint, `displacement_max` voxels wider), so an
+// episode's cost does not grow with the volume. Equal to sample_patch of
+// the whole image and masks.
+at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::vector<std::vector<long>>& tasks,
+                      const std::array<double, 3>& centre, const std::array<double, 9>& matrix, long patch,
+                      const at::Tensor& displacement = {}, double displacement_max = 0);
 
 }  // namespace iris::data

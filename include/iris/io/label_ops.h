@@ -10,11 +10,7 @@
 
 namespace iris::io {
 
-// `voxels` (label values >= 0) in the smallest integer type that holds them
-// all: uint8 below 256, int16 below 32768, else int32. `highest` >= 0 sets
-// the type from the values that could occur (a task's labels) rather than
-// from those present, so every output of one task has the same type.
-at::Tensor narrow_labels(const at::Tensor& voxels, long highest = -1);
+using iris::narrow_labels;  // common/label_list.h
 
 // A label image on `like`'s grid holding `voxels`, narrowed as above.
 Image label_image_like(const Image& like, const at::Tensor& voxels);

@@ -24,4 +24,21 @@ struct BenchmarkOptions {
 
 Json benchmark(const BenchmarkOptions& options);
 
+// The training loader over data larger than memory (iris-bench --loader):
+// synthetic cases of `shape` (z y x) in volume-cache files, loaded with a
+// memory budget, then episodes of `patch`^3 with the full augmentation on
+// one thread. Per case count: load time, episodes per second per core,
+// cases read, peak RSS; and the RSS ratio of the largest to the smallest
+// count. Cases share `distinct_files` files (they are read, and dropped,
+// as distinct cases; the files may sit in the page cache).
+struct LoaderBenchmarkOptions {
+  std::vector<long> case_counts{16, 256};
+  std::vector<long> shape{240, 320, 320};
+  double memory_gb = 2.0;
+  long episodes = 20, patch = 128;
+  int classes = 3, distinct_files = 4;
+};
+
+Json loader_benchmark(const LoaderBenchmarkOptions& options);
+
 }  // namespace iris::pipeline
