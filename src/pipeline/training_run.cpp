@@ -10,6 +10,7 @@
 #include "iris/common/error.h"
 #include "iris/common/log.h"
 #include "iris/data/case_cache.h"
+#include "iris/data/class_vocabulary.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
 #include "iris/io/image_io.h"
@@ -69,10 +70,10 @@ ConfigMap load_training_config(const std::string& path, const std::vector<std::s
     }
   }
   const ConfigMap data = config.subtree("data");
-  const std::vector<std::string> data_keys{"datasets", "cache", "cache_memory_gb", "load_threads"};
+  const std::vector<std::string> data_keys{"datasets", "cache", "cache_memory_gb", "load_threads", "class_vocabulary"};
   for (const auto& [k, v] : data.entries())
     if (k.rfind("datasets.", 0) != 0 && std::find(data_keys.begin(), data_keys.end(), k) == data_keys.end()) {
-      std::string msg = "unknown key (known under data: datasets, cache, cache_memory_gb, load_threads)";
+      std::string msg = "unknown key (known under data: datasets, cache, cache_memory_gb, load_threads, class_vocabulary)";
       const std::string hint = nearest_word(k, data_keys);
       if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
       throw Error(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
@@ -102,6 +103,16 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   data::RecordedDatasets recorded;
   if (cache) recorded = [&](const std::string& name) { return cache->recorded_dataset(name); };
   std::vector<data::DatasetSpec> datasets = data::datasets_from_config(data_config, recorded);
+  // One name (and memory-bank row) per structure across datasets.
+  if (data_config.has("class_vocabulary")) {
+    const auto vocabulary = data::ClassVocabulary::load(data_config.get("class_vocabulary"));
+    const auto unknown = vocabulary.apply(datasets);
+    if (!unknown.empty()) {
+      std::string names;
+      for (const auto& n : unknown) names += (names.empty() ? "" : ", ") + n;
+      log::warn("class names not in " + data_config.get("class_vocabulary") + " (each stays a class of its own): " + names);
+    }
+  }
 
   // The exported model records the full preprocessing (spatial steps + the
   // first dataset's intensity scheme) so iris-infer can repeat it.
