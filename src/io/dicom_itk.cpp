@@ -7,8 +7,12 @@
 #include <map>
 #include <sstream>
 
+#include <ATen/ATen.h>
+
 #include <dcmtk/config/osconfig.h>  // DCMTK wants its configuration first
 #include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcobject.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
@@ -67,6 +71,7 @@ struct Slice {
   long rows = 0, columns = 0;
   std::vector<double> position, orientation, pixel_spacing;
   long instance_number = 0;
+  long frames = 1;     // > 1: an enhanced multi-frame file (the whole volume)
   std::string damage;  // "" when the slice reads cleanly
 };
 
@@ -110,10 +115,12 @@ Slice scan_file(const std::string& file, std::string& skip) {
   ds.findAndGetUint16(DCM_BitsAllocated, bits);
   Sint32 frames = 1;
   if (ds.findAndGetSint32(DCM_NumberOfFrames, frames).bad()) frames = 1;
-  if (frames > 1) {
-    skip = "a multi-frame image (" + std::to_string(frames) + " frames), which iris does not read yet";
+  if (frames > 1 && !ds.tagExists(DCM_PerFrameFunctionalGroupsSequence)) {
+    skip = "a multi-frame image (" + std::to_string(frames) +
+           " frames) without per-frame functional groups, so without slice positions";
     return s;
   }
+  s.frames = std::max<Sint32>(1, frames);
   if (samples != 1) {
     skip = "a colour image (" + std::to_string(samples) + " samples per pixel)";
     return s;
@@ -150,11 +157,12 @@ Slice scan_file(const std::string& file, std::string& skip) {
   }
   const DcmXfer xfer(ds.getOriginalXfer());
   if (!xfer.isEncapsulated()) {
-    const unsigned long needed = static_cast<unsigned long>(rows) * columns * (bits / 8);
+    const unsigned long needed = static_cast<unsigned long>(rows) * columns * (bits / 8) * static_cast<unsigned long>(s.frames);
     const unsigned long have = pixels->getLength();
     if (have < needed)
-      s.damage = "its pixel data holds " + std::to_string(have) + " bytes but " + std::to_string(rows) + "x" +
-                 std::to_string(columns) + " pixels of " + std::to_string(bits) + " bits need " + std::to_string(needed);
+      s.damage = "its pixel data holds " + std::to_string(have) + " bytes but " + std::to_string(s.frames) + " frame(s) of " +
+                 std::to_string(rows) + "x" + std::to_string(columns) + " pixels of " + std::to_string(bits) +
+                 " bits need " + std::to_string(needed);
   }
   return s;
 }
@@ -165,6 +173,139 @@ std::string describe_orientation(const std::vector<double>& o) {
   return m.str();
 }
 
+
+// The item of `sequence` inside `groups` (a functional-groups item), or null.
+DcmItem* group_item(DcmItem* groups, const DcmTagKey& sequence) {
+  DcmItem* item = nullptr;
+  if (groups && groups->findAndGetSequenceItem(sequence, item, 0).good()) return item;
+  return nullptr;
+}
+
+// A value of an enhanced file: the frame's own functional group, else the
+// shared one, else (for the legacy elements) the top-level dataset.
+std::vector<double> functional_value(DcmItem* frame, DcmItem* shared, DcmItem* top, const DcmTagKey& sequence,
+                                     const DcmTagKey& tag, unsigned long count) {
+  for (DcmItem* groups : {frame, shared}) {
+    if (DcmItem* item = group_item(groups, sequence)) {
+      auto v = numbers_of(*item, tag, count);
+      if (!v.empty()) return v;
+    }
+  }
+  return top ? numbers_of(*top, tag, count) : std::vector<double>{};
+}
+
+// An enhanced (multi-frame) CT/MR/... file as a volume: frame positions
+// from the per-frame Plane Position groups, orientation and pixel spacing
+// from the Plane Orientation and Pixel Measures groups (shared or per
+// frame), rescale from Pixel Value Transformation; frames sorted along the
+// slice normal, the same checks and tolerances as a single-frame series.
+Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, const DicomReadOptions& options) {
+  quiet_dcmtk();
+  const std::string& file = chosen.files.front();
+  const std::string what = "multi-frame series " + chosen.uid + " (" + fs::path(file).filename().string() + ")";
+  DcmFileFormat ff;
+  if (ff.loadFile(file.c_str()).bad()) throw Error(source, what + " cannot be read");
+  DcmDataset& ds = *ff.getDataset();
+  Uint16 rows = 0, columns = 0, bits = 0, representation = 0;
+  Sint32 frames = 0;
+  ds.findAndGetUint16(DCM_Rows, rows);
+  ds.findAndGetUint16(DCM_Columns, columns);
+  ds.findAndGetUint16(DCM_BitsAllocated, bits);
+  ds.findAndGetUint16(DCM_PixelRepresentation, representation);
+  ds.findAndGetSint32(DCM_NumberOfFrames, frames);
+  const DcmXfer xfer(ds.getOriginalXfer());
+  if (xfer.isEncapsulated())
+    throw Error(source, what + " is compressed (" + std::string(xfer.getXferName()) +
+                            "), which iris does not decode in multi-frame files yet; decompress it first "
+                            "(dcmdjpeg or gdcmconv --raw)");
+  DcmItem* shared = nullptr;
+  ds.findAndGetSequenceItem(DCM_SharedFunctionalGroupsSequence, shared, 0);
+  std::vector<DcmItem*> per_frame;
+  for (Sint32 f = 0; f < frames; ++f) {
+    DcmItem* item = nullptr;
+    if (ds.findAndGetSequenceItem(DCM_PerFrameFunctionalGroupsSequence, item, f).bad())
+      throw Error(source, what + " has no per-frame functional group for frame " + std::to_string(f + 1));
+    per_frame.push_back(item);
+  }
+  const auto orientation =
+      functional_value(per_frame[0], shared, &ds, DCM_PlaneOrientationSequence, DCM_ImageOrientationPatient, 6);
+  const auto spacing = functional_value(per_frame[0], shared, &ds, DCM_PixelMeasuresSequence, DCM_PixelSpacing, 2);
+  if (orientation.size() != 6) throw Error(source, what + " has no ImageOrientationPatient");
+  if (spacing.size() != 2) throw Error(source, what + " has no PixelSpacing");
+  std::vector<std::array<double, 3>> positions;
+  std::vector<double> slopes, intercepts;
+  for (Sint32 f = 0; f < frames; ++f) {
+    const auto p = functional_value(per_frame[f], nullptr, nullptr, DCM_PlanePositionSequence, DCM_ImagePositionPatient, 3);
+    if (p.size() != 3) throw Error(source, what + ": frame " + std::to_string(f + 1) + " has no ImagePositionPatient");
+    positions.push_back({p[0], p[1], p[2]});
+    const auto o = functional_value(per_frame[f], shared, &ds, DCM_PlaneOrientationSequence, DCM_ImageOrientationPatient, 6);
+    for (int i = 0; i < 6 && o.size() == 6; ++i)
+      if (std::abs(o[i] - orientation[i]) > 1e-3)
+        throw Error(source, what + ": frame " + std::to_string(f + 1) + " has ImageOrientationPatient " +
+                                describe_orientation(o) + " but frame 1 " + describe_orientation(orientation) +
+                                "; frames of different orientations do not make one volume");
+    const auto slope = functional_value(per_frame[f], shared, &ds, DCM_PixelValueTransformationSequence, DCM_RescaleSlope, 1);
+    const auto intercept =
+        functional_value(per_frame[f], shared, &ds, DCM_PixelValueTransformationSequence, DCM_RescaleIntercept, 1);
+    slopes.push_back(slope.empty() ? 1.0 : slope[0]);
+    intercepts.push_back(intercept.empty() ? 0.0 : intercept[0]);
+  }
+  // Pixel data: frames one after another, rows x columns each.
+  const size_t per_frame_pixels = static_cast<size_t>(rows) * columns;
+  at::Tensor raw;
+  DcmElement* pixels = nullptr;
+  if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || !pixels) throw Error(source, what + " has no pixel data");
+  const auto shape = std::vector<int64_t>{frames, rows, columns};
+  if (bits == 16) {
+    Uint16* data = nullptr;
+    if (pixels->getUint16Array(data).bad() || !data) throw Error(source, what + ": its 16-bit pixel data cannot be read");
+    raw = representation ? at::from_blob(data, shape, at::kShort).to(at::kFloat)
+                         : at::from_blob(data, shape, at::kShort).to(at::kInt).bitwise_and(0xFFFF).to(at::kFloat);
+  } else if (bits == 8) {
+    Uint8* data = nullptr;
+    if (pixels->getUint8Array(data).bad() || !data) throw Error(source, what + ": its 8-bit pixel data cannot be read");
+    raw = at::from_blob(data, shape, at::kByte).to(at::kFloat);
+    if (representation) raw = at::from_blob(data, shape, at::kChar).to(at::kFloat);
+  } else {
+    throw Error(source, what + " has " + std::to_string(bits) + "-bit pixels; iris reads 8- and 16-bit multi-frame files");
+  }
+  if (pixels->getLength() < per_frame_pixels * frames * (bits / 8))
+    throw Error(source, what + ": its pixel data is shorter than " + std::to_string(frames) + " frames");
+  for (Sint32 f = 0; f < frames; ++f)
+    if (slopes[f] != 1.0 || intercepts[f] != 0.0) raw[f].mul_(slopes[f]).add_(intercepts[f]);
+  // Along the slice normal, as a single-frame series is sorted.
+  const double* r = orientation.data();
+  const double* c = orientation.data() + 3;
+  const double n[3] = {r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0]};
+  std::vector<long> order(frames);
+  for (long i = 0; i < frames; ++i) order[i] = i;
+  auto along = [&](long i) { return n[0] * positions[i][0] + n[1] * positions[i][1] + n[2] * positions[i][2]; };
+  std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return along(a) < along(b); });
+  std::vector<std::array<double, 3>> sorted;
+  for (long i : order) sorted.push_back(positions[i]);
+  if (frames < 2) throw Error(source, what + " has a single frame (2-D); a 3-D image is needed");
+  const detail::SliceStack stack = detail::slice_stack(sorted, orientation, source, what);
+  const double relative = stack.max_deviation / stack.mean_step;
+  std::ostringstream note;
+  note << what << " has uneven slice spacing: mean " << stack.mean_step << " mm, largest deviation "
+       << stack.max_deviation << " mm (" << 100 * relative << " %)";
+  if (relative > options.spacing_error_fraction) throw Error(source, note.str() + "; missing frames? refusing to build a volume");
+  Image out;
+  out.source = source;
+  out.voxels = raw.index_select(0, at::tensor(std::vector<int64_t>(order.begin(), order.end()), at::kLong)).contiguous();
+  out.geometry.size = {columns, rows, frames};
+  out.geometry.spacing = {spacing[1], spacing[0], stack.mean_step};
+  out.geometry.origin = sorted.front();
+  for (int i = 0; i < 3; ++i) {
+    out.geometry.direction[3 * i + 0] = r[i];
+    out.geometry.direction[3 * i + 1] = c[i];
+    out.geometry.direction[3 * i + 2] = stack.normal[i];
+  }
+  if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
+  detail::check_geometry(out.geometry, source);
+  detail::check_finite(out.voxels, source, kNaN, nullptr);
+  return out;
+}
 }  // namespace
 
 std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive,
@@ -203,9 +344,27 @@ std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool r
   std::vector<DicomSeriesInfo> result;
   for (const auto& uid : order) {
     auto& slices = by_uid[uid];
+    // An enhanced multi-frame file is a volume of its own.
+    std::vector<Slice*> multi;
+    for (auto& s : slices)
+      if (s.frames > 1) multi.push_back(&s);
+    for (Slice* m : multi) {
+      DicomSeriesInfo info;
+      info.series_instance_uid = uid;
+      info.uid = slices.size() == 1 ? uid : uid + "." + fs::path(m->file).filename().string();
+      info.description = m->description;
+      info.modality = m->modality;
+      info.multiframe = true;
+      info.files = {m->file};
+      if (!m->damage.empty()) info.damaged.push_back({m->file, m->damage});
+      info.number_of_slices = static_cast<int>(m->frames);
+      result.push_back(std::move(info));
+    }
+    if (multi.size() == slices.size()) continue;
     std::map<std::pair<long, long>, std::vector<Slice*>> shapes;
     std::vector<const Slice*> damaged;
     for (auto& s : slices) {
+      if (s.frames > 1) continue;
       if (!s.damage.empty() && s.rows == 0) damaged.push_back(&s);
       else shapes[{s.rows, s.columns}].push_back(&s);
     }
@@ -270,6 +429,7 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
     throw Error(source, "series " + chosen.uid + " has " + std::to_string(chosen.damaged.size()) +
                             " damaged slice(s); refusing to build a volume with holes:" + list);
   }
+  if (chosen.multiframe) return read_multiframe(chosen, source, options);
   if (chosen.files.size() < 2)
     throw Error(source, "series " + chosen.uid + " has a single slice (2-D); a 3-D image is needed");
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "../support/test_support.h"
 #include "iris/common/config_map.h"
@@ -49,9 +50,10 @@ class CaseCacheTest : public ::testing::Test {
       data::CaseVolume v;
       v.name = c.name;
       const long seed = static_cast<long>(std::hash<std::string>{}(c.name + std::to_string(fs::file_size(c.image))));
-      at::manual_seed(seed);
-      v.image = at::randn({6, 7, 8});
-      v.labels = at::randint(0, 4, {6, 7, 8}, at::kLong);  // 3 is not in the class table
+      // A generator of its own: loaders run on several threads at once.
+      at::Generator gen = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+      v.image = at::randn({6, 7, 8}, gen);
+      v.labels = at::randint(0, 4, {6, 7, 8}, gen, at::kLong);  // 3 is not in the class table
       v.classes = data::classes_present(v.labels, d, c.labels);
       v.spacing = {3.0, 2.0, 1.5};
       return v;

@@ -26,6 +26,9 @@ struct DicomSeriesInfo {
   std::string modality;             // (0008,0060)
   int number_of_slices = 0;
   std::vector<std::string> files;  // sorted along the slice normal
+  // One enhanced (multi-frame) file holds the whole volume: `files` is that
+  // file, number_of_slices its frames, the geometry in its functional groups.
+  bool multiframe = false;
   // Slices of this series that cannot be read (cut short, pixel data shorter
   // than its header says): file and reason. Reading the series fails naming them.
   std::vector<std::pair<std::string, std::string>> damaged;
