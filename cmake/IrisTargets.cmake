@@ -133,8 +133,8 @@ if(IRIS_BUILD_TESTS)
     target_compile_definitions(iris_${area}_tests PRIVATE
       IRIS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests"
       IRIS_BINARY_DIR="${PROJECT_BINARY_DIR}")
-    if(IRIS_WITH_ITK AND area STREQUAL "io")
-      target_link_libraries(iris_io_tests PRIVATE DCMTK::dcmdata)  # tests edit DICOM files with it
+    if(IRIS_WITH_ITK AND (area STREQUAL "io" OR area STREQUAL "apps"))
+      target_link_libraries(iris_${area}_tests PRIVATE DCMTK::dcmdata)  # tests write and edit DICOM files with it
     endif()
     # Worker processes that tests start (DISABLED_*) are not tests of their own.
     gtest_discover_tests(iris_${area}_tests DISCOVERY_TIMEOUT 120 TEST_FILTER "-*DISABLED_*"

@@ -499,4 +499,51 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
   return out;
 }
 
+std::array<double, 3> dicom_pixel_position(const std::string& file, double column, double row, long frame) {
+  quiet_dcmtk();
+  DcmFileFormat ff;
+  if (ff.loadFile(file.c_str()).bad()) throw Error(file, "cannot be read as DICOM");
+  DcmDataset& ds = *ff.getDataset();
+  Sint32 frames = 1;
+  if (ds.findAndGetSint32(DCM_NumberOfFrames, frames).bad() || frames < 1) frames = 1;
+  if (frame < 0 || frame >= frames)
+    throw Error(file, "has " + std::to_string(frames) + " frame(s); frame " + std::to_string(frame) + " does not exist");
+  DcmItem* shared = nullptr;
+  ds.findAndGetSequenceItem(DCM_SharedFunctionalGroupsSequence, shared, 0);
+  DcmItem* own = nullptr;
+  ds.findAndGetSequenceItem(DCM_PerFrameFunctionalGroupsSequence, own, frame);
+  const auto position = functional_value(own, shared, &ds, DCM_PlanePositionSequence, DCM_ImagePositionPatient, 3);
+  const auto orientation =
+      functional_value(own, shared, &ds, DCM_PlaneOrientationSequence, DCM_ImageOrientationPatient, 6);
+  const auto spacing = functional_value(own, shared, &ds, DCM_PixelMeasuresSequence, DCM_PixelSpacing, 2);
+  const std::string where = frames > 1 ? "frame " + std::to_string(frame) + " " : "";
+  if (position.size() != 3) throw Error(file, where + "has no ImagePositionPatient");
+  if (orientation.size() != 6) throw Error(file, where + "has no ImageOrientationPatient");
+  if (spacing.size() != 2) throw Error(file, where + "has no PixelSpacing");
+  std::array<double, 3> p{};
+  for (int a = 0; a < 3; ++a)
+    p[a] = position[a] + column * spacing[1] * orientation[a] + row * spacing[0] * orientation[3 + a];
+  return p;
+}
+
+std::string find_dicom_instance(const std::string& folder, const std::string& sop_instance_uid) {
+  quiet_dcmtk();
+  if (!fs::is_directory(folder)) throw Error(folder, "folder not found");
+  auto holds = [&](const fs::path& file) {
+    DcmFileFormat ff;
+    if (ff.loadFile(file.c_str(), EXS_Unknown, EGL_noChange, 4096).bad()) return false;
+    return text_of(*ff.getDataset(), DCM_SOPInstanceUID) == sop_instance_uid;
+  };
+  const fs::path named = fs::path(folder) / (sop_instance_uid + ".dcm");
+  if (fs::is_regular_file(named) && holds(named)) return named.string();
+  std::vector<fs::path> files;
+  for (auto it = fs::recursive_directory_iterator(folder, fs::directory_options::skip_permission_denied);
+       it != fs::recursive_directory_iterator(); ++it)
+    if (it->is_regular_file()) files.push_back(it->path());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files)
+    if (holds(f)) return f.string();
+  throw Error(folder, "no DICOM file holds SOP instance " + sop_instance_uid);
+}
+
 }  // namespace iris::io

@@ -17,6 +17,8 @@ std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool, 
 }
 
 Image read_dicom_series(const std::string& folder, const std::string&, const DicomReadOptions&) { refuse(folder); }
+std::array<double, 3> dicom_pixel_position(const std::string& file, double, double, long) { refuse(file); }
+std::string find_dicom_instance(const std::string& folder, const std::string&) { refuse(folder); }
 
 void write_dicom_seg(const std::string& output_path, const Image&, const std::string&, const std::string&,
                      const DicomSegOptions&) {

@@ -208,7 +208,7 @@ TEST_F(SlurmScripts, PreemptedJobCheckpointsRequeuesAndResumesToTheSameLosses) {
 }
 
 TEST_F(SlurmScripts, ScriptsFindIrisWithoutTheirOwnPath) {
-  for (const std::string script : {"train_1node_2gpu.sbatch", "train_multinode.sbatch"}) {
+  for (const std::string script : {"train_1node_2gpu.sbatch", "train_multinode.sbatch", "rsna_train.sbatch"}) {
     // The spooled copy sources its helper from IRIS_HOME (= SLURM_SUBMIT_DIR): a
     // missing build is reported by the helper, so it was found.
     const pid_t pid = submit(script, root / "none", (root / "missing.log").string(), 0, (root / "nowhere").string());

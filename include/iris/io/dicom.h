@@ -4,6 +4,7 @@
 // Folders are scanned with DCMTK, which fails softly on anything odd, and
 // only files that passed its checks reach the pixel decoder, so one stray or
 // damaged file can never abort the process. Needs the ITK build.
+#include <array>
 #include <string>
 #include <vector>
 
@@ -68,5 +69,19 @@ const DicomSeriesInfo& choose_dicom_series(const std::vector<DicomSeriesInfo>& s
 // may be DicomSeriesInfo::uid or the plain SeriesInstanceUID when unambiguous.
 Image read_dicom_series(const std::string& folder, const std::string& series_uid = "",
                         const DicomReadOptions& options = {});
+
+// Patient-space position (LPS, mm) of the point at (column, row) of frame
+// `frame` (0-based; 0 for a single-frame file) of the DICOM image `file`,
+// as annotations give points: ImagePositionPatient + column * PixelSpacing[1]
+// * row direction + row * PixelSpacing[0] * column direction, from the
+// frame's functional groups in an enhanced file. Pixel centres are at whole
+// numbers. iris::Error naming the file when it has no such geometry or the
+// frame is out of range.
+std::array<double, 3> dicom_pixel_position(const std::string& file, double column, double row, long frame = 0);
+
+// The file under `folder` (any depth) holding SOP instance `sop_instance_uid`:
+// FOLDER/UID.dcm when it carries that UID, else found by reading headers.
+// iris::Error naming the folder and the UID when no file does.
+std::string find_dicom_instance(const std::string& folder, const std::string& sop_instance_uid);
 
 }  // namespace iris::io
