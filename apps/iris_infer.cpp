@@ -100,6 +100,9 @@ int main(int argc, char** argv) {
   cli.add_flag("--aggregate-on-cpu,!--no-aggregate-on-cpu", aggregate_on_cpu,
                "blend windows in CPU memory (always the case: only windows go to the device)");
   cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation (8 flips)");
+  cli.add_flag("--bf16", opt.bf16, "bf16 autocast of the network (A100/H100/H200; float32 weights)");
+  cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "
+               "(linear) instead of inverting the labels (nearest); more memory");
   cli.add_option("--report", report_path, "write a JSON run report (timings, memory, choices)");
   cli.add_option("--statistics", statistics_path, "per case and class: voxels, volume, intensity inside the mask, "
                  "centroid, box, components (.json or .csv)");
@@ -186,6 +189,12 @@ int main(int argc, char** argv) {
       report["skipped"] = Json::array();
       for (const auto& q : skipped) report["skipped"].push_back({{"input", q.input}, {"reason", q.reason}});
       write_text_file(report_path, dump(report, 2));
+    }
+    if (!segmenter.failed().empty()) {
+      for (const auto& f : segmenter.failed()) log::warn("iris-infer: failed " + f.input + ": " + f.error);
+      log::warn("iris-infer: " + std::to_string(segmenter.failed().size()) + " of " + std::to_string(jobs.size()) +
+                " queries failed; the others are done" + (report_path.empty() ? "" : " (listed in " + report_path + ")"));
+      return app::kFailure;
     }
     return 0;
   });

@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 #include <torch/types.h>
 
+#include "iris/common/compat.h"
 #include "iris/common/config_map.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
@@ -295,6 +296,7 @@ struct Segmenter::State {
   Timings timings;
   mutable std::mutex report_mutex;
   std::vector<std::string> warnings;
+  std::vector<FailedQuery> failed;  // segment_files: queries that could not be read or segmented
   Json retrieved = Json::object();
   std::vector<std::pair<std::string, std::vector<ClassStatistics>>> statistics;
 
@@ -644,7 +646,13 @@ Segmentation Segmenter::segment(const Image& query, const std::string& name) {
     s.cur = &m;
     const model::TaskEmbedding member_task = s.task_for(volume, &out.retrieved);
     t = Clock::now();
-    at::Tensor p = sliding_window_probabilities(*m.model.net, volume, member_task, s.window);
+    at::Tensor p;
+    {
+      // bf16 autocast of the windows' forward passes (weights stay float32).
+      compat::AutocastGuard autocast(s.options.device.type(), at::kBFloat16, s.options.bf16);
+      p = sliding_window_probabilities(*m.model.net, volume, member_task, s.window);
+    }
+    p = p.to(at::kFloat);
     s.timings.add("network", t);
     if (s.members.size() == 1) {
       probs = p;
@@ -660,18 +668,31 @@ Segmentation Segmenter::segment(const Image& query, const std::string& name) {
     std::lock_guard<std::mutex> lock(s.report_mutex);
     s.retrieved[name] = out.retrieved;
   }
-  t = Clock::now();
-  at::Tensor labels = labels_from_probabilities(probs, task.labels, s.options.threshold);
-  labels = postprocess_labels(labels, task.labels, s.options.post);
-  s.timings.add("postprocess", t);
-  t = Clock::now();
-  if (pre) {
-    // Back onto the query's own grid; probabilities only when asked (a
-    // K-class float volume at full resolution is large).
-    labels = io::invert_to_source(labels, *pre, true).voxels;
-    if (s.options.probabilities) probs = io::invert_to_source(probs, *pre, false).voxels;
+  at::Tensor labels;
+  if (pre && s.options.smooth_labels) {
+    // Probabilities back onto the query's grid (linear), labels from them
+    // there: smoother edges on a finer query grid, K float volumes of memory.
+    t = Clock::now();
+    probs = io::invert_to_source(probs, *pre, false).voxels;
+    s.timings.add("invert", t);
+    t = Clock::now();
+    labels = postprocess_labels(labels_from_probabilities(probs, task.labels, s.options.threshold), task.labels,
+                                s.options.post);
+    s.timings.add("postprocess", t);
+  } else {
+    t = Clock::now();
+    labels = labels_from_probabilities(probs, task.labels, s.options.threshold);
+    labels = postprocess_labels(labels, task.labels, s.options.post);
+    s.timings.add("postprocess", t);
+    t = Clock::now();
+    if (pre) {
+      // Back onto the query's own grid as labels (nearest); probabilities
+      // only when asked (a K-class float volume at full resolution is large).
+      labels = io::invert_to_source(labels, *pre, true).voxels;
+      if (s.options.probabilities) probs = io::invert_to_source(probs, *pre, false).voxels;
+    }
+    s.timings.add("invert", t);
   }
-  s.timings.add("invert", t);
   long highest = 0;
   for (long l : task.labels) highest = std::max(highest, l);
   out.labels.geometry = query.geometry;
@@ -761,12 +782,25 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
   Handover<Read> to_network;
   Handover<Written> to_writer;
 
+  auto fail = [&](const QueryJob& job, const std::string& why) {
+    std::lock_guard<std::mutex> lock(s.report_mutex);
+    s.failed.push_back({job.input, job.name.empty() ? case_name(job.input) : job.name, why});
+  };
   std::thread reader([&] {
     try {
       for (size_t i = 0; i < jobs.size(); ++i) {
         QueryReadOptions job_read = read;
         if (!jobs[i].series.empty()) job_read.series = jobs[i].series;
-        Image image = s.read_query(jobs[i].input, job_read);
+        Image image;
+        try {
+          image = s.read_query(jobs[i].input, job_read);
+        } catch (const Error& e) {
+          // A damaged series or file: reported, and the others are done
+          // (one query alone: its error is the run's).
+          if (jobs.size() == 1) throw;
+          fail(jobs[i], e.what());
+          continue;
+        }
         if (!to_network.put({i, std::move(image)})) return;  // the run has stopped
       }
       to_network.close();
@@ -808,7 +842,14 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
     Read r;
     while (to_network.take(r)) {
       const QueryJob& job = jobs[r.job];
-      Written w{r.job, segment(r.image, job.name.empty() ? case_name(job.input) : job.name)};
+      Written w{r.job, {}};
+      try {
+        w.result = segment(r.image, job.name.empty() ? case_name(job.input) : job.name);
+      } catch (const Error& e) {
+        if (jobs.size() == 1) throw;
+        fail(job, e.what());  // e.g. a volume too small for the model: the others go on
+        continue;
+      }
       if (!to_writer.put(std::move(w))) break;  // the writer failed
     }
   } catch (...) {
@@ -823,6 +864,8 @@ void Segmenter::segment_files(const std::vector<QueryJob>& jobs, const QueryRead
   to_writer.take(unused);  // rethrows the writer's error (a full disk), if any
 }
 
+const std::vector<FailedQuery>& Segmenter::failed() const { return s_->failed; }
+
 Json Segmenter::report() const {
   const State& s = *s_;
   const long K = s.members[0].task.num_classes();
@@ -836,6 +879,8 @@ Json Segmenter::report() const {
   {
     std::lock_guard<std::mutex> lock(s.report_mutex);
     report["warnings"] = s.warnings;
+    report["failed"] = Json::array();
+    for (const auto& f : s.failed) report["failed"].push_back({{"input", f.input}, {"case", f.name}, {"error", f.error}});
     if (!s.retrieved.empty()) report["retrieved"] = s.retrieved;
   }
   report["seconds"] = s.timings.to_json();

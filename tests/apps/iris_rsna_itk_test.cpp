@@ -219,6 +219,20 @@ TEST(IrisRsna, PrepareTurnsTheChallengeFolderIntoTrainingSetsWithSpheresAtTheLoc
   const iris::Image a = iris::io::read_image((mrset / "imagesTr" / (kMrUid + "_0000.nii.gz")).string());
   const iris::Image b = iris::io::read_image((mrset / "imagesTr" / (kMultiUid + "_0000.nii.gz")).string());
   EXPECT_TRUE(at::equal(a.voxels, b.voxels));
+
+  // The shipped config trains on the prepared folders (a tiny model, a few steps).
+  const auto train = run_program(
+      program_path("iris-train"),
+      shell_quoted(std::string(IRIS_TEST_DATA_DIR) + "/../configs/train/rsna_aneurysm.yaml") +
+          " --set model.preset=tiny --set model.memory_bank_size=16 --set train.init_from= --set train.iterations=3"
+          " --set train.batch=1 --set train.patch=32 --set train.device=cpu --set train.loader_workers=0"
+          " --set train.validate_every=0 --set preprocess.spacing=[2,2,2] --set data.cache=" +
+          shell_quoted(dir / "cache") + " --set data.datasets.rsna_cta.root=" + shell_quoted(ct) +
+          " --set data.datasets.rsna_mr.root=" + shell_quoted(mrset) + " --set train.output_dir=" +
+          shell_quoted(dir / "run"),
+      (dir / "train.txt").string());
+  EXPECT_EQ(train.exit_code, 0) << train.output;
+  EXPECT_TRUE(fs::is_regular_file(dir / "run" / "model.iris")) << train.output;
   fs::remove_all(dir);
 }
 

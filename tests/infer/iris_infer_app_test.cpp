@@ -338,6 +338,35 @@ TEST_F(App, ProbabilitiesAreWrittenPerCaseAndAgreeWithTheLabels) {
   EXPECT_NE(r.err.find("--probabilities"), std::string::npos) << r.err;
 }
 
+// A damaged query among good ones: reported and skipped, the others done,
+// the exit status says some failed, nothing written under its name.
+TEST_F(App, ADamagedQueryIsReportedAndTheOthersAreDone) {
+  const fs::path in = temp_path("f_in"), out = temp_path("f_out");
+  fs::remove_all(in);
+  fs::remove_all(out);
+  for (const auto& d : {in, out}) fs::create_directories(d);
+  fs::copy_file(query, in / "a.nii.gz");
+  fs::copy_file(query, in / "b.nii.gz");
+  fs::resize_file(in / "b.nii.gz", fs::file_size(in / "b.nii.gz") / 2);  // cut short
+  fs::copy_file(references[0], in / "c.nii.gz");
+  const std::string report = temp_path("f_report.json");
+  const RunResult r =
+      run(reference_args() + " --query " + in.string() + " --window 32 --output " + out.string() + " --report " + report);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("1 of 3 queries failed"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(out / "a.nii.gz"));
+  EXPECT_TRUE(fs::exists(out / "c.nii.gz"));
+  EXPECT_FALSE(fs::exists(out / "b.nii.gz"));
+  const auto json = nlohmann::json::parse(read_text(report));
+  ASSERT_EQ(json["failed"].size(), 1u) << json.dump();
+  EXPECT_EQ(json["failed"][0]["case"], "b");
+  EXPECT_NE(json["failed"][0]["error"].get<std::string>().find("b.nii.gz"), std::string::npos) << json.dump();
+  // One query alone: its error is the run's (bad input, exit 3).
+  const RunResult one = run(reference_args() + " --query " + (in / "b.nii.gz").string() + " --window 32 --output " +
+                            (out / "one.nii.gz").string());
+  EXPECT_EQ(one.exit_code, 3) << one.err;
+}
+
 TEST_F(App, MemoryBankClassesByName) {
   model::IrisModel m = model::load_model(model);
   m.class_names = {"ball", "box"};

@@ -150,6 +150,17 @@ TEST_F(SegmenterTest, ProbabilitiesComeBackOnTheQueryGridThroughTheModelsPreproc
     ++checked;
   }
   EXPECT_GT(checked, 0) << "the untrained model labelled nothing: the check above is vacuous";
+
+  // --smooth-labels: the labels are those of the inverted probabilities,
+  // counted here from them (most probable class where it reaches 0.5).
+  options.smooth_labels = true;
+  infer::Segmenter smooth(resampling, one_shot(), options);
+  const infer::Segmentation ss = smooth.segment(q);
+  EXPECT_TRUE(at::equal(ss.probabilities->voxels, s.probabilities->voxels));
+  auto [best, index] = ss.probabilities->voxels.max(0);
+  const at::Tensor expected = at::where(best.ge(0.5), index + 1, at::zeros_like(index));
+  EXPECT_TRUE(at::equal(ss.labels.voxels.to(at::kLong), expected));
+  EXPECT_GT(ss.labels.voxels.ne(s.labels.voxels).sum().item<long>(), 0) << "nearest and smooth labels never differ";
 }
 
 TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {
@@ -181,19 +192,47 @@ TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {
   EXPECT_GT((got - plain.segment(q).probabilities->voxels).abs().max().item<float>(), 1e-4);
 }
 
+TEST_F(SegmenterTest, Bf16AutocastIsNearFloat32AndRunsInBf16) {
+  auto [q, unused] = ball_and_box(32, 40, 36, 6);
+  auto options = zscore(32);
+  options.probabilities = true;
+  infer::Segmenter full(model, one_shot(), options);
+  options.bf16 = true;
+  infer::Segmenter half(model, one_shot(), options);
+  const infer::Segmentation a = full.segment(q), b = half.segment(q);
+  ASSERT_EQ(b.probabilities->voxels.scalar_type(), at::kFloat);
+  const double diff = (a.probabilities->voxels - b.probabilities->voxels).abs().max().item<double>();
+  EXPECT_GT(diff, 0.0) << "bf16 changed nothing: autocast was not on";
+  EXPECT_LT(diff, 0.1);
+  // The untrained model sits near 0.5 in many voxels: labels must agree
+  // where float32 is decisive (its best class clearly above or below 0.5).
+  const at::Tensor best = std::get<0>(a.probabilities->voxels.max(0));
+  const at::Tensor decisive = best.gt(0.6) | best.lt(0.4);
+  ASSERT_GT(decisive.sum().item<long>(), 1000);
+  const double agree = a.labels.voxels.eq(b.labels.voxels).masked_select(decisive).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(agree, 0.99);
+}
+
 TEST_F(SegmenterTest, ReaderAndWriterErrorsReachTheCaller) {
   infer::Segmenter segmenter(model, one_shot(), zscore());
   auto [q, unused] = ball_and_box(30, 40, 36, 5);
   const std::string good = temp_path("seg_good.nii.gz");
   io::write_image(q, good);
-  // The second input is missing: the first is still written, then the error.
   const std::string first_out = temp_path("seg_first_out.nii.gz");
   fs::remove(first_out);
   std::vector<infer::QueryJob> jobs{{good, first_out, "", ""},
                                     {temp_path("missing.nii.gz"), temp_path("seg_missing_out.nii.gz"), "", ""}};
-  std::string e = error_of([&] { segmenter.segment_files(jobs); });
-  EXPECT_NE(e.find("missing.nii.gz"), std::string::npos) << e;
+  // The second input is missing: listed as failed, the first is written.
+  segmenter.segment_files(jobs);
+  ASSERT_EQ(segmenter.failed().size(), 1u);
+  EXPECT_NE(segmenter.failed()[0].error.find("missing.nii.gz"), std::string::npos) << segmenter.failed()[0].error;
+  EXPECT_EQ(segmenter.failed()[0].input, temp_path("missing.nii.gz"));
   EXPECT_TRUE(fs::exists(first_out));
+  EXPECT_FALSE(fs::exists(temp_path("seg_missing_out.nii.gz")));
+  EXPECT_EQ(segmenter.report()["failed"].size(), 1u);
+  // One query alone: its error is the caller's.
+  std::string e = error_of([&] { segmenter.segment_files({jobs[1]}); });
+  EXPECT_NE(e.find("missing.nii.gz"), std::string::npos) << e;
   // An output under a regular file cannot be created (even as root).
   const std::string blocker = temp_path("seg_blocker");
   std::ofstream(blocker) << "a file, not a folder";

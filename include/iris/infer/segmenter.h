@@ -68,10 +68,15 @@ struct SegmenterOptions {
   double overlap = 0.5;
   long window_batch = 1;
   bool mirror_tta = false;
+  bool bf16 = false;  // bf16 autocast of the network's forward passes (GPUs with bf16; CPUs too, slowly)
   long classes_per_pass = 0;
   double threshold = 0.5;
   PostprocessOptions post;
   bool probabilities = false;  // also return the class probabilities on the query's grid
+  // Labels from the probabilities inverted onto the query's grid (linear)
+  // rather than the labels inverted (nearest): smoother on a finer grid,
+  // K float volumes of memory at full resolution.
+  bool smooth_labels = false;
   bool statistics = false;     // per-class statistics of each result (statistics.h)
   // Progress of windows (done, total) and tuning (step, total, loss); may be empty.
   std::function<void(long, long)> window_progress;
@@ -131,6 +136,12 @@ struct PlanOptions {
   bool overwrite = false, skip_finished = false;
 };
 
+// A query segment_files could not read or segment (a damaged series, a
+// volume the model cannot take), and the error.
+struct FailedQuery {
+  std::string input, name, error;
+};
+
 // An input left out of a run, and why (a finished case, a localiser, a
 // series the filter excludes, a file that is no image slice).
 struct SkippedQuery {
@@ -173,7 +184,10 @@ class Segmenter {
   Segmentation segment_file(const std::string& path, const QueryReadOptions& read = {});
   // Every job: a reader thread reads the next query and a writer thread
   // writes the last results while the network runs on this one. `done` is
-  // called (on the writer thread) after each job's files are written.
+  // called (on the writer thread) after each job's files are written. A
+  // query that cannot be read or segmented (iris::Error: bad input) is
+  // listed in failed() and the report, and the others are done; other
+  // errors (a full disk, out of memory) stop the run.
   void segment_files(const std::vector<QueryJob>& jobs, const QueryReadOptions& read = {},
                      const std::function<void(const QueryJob&)>& done = {});
 
@@ -187,8 +201,10 @@ class Segmenter {
   // Per case (in the order segmented, named by case name): the statistics of
   // every segment() call so far, when options.statistics is set.
   const std::vector<std::pair<std::string, std::vector<ClassStatistics>>>& statistics() const;
+  // The queries of segment_files runs that failed, in the order they failed.
+  const std::vector<FailedQuery>& failed() const;
   // Run report: model, strategy, device, classes, timings per stage,
-  // warnings, tuning losses, retrieval choices, peak memory.
+  // warnings, failed queries, tuning losses, retrieval choices, peak memory.
   Json report() const;
 
  private:
