@@ -78,6 +78,8 @@ std::string CaseCache::key_for(const DatasetSpec& d, const CaseSpec& c) const {
   return VolumeCache::text_key(s.str());
 }
 
+bool CaseCache::contains(const DatasetSpec& d, const CaseSpec& c) const { return cache_.contains(key_for(d, c)); }
+
 CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::string&)> warn) const {
   return [this, raw = std::move(raw), warn = std::move(warn)](const DatasetSpec& d, const CaseSpec& c) {
     const std::string key = key_for(d, c);

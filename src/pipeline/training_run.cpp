@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
 #include <optional>
 #include <thread>
 
+#include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
 #include "iris/common/log.h"
@@ -53,6 +57,113 @@ data::CaseVolume load_case(const data::DatasetSpec& d, const data::CaseSpec& c,
   v.classes = data::classes_present(v.labels, d, c.labels);
   v.spacing = {image.geometry.spacing[2], image.geometry.spacing[1], image.geometry.spacing[0]};
   return v;
+}
+
+// A cold cache filled by all ranks together: each preprocesses every
+// size-th case the cache lacks, then waits for the others. The wait is on
+// marker files in the (shared) cache folder, not on a collective: filling can
+// take hours, far beyond train.distributed_timeout_s. The timeout applies to
+// progress instead: when no unfinished rank has filled a case for that long,
+// the wait ends with an error; a rank that fails says so in its marker. When
+// the ranks do not share the cache folder (node-local caches), each fills
+// what it needs itself.
+void fill_cache_together(const data::CaseCache& cache, const std::vector<data::DatasetSpec>& datasets,
+                         const data::CaseLoader& loader, const data::LoadOptions& load_options,
+                         train::Communicator& comm, long timeout_s) {
+  const int rank = comm.rank(), size = comm.size();
+  // This run's marker folder, named by rank 0: markers of earlier runs do not count.
+  const fs::path base = fs::path(cache.folder()) / ".fill";
+  double token = 0;
+  if (rank == 0) {
+    token = static_cast<double>(std::random_device{}() % 1000000000u + 1);
+    fs::create_directories(base / std::to_string(static_cast<long>(token)));
+  }
+  token = comm.sum(token);
+  const fs::path marks = base / std::to_string(static_cast<long>(token));
+  if (comm.sum(fs::is_directory(marks) ? 1.0 : 0.0) < size) {
+    if (rank == 0) {
+      log::info("data.cache " + cache.folder() + " is not shared by every rank: each fills what it needs");
+      fs::remove_all(marks);
+    }
+    return;
+  }
+  std::vector<data::DatasetSpec> share = datasets;
+  long missing = 0;
+  for (auto& d : share)
+    for (auto* subset : {&d.train, &d.val}) {
+      std::vector<data::CaseSpec> mine;
+      for (const auto& c : *subset) {
+        if (cache.contains(d, c)) continue;
+        if (missing++ % size == rank) mine.push_back(c);
+      }
+      *subset = mine;
+      d.test.clear();
+    }
+  // Every rank sees the same folder, so the same count; the sum keeps them in step anyway.
+  if (comm.sum(static_cast<double>(missing)) == 0) {
+    comm.barrier();
+    if (rank == 0) fs::remove_all(marks);
+    return;
+  }
+  const std::string mine = (marks / ("rank" + std::to_string(rank))).string();
+  data::LoadOptions fill = load_options;
+  fill.memory_budget_bytes = std::max<size_t>(fill.memory_budget_bytes, 1);  // keep descriptions only
+  long filled = 0;
+  fill.progress = [&](long done, long) {
+    filled = done;
+    write_text_file(mine + ".progress", std::to_string(done));
+  };
+  try {
+    for (const char* subset : {"train", "val"}) {
+      filled = 0;
+      data::load_datasets(share, subset, loader, fill);
+    }
+  } catch (const std::exception& e) {
+    write_text_file(mine + ".failed", e.what());
+    throw;
+  }
+  long total_mine = 0;
+  for (const auto& d : share) total_mine += static_cast<long>(d.train.size() + d.val.size());
+  log::info("rank " + std::to_string(rank) + " filled " + std::to_string(total_mine) + " of the " +
+            std::to_string(missing) + " cases the cache lacked");
+  write_text_file(mine + ".done", "");
+  auto last_change = std::chrono::steady_clock::now(), last_log = last_change;
+  std::vector<std::string> seen(size);
+  for (;;) {
+    int done = 0;
+    std::string waiting;
+    for (int r = 0; r < size; ++r) {
+      const std::string p = (marks / ("rank" + std::to_string(r))).string();
+      if (fs::exists(p + ".failed")) {
+        std::ifstream in(p + ".failed");
+        std::string why((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        throw Error(cache.folder(), "rank " + std::to_string(r) + " failed while filling the cache: " + why);
+      }
+      if (fs::exists(p + ".done")) {
+        ++done;
+        continue;
+      }
+      std::ifstream in(p + ".progress");
+      std::string now_seen((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (now_seen != seen[r]) {
+        seen[r] = now_seen;
+        last_change = std::chrono::steady_clock::now();
+      }
+      waiting += (waiting.empty() ? "" : ", ") + std::to_string(r);
+    }
+    if (done == size) break;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_change > std::chrono::seconds(timeout_s))
+      throw Error("train.distributed_timeout_s", "rank(s) " + waiting + " filled no case of " + cache.folder() +
+                                                     " for " + std::to_string(timeout_s) + " s: see their logs");
+    if (now - last_log > std::chrono::seconds(60)) {
+      log::info("waiting for rank(s) " + waiting + " to finish filling the cache");
+      last_log = now;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  comm.barrier();  // every rank is past the wait before the markers go
+  if (rank == 0) fs::remove_all(marks);
 }
 
 }  // namespace
@@ -181,14 +292,9 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
     if (load_options.memory_budget_bytes > 0) val_options.memory_budget_bytes = std::max<size_t>(val_options.memory_budget_bytes, 1);
     val_sets = data::load_datasets(datasets, "val", loader, val_options);
   };
-  if (cache && comm->size() > 1) {
-    // Rank 0 fills a cold cache alone; the others then read it.
-    if (comm->rank() == 0) load_all();
-    comm->barrier();
-    if (comm->rank() != 0) load_all();
-  } else {
-    load_all();
-  }
+  if (cache && comm->size() > 1)
+    fill_cache_together(*cache, datasets, loader, load_options, *comm, train_config.distributed_timeout_s);
+  load_all();
   if (options.fill_cache_only) {
     long n = 0;
     for (const auto& d : train_sets) n += static_cast<long>(d.cases.size());

@@ -101,3 +101,49 @@ TEST_F(IrisTrainCache, FillCacheWithoutACacheFolderIsAnError) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("data.cache"), std::string::npos) << r.output;
 }
+
+// Two Gloo ranks on a cold cache of four cases: each preprocesses two (its
+// share), waits for the other, and neither fills anything on a warm cache.
+TEST_F(IrisTrainCache, RanksFillAColdCacheTogether) {
+  std::ofstream cfg(root / "two.yaml");
+  cfg << "model:\n  preset: tiny\n  memory_bank_size: 2\n"
+      << "preprocess:\n  spacing: [6, 6, 6]\n"
+      << "train:\n  iterations: 1\n  batch: 1\n  patch: 32\n  max_classes: 1\n  distributed: gloo\n"
+      << "  output_dir: " << (root / "run2").string() << "\n"
+      << "data:\n  cache: " << (root / "cache2").string() << "\n  datasets:\n    brain:\n      layout: list\n"
+      << "      root: " << (root / "data").string() << "\n"
+      << "      classes: [\"1:brain\"]\n      split: [1, 0, 0]\n      cases: [";
+  for (const char* c : {"a", "b", "c", "d"}) {
+    fs::copy_file(root / "data" / "t1.nii.gz", root / "data" / (std::string(c) + ".nii.gz"));
+    cfg << (c[0] == 'a' ? "" : ", ") << "\"" << c << ".nii.gz|brain.nii.gz\"";
+  }
+  cfg << "]\n";
+  cfg.close();
+  auto both = [&](const std::string& tag) {
+    const int port = iris::testing::free_port();
+    std::string command;
+    for (int rank = 0; rank < 2; ++rank)
+      command += "RANK=" + std::to_string(rank) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(rank) +
+                 " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " OMP_NUM_THREADS=1 " +
+                 iris::testing::shell_quoted(train_program()) + " " +
+                 iris::testing::shell_quoted((root / "two.yaml").string()) + " --fill-cache > " +
+                 iris::testing::shell_quoted((root / (tag + std::to_string(rank) + ".log")).string()) + " 2>&1" +
+                 (rank == 0 ? " & " : "; r1=$?; wait $!; r0=$?; exit $((r0 | r1))");
+    return std::system(("bash -c " + iris::testing::shell_quoted(command)).c_str());
+  };
+  auto text = [&](const std::string& name) {
+    std::ifstream in(root / name);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  };
+  ASSERT_EQ(both("cold"), 0) << text("cold0.log") << text("cold1.log");
+  for (const char* log : {"cold0.log", "cold1.log"})
+    EXPECT_NE(text(log).find("filled 2 of the 4 cases the cache lacked"), std::string::npos) << text(log);
+  long entries = 0;
+  for (const auto& f : fs::directory_iterator(root / "cache2")) entries += f.path().extension() == ".irisvol";
+  EXPECT_EQ(entries, 4);
+  EXPECT_TRUE(!fs::exists(root / "cache2" / ".fill") || fs::is_empty(root / "cache2" / ".fill"));  // markers removed
+  ASSERT_EQ(both("warm"), 0) << text("warm0.log") << text("warm1.log");
+  for (const char* log : {"warm0.log", "warm1.log"}) EXPECT_EQ(text(log).find("filled"), std::string::npos) << text(log);
+}

@@ -38,6 +38,8 @@ class CaseCache {
   CaseLoader loader(CaseLoader raw, std::function<void(const std::string&)> warn = {}) const;
 
   std::string key_for(const DatasetSpec& d, const CaseSpec& c) const;
+  // Whether the case has an entry (not read: it may still be stale or damaged).
+  bool contains(const DatasetSpec& d, const CaseSpec& c) const;
   // Records / reads back a dataset's case list and class table.
   void record_dataset(const DatasetSpec& d) const;
   std::optional<RecordedDataset> recorded_dataset(const std::string& dataset) const;
