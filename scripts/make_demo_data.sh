@@ -28,7 +28,7 @@ mkdir -p "$OUT"
 # (an atlas-based, approximate ground truth).
 "$LABELS" resample --input "$OUT/colin_brain.nii.gz" --like "$MNI" --output "$OUT/mni_brain.nii.gz"
 "$LABELS" resample --input "$OUT/colin_structures.nii.gz" --like "$MNI" --output "$OUT/mni_structures.nii.gz"
-# Held out of every training task (configs/train/demo_brain.yaml): AAL
+# Held out of every training task (configs/train/demo_brain_atlas.yaml): AAL
 # hippocampus (37-38) and amygdala (41-42), shown by the demo as classes the
 # model never saw.
 "$LABELS" map --input "$T/aal.nii.gz" --map 37-38:1,41-42:2 --output "$OUT/colin_heldout.nii.gz"
