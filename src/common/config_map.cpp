@@ -286,4 +286,19 @@ void reject_unknown_keys(const ConfigMap& m, const std::vector<std::string>& kno
   }
 }
 
+std::vector<std::string> config_list_items(const std::string& text) {
+  std::string t = text;
+  if (!t.empty() && t.front() == '[') t = t.substr(1);
+  if (!t.empty() && t.back() == ']') t.pop_back();
+  std::vector<std::string> out;
+  std::stringstream ss(t);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t\"'");
+    const auto e = item.find_last_not_of(" \t\"'");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
+
 }  // namespace iris

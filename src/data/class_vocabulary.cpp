@@ -9,27 +9,6 @@
 
 namespace iris::data {
 
-namespace {
-
-std::vector<std::string> list_items(const std::string& text) {
-  std::string t = text;
-  if (!t.empty() && t.front() == '[') t = t.substr(1);
-  if (!t.empty() && t.back() == ']') t.pop_back();
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= t.size()) {
-    size_t comma = t.find(',', start);
-    if (comma == std::string::npos) comma = t.size();
-    std::string item = t.substr(start, comma - start);
-    const auto b = item.find_first_not_of(" \t\"'"), e = item.find_last_not_of(" \t\"'");
-    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
-    start = comma + 1;
-  }
-  return out;
-}
-
-}  // namespace
-
 std::string ClassVocabulary::normalise(const std::string& name) {
   std::string out;
   for (char c : name) {
@@ -49,7 +28,7 @@ ClassVocabulary ClassVocabulary::load(const std::string& path) {
     if (canonical.find('.') != std::string::npos)
       throw Error(path, "'" + canonical + "': write one canonical name per line with a list of synonyms");
     v.canonical_names_.push_back(canonical);
-    std::vector<std::string> names = list_items(synonyms);
+    std::vector<std::string> names = config_list_items(synonyms);
     names.push_back(canonical);
     for (const auto& s : names) {
       const std::string key = normalise(s);

@@ -18,20 +18,6 @@ namespace fs = std::filesystem;
 namespace iris::data {
 namespace {
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::string t = text;
-  if (!t.empty() && t.front() == '[') t = t.substr(1);
-  if (!t.empty() && t.back() == ']') t.pop_back();
-  std::vector<std::string> out;
-  std::stringstream ss(t);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    const auto b = item.find_first_not_of(" \t\"'");
-    const auto e = item.find_last_not_of(" \t\"'");
-    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
-  }
-  return out;
-}
 
 
 // The "labels" table of a dataset.json: v2 {"name": value} (or a list of
@@ -148,19 +134,19 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
       if (p < 0 || p > 1) throw Error(key, "union_probability and synthetic_images are probabilities in [0, 1]");
     if (d.regions.deformation < 0) throw Error(key + ".deformation_voxels", "must be >= 0");
     if (c.has("split")) {
-      auto parts = split_list(c.get("split"));
+      auto parts = config_list_items(c.get("split"));
       if (parts.size() != 3) throw Error("data.datasets." + name + ".split", "needs [train, val, test] fractions");
       for (int i = 0; i < 3; ++i) d.split[i] = std::stod(parts[i]);
     }
     if (c.has("classes"))
-      for (const auto& item : split_list(c.get("classes"))) {
+      for (const auto& item : config_list_items(c.get("classes"))) {
         const auto colon = item.find(':');
         if (colon == std::string::npos) throw Error("data.datasets." + name + ".classes", "expected VALUE:NAME items, got '" + item + "'");
         d.class_names[std::stol(item.substr(0, colon))] = item.substr(colon + 1);
       }
     if (d.layout == "list") {
       if (!c.has("cases")) throw Error("data.datasets." + name, "a list dataset needs 'cases: [image|labels, ...]'");
-      for (const auto& item : split_list(c.get("cases"))) {
+      for (const auto& item : config_list_items(c.get("cases"))) {
         const auto bar = item.find('|');
         if (bar == std::string::npos) throw Error("data.datasets." + name + ".cases", "expected image|labels, got '" + item + "'");
         CaseSpec cs{case_name(fs::path(item.substr(0, bar)).filename().string()), item.substr(0, bar), item.substr(bar + 1)};

@@ -19,25 +19,10 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string trimmed(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
-}
-
-// Whole-field decimal number; strtod alone would accept "0.5abc" and "nan".
-bool parse_finite(const std::string& text, double& value) {
-  const std::string t = trimmed(text);
-  if (t.empty()) return false;
-  char* end = nullptr;
-  value = std::strtod(t.c_str(), &end);
-  return end == t.c_str() + t.size() && std::isfinite(value);
-}
-
 std::map<std::string, size_t> column_index(const CsvTable& table) {
   std::map<std::string, size_t> index;
   for (size_t i = 0; i < table.header.size(); ++i) {
-    const std::string name = trimmed(table.header[i]);
+    const std::string name = csv_field(table.header[i]);
     if (!index.emplace(name, i).second) throw Error(table.source, "column '" + name + "' appears twice");
   }
   return index;
@@ -58,7 +43,7 @@ void require_columns(const CsvTable& table, const std::map<std::string, size_t>&
 std::map<std::string, size_t> rows_by_series(const CsvTable& table, size_t series_column) {
   std::map<std::string, size_t> rows;
   for (size_t r = 0; r < table.rows.size(); ++r) {
-    const std::string uid = trimmed(table.rows[r][series_column]);
+    const std::string uid = csv_field(table.rows[r][series_column]);
     const std::string where = table.source + ":" + std::to_string(table.line_of_row[r]);
     if (uid.empty()) throw Error(where, std::string("empty ") + kRsnaSeriesColumn);
     if (!rows.emplace(uid, r).second) throw Error(where, "series " + uid + " appears twice");
@@ -74,6 +59,20 @@ std::string list_some(const std::vector<std::string>& items) {
 }
 
 }  // namespace
+
+std::string csv_field(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
+}
+
+bool csv_number(const std::string& text, double& value) {
+  const std::string t = csv_field(text);
+  if (t.empty()) return false;
+  char* end = nullptr;
+  value = std::strtod(t.c_str(), &end);
+  return end == t.c_str() + t.size() && std::isfinite(value);
+}
 
 const std::vector<std::string>& rsna_label_columns() {
   static const std::vector<std::string> columns{
@@ -149,7 +148,7 @@ CsvTable parse_csv(const std::string& text, const std::string& source) {
       }
     }
     if (quoted) throw Error(source + ":" + std::to_string(row_line), "unterminated quoted field");
-    if (fields.size() == 1 && trimmed(fields[0]).empty()) continue;  // blank line
+    if (fields.size() == 1 && csv_field(fields[0]).empty()) continue;  // blank line
     if (first) {
       table.header = std::move(fields);
       first = false;
@@ -204,11 +203,11 @@ RsnaScore score_rsna(const CsvTable& predictions, const CsvTable& truth) {
     for (const auto& [uid, truth_row] : truth_rows) {
       const size_t pred_row = pred_rows.at(uid);
       double p = 0, t = 0;
-      if (!parse_finite(predictions.rows[pred_row][pc], p))
+      if (!csv_number(predictions.rows[pred_row][pc], p))
         throw Error(predictions.source + ":" + std::to_string(predictions.line_of_row[pred_row]),
                     "column '" + column + "': '" + predictions.rows[pred_row][pc] +
                         "' is not a finite number");
-      if (!parse_finite(truth.rows[truth_row][tc], t) || (t != 0 && t != 1))
+      if (!csv_number(truth.rows[truth_row][tc], t) || (t != 0 && t != 1))
         throw Error(truth.source + ":" + std::to_string(truth.line_of_row[truth_row]),
                     "column '" + column + "': '" + truth.rows[truth_row][tc] + "' is not 0 or 1");
       scores.push_back(p);

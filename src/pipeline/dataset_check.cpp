@@ -26,6 +26,19 @@ struct Case {
   std::string label;
 };
 
+// The name of a dataset file without `ending`; nullopt for hidden files and
+// for files of another ending (a problem then).
+std::optional<std::string> stem_with_ending(const fs::directory_entry& e, const std::string& ending,
+                                            std::vector<DatasetProblem>& problems) {
+  const std::string name = e.path().filename().string();
+  if (name.empty() || name[0] == '.') return std::nullopt;
+  if (name.size() <= ending.size() || name.compare(name.size() - ending.size(), ending.size(), ending) != 0) {
+    problems.push_back({e.path().string(), "does not end with the dataset's file_ending " + ending});
+    return std::nullopt;
+  }
+  return name.substr(0, name.size() - ending.size());
+}
+
 // CASE_XXXX<ending> files of an images folder, by case.
 std::map<std::string, Case> channel_files(const fs::path& folder, const std::string& ending,
                                           std::vector<DatasetProblem>& problems) {
@@ -34,15 +47,10 @@ std::map<std::string, Case> channel_files(const fs::path& folder, const std::str
   static const std::regex channel("(.+)_([0-9]{4})$");
   for (const auto& e : fs::directory_iterator(folder)) {
     if (!e.is_regular_file()) continue;
-    const std::string name = e.path().filename().string();
-    if (name.empty() || name[0] == '.') continue;
-    if (name.size() <= ending.size() || name.compare(name.size() - ending.size(), ending.size(), ending) != 0) {
-      problems.push_back({e.path().string(), "does not end with the dataset's file_ending " + ending});
-      continue;
-    }
-    const std::string stem = name.substr(0, name.size() - ending.size());
+    const auto stem = stem_with_ending(e, ending, problems);
+    if (!stem) continue;
     std::smatch m;
-    if (!std::regex_match(stem, m, channel)) {
+    if (!std::regex_match(*stem, m, channel)) {
       problems.push_back({e.path().string(), "image without the _XXXX channel suffix (CASE_0000" + ending + ")"});
       continue;
     }
@@ -127,13 +135,9 @@ DatasetSummary verify_raw_dataset(const std::string& folder, const std::function
   if (fs::is_directory(labels))
     for (const auto& e : fs::directory_iterator(labels)) {
       if (!e.is_regular_file()) continue;
-      const std::string name = e.path().filename().string();
-      if (name.empty() || name[0] == '.') continue;
-      if (name.size() <= ending.size() || name.compare(name.size() - ending.size(), ending.size(), ending) != 0) {
-        problems.push_back({e.path().string(), "does not end with the dataset's file_ending " + ending});
-        continue;
-      }
-      const std::string id = name.substr(0, name.size() - ending.size());
+      const auto stem = stem_with_ending(e, ending, problems);
+      if (!stem) continue;
+      const std::string id = *stem;
       if (!cases.count(id)) problems.push_back({e.path().string(), "label map without an image (imagesTr/" + id + "_0000" + ending + ")"});
       else cases[id].label = e.path().string();
     }

@@ -27,24 +27,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string trimmed(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
-
-bool whole_number(const std::string& text, double& value) {
-  const std::string t = trimmed(text);
-  if (t.empty()) return false;
-  char* end = nullptr;
-  value = std::strtod(t.c_str(), &end);
-  return end == t.c_str() + t.size() && std::isfinite(value);
-}
-
 // Column name -> index; iris::Error naming the file for each missing one.
 std::map<std::string, size_t> columns_of(const eval::CsvTable& table, const std::vector<std::string>& required) {
   std::map<std::string, size_t> index;
-  for (size_t i = 0; i < table.header.size(); ++i) index.emplace(trimmed(table.header[i]), i);
+  for (size_t i = 0; i < table.header.size(); ++i) index.emplace(eval::csv_field(table.header[i]), i);
   for (const auto& r : required)
     if (!index.count(r)) throw Error(table.source, "has no column '" + r + "'");
   return index;
@@ -146,7 +132,7 @@ std::string stem(const fs::path& p) {
 }  // namespace
 
 void parse_rsna_coordinates(const std::string& text, const std::string& where, double& x, double& y, long& frame) {
-  const std::string t = trimmed(text);
+  const std::string t = eval::csv_field(text);
   auto bad = [&](const std::string& why) {
     return Error(where, "coordinates '" + text + "' " + why + " (expected e.g. {'x': 258.36, 'y': 261.37}, with 'f': N "
                         "for a multi-frame file)");
@@ -158,13 +144,13 @@ void parse_rsna_coordinates(const std::string& text, const std::string& where, d
   while (std::getline(body, item, ',')) {
     const auto colon = item.find(':');
     if (colon == std::string::npos) throw bad("has an entry without ':'");
-    std::string key = trimmed(item.substr(0, colon));
+    std::string key = eval::csv_field(item.substr(0, colon));
     if (key.size() < 3 || (key.front() != '\'' && key.front() != '"') || key.back() != key.front())
       throw bad("has an unquoted key");
     key = key.substr(1, key.size() - 2);
     if (key != "x" && key != "y" && key != "f") throw bad("has the unknown key '" + key + "'");
     double v = 0;
-    if (!whole_number(item.substr(colon + 1), v)) throw bad("has a value of '" + key + "' that is not a number");
+    if (!eval::csv_number(item.substr(colon + 1), v)) throw bad("has a value of '" + key + "' that is not a number");
     if (!values.emplace(key, v).second) throw bad("names '" + key + "' twice");
   }
   if (!values.count("x") || !values.count("y")) throw bad("lacks 'x' or 'y'");
@@ -188,11 +174,11 @@ std::vector<RsnaLocalizer> read_rsna_localizers(const std::string& csv_path) {
     if (row.size() != table.header.size())
       throw Error(where, "has " + std::to_string(row.size()) + " fields, the header " + std::to_string(table.header.size()));
     RsnaLocalizer l;
-    l.series = trimmed(row[c["SeriesInstanceUID"]]);
-    l.sop = trimmed(row[c["SOPInstanceUID"]]);
+    l.series = eval::csv_field(row[c["SeriesInstanceUID"]]);
+    l.sop = eval::csv_field(row[c["SOPInstanceUID"]]);
     if (l.series.empty() || l.sop.empty()) throw Error(where, "empty SeriesInstanceUID or SOPInstanceUID");
     parse_rsna_coordinates(row[c["coordinates"]], where, l.x, l.y, l.frame);
-    l.location = location_of(trimmed(row[c["location"]]), where);
+    l.location = location_of(eval::csv_field(row[c["location"]]), where);
     l.line = table.line_of_row[r];
     out.push_back(l);
   }
@@ -214,7 +200,7 @@ RsnaPrepareSummary rsna_prepare(const std::string& data, const std::string& outp
   std::vector<TrainRow> rows;
   std::set<std::string> known;
   for (size_t r = 0; r < train.rows.size(); ++r) {
-    TrainRow t{trimmed(train.rows[r][tc["SeriesInstanceUID"]]), trimmed(train.rows[r][tc["Modality"]]), where_of(train, r)};
+    TrainRow t{eval::csv_field(train.rows[r][tc["SeriesInstanceUID"]]), eval::csv_field(train.rows[r][tc["Modality"]]), where_of(train, r)};
     if (t.uid.empty()) throw Error(t.where, "empty SeriesInstanceUID");
     if (!known.insert(t.uid).second) throw Error(t.where, "series " + t.uid + " appears twice");
     if (!fs::is_directory(root / "series" / t.uid))
@@ -376,6 +362,8 @@ std::vector<double> rsna_series_scores(const infer::Segmentation& segmentation, 
   if (priors.size() != n) throw Error("priors", "need " + std::to_string(n) + " values");
   if (scoring.smoothing < 1 || scoring.smoothing % 2 == 0) throw Error("--smoothing", "must be an odd number >= 1");
   if (!(scoring.quantile > 0 && scoring.quantile <= 1)) throw Error("--quantile", "must be in (0, 1]");
+  if (scoring.present != "max" && scoring.present != "noisy-or" && scoring.present != "mean")
+    throw Error("--present", "'" + scoring.present + "' is not max, noisy-or or mean");
   std::vector<double> out = priors;
   std::vector<double> found;
   if (!segmentation.probabilities) return out;
@@ -408,10 +396,8 @@ std::vector<double> rsna_series_scores(const infer::Segmentation& segmentation, 
       double none = 1;
       for (double p : found) none *= 1 - p;
       present = 1 - none;
-    } else if (scoring.present == "mean") {
+    } else {  // mean
       for (double p : found) present += p / found.size();
-    } else {
-      throw Error("--present", "'" + scoring.present + "' is not max, noisy-or or mean");
     }
     out[n - 1] = std::clamp(present, 0.0, 1.0);
   }
@@ -429,8 +415,6 @@ RsnaPredictSummary rsna_predict(const std::string& series_root, const std::strin
   }
   // Checked before any model is loaded.
   rsna_series_scores({}, options.scoring, std::vector<double>(columns.size(), 0.5));
-  if (options.scoring.present != "max" && options.scoring.present != "noisy-or" && options.scoring.present != "mean")
-    throw Error("--present", "'" + options.scoring.present + "' is not max, noisy-or or mean");
 
   std::vector<double> priors(columns.size(), 0.5);
   if (!options.train_csv.empty()) {
@@ -441,7 +425,7 @@ RsnaPredictSummary rsna_predict(const std::string& series_root, const std::strin
       double sum = 0;
       for (size_t r = 0; r < train.rows.size(); ++r) {
         double v = 0;
-        if (!whole_number(train.rows[r][c[columns[j]]], v) || (v != 0 && v != 1))
+        if (!eval::csv_number(train.rows[r][c[columns[j]]], v) || (v != 0 && v != 1))
           throw Error(where_of(train, r), "column '" + columns[j] + "' must be 0 or 1");
         sum += v;
       }

@@ -61,4 +61,9 @@ std::string nearest_word(const std::string& word, const std::vector<std::string>
 
 std::string format_int_list(const std::vector<long>& values);
 
+// The items of a list value as configs write it: "[a, 'b', \"c d\"]" (or
+// without brackets) -> {"a", "b", "c d"}; quotes and blanks around items
+// are dropped, empty items too.
+std::vector<std::string> config_list_items(const std::string& text);
+
 }  // namespace iris

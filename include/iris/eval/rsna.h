@@ -30,6 +30,10 @@ struct CsvTable {
 // Throws iris::Error naming `source` and the line on a malformed row.
 CsvTable parse_csv(const std::string& text, const std::string& source);
 CsvTable read_csv(const std::string& path);
+// A field without the blanks around it.
+std::string csv_field(const std::string& text);
+// A whole field as a finite decimal number ("0.5abc", "nan", "" are not).
+bool csv_number(const std::string& text, double& value);
 
 struct ColumnAuc {
   std::string column;
