@@ -342,7 +342,7 @@ at::Tensor synthesize_image(const at::Tensor& index, long regions, uint64_t seed
 }
 
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
-                        const std::array<double, 9>& m, long P, const at::Tensor& displacement) {
+                        const std::array<double, 9>& m, long P, const at::Tensor& displacement, bool nearest) {
   // Patch voxel offsets from the patch centre, [P^3, 3] in (z, y, x).
   at::Tensor r = at::arange(P, at::kFloat) - (P - 1) / 2.0f;
   auto grids = at::meshgrid({r, r, r}, "ij");
@@ -356,7 +356,9 @@ at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& c
   at::Tensor ny = pos.select(1, 1) * (2.0 / std::max<long>(1, Y - 1)) - 1;
   at::Tensor nx = pos.select(1, 2) * (2.0 / std::max<long>(1, X - 1)) - 1;
   at::Tensor grid = at::stack({nx, ny, nz}, -1).view({1, P, P, P, 3});
-  return at::grid_sampler(volume.unsqueeze(0).to(at::kFloat), grid, /*bilinear*/ 0, /*zeros*/ 0, true).squeeze(0);
+  return at::grid_sampler(volume.unsqueeze(0).to(at::kFloat), grid, /*bilinear 0, nearest 1*/ nearest ? 1 : 0,
+                          /*zeros*/ 0, true)
+      .squeeze(0);
 }
 
 // [1 + tasks, P, P, P]: the image and one mask per task (a task: label
@@ -367,15 +369,19 @@ at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::v
                     const at::Tensor& displacement, double displacement_max) {
   const Footprint f = footprint(c.shape, centre, m, P, displacement_max);
   if (f.empty) return at::zeros({1 + static_cast<long>(tasks.size()), P, P, P});
-  const at::Tensor labels = crop(c.labels, f);
-  std::vector<at::Tensor> parts{crop(image, f).to(at::kFloat).unsqueeze(0)};
+  const std::array<double, 3> local{centre[0] - f.lo[0], centre[1] - f.lo[1], centre[2] - f.lo[2]};
+  // One trilinear channel and one nearest one, whatever the number of
+  // tasks: the resampling is most of an episode's cost.
+  std::vector<at::Tensor> parts{sample_patch(crop(image, f).unsqueeze(0), local, m, P, displacement)};
+  if (tasks.empty()) return parts[0];
+  const at::Tensor labels =
+      sample_patch(crop(c.labels, f).unsqueeze(0), local, m, P, displacement, /*nearest*/ true).squeeze(0);
   for (const auto& t : tasks) {
-    at::Tensor mask = labels.eq(t[0]);
-    for (size_t i = 1; i < t.size(); ++i) mask = mask | labels.eq(t[i]);
+    at::Tensor mask = labels.eq(static_cast<double>(t[0]));
+    for (size_t i = 1; i < t.size(); ++i) mask = mask | labels.eq(static_cast<double>(t[i]));
     parts.push_back(mask.to(at::kFloat).unsqueeze(0));
   }
-  const std::array<double, 3> local{centre[0] - f.lo[0], centre[1] - f.lo[1], centre[2] - f.lo[2]};
-  return sample_patch(at::cat(parts), local, m, P, displacement);
+  return at::cat(parts);
 }
 
 EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {

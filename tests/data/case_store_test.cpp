@@ -68,14 +68,18 @@ TEST(CasePatch, EqualsSamplingTheWholeVolume) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<double> u(-0.3, 0.3);
   const std::vector<std::vector<long>> tasks{{1}, {2, 3}};
-  const at::Tensor whole = at::cat({v.image.unsqueeze(0), v.labels.eq(1).to(at::kFloat).unsqueeze(0),
-                                    (v.labels.eq(2) | v.labels.eq(3)).to(at::kFloat).unsqueeze(0)});
+  // The image trilinearly, the label map at the nearest voxel, then the masks.
+  auto whole_patch = [&](const std::array<double, 3>& c, const std::array<double, 9>& m, const at::Tensor& d) {
+    const at::Tensor labels = data::sample_patch(v.labels.unsqueeze(0), c, m, 16, d, /*nearest*/ true)[0];
+    return at::cat({data::sample_patch(v.image.unsqueeze(0), c, m, 16, d), labels.eq(1).to(at::kFloat).unsqueeze(0),
+                    (labels.eq(2) | labels.eq(3)).to(at::kFloat).unsqueeze(0)});
+  };
   // Centres inside, at the border and outside the volume; rotated, scaled.
   const std::vector<std::array<double, 3>> centres{{20, 21, 19}, {0, 0, 0}, {39, 42, 37}, {-10, 20, 5}, {60, 60, 60}};
   for (const auto& c : centres) {
     const double s = 1 + u(rng), a = u(rng);
     const std::array<double, 9> m{s * std::cos(a), -s * std::sin(a), 0, s * std::sin(a), s * std::cos(a), 0, 0, 0, s};
-    const at::Tensor expected = data::sample_patch(whole, c, m, 16);
+    const at::Tensor expected = whole_patch(c, m, {});
     const at::Tensor got = data::case_patch(v, v.image, tasks, c, m, 16);
     ASSERT_EQ(got.sizes(), expected.sizes());
     EXPECT_LT((got - expected).abs().max().item<float>(), 1e-4) << c[0] << "," << c[1] << "," << c[2];
@@ -84,7 +88,7 @@ TEST(CasePatch, EqualsSamplingTheWholeVolume) {
   at::manual_seed(0);
   const at::Tensor d = at::rand({16 * 16 * 16, 3}) * 6 - 3;
   const std::array<double, 9> identity{1, 0, 0, 0, 1, 0, 0, 0, 1};
-  const at::Tensor expected = data::sample_patch(whole, {20, 20, 20}, identity, 16, d);
+  const at::Tensor expected = whole_patch({20, 20, 20}, identity, d);
   EXPECT_LT((data::case_patch(v, v.image, tasks, {20, 20, 20}, identity, 16, d, 3.0) - expected).abs().max().item<float>(),
             1e-4);
 }

@@ -133,15 +133,17 @@ class EpisodeSampler {
 // Samples a P^3 patch of `volume` ([C, Z, Y, X]) around `centre` (voxels)
 // through the affine `matrix` (3x3, patch axes -> volume axes, voxel units),
 // plus `displacement` ([P^3, 3] volume voxels, z y x; undefined = none),
-// trilinearly; outside the volume is 0.
+// trilinearly (or the nearest voxel's value); outside the volume is 0.
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
-                        const std::array<double, 9>& matrix, long patch, const at::Tensor& displacement = {});
+                        const std::array<double, 9>& matrix, long patch, const at::Tensor& displacement = {},
+                        bool nearest = false);
 
-// [1 + tasks, P, P, P]: sample_patch of the case's `image` and one mask per
-// task (a task: label values) around `centre`, built on the voxels the patch
+// [1 + tasks, P, P, P]: sample_patch of the case's `image` (trilinear) and
+// one 0/1 mask per task (a task: label values) from the label map sampled
+// once at the nearest voxel, around `centre`, built on the voxels the patch
 // can reach only (its footprint, `displacement_max` voxels wider), so an
-// episode's cost does not grow with the volume. Equal to sample_patch of
-// the whole image and masks.
+// episode's cost grows neither with the volume nor with the classes. Equal
+// to sample_patch of the whole image and label map.
 at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::vector<std::vector<long>>& tasks,
                       const std::array<double, 3>& centre, const std::array<double, 9>& matrix, long patch,
                       const at::Tensor& displacement = {}, double displacement_max = 0);
