@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   infer::PlanOptions plan;
   infer::QueryReadOptions read;
   std::vector<std::string> model_paths;
-  std::string model_weights, query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
+  std::string query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
   std::string similarity_name = "all-tokens";
   int threads = 0;
   bool aggregate_on_cpu = true;
@@ -63,7 +63,9 @@ int main(int argc, char** argv) {
   add_reference_options(&cli);
   cli.add_option("--strategy", task.strategy, "one-shot, ensemble, memory-bank, retrieval, image-retrieval or tuning "
                  "(default: from the inputs)")->check(CLI::IsMember(infer::strategy_names()));
-  cli.add_option("--model-weights", model_weights, "weights of the ensemble's models, e.g. 2,1 (default: equal)");
+  std::vector<double> weights;
+  cli.add_option("--model-weights", weights, "weights of the ensemble's models, e.g. 2,1 (default: equal)")
+      ->delimiter(',')->check(app::finite_number());
   cli.add_option("--task", task.task_file, "stored task embedding (from iris-infer encode)");
   cli.add_option("--classes", classes_text, "memory-bank class names, e.g. brain,ventricles");
   cli.add_option("--pool", task.pool_dir, "folder of encoded references for retrieval (from iris-infer pool)");
@@ -92,7 +94,9 @@ int main(int argc, char** argv) {
                  "DICOM folder)");
   cli.add_option("--overlap", opt.overlap, "sliding-window overlap")->check(app::number_in(0.0, 0.95));
   cli.add_option("--window", opt.window, "sliding-window edge (default: the model's patch size)")->check(CLI::NonNegativeNumber);
-  cli.add_option("--window-batch", opt.window_batch, "windows per network call")->check(CLI::Range(1L, 4096L));
+  cli.add_option("--window-batch", opt.window_batch, "windows per network call, or auto (sized to the GPU's memory)")
+      ->transform(CLI::Transformer({{"auto", "0"}}))->check(CLI::Range(0L, 4096L));
+  cli.add_flag("--fast", opt.fast, "run at the coarser spacing the model stores (preprocess.fast_spacing)");
   cli.add_option("--threshold", opt.threshold, "probability a class needs to claim a voxel")->check(app::number_in(0.0, 1.0));
   cli.add_flag("--keep-largest", opt.post.keep_largest, "keep only the largest connected component of each class");
   cli.add_option("--min-component-voxels", opt.post.min_component_voxels, "remove components with fewer voxels")
@@ -122,16 +126,8 @@ int main(int argc, char** argv) {
 
   return app::run_main("iris-infer", [&]() -> int {
     app::configure_threads(threads);
+    app::keep_freed_memory();
     if (model_paths.empty()) throw Error("--model", "is required");
-    std::vector<double> weights;
-    for (const auto& w : split_comma_list(model_weights)) {
-      size_t used = 0;
-      try {
-        weights.push_back(std::stod(w, &used));
-      } catch (const std::exception&) {
-      }
-      if (used != w.size()) throw Error("--model-weights", "'" + w + "' is not a number");
-    }
     if (!aggregate_on_cpu)
       throw Error("--no-aggregate-on-cpu", "not supported: window predictions are always blended on the CPU");
     task.classes = split_comma_list(classes_text);

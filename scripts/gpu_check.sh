@@ -206,14 +206,16 @@ EOF
 t=$(now)
 if "$BUILD/iris-infer" --model "$WORK/run/model.iris" --reference "$WORK/data/case0.nii" \
      --reference-mask "$WORK/data/case0_labels.nii" --query "$WORK/data/case1.nii" --output "$WORK/pred.nii" \
-     --device "$DEVICE" --preprocess mr --report "$WORK/infer.json" > "$OUT/infer.log" 2>&1 &&
+     --device "$DEVICE" --preprocess mr --window-batch auto --report "$WORK/infer.json" > "$OUT/infer.log" 2>&1 &&
    "$BUILD/iris-eval" --reference "$WORK/data/case1_labels.nii" --prediction "$WORK/pred.nii" \
      --output "$WORK/eval.json" >> "$OUT/infer.log" 2>&1; then ok=true; else ok=false; fi
 record infer $ok "$(since "$t")" "$($PY - "$WORK/infer.json" "$WORK/eval.json" <<'EOF'
 import json, sys
 out = {}
 try:
-    out["seconds"] = json.load(open(sys.argv[1]))["seconds"]
+    report = json.load(open(sys.argv[1]))
+    out["seconds"] = report["seconds"]
+    out["window_batch"] = [report.get("window_batch"), report.get("window_batch_auto")]
     out["dice"] = {k: v["Dice"] for k, v in json.load(open(sys.argv[2]))["mean"].items()}
 except Exception as e:
     out["error"] = str(e)
@@ -228,7 +230,7 @@ BF16_FLAG=()
 [ "$BF16" = true ] && BF16_FLAG=(--bf16)
 ok=true
 "$BUILD/iris-bench" --preset "$PRESET" --device "$DEVICE" "${BF16_FLAG[@]}" --patch $BPATCH --batch 2 \
-  --classes $CLASSES --queries $QUERIES --repeats $REPEATS --threads "$NPROC" --output "$WORK/bench_iris.json" \
+  --classes $CLASSES --queries $QUERIES --repeats $REPEATS --threads "$NPROC" --stages --output "$WORK/bench_iris.json" \
   > "$OUT/bench.log" 2>&1 || ok=false
 mass_rc=skipped
 if [ -n "$MASS" ] && [ -d "$MASS" ]; then

@@ -291,6 +291,7 @@ struct Segmenter::State {
   std::string intensity;                   // scheme applied after the spatial steps
   std::optional<io::PreprocessConfig> spatial;
   SlidingWindowOptions window;
+  std::vector<std::string> window_batch_notes;  // how --window-batch auto chose
   std::vector<long> labels;                // label values of the task
   std::string reference_modality;
   Timings timings;
@@ -597,6 +598,17 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
     }
   }
 
+  if (s.options.fast) {
+    if (!s.spatial)
+      throw Error("--fast", s.options.preprocess != "model"
+                                ? "runs at the model's stored fast spacing: it needs --preprocess model"
+                                : s.members[0].path + " stores no preprocessing, so no fast spacing");
+    if (!s.spatial->fast_spacing)
+      throw Error("--fast", s.members[0].path + " stores no preprocess.fast_spacing (train it with one, e.g. "
+                                                "preprocess.fast_spacing: [3, 3, 3], to allow --fast)");
+    s.spatial->spacing = s.spatial->fast_spacing;
+  }
+
   s.window.window = s.options.window > 0 ? s.options.window : max_patch;
   if (s.window.window % 16 != 0 || s.window.window > max_patch)
     throw Error("--window", "must be a multiple of 16 and at most the model's patch size " + std::to_string(max_patch));
@@ -635,6 +647,20 @@ Segmentation Segmenter::segment(const Image& query, const std::string& name) {
   auto [image, pre] = s.to_model_space(query);
   const at::Tensor volume = io::normalise_intensity(image.voxels, s.intensity);
   s.timings.add("preprocess", t);
+
+  if (s.window.batch <= 0) {
+    // --window-batch auto: sized once, on a full window, with the task's
+    // classes; an ensemble takes the smallest size of its members.
+    compat::AutocastGuard autocast(s.options.device.type(), at::kBFloat16, s.options.bf16);
+    const long w = s.window.window;
+    long batch = 64;
+    for (auto& m : s.members) {
+      std::string why;
+      batch = std::min(batch, auto_window_batch(*m.model.net, m.task, {w, w, w}, s.window, 64, 0.75, &why));
+      s.window_batch_notes.push_back(m.path + ": " + why);
+    }
+    s.window.batch = batch;
+  }
 
   Segmentation out;
   // Each model with its own task; the ensemble's probabilities are the
@@ -875,7 +901,10 @@ Json Segmenter::report() const {
                  {"device", s.options.device.str()},
                  {"classes", K},
                  {"classes_per_pass", s.options.classes_per_pass > 0 ? std::min(s.options.classes_per_pass, K) : K},
+                 {"window_batch", s.window.batch},
+                 {"fast", s.options.fast},
                  {"peak_rss_bytes", peak_rss_bytes()}};
+  if (!s.window_batch_notes.empty()) report["window_batch_auto"] = s.window_batch_notes;
   {
     std::lock_guard<std::mutex> lock(s.report_mutex);
     report["warnings"] = s.warnings;

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include "iris/common/compat.h"
 #include "iris/common/error.h"
 #include "iris/common/mask_box.h"
 #include "iris/common/internal_error.h"
@@ -72,6 +73,36 @@ std::array<long, 3> reference_window_start(const at::Tensor& mask, const std::ar
   return start;
 }
 
+long auto_window_batch(model::IrisNetImpl& net, const model::TaskEmbedding& task, const std::array<long, 3>& shape,
+                       const SlidingWindowOptions& o, long limit, double memory_fraction, std::string* why) {
+  limit = std::max<long>(1, limit);
+  if (!o.device.is_cuda()) {
+    if (why) *why = "1 window per call on " + o.device.str() + " (no device memory to size it by)";
+    return 1;
+  }
+  const int index = o.device.has_index() ? o.device.index() : 0;
+  const model::TaskEmbedding task_dev = task.to(o.device);
+  const at::Tensor window = at::zeros({1, 1, shape[0], shape[1], shape[2]}, at::TensorOptions().device(o.device));
+  compat::cuda_empty_cache();
+  compat::cuda_reset_peak(index);
+  const long long before = compat::cuda_peak_allocated_bytes(index);  // just reset: what is allocated now
+  {
+    torch::NoGradGuard no_grad;
+    model::segment(net, window, task_dev, o.classes_per_pass).sigmoid();
+  }
+  const long long per_window = std::max<long long>(1, compat::cuda_peak_allocated_bytes(index) - before);
+  const double budget = memory_fraction * static_cast<double>(compat::cuda_total_memory(index)) - before;
+  const long fits = static_cast<long>(std::max(1.0, std::floor(budget / static_cast<double>(per_window))));
+  const long batch = std::min(fits, limit);
+  compat::cuda_empty_cache();
+  if (why)
+    *why = std::to_string(batch) + " window(s) per call: one window takes " +
+           std::to_string(per_window / (1024 * 1024)) + " MiB, " + std::to_string(fits) + " fit in " +
+           std::to_string(static_cast<int>(memory_fraction * 100)) + "% of " + o.device.str() + "'s memory" +
+           (fits > limit ? " (capped at " + std::to_string(limit) + ")" : "");
+  return batch;
+}
+
 at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
                                         const model::TaskEmbedding& task, const SlidingWindowOptions& o) {
   if (volume.dim() != 3) internal_error("sliding_window_probabilities", "the query must be a 3-D volume [Z, Y, X]");
@@ -94,8 +125,9 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
   torch::NoGradGuard no_grad;
   using torch::indexing::Slice;
   const long total = static_cast<long>(starts.size());
-  for (long first = 0; first < total; first += o.batch) {
-    const long n = std::min(o.batch, total - first);
+  const long per_call = o.batch > 0 ? o.batch : auto_window_batch(net, task_dev, win, o, total);
+  for (long first = 0; first < total; first += per_call) {
+    const long n = std::min(per_call, total - first);
     std::vector<at::Tensor> windows;
     for (long i = 0; i < n; ++i) {
       const auto& s = starts[first + i];

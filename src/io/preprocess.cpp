@@ -54,7 +54,7 @@ bool is_none(const ConfigMap& m, const std::string& key) {
 }  // namespace
 
 std::vector<std::string> PreprocessConfig::known_keys() {
-  return {"reorient",        "spacing",         "interpolation",  "label_interpolation",
+  return {"reorient",        "spacing",         "fast_spacing",   "interpolation",  "label_interpolation",
           "intensity",       "crop_foreground", "crop_percentile", "crop_threshold",
           "crop_margin_mm",  "n4",              "n4_shrink",       "n4_iterations"};
 }
@@ -63,6 +63,14 @@ void PreprocessConfig::validate() const {
   if (spacing)
     for (double s : *spacing)
       if (!(s > 0)) throw Error("preprocess.spacing", "must be positive (or none)");
+  if (fast_spacing)
+    for (int a = 0; a < 3; ++a) {
+      if (!((*fast_spacing)[a] > 0)) throw Error("preprocess.fast_spacing", "must be positive (or none)");
+      if (spacing && (*fast_spacing)[a] < (*spacing)[a])
+        throw Error("preprocess.fast_spacing", "must be at least as coarse as preprocess.spacing on every axis (" +
+                                                   format_number((*fast_spacing)[a]) + " < " +
+                                                   format_number((*spacing)[a]) + ")");
+    }
   if (image_interpolation != Interpolation::kLinear && image_interpolation != Interpolation::kBSpline)
     throw Error("preprocess.interpolation", "images need linear or bspline, not " +
                                                 interpolation_name(image_interpolation));
@@ -90,16 +98,19 @@ PreprocessConfig PreprocessConfig::from_config(const ConfigMap& m) {
   reject_unknown_keys(m, known_keys(), "preprocess");
   PreprocessConfig c;
   if (m.has("reorient")) c.reorient = config_bool(m, "reorient");
-  if (m.has("spacing")) {
-    if (is_none(m, "spacing")) {
-      c.spacing.reset();
-    } else {
-      const auto v = parse_number_list(m, "spacing");
-      if (v.size() == 1) c.spacing = std::array<double, 3>{v[0], v[0], v[0]};
-      else if (v.size() == 3) c.spacing = std::array<double, 3>{v[0], v[1], v[2]};
-      else throw Error("preprocess.spacing", "needs one number (isotropic), three (x, y, z) or none");
+  auto read_spacing = [&m](const std::string& key, std::optional<std::array<double, 3>>& out) {
+    if (!m.has(key)) return;
+    if (is_none(m, key)) {
+      out.reset();
+      return;
     }
-  }
+    const auto v = parse_number_list(m, key);
+    if (v.size() == 1) out = std::array<double, 3>{v[0], v[0], v[0]};
+    else if (v.size() == 3) out = std::array<double, 3>{v[0], v[1], v[2]};
+    else throw Error("preprocess." + key, "needs one number (isotropic), three (x, y, z) or none");
+  };
+  read_spacing("spacing", c.spacing);
+  read_spacing("fast_spacing", c.fast_spacing);
   if (m.has("interpolation"))
     c.image_interpolation = parse_interpolation(config_string(m, "interpolation"), "preprocess.interpolation");
   if (m.has("label_interpolation"))
@@ -127,9 +138,12 @@ PreprocessConfig PreprocessConfig::from_config(const ConfigMap& m) {
 ConfigMap PreprocessConfig::to_config() const {
   ConfigMap m;
   m.set("reorient", reorient ? "true" : "false");
-  m.set("spacing", spacing ? "[" + format_number((*spacing)[0]) + ", " + format_number((*spacing)[1]) + ", " +
-                                 format_number((*spacing)[2]) + "]"
-                           : "none");
+  auto spacing_text = [](const std::optional<std::array<double, 3>>& s) -> std::string {
+    return s ? "[" + format_number((*s)[0]) + ", " + format_number((*s)[1]) + ", " + format_number((*s)[2]) + "]"
+             : "none";
+  };
+  m.set("spacing", spacing_text(spacing));
+  m.set("fast_spacing", spacing_text(fast_spacing));
   m.set("interpolation", interpolation_name(image_interpolation));
   m.set("label_interpolation", interpolation_name(label_interpolation));
   m.set("intensity", intensity);

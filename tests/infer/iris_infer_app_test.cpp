@@ -395,3 +395,21 @@ TEST_F(App, MirroringChangesTheUntrainedModelsProbabilities) {
   // must reach it.
   EXPECT_GT((read_probabilities(plain) - read_probabilities(tta)).abs().max().item<float>(), 1e-4);
 }
+
+TEST_F(App, WindowBatchTakesAutoAndFastNeedsAStoredFastSpacing) {
+  const std::string a = temp_path("wb1.nii.gz"), b = temp_path("wb_auto.nii.gz"), report = temp_path("wb.json");
+  ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --output " + a).exit_code, 0);
+  RunResult r = run(reference_args() + " --query " + query + " --window 32 --window-batch auto --output " + b +
+                    " --report " + report);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(at::equal(io::read_labels(a).voxels, io::read_labels(b).voxels));
+  EXPECT_EQ(nlohmann::json::parse(read_text(report))["window_batch"], 1);  // the CPU
+  r = run(reference_args() + " --query " + query + " --window-batch many --output " + temp_path("wb_x.nii.gz"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--window-batch"), std::string::npos) << r.err;
+  // The test model stores no fast spacing.
+  r = run(reference_args() + " --query " + query + " --fast --output " + temp_path("wb_fast.nii.gz"));
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("--fast"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(temp_path("wb_fast.nii.gz")));
+}

@@ -13,10 +13,12 @@
 
 #include "infer/test_support.h"
 #include "support/test_support.h"
+#include "iris/common/config_map.h"
 #include "iris/common/error.h"
 #include "iris/infer/reference.h"
 #include "iris/infer/segmenter.h"
 #include "iris/infer/sliding_window.h"
+#include "iris/io/preprocess.h"
 
 using namespace iris;
 using namespace iris_test;
@@ -161,6 +163,59 @@ TEST_F(SegmenterTest, ProbabilitiesComeBackOnTheQueryGridThroughTheModelsPreproc
   const at::Tensor expected = at::where(best.ge(0.5), index + 1, at::zeros_like(index));
   EXPECT_TRUE(at::equal(ss.labels.voxels.to(at::kLong), expected));
   EXPECT_GT(ss.labels.voxels.ne(s.labels.voxels).sum().item<long>(), 0) << "nearest and smooth labels never differ";
+}
+
+TEST_F(SegmenterTest, FastRunsAtTheModelsStoredFastSpacingOrIsRefused) {
+  // --fast on a model storing fast_spacing 3 mm is that model with spacing
+  // 3 mm: the same labels, on the query's own grid.
+  model::IrisModel m = model::load_model(model);
+  m.preprocess = "spacing: [1.5, 1.5, 1.5]\nfast_spacing: [3, 3, 3]\nintensity: zscore\n";
+  const std::string with_fast = temp_path("segmenter_fast.iris");
+  model::save_model(m, with_fast);
+  m.preprocess = "spacing: [3, 3, 3]\nintensity: zscore\n";
+  const std::string at_3mm = temp_path("segmenter_3mm.iris");
+  model::save_model(m, at_3mm);
+  auto options = zscore(32);
+  options.preprocess = "model";
+  auto [q, unused] = ball_and_box(40, 48, 44, 3);
+  const infer::Segmentation slow = infer::Segmenter(with_fast, one_shot(), options).segment(q);
+  const infer::Segmentation coarse = infer::Segmenter(at_3mm, one_shot(), options).segment(q);
+  options.fast = true;
+  infer::Segmenter fast_segmenter(with_fast, one_shot(), options);
+  const infer::Segmentation fast = fast_segmenter.segment(q);
+  EXPECT_EQ(fast.labels.voxels.sizes(), q.voxels.sizes());
+  EXPECT_TRUE(at::equal(fast.labels.voxels, coarse.labels.voxels));
+  EXPECT_GT(labelled(fast.labels), 0);
+  EXPECT_GT(fast.labels.voxels.ne(slow.labels.voxels).sum().item<long>(), 0) << "--fast changed nothing";
+  EXPECT_EQ(fast_segmenter.report()["fast"], true);
+  // A model without a fast spacing, and an intensity-only run, are refused naming --fast.
+  std::string e = error_of([&] { infer::Segmenter(at_3mm, one_shot(), options); });
+  EXPECT_NE(e.find("--fast"), std::string::npos) << e;
+  EXPECT_NE(e.find("fast_spacing"), std::string::npos) << e;
+  options.preprocess = "zscore";
+  e = error_of([&] { infer::Segmenter(with_fast, one_shot(), options); });
+  EXPECT_NE(e.find("--fast"), std::string::npos) << e;
+  // A fast spacing finer than the spacing is a config error.
+  e = error_of([] {
+    io::PreprocessConfig::from_config(ConfigMap::parse_text("spacing: 2\nfast_spacing: [3, 1, 3]\n", "test"));
+  });
+  EXPECT_NE(e.find("preprocess.fast_spacing"), std::string::npos) << e;
+}
+
+TEST_F(SegmenterTest, AutoWindowBatchIsOneOnTheCpuAndSaysSo) {
+  auto options = zscore(16);
+  auto [q, unused] = ball_and_box(30, 44, 40, 2);
+  const infer::Segmentation one = infer::Segmenter(model, one_shot(), options).segment(q);
+  options.window_batch = 0;  // auto
+  infer::Segmenter automatic(model, one_shot(), options);
+  EXPECT_EQ(automatic.report()["window_batch"], 0) << "not sized before the first query";
+  const infer::Segmentation s = automatic.segment(q);
+  EXPECT_TRUE(at::equal(s.labels.voxels, one.labels.voxels));
+  const Json report = automatic.report();
+  EXPECT_EQ(report["window_batch"], 1);
+  ASSERT_TRUE(report.contains("window_batch_auto"));
+  EXPECT_NE(report["window_batch_auto"][0].get<std::string>().find("1 window per call on cpu"), std::string::npos)
+      << report["window_batch_auto"];
 }
 
 TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {

@@ -66,7 +66,10 @@ struct SegmenterOptions {
   c10::Device device{c10::kCPU};
   long window = 0;           // 0: the model's max patch size
   double overlap = 0.5;
-  long window_batch = 1;
+  long window_batch = 1;      // windows per network call; 0 = auto (sized to the device's memory on the first query)
+  // Run at the coarser spacing the model file stores (preprocess.fast_spacing);
+  // an iris::Error naming --fast when it stores none.
+  bool fast = false;
   bool mirror_tta = false;
   bool bf16 = false;  // bf16 autocast of the network's forward passes (GPUs with bf16; CPUs too, slowly)
   long classes_per_pass = 0;

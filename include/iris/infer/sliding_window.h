@@ -2,7 +2,9 @@
 // Whole-volume inference with overlapping windows: volumes of any size are
 // padded to whole windows, every window is segmented with one task, and the
 // per-class sigmoid maps are blended with Gaussian importance weights.
+#include <array>
 #include <functional>
+#include <string>
 
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
@@ -19,7 +21,7 @@ struct SlidingWindowOptions {
   long window = 128;        // cubic window edge, voxels (<= the model's max patch)
   double overlap = 0.5;     // fraction of the window shared by neighbours
   bool gaussian = true;     // Gaussian weighting (sigma = window / 8) vs flat
-  long batch = 1;           // windows per network call
+  long batch = 1;           // windows per network call; 0 = auto (auto_window_batch)
   c10::Device device = c10::Device(c10::kCPU);
   bool mirror_tta = false;  // average over the 8 axis flips
   long classes_per_pass = 0;  // decode this many classes at a time (0 = all together)
@@ -30,6 +32,16 @@ struct SlidingWindowOptions {
 // Window edge per axis for a volume: the configured window, shrunk (in steps
 // of 16) for axes that are smaller, so small volumes are not over-padded.
 std::array<long, 3> window_shape(const std::array<long, 3>& volume, long window);
+
+// --window-batch auto: how many windows of `shape` one network call can take
+// on the device, at most `limit`. On a GPU, one window of this task is run
+// and its peak memory measured; the batch is what fits in `memory_fraction`
+// of the device's memory beside what is allocated already. On the CPU: 1
+// (no out-of-memory error to probe with, and a batch is no faster there).
+// `why` (optional) gets a line saying how the size was found.
+long auto_window_batch(model::IrisNetImpl& net, const model::TaskEmbedding& task, const std::array<long, 3>& shape,
+                       const SlidingWindowOptions& options, long limit, double memory_fraction = 0.75,
+                       std::string* why = nullptr);
 
 // Start offsets of windows of `w` covering `size` (size >= w) with overlap.
 std::vector<long> window_starts(long size, long w, double overlap);

@@ -28,6 +28,9 @@ struct PreprocessConfig {
   bool reorient = true;
   // Target spacing in mm (x, y, z); none keeps the input spacing.
   std::optional<std::array<double, 3>> spacing = std::array<double, 3>{1.5, 1.5, 1.5};
+  // A coarser spacing for fast inference (iris-infer --fast), stored in the
+  // model file with the rest; never used by training or iris-preprocess.
+  std::optional<std::array<double, 3>> fast_spacing;
   Interpolation image_interpolation = Interpolation::kLinear;        // linear | bspline
   Interpolation label_interpolation = Interpolation::kNearest;       // nearest | per-label-linear
   std::string intensity = "zscore";  // a io::intensity_schemes() name
@@ -37,7 +40,8 @@ struct PreprocessConfig {
   N4Options n4_options;
 
   // Keys (flat, as under "preprocess." in a YAML file): reorient, spacing
-  // ("1.5", "[1, 1, 2.5]" or "none"), interpolation, label_interpolation,
+  // ("1.5", "[1, 1, 2.5]" or "none"), fast_spacing (likewise; each axis at
+  // least spacing's), interpolation, label_interpolation,
   // intensity, crop_foreground, crop_percentile, crop_threshold (a number or
   // "none"), crop_margin_mm, n4, n4_shrink, n4_iterations ("[50, 50, 30]").
   // Unknown keys are an iris::Error suggesting the nearest known key.
