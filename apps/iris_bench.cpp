@@ -28,6 +28,8 @@ int main(int argc, char** argv) {
   app::add_threads_option(cli, threads);
   cli.add_flag("!--no-backward", o.backward, "skip the forward+backward measurement");
   cli.add_flag("!--no-forward", o.forward, "skip the plain forward measurement");
+  cli.add_flag("--stages", o.stages, "time the one-shot workload stage by stage (encoder, task encoding, fusion "
+               "attention, upsampling, decoder convolutions, head)");
   cli.add_flag("--bf16", o.bf16, "bf16 autocast of the forward passes (as train.bf16)");
   cli.add_option("--episodes", o.episodes,
                  "also time the episode sampler: N episodes of --patch/--classes from synthetic cases, one thread")
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
 
   return app::run_main("iris-bench", [&]() -> int {
     configure_threads(threads);
+    if (!loader) app::keep_freed_memory();  // the loader's RSS must follow its budget
     if (loader) {
       lo.patch = o.patch > 0 ? o.patch : 128;
       lo.classes = o.classes;

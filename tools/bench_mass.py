@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--queries", type=int, default=1, help="queries segmented with one encoded reference")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward passes (as iris-bench --bf16)")
+    ap.add_argument("--no-backward", action="store_true", help="skip the forward+backward measurement (as iris-bench)")
+    ap.add_argument("--no-forward", action="store_true", help="skip the plain forward measurement (as iris-bench)")
     a = ap.parse_args()
     sys.modules.setdefault("einops", types.SimpleNamespace(rearrange=None))
     registry = types.ModuleType("utils.registry")
@@ -71,8 +73,10 @@ def main():
         return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_bytes": peak}
 
     net.eval()
-    with torch.no_grad(), autocast():
-        fwd = measure(lambda: net(img, img, masks))
+    fwd = None
+    if not a.no_forward:
+        with torch.no_grad(), autocast():
+            fwd = measure(lambda: net(img, img, masks))
     # The paper's inference workload: one reference encoded once, then every
     # query decoded with the encoded prior (MASS's forward_with_encoded_prior).
     ref, ref_masks = img[:1], masks[:1]
@@ -93,7 +97,7 @@ def main():
             out = net(img, img, masks)
         torch.nn.functional.binary_cross_entropy_with_logits(out.float(), masks).backward()
 
-    fb = measure(train_step)
+    fb = None if a.no_backward else measure(train_step)
     print(json.dumps({"tool": "bench_mass.py", "torch_version": torch.__version__, "device": str(device),
                       "bf16": a.bf16, "threads": a.threads, "parameters": n_params, "patch": a.patch,
                       "batch": a.batch, "classes": a.classes, "queries": a.queries,

@@ -6,7 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <thread>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
@@ -14,6 +19,16 @@
 #include "iris/common/error.h"
 
 namespace iris::app {
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // Large blocks from the heap instead of their own mmap (which the kernel
+  // zero-fills page by page on every allocation), and never trimmed back.
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  mallopt(M_TOP_PAD, 256 << 20);
+#endif
+}
 
 int run_main(const std::string& program, const std::function<int()>& body) {
   try {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/model/checkpointing.h"
+#include "iris/model/stage_timer.h"
 
 namespace iris::model {
 
@@ -15,6 +16,7 @@ FusionLayerImpl::FusionLayerImpl(long dim, long heads, long mlp_ratio, long bloc
 
 std::pair<at::Tensor, at::Tensor> FusionLayerImpl::forward(const at::Tensor& features,
                                                            const at::Tensor& tokens) {
+  StageScope scope("fusion attention");
   const long B = features.size(0), C = features.size(1);
   const auto spatial = features.sizes().slice(2).vec();
   at::Tensor image = features.flatten(2).transpose(1, 2);  // [B, N, C]
@@ -32,11 +34,17 @@ UpStageImpl::UpStageImpl(long in_ch, long out_ch, long blocks) {
 }
 
 at::Tensor UpStageImpl::forward(const at::Tensor& deep, const at::Tensor& skip) {
-  // Interpolate in float32: trilinear has no bfloat16 kernel on every build.
-  at::Tensor up = at::upsample_trilinear3d(deep.to(at::kFloat), skip.sizes().slice(2), true,
-                                           c10::nullopt, c10::nullopt, c10::nullopt)
-                      .to(deep.scalar_type());
-  return conv->forward(at::cat({skip, up}, 1));
+  at::Tensor joined;
+  {
+    StageScope scope("upsampling");
+    // Interpolate in float32: trilinear has no bfloat16 kernel on every build.
+    at::Tensor up = at::upsample_trilinear3d(deep.to(at::kFloat), skip.sizes().slice(2), true,
+                                             c10::nullopt, c10::nullopt, c10::nullopt)
+                        .to(deep.scalar_type());
+    joined = at::cat({skip, up}, 1);
+  }
+  StageScope scope("decoder convolutions");
+  return conv->forward(joined);
 }
 
 DecoderImpl::DecoderImpl(const ModelConfig& c) : config_(c) {

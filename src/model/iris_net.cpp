@@ -4,6 +4,7 @@
 
 #include "iris/common/error.h"
 #include "iris/common/internal_error.h"
+#include "iris/model/stage_timer.h"
 
 namespace iris::model {
 
@@ -51,12 +52,14 @@ void IrisNetImpl::set_activation_checkpointing(bool enabled) {
 
 std::vector<at::Tensor> IrisNetImpl::encode_image(const at::Tensor& image) {
   check_input(image, "image");
+  StageScope scope("encoder");
   return encoder->forward(channels_last_ ? image.contiguous(at::MemoryFormat::ChannelsLast3d) : image);
 }
 
 std::vector<at::Tensor> IrisNetImpl::encode_task_tokens(const std::vector<at::Tensor>& features,
                                                         const at::Tensor& masks) {
   if (masks.dim() != 5) internal_error("IrisNet::encode_task_tokens", "masks expected [batch, classes, D, H, W]");
+  StageScope scope("task encoding");
   std::vector<at::Tensor> tokens;
   for (long i = 0; i < config_.prior_stages; ++i)
     tokens.push_back(task_embedding[i]->as<TaskEncoder>()->forward(features[i], masks));
@@ -78,6 +81,7 @@ at::Tensor IrisNetImpl::decode(const std::vector<at::Tensor>& features, const st
   }
   DecoderOutput d = decoder->forward(features, batched);
   if (is_training() && config_.dropout > 0) d.features = at::feature_dropout(d.features, config_.dropout, true);
+  StageScope scope("head");
   return out->forward(d.features, d.class_tokens);
 }
 

@@ -18,6 +18,7 @@
 #include "iris/data/episodes.h"
 #include "iris/data/volume_cache.h"
 #include "iris/model/iris_net.h"
+#include "iris/model/stage_timer.h"
 #include "iris/model/task_embedding.h"
 
 namespace iris::pipeline {
@@ -105,6 +106,30 @@ Json benchmark(const BenchmarkOptions& o) {
       },
       o.warmup, o.repeats, device);
 
+  Json stages;
+  if (o.stages) {
+    model::StageTimer timer([&] {
+      if (device.is_cuda()) torch::cuda::synchronize(device.index());
+    });
+    auto start = std::chrono::steady_clock::now();
+    for (int r = 0; r < o.warmup + o.repeats; ++r) {
+      if (r == o.warmup) timer.clear(), start = std::chrono::steady_clock::now();
+      torch::NoGradGuard g;
+      auto a = autocast();
+      model::segment(*net, query, model::encode_task(*net, one_ref, one_masks)).sigmoid();
+    }
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double staged = 0;
+    for (const auto& [name, s] : timer.seconds()) staged += s;
+    stages = {{"workload", "one reference encoded, one query segmented"},
+              {"repeats", o.repeats},
+              {"total_ms", 1000.0 * wall / o.repeats},
+              {"in_stages_ms", 1000.0 * staged / o.repeats},
+              {"stages", Json::object()}};
+    for (const auto& [name, s] : timer.seconds())
+      stages["stages"][name] = {{"ms", 1000.0 * s / o.repeats}, {"share", wall > 0 ? s / wall : 0.0}};
+  }
+
   Json train;
   if (o.backward) {
     net->train();
@@ -170,6 +195,7 @@ Json benchmark(const BenchmarkOptions& o) {
            {"repeats", o.repeats},
            {"inference_one_reference", inference}};
   if (o.forward) js["forward"] = forward;
+  if (o.stages) js["stages"] = stages;
   if (o.backward) js["forward_backward"] = train;
   if (o.episodes > 0)
   js["episode_sampling"] = {

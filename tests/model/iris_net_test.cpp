@@ -2,7 +2,9 @@
 // the API, gradients, memory bank, configuration errors and model files.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
+#include <set>
 #include <filesystem>
 #include <fstream>
 
@@ -13,6 +15,7 @@
 #include "iris/common/error.h"
 #include "iris/model/iris_net.h"
 #include "iris/model/model_file.h"
+#include "iris/model/stage_timer.h"
 #include "iris/model/task_embedding.h"
 
 using namespace iris::model;
@@ -315,4 +318,39 @@ TEST(Dropout, TrainsWithDropoutAndInfersWithout) {
                  return c;
                }()),
                iris::Error);
+}
+
+// iris-bench --stages: every stage of a one-shot pass is timed, the stages
+// do not overlap (their sum is within the pass's wall time), and nothing is
+// recorded without a timer.
+TEST(StageTimer, TimesEveryStageOfAOneShotPassOnce) {
+  torch::manual_seed(0);
+  IrisNet net(tiny());
+  net->eval();
+  torch::NoGradGuard no_grad;
+  auto [image, mask] = sphere_volume(32, 16, 6, 1);
+  segment(*net, image, encode_task(*net, image, mask));  // warm-up, no timer: must not record anywhere
+  StageTimer timer;
+  const auto t0 = std::chrono::steady_clock::now();
+  segment(*net, image, encode_task(*net, image, mask));
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::set<std::string> names;
+  double sum = 0;
+  for (const auto& [name, s] : timer.seconds()) {
+    names.insert(name);
+    EXPECT_GT(s, 0) << name;
+    sum += s;
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"decoder convolutions", "encoder", "fusion attention", "head", "task encoding",
+                                          "upsampling"}));
+  EXPECT_LE(sum, wall * 1.0001) << "stages overlap (a scope nested in another)";
+  EXPECT_GT(sum, 0.5 * wall) << "most of the pass is outside every stage";
+  const double encoder_before = timer.seconds().at("encoder");
+  {
+    StageTimer inner;  // the innermost timer alone records
+    segment(*net, image, encode_task(*net, image, mask));
+    EXPECT_EQ(inner.seconds().size(), 6u);
+  }
+  EXPECT_EQ(timer.seconds().at("encoder"), encoder_before) << "the outer timer recorded under the inner one";
+  EXPECT_EQ(StageTimer::current(), &timer);
 }

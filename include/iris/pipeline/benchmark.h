@@ -20,6 +20,9 @@ struct BenchmarkOptions {
   std::string device = "cpu";          // cpu, cuda, cuda:N
   bool backward = true, forward = true, channels_last = false, activation_checkpointing = false, bf16 = false;
   long episodes = 0, volume = 160;     // episode sampling: N episodes from synthetic volume^3 cases
+  // The one-shot workload (one reference encoded, one query segmented) timed
+  // stage by stage (model/stage_timer.h): milliseconds per repeat and share.
+  bool stages = false;
 };
 
 Json benchmark(const BenchmarkOptions& options);
