@@ -11,7 +11,9 @@
 #include "common/app_common.h"
 #include "iris/common/atomic_file.h"
 #include "iris/common/config_map.h"
+#include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/infer/skull_strip.h"
 #include "iris/io/image_io.h"
 #include "iris/io/preprocess.h"
 
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
     CLI::App app{"Write an image (and labels) as the network sees it after preprocessing"};
     std::string input, labels, output, labels_output, config_path;
     std::vector<std::string> overrides;
+    std::string strip_model, strip_task, brain_mask_output, device_name = "cpu";
     bool inverse_check = false;
     int threads = 0;
     app.add_option("--input", input, "Image file or DICOM folder")->required();
@@ -70,6 +73,13 @@ int main(int argc, char** argv) {
     iris::app::add_config_options(app, config_path, overrides, "preprocessing config (its preprocess: keys, or flat keys)");
     app.add_flag("--inverse-check", inverse_check,
                  "Map the result back onto the input grid and check geometry (and labels)");
+    auto* strip = app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
+                                 "segmentation with this model (e.g. models/demo_brain.iris)");
+    app.add_option("--skull-strip-task", strip_task, "The stored brain task for --skull-strip (e.g. "
+                   "models/demo_brain.task)")->needs(strip);
+    app.add_option("--brain-mask-output", brain_mask_output, "Write the brain mask of --skull-strip (on the input's "
+                   "grid)")->needs(strip);
+    iris::app::add_device_option(app, device_name);
     iris::app::add_threads_option(app, threads);
     iris::app::add_verbosity(app);
     try {
@@ -81,8 +91,19 @@ int main(int argc, char** argv) {
     const auto config = iris::io::PreprocessConfig::from_config(load_config(config_path, overrides));
 
     const auto start = std::chrono::steady_clock::now();
-    const iris::io::Image image = iris::io::read_image(input);
+    iris::io::Image image = iris::io::read_image(input);
     for (const auto& w : image.warnings) iris::log::warn(input + ": " + w);
+    if (!strip_model.empty()) {
+      if (strip_task.empty()) throw iris::Error("--skull-strip-task", "is required with --skull-strip");
+      iris::infer::SkullStripOptions so;
+      so.device = iris::resolve_device(device_name, iris::DistributedEnv::from_environment(),
+                                       iris::visible_cuda_devices(), "--device");
+      iris::infer::SkullStripResult stripped = iris::infer::skull_strip(image, strip_model, strip_task, so);
+      std::cout << "skull strip: " << stripped.mask.voxels.sum().item<long>() << " brain voxels of "
+                << image.voxels.numel() << "\n";
+      if (!brain_mask_output.empty()) iris::io::write_image(stripped.mask, brain_mask_output);
+      image = std::move(stripped.image);
+    }
     const auto pre = iris::io::preprocess(image, config);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cout << describe_steps(pre) << "read + preprocess: " << seconds << " s\n";
