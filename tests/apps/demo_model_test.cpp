@@ -2,8 +2,8 @@
 // runs it: one-shot brain segmentation of the KmeansTest subject (never seen
 // in training) from Colin27 + its brain mask must reach the 0.90 Dice the
 // demo promises, and the reference must steer the result (a cerebellum
-// reference gives the cerebellum, not the brain). In-context tuning must lift
-// the thalamus above the one-shot deep-grey blob, as docs/demo.md reports.
+// reference gives the cerebellum, not the brain). The thalamus of MNI152 from
+// Colin27's, one-shot and with in-context tuning, as docs/demo.md reports.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -80,7 +80,7 @@ TEST(DemoModel, SegmentsAnUnseenBrainFromOneReferenceAndFollowsTheReference) {
   fs::remove_all(dir);
 }
 
-TEST(DemoModel, InContextTuningLiftsTheThalamusAboveTheOneShotBlob) {
+TEST(DemoModel, ReadsTheThalamusFromOneReferenceOneShotAndTuned) {
   REQUIRE_DATA(kModel);
   REQUIRE_DATA(kMni152);
   REQUIRE_DATA(kTemplates + "aal.nii.gz");
@@ -111,12 +111,14 @@ TEST(DemoModel, InContextTuningLiftsTheThalamusAboveTheOneShotBlob) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return iris::io::read_labels((dir / output).string()).voxels.gt(0);
   };
-  // Measured 0.398 one-shot (a blob over all three deep structures) and 0.539
-  // tuned (100 Adam steps at 0.1, the defaults).
+  // The model fine-tuned on atlas-region episodes (configs/train/
+  // demo_brain_finetune.yaml) reads the thalamus from the reference: measured
+  // 0.656 one-shot (the first model: 0.398, a blob over all three deep
+  // structures) and 0.590 tuned (100 Adam steps at 0.1, the defaults; the
+  // first model: 0.539). Tuning on Colin27 alone no longer adds to it.
   const double one_shot = dice(segment("", "one_shot.nii.gz"), truth);
   const double tuned = dice(segment(" --strategy tuning", "tuned.nii.gz"), truth);
-  EXPECT_GT(one_shot, 0.2);
-  EXPECT_GE(tuned, 0.48);
-  EXPECT_GT(tuned, one_shot + 0.08) << "one-shot " << one_shot;
+  EXPECT_GE(one_shot, 0.62);
+  EXPECT_GE(tuned, 0.54);
   fs::remove_all(dir);
 }

@@ -277,7 +277,9 @@ TEST(Episodes, ForegroundSpreadMovesASmallStructureAroundTheQueryPatch) {
       centroids.push_back(at::nonzero(m).to(at::kFloat).mean(0));
     }
     at::Tensor c = at::stack(centroids);  // [40, 3]
-    EXPECT_LT((c - 15.5).abs().max().item<float>(), 15.5 * spread + 2.0);  // the voxel drawn is within 1.5 (+ resampling) of the centroid
+    // The voxel drawn is within 1.5 of the centroid, and the nearest-voxel
+    // sampling of the label map moves the mask by up to half a voxel more.
+    EXPECT_LT((c - 15.5).abs().max().item<float>(), 15.5 * spread + 2.5);
     return c.std(0).min().item<float>();
   };
   ConfigMap config;
