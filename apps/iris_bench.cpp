@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
 
   return app::run_main("iris-bench", [&]() -> int {
     configure_threads(threads);
-    if (!loader) app::keep_freed_memory();  // the loader's RSS must follow its budget
+    app::keep_freed_memory();
     if (loader) {
       lo.patch = o.patch > 0 ? o.patch : 128;
       lo.classes = o.classes;

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-train", [&]() -> int {
+    app::keep_freed_memory();  // cases are mapped from data.cache, not allocated: the heap holds transients only
     const ConfigMap config = pipeline::load_training_config(config_path, overrides);
     if (dump) {
       std::cout << pipeline::resolved_config_text(config);

@@ -47,7 +47,10 @@ using iris::peak_rss_bytes;
 // every call: 4x faster one-shot inference at 128^3 on one thread, measured
 // (docs/inference.md). Memory once used stays with the process until it
 // exits: for programs whose peak is their working set (iris-infer,
-// iris-bench), not for the training loader, whose RSS must follow its budget.
+// iris-bench, iris-train: the training loader maps cached cases from
+// data.cache instead of allocating them, so its heap holds only per-episode
+// transients and its RSS still follows data.cache_memory_gb; 5x more
+// episodes per second where page faults are dear, docs/training.md).
 void keep_freed_memory();
 
 // The options every program spells the same way.

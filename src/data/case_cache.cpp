@@ -9,19 +9,44 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/label_list.h"
 
 namespace fs = std::filesystem;
 
 namespace iris::data {
 
-std::vector<long> classes_present(const at::Tensor& labels, const DatasetSpec& d, const std::string& where) {
-  at::Tensor values = std::get<0>(at::_unique(labels.reshape({-1}).to(at::kLong)));
+namespace {
+
+// Every label value present (sorted), one pass for 8-bit maps.
+std::vector<long> values_present(const at::Tensor& labels) {
   std::vector<long> out;
+  if (labels.scalar_type() == at::kByte) {
+    const at::Tensor flat = labels.contiguous();
+    const uint8_t* v = flat.data_ptr<uint8_t>();
+    bool seen[256] = {};
+    for (int64_t i = 0, n = flat.numel(); i < n; ++i) seen[v[i]] = true;
+    for (int i = 0; i < 256; ++i)
+      if (seen[i]) out.push_back(i);
+    return out;
+  }
+  at::Tensor values = std::get<0>(at::_unique(labels.reshape({-1}).to(at::kLong)));
   const long* v = values.data_ptr<long>();
-  for (long i = 0; i < values.numel(); ++i)
-    if (v[i] != 0 && (d.class_names.empty() || d.class_names.count(v[i]))) out.push_back(v[i]);
+  out.assign(v, v + values.numel());
+  return out;
+}
+
+std::vector<long> restrict_classes(const std::vector<long>& values, const DatasetSpec& d, const std::string& where) {
+  std::vector<long> out;
+  for (long v : values)
+    if (v != 0 && (d.class_names.empty() || d.class_names.count(v))) out.push_back(v);
   if (out.empty()) throw Error(where, "label map has no labelled class");
   return out;
+}
+
+}  // namespace
+
+std::vector<long> classes_present(const at::Tensor& labels, const DatasetSpec& d, const std::string& where) {
+  return restrict_classes(values_present(labels), d, where);
 }
 
 namespace {
@@ -51,13 +76,29 @@ std::string source_fingerprint(const CaseSpec& c) {
   return VolumeCache::text_key(s.str());
 }
 
-// The fingerprint line of an entry's info text.
-std::string recorded_fingerprint(const std::string& info) {
-  const std::string tag = "source-fingerprint: ";
-  const auto at = info.find(tag);
+// The value of one "tag: value" line of an entry's info text ("" if none).
+std::string info_line(const std::string& info, const std::string& name) {
+  const std::string tag = "\n" + name + ": ";
+  const auto at = ("\n" + info).find(tag);
   if (at == std::string::npos) return "";
-  const auto end = info.find('\n', at);
-  return info.substr(at + tag.size(), end == std::string::npos ? std::string::npos : end - at - tag.size());
+  const size_t from = at + tag.size() - 1;
+  const auto end = info.find('\n', from);
+  return info.substr(from, end == std::string::npos ? std::string::npos : end - from);
+}
+
+std::string recorded_fingerprint(const std::string& info) { return info_line(info, "source-fingerprint"); }
+
+// The label values an entry recorded ("label-values: 0 1 2"), or nullopt
+// for entries written before it was recorded.
+std::optional<std::vector<long>> recorded_values(const std::string& info) {
+  const std::string line = info_line(info, "label-values");
+  if (line.empty()) return std::nullopt;
+  std::istringstream in(line);
+  std::vector<long> values;
+  long v;
+  while (in >> v) values.push_back(v);
+  if (!in.eof()) return std::nullopt;
+  return values;
 }
 
 std::string dataset_record_path(const std::string& folder, const std::string& dataset) {
@@ -87,11 +128,11 @@ CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::strin
     std::string rejection;
     std::optional<CachedVolume> hit;
     if (raw) {
-      hit = cache_.get(key, &rejection);  // a damaged entry is removed and rebuilt below
+      hit = cache_.get(key, &rejection, /*mapped*/ true);  // a damaged entry is removed and rebuilt below
     } else if (cache_.contains(key)) {
       // Nothing can rebuild it here: keep the file, whatever went wrong.
       try {
-        hit = read_cached_volume(cache_.path_for(key));
+        hit = map_cached_volume(cache_.path_for(key));
       } catch (const Error& e) {
         throw Error(cache_.path_for(key), "cached case '" + c.name + "' cannot be read (" + e.reason() +
                                               ") and this build cannot preprocess it again: copy the cache again");
@@ -105,10 +146,12 @@ CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::strin
           warn(cache_.path_for(key) + ": " + c.image + " changed since it was cached; using the cached case (no raw loader)");
         CaseVolume v;
         v.name = c.name;
+        // Views of the mapped file: an episode reads only its patch's pages.
         v.image = hit->voxels.to(at::kFloat);
         if (!hit->labels) throw Error(cache_.path_for(key), "cached case has no labels");
-        v.labels = hit->labels->to(at::kLong);
-        v.classes = classes_present(v.labels, d, cache_.path_for(key));
+        v.labels = *hit->labels;
+        const auto values = recorded_values(hit->info);
+        v.classes = restrict_classes(values ? *values : values_present(v.labels), d, cache_.path_for(key));
         const auto& sp = hit->geometry.spacing;
         v.spacing = {sp[2], sp[1], sp[0]};
         return v;
@@ -124,11 +167,13 @@ CaseLoader CaseCache::loader(CaseLoader raw, std::function<void(const std::strin
     CaseVolume v = raw(d, c);
     CachedVolume entry;
     entry.voxels = v.image.to(at::kFloat).contiguous();
-    entry.labels = v.labels.to(at::kInt).contiguous();
+    entry.labels = narrow_labels(v.labels).contiguous();
     entry.geometry.size = {v.image.size(2), v.image.size(1), v.image.size(0)};
     entry.geometry.spacing = {v.spacing[2], v.spacing[1], v.spacing[0]};
     entry.info = "dataset: " + d.name + "\ncase: " + c.name + "\nimage: " + c.image + "\nlabels: " + c.labels +
-                 "\nsource-fingerprint: " + here + "\n";
+                 "\nsource-fingerprint: " + here + "\nlabel-values:";
+    for (long value : values_present(*entry.labels)) entry.info += " " + std::to_string(value);
+    entry.info += "\n";
     cache_.put(key, entry);
     return v;
   };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <thread>
+#include <map>
 #include <mutex>
 #include <atomic>
 #include <cmath>
@@ -154,6 +155,13 @@ at::Tensor perturb_masks(const at::Tensor& masks, Rng& r) {
   return m.squeeze(0);
 }
 
+// Labels in the smallest integer type, without a pass over labels that are
+// already 8- or 16-bit (mapped cache files: that pass would touch every page).
+at::Tensor narrow_wide_labels(const at::Tensor& labels) {
+  if (!labels.defined() || labels.scalar_type() == at::kByte || labels.scalar_type() == at::kShort) return labels;
+  return narrow_labels(labels);
+}
+
 }  // namespace
 
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
@@ -188,7 +196,7 @@ std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, 
         try {
           CaseVolume v = loader(spec, cases[i]);
           v.dataset = spec.name;
-          v.labels = narrow_labels(v.labels);
+          v.labels = narrow_wide_labels(v.labels);
           index_case(v);
           if (on_demand) {
             v.image = at::Tensor();
@@ -219,7 +227,7 @@ std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, 
       d.store = std::make_shared<CaseStore>(
           [loader, spec_copy, cases](size_t i) {
             CaseVolume v = loader(spec_copy, cases[i]);
-            v.labels = narrow_labels(v.labels);
+            v.labels = narrow_wide_labels(v.labels);
             return v;
           },
           options.memory_budget_bytes / used.size());
@@ -341,47 +349,98 @@ at::Tensor synthesize_image(const at::Tensor& index, long regions, uint64_t seed
   return x;
 }
 
+namespace {
+
+// Patch voxel offsets from the patch centre, [P^3, 3] in (z, y, x), made
+// once per patch size and shared (read-only) by every loader thread.
+const at::Tensor& patch_offsets(long P) {
+  static std::mutex mutex;
+  static std::map<long, at::Tensor> made;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = made.find(P);
+  if (it == made.end()) {
+    at::Tensor r = at::arange(P, at::kFloat) - (P - 1) / 2.0f;
+    auto grids = at::meshgrid({r, r, r}, "ij");
+    it = made.emplace(P, at::stack({grids[0], grids[1], grids[2]}, -1).view({-1, 3}).contiguous()).first;
+  }
+  return it->second;
+}
+
+// Volume positions (z, y, x voxels) of the patch's voxels, [P^3, 3]: one
+// matrix product, no per-axis tensors.
+at::Tensor patch_positions(const std::array<double, 3>& centre, const std::array<double, 9>& m, long P,
+                           const at::Tensor& displacement) {
+  const at::Tensor mat_t = at::tensor(std::vector<float>(m.begin(), m.end()), at::kFloat).view({3, 3}).t();
+  const at::Tensor c = at::tensor({(float)centre[0], (float)centre[1], (float)centre[2]}).view({1, 3});
+  at::Tensor pos = at::addmm(c, patch_offsets(P), mat_t);
+  if (displacement.defined()) pos.add_(displacement.to(at::kFloat));
+  return pos;
+}
+
+// Trilinear samples of `volume` ([C, Z, Y, X]) at `pos` minus `lo` (the
+// volume is a crop starting there); 0 outside. [C, P, P, P].
+at::Tensor trilinear_at(const at::Tensor& volume, const at::Tensor& pos, const std::array<long, 3>& lo, long P) {
+  // grid_sample wants (x, y, z) normalised to [-1, 1] (align_corners): one
+  // product with a permuting, scaling matrix.
+  float scale_and_swap[9] = {0};
+  float shift[3];
+  for (int j = 0; j < 3; ++j) {
+    const int axis = 2 - j;  // grid column j is volume axis 2 - j
+    const float s = 2.0f / std::max<long>(1, volume.size(1 + axis) - 1);
+    scale_and_swap[axis * 3 + j] = s;
+    shift[j] = -static_cast<float>(lo[axis]) * s - 1.0f;
+  }
+  const at::Tensor S = at::from_blob(scale_and_swap, {3, 3}, at::kFloat);
+  const at::Tensor b = at::from_blob(shift, {1, 3}, at::kFloat);
+  const at::Tensor grid = at::addmm(b, pos, S).view({1, P, P, P, 3});
+  return at::grid_sampler(volume.unsqueeze(0).to(at::kFloat), grid, /*bilinear*/ 0, /*zeros*/ 0, true).squeeze(0);
+}
+
+// The value of the nearest voxel of `volume` ([C, Z, Y, X], any type) at
+// `pos` (halves to even, as grid_sample's nearest mode); 0 outside. Reads
+// only the voxels sampled: no copy of the volume, in its own type.
+at::Tensor nearest_at(const at::Tensor& volume, const at::Tensor& pos, long P) {
+  const long C = volume.size(0), Z = volume.size(1), Y = volume.size(2), X = volume.size(3);
+  const at::Tensor idx = pos.round().to(at::kLong);
+  const at::Tensor z = idx.select(1, 0), y = idx.select(1, 1), x = idx.select(1, 2);
+  const at::Tensor inside = z.ge(0) & z.lt(Z) & y.ge(0) & y.lt(Y) & x.ge(0) & x.lt(X);
+  const at::Tensor linear = (z.clamp(0, Z - 1) * Y + y.clamp(0, Y - 1)) * X + x.clamp(0, X - 1);
+  std::vector<at::Tensor> channels;
+  for (long c = 0; c < C; ++c)
+    channels.push_back(at::take(volume[c], linear).masked_fill_(~inside, 0).view({P, P, P}));
+  return at::stack(channels);
+}
+
+}  // namespace
+
 at::Tensor sample_patch(const at::Tensor& volume, const std::array<double, 3>& centre,
                         const std::array<double, 9>& m, long P, const at::Tensor& displacement, bool nearest) {
-  // Patch voxel offsets from the patch centre, [P^3, 3] in (z, y, x).
-  at::Tensor r = at::arange(P, at::kFloat) - (P - 1) / 2.0f;
-  auto grids = at::meshgrid({r, r, r}, "ij");
-  at::Tensor offsets = at::stack({grids[0], grids[1], grids[2]}, -1).view({-1, 3});
-  at::Tensor mat = at::tensor(std::vector<float>(m.begin(), m.end()), at::kFloat).view({3, 3});
-  at::Tensor pos = offsets.matmul(mat.t()) + at::tensor({(float)centre[0], (float)centre[1], (float)centre[2]});
-  if (displacement.defined()) pos = pos + displacement.to(at::kFloat);
-  // grid_sample wants (x, y, z) normalised to [-1, 1] with align_corners=true.
-  const long Z = volume.size(1), Y = volume.size(2), X = volume.size(3);
-  at::Tensor nz = pos.select(1, 0) * (2.0 / std::max<long>(1, Z - 1)) - 1;
-  at::Tensor ny = pos.select(1, 1) * (2.0 / std::max<long>(1, Y - 1)) - 1;
-  at::Tensor nx = pos.select(1, 2) * (2.0 / std::max<long>(1, X - 1)) - 1;
-  at::Tensor grid = at::stack({nx, ny, nz}, -1).view({1, P, P, P, 3});
-  return at::grid_sampler(volume.unsqueeze(0).to(at::kFloat), grid, /*bilinear 0, nearest 1*/ nearest ? 1 : 0,
-                          /*zeros*/ 0, true)
-      .squeeze(0);
+  const at::Tensor pos = patch_positions(centre, m, P, displacement);
+  return nearest ? nearest_at(volume, pos, P).to(at::kFloat) : trilinear_at(volume, pos, {0, 0, 0}, P);
 }
 
 // [1 + tasks, P, P, P]: the image and one mask per task (a task: label
-// values), sampled through the affine and displacement, built on the
-// patch's footprint only.
+// values), sampled through the affine and displacement: the image on the
+// patch's footprint only, the label map at the sampled voxels only.
 at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::vector<std::vector<long>>& tasks,
                     const std::array<double, 3>& centre, const std::array<double, 9>& m, long P,
                     const at::Tensor& displacement, double displacement_max) {
   const Footprint f = footprint(c.shape, centre, m, P, displacement_max);
-  if (f.empty) return at::zeros({1 + static_cast<long>(tasks.size()), P, P, P});
-  const std::array<double, 3> local{centre[0] - f.lo[0], centre[1] - f.lo[1], centre[2] - f.lo[2]};
+  at::Tensor out = at::zeros({1 + static_cast<long>(tasks.size()), P, P, P});
+  if (f.empty) return out;
   // One trilinear channel and one nearest one, whatever the number of
   // tasks: the resampling is most of an episode's cost.
-  std::vector<at::Tensor> parts{sample_patch(crop(image, f).unsqueeze(0), local, m, P, displacement)};
-  if (tasks.empty()) return parts[0];
-  const at::Tensor labels =
-      sample_patch(crop(c.labels, f).unsqueeze(0), local, m, P, displacement, /*nearest*/ true).squeeze(0);
-  for (const auto& t : tasks) {
-    at::Tensor mask = labels.eq(static_cast<double>(t[0]));
-    for (size_t i = 1; i < t.size(); ++i) mask = mask | labels.eq(static_cast<double>(t[i]));
-    parts.push_back(mask.to(at::kFloat).unsqueeze(0));
+  const at::Tensor pos = patch_positions(centre, m, P, displacement);
+  out[0].copy_(trilinear_at(crop(image, f).unsqueeze(0), pos, f.lo, P)[0]);
+  if (tasks.empty()) return out;
+  // (int32, so that any task value compares without overflow)
+  const at::Tensor labels = nearest_at(c.labels.unsqueeze(0), pos, P)[0].to(at::kInt);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    at::Tensor mask = labels.eq(tasks[i][0]);
+    for (size_t j = 1; j < tasks[i].size(); ++j) mask.logical_or_(labels.eq(tasks[i][j]));
+    out[1 + i].copy_(mask);
   }
-  return at::cat(parts);
+  return out;
 }
 
 EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {

@@ -2,12 +2,20 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <vector>
 
+#include <mutex>
+#include <set>
+#include <tuple>
+
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <ATen/ATen.h>
 
@@ -20,7 +28,8 @@ namespace iris::data {
 namespace {
 
 constexpr char kMagic[8] = {'I', 'R', 'I', 'S', 'V', 'O', 'L', '1'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: payload aligned to 64 bytes (1: packed)
+constexpr uint64_t kAlign = 64;
 constexpr uint32_t kMaxInfoBytes = 1 << 20;
 constexpr const char* kExtension = ".irisvol";
 
@@ -110,6 +119,12 @@ struct FileCloser {
 };
 using File = std::unique_ptr<std::FILE, FileCloser>;
 
+struct TensorHeader {
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  uint64_t bytes;
+};
+
 // Reads the file header by header, checking each field against the file size
 // before trusting it (a corrupt size must not cause a huge allocation).
 class Reader {
@@ -135,21 +150,30 @@ class Reader {
     read(&value, sizeof value);
     return value;
   }
-  at::Tensor tensor_header() {
+  TensorHeader tensor_header() {
     const auto dtype = dtype_of_code(pod<uint8_t>());
     if (!dtype) fail("has an unknown voxel type");
     const auto ndim = pod<uint8_t>();
     if (ndim < 3 || ndim > 4) fail("has a tensor of " + std::to_string(ndim) + " dimensions");
-    std::vector<int64_t> shape(ndim);
+    TensorHeader t{*dtype, std::vector<int64_t>(ndim), 0};
     uint64_t count = 1;
-    for (auto& s : shape) {
+    for (auto& s : t.shape) {
       s = pod<int64_t>();
       if (s < 0 || s > (int64_t(1) << 32)) fail("has an invalid tensor shape");
       count *= static_cast<uint64_t>(s);
       if (count * at::elementSize(*dtype) > file_size_) fail("is truncated (shape larger than the file)");
     }
-    return at::empty(shape, at::TensorOptions().dtype(*dtype));
+    t.bytes = count * at::elementSize(*dtype);
+    return t;
   }
+  void skip(uint64_t n) {
+    char buffer[kAlign];
+    if (n > sizeof buffer) fail("has an invalid layout");
+    read(buffer, n);
+  }
+  uint64_t used() const { return used_; }
+  uint64_t file_size() const { return file_size_; }
+  std::FILE* file() const { return file_.get(); }
   void stop_capturing() { capture_ = false; }
   const std::string& header() const { return header_; }
   uint64_t remaining() const { return file_size_ - used_; }
@@ -169,6 +193,8 @@ uint64_t checksum(const std::string& header, const at::Tensor& voxels, const at:
   if (labels) h = finalise(h ^ hash_bytes(labels->data_ptr(), labels->nbytes(), h));
   return h;
 }
+
+uint64_t align_up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 bool same_spatial_shape(const at::Tensor& a, const at::Tensor& b) {
   for (int d = 1; d <= 3; ++d)
@@ -205,53 +231,152 @@ void write_cached_volume(const CachedVolume& volume, const std::string& path) {
   if (labels.defined()) put_tensor_header(header, labels);
   const uint64_t sum = checksum(header, voxels, labels.defined() ? &labels : nullptr);
 
-  const uint64_t bytes = header.size() + voxels.nbytes() + (labels.defined() ? labels.nbytes() : 0) + sizeof sum;
+  // Zero padding puts the voxels and the labels on 64-byte boundaries, so
+  // that a mapped file serves them in place (map_cached_volume).
+  const uint64_t voxel_offset = align_up(header.size());
+  const uint64_t label_offset = align_up(voxel_offset + voxels.nbytes());
+  const uint64_t bytes = (labels.defined() ? label_offset + labels.nbytes() : voxel_offset + voxels.nbytes()) + sizeof sum;
+  const std::string zeros(kAlign, '\0');
   write_file_atomically(path, [&](OutputFile& f) {
     f.write(header.data(), header.size());
+    f.write(zeros.data(), voxel_offset - header.size());
     f.write(voxels.data_ptr(), voxels.nbytes());
-    if (labels.defined()) f.write(labels.data_ptr(), labels.nbytes());
+    if (labels.defined()) {
+      f.write(zeros.data(), label_offset - voxel_offset - voxels.nbytes());
+      f.write(labels.data_ptr(), labels.nbytes());
+    }
     f.write(&sum, sizeof sum);
   }, bytes);
 }
 
-CachedVolume read_cached_volume(const std::string& path) {
-  Reader in(path);
+namespace {
+
+// Everything before the voxels, checked against the file's size: where the
+// voxels and labels lie and what they are.
+struct Layout {
+  CachedVolume meta;  // info and geometry; no tensors
+  TensorHeader voxels;
+  std::optional<TensorHeader> labels;
+  uint64_t voxel_offset = 0, label_offset = 0;
+};
+
+Layout read_layout(Reader& in) {
   char magic[sizeof kMagic];
   in.read(magic, sizeof magic);
   if (std::memcmp(magic, kMagic, sizeof kMagic) != 0) in.fail("does not start with IRISVOL1");
   const auto version = in.pod<uint32_t>();
   if (version != kVersion)
-    in.fail("is format version " + std::to_string(version) + "; this build reads version " +
-            std::to_string(kVersion));
+    in.fail("is format version " + std::to_string(version) + "; this build reads version " + std::to_string(kVersion) +
+            " (fill the cache again)");
   const auto info_bytes = in.pod<uint32_t>();
   if (info_bytes > kMaxInfoBytes) in.fail("has an oversized info field");
-  CachedVolume out;
+  Layout l;
+  CachedVolume& out = l.meta;
   out.info.resize(info_bytes);
   in.read(out.info.data(), info_bytes);
   for (auto& s : out.geometry.size) s = static_cast<long>(in.pod<int64_t>());
   for (auto& v : out.geometry.spacing) v = in.pod<double>();
   for (auto& v : out.geometry.origin) v = in.pod<double>();
   for (auto& v : out.geometry.direction) v = in.pod<double>();
-  at::Tensor voxels = in.tensor_header();
+  l.voxels = in.tensor_header();
   const auto has_labels = in.pod<uint8_t>();
   if (has_labels > 1) in.fail("has an invalid label flag");
-  at::Tensor labels = has_labels ? in.tensor_header() : at::Tensor();
+  if (has_labels) l.labels = in.tensor_header();
   in.stop_capturing();
   const auto& g = out.geometry;
-  if (voxels.size(-1) != g.size[0] || voxels.size(-2) != g.size[1] || voxels.size(-3) != g.size[2])
+  const auto& vs = l.voxels.shape;
+  const size_t n = vs.size();
+  if (vs[n - 1] != g.size[0] || vs[n - 2] != g.size[1] || vs[n - 3] != g.size[2])
     in.fail("has voxels that do not match its geometry");
-  if (labels.defined() && (labels.dim() != 3 || !same_spatial_shape(labels, voxels)))
-    in.fail("has labels that do not match its voxels");
-  const uint64_t payload = voxels.nbytes() + (labels.defined() ? labels.nbytes() : 0);
-  if (in.remaining() != payload + sizeof(uint64_t))
-    in.fail(in.remaining() < payload + sizeof(uint64_t) ? "is truncated" : "has trailing bytes");
+  if (l.labels) {
+    const auto& ls = l.labels->shape;
+    if (ls.size() != 3 || ls[0] != vs[n - 3] || ls[1] != vs[n - 2] || ls[2] != vs[n - 1])
+      in.fail("has labels that do not match its voxels");
+  }
+  // The voxels and labels start on 64-byte boundaries.
+  l.voxel_offset = align_up(in.used());
+  const uint64_t voxel_end = l.voxel_offset + l.voxels.bytes;
+  l.label_offset = l.labels ? align_up(voxel_end) : voxel_end;
+  const uint64_t end = (l.labels ? l.label_offset + l.labels->bytes : voxel_end) + sizeof(uint64_t);
+  if (in.file_size() != end) in.fail(in.file_size() < end ? "is truncated" : "has trailing bytes");
+  return l;
+}
+
+// Files (device, inode, size, modification time) whose checksum this process
+// has verified: cache files are replaced by rename, never rewritten in place,
+// so a file once verified stays valid while these stay the same.
+using FileId = std::tuple<dev_t, ino_t, off_t, int64_t, int64_t>;
+FileId file_id(const struct stat& s) {
+  return {s.st_dev, s.st_ino, s.st_size, static_cast<int64_t>(s.st_mtim.tv_sec), static_cast<int64_t>(s.st_mtim.tv_nsec)};
+}
+std::mutex verified_mutex;
+std::set<FileId> verified_files;
+
+// A read-only file mapped copy-on-write: in-place writes to its tensors
+// change private pages, never the file.
+struct Mapping {
+  void* base = MAP_FAILED;
+  size_t size = 0;
+  ~Mapping() {
+    if (base != MAP_FAILED) ::munmap(base, size);
+  }
+};
+
+}  // namespace
+
+CachedVolume read_cached_volume(const std::string& path) {
+  Reader in(path);
+  Layout l = read_layout(in);
+  CachedVolume out = std::move(l.meta);
+  at::Tensor voxels = at::empty(l.voxels.shape, at::TensorOptions().dtype(l.voxels.dtype));
+  at::Tensor labels = l.labels ? at::empty(l.labels->shape, at::TensorOptions().dtype(l.labels->dtype)) : at::Tensor();
+  in.skip(l.voxel_offset - in.used());
   in.read(voxels.data_ptr(), voxels.nbytes());
-  if (labels.defined()) in.read(labels.data_ptr(), labels.nbytes());
+  if (labels.defined()) {
+    in.skip(l.label_offset - in.used());
+    in.read(labels.data_ptr(), labels.nbytes());
+  }
   const auto stored = in.pod<uint64_t>();
   if (stored != checksum(in.header(), voxels, labels.defined() ? &labels : nullptr))
     in.fail("fails its checksum (corrupted)");
   out.voxels = voxels;
   if (labels.defined()) out.labels = labels;
+  return out;
+}
+
+CachedVolume map_cached_volume(const std::string& path) {
+  Reader in(path);
+  const Layout l = read_layout(in);
+  struct stat info {};
+  if (::fstat(::fileno(in.file()), &info) != 0) in.fail("cannot be examined");
+  auto mapping = std::make_shared<Mapping>();
+  mapping->size = in.file_size();
+  mapping->base = ::mmap(nullptr, mapping->size, PROT_READ | PROT_WRITE, MAP_PRIVATE, ::fileno(in.file()), 0);
+  if (mapping->base == MAP_FAILED) throw Error(path, std::string("cannot be mapped: ") + std::strerror(errno));
+  char* base = static_cast<char*>(mapping->base);
+  auto view = [&](const TensorHeader& t, uint64_t offset) {
+    return at::from_blob(base + offset, t.shape, [mapping](void*) {}, at::TensorOptions().dtype(t.dtype));
+  };
+  CachedVolume out = l.meta;
+  out.voxels = view(l.voxels, l.voxel_offset);
+  if (l.labels) out.labels = view(*l.labels, l.label_offset);
+  const FileId id = file_id(info);
+  bool known;
+  {
+    std::lock_guard<std::mutex> lock(verified_mutex);
+    known = verified_files.count(id) > 0;
+  }
+  if (!known) {
+    uint64_t stored;
+    std::memcpy(&stored, base + mapping->size - sizeof stored, sizeof stored);
+    if (stored != checksum(in.header(), out.voxels, out.labels ? &*out.labels : nullptr))
+      in.fail("fails its checksum (corrupted)");
+    // Hashing touched every page: let them go from this process (they stay
+    // in the page cache) so that only what episodes read counts.
+    ::madvise(mapping->base, mapping->size, MADV_DONTNEED);
+    std::lock_guard<std::mutex> lock(verified_mutex);
+    verified_files.insert(id);
+  }
   return out;
 }
 
@@ -321,11 +446,11 @@ std::string VolumeCache::path_for(const std::string& key) const {
 
 bool VolumeCache::contains(const std::string& key) const { return fs::exists(path_for(key)); }
 
-std::optional<CachedVolume> VolumeCache::get(const std::string& key, std::string* rejection) const {
+std::optional<CachedVolume> VolumeCache::get(const std::string& key, std::string* rejection, bool mapped) const {
   const std::string path = path_for(key);
   if (!fs::exists(path)) return std::nullopt;
   try {
-    return read_cached_volume(path);
+    return mapped ? map_cached_volume(path) : read_cached_volume(path);
   } catch (const Error& e) {
     if (rejection) *rejection = e.what();
     // A complete file never turns bad by itself: remove it so the next put

@@ -15,6 +15,7 @@
 #include "iris/common/config_map.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/data/case_cache.h"
 #include "iris/data/episodes.h"
 #include "iris/data/volume_cache.h"
 #include "iris/model/iris_net.h"
@@ -212,45 +213,54 @@ Json loader_benchmark(const LoaderBenchmarkOptions& o) {
     ~Cleanup() { fs::remove_all(p); }
   } cleanup{folder};
   const long Z = o.shape[0], Y = o.shape[1], X = o.shape[2];
-  std::vector<std::string> files;
-  for (int f = 0; f < o.distinct_files; ++f) {
-    at::manual_seed(f);
-    data::CachedVolume v;
-    v.voxels = torch::randn({Z, Y, X});
-    at::Tensor labels = torch::zeros({Z, Y, X}, torch::kByte);
-    for (long k = 1; k <= o.classes; ++k) {  // organs of a few percent of the volume
-      const long z0 = Z * k / (o.classes + 2), y0 = Y * k / (o.classes + 2) + f, x0 = X / 3;
-      labels.slice(0, z0, z0 + Z / 6).slice(1, y0, y0 + Y / 5).slice(2, x0, x0 + X / 4).fill_(k);
-    }
-    v.labels = labels;
-    v.geometry.size = {X, Y, Z};
-    files.push_back((folder / (std::to_string(f) + ".irisvol")).string());
-    data::write_cached_volume(v, files.back());
-  }
+  // The training path itself: cases in a data.cache folder, filled by the
+  // case cache from a raw loader (here: synthetic volumes) and served back
+  // by it without one, as on a GPU node. `distinct_files` volumes are made;
+  // the other cases are hard links to them (disk space), so they share their
+  // page cache and their one checksum verification.
   std::vector<long> classes;
   for (long k = 1; k <= o.classes; ++k) classes.push_back(k);
-  data::CaseLoader loader = [&](const data::DatasetSpec&, const data::CaseSpec& c) {
-    const data::CachedVolume cv = data::read_cached_volume(files[std::stol(c.name) % files.size()]);
+  const data::CaseCache cache((folder / "cache").string(), "loader benchmark");
+  data::DatasetSpec spec;
+  spec.name = "synthetic";
+  spec.modality = "CT";
+  const long most = o.case_counts.empty() ? 0 : *std::max_element(o.case_counts.begin(), o.case_counts.end());
+  std::vector<data::CaseSpec> all(static_cast<size_t>(most));
+  for (long i = 0; i < most; ++i) {
+    all[i].name = std::to_string(i);
+    all[i].image = (folder / "raw" / (all[i].name + "_0000.nii.gz")).string();  // never read
+    all[i].labels = (folder / "raw" / (all[i].name + ".nii.gz")).string();
+  }
+  const data::CaseLoader make = [&](const data::DatasetSpec&, const data::CaseSpec& c) {
+    const long f = std::stol(c.name);
+    at::manual_seed(f);
     data::CaseVolume v;
     v.name = c.name;
-    v.image = cv.voxels;
-    v.labels = *cv.labels;
-    v.classes = classes;
+    v.image = torch::randn({Z, Y, X});
+    v.labels = torch::zeros({Z, Y, X}, torch::kByte);
+    for (long k = 1; k <= o.classes; ++k) {  // organs of a few percent of the volume
+      const long z0 = Z * k / (o.classes + 2), y0 = Y * k / (o.classes + 2) + f, x0 = X / 3;
+      v.labels.slice(0, z0, z0 + Z / 6).slice(1, y0, y0 + Y / 5).slice(2, x0, x0 + X / 4).fill_(k);
+    }
     return v;
   };
+  const data::CaseLoader fill = cache.loader(make);
+  const data::VolumeCache files(cache.folder());
+  for (long i = 0; i < most; ++i) {
+    if (i < o.distinct_files)
+      fill(spec, all[i]);
+    else
+      fs::create_hard_link(files.path_for(cache.key_for(spec, all[i % o.distinct_files])),
+                           files.path_for(cache.key_for(spec, all[i])));
+  }
+  const data::CaseLoader loader = cache.loader(nullptr);
   const int threads_before = at::get_num_threads();
   at::set_num_threads(1);
   Json runs = Json::array();
   std::vector<double> peaks;
   for (long n : o.case_counts) {
     reset_peak_rss();
-    data::DatasetSpec spec;
-    spec.name = "synthetic";
-    for (long i = 0; i < n; ++i) {
-      data::CaseSpec c;
-      c.name = std::to_string(i);
-      spec.train.push_back(c);
-    }
+    spec.train.assign(all.begin(), all.begin() + n);
     data::LoadOptions lo;
     lo.memory_budget_bytes = static_cast<size_t>(o.memory_gb * 1e9);
     auto t0 = Clock::now();

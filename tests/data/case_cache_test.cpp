@@ -76,10 +76,28 @@ TEST_F(CaseCacheTest, FillsOnceThenServesWithoutTheRawLoader) {
   const auto served = cache.loader({})(spec_, spec_.cases[0]);
   EXPECT_EQ(raw_calls_, 1);
   EXPECT_TRUE(at::equal(served.image, filled.image));
-  EXPECT_TRUE(at::equal(served.labels, filled.labels));
+  EXPECT_TRUE(at::equal(served.labels.to(at::kLong), filled.labels));
   EXPECT_EQ(served.classes, filled.classes);
   EXPECT_EQ(served.spacing, filled.spacing);
   EXPECT_EQ(served.name, "case0");
+}
+
+// Entries hold labels in the smallest integer type and record the values
+// present, so that serving a case reads no label map in full: its voxels
+// are views of the mapped file.
+TEST_F(CaseCacheTest, EntriesAreNarrowAndServedMappedWithTheirRecordedValues) {
+  data::CaseCache cache((dir_ / "cache").string(), "spacing: [3, 2, 1.5]\n");
+  const auto filled = cache.loader(raw_loader())(spec_, spec_.cases[1]);
+  const std::string path = data::VolumeCache(cache.folder()).path_for(cache.key_for(spec_, spec_.cases[1]));
+  const data::CachedVolume entry = data::read_cached_volume(path);
+  EXPECT_EQ(entry.labels->scalar_type(), at::kByte);
+  EXPECT_NE(entry.info.find("\nlabel-values: 0 1 2 3\n"), std::string::npos) << entry.info;
+  const auto served = cache.loader({})(spec_, spec_.cases[1]);
+  EXPECT_EQ(served.labels.scalar_type(), at::kByte);
+  EXPECT_EQ(served.classes, (std::vector<long>{1, 2}));
+  // Copy-on-write views of the file: writing to them leaves the entry as it was.
+  served.image.fill_(0);
+  EXPECT_TRUE(at::equal(data::read_cached_volume(path).voxels, filled.image.to(at::kFloat)));
 }
 
 TEST_F(CaseCacheTest, OtherPreprocessingIsAnotherEntry) {

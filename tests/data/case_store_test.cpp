@@ -5,12 +5,17 @@
 
 #include <atomic>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <unistd.h>
 #include <random>
 #include <thread>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "iris/data/case_cache.h"
 #include "iris/data/case_store.h"
 #include "iris/data/episodes.h"
 
@@ -31,6 +36,15 @@ data::CaseVolume blob_case(int seed, long size = 40) {
   v.labels[3][4][5] = 3;  // a one-voxel class
   v.classes = {1, 2, 3};
   return v;
+}
+
+// A line of /proc/self/status in bytes (VmRSS, VmHWM).
+long long status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  return -1;
 }
 
 }  // namespace
@@ -178,3 +192,62 @@ TEST(CaseStore, EpisodesFromCasesReadOnDemandEqualEpisodesFromMemory) {
   EXPECT_GT(store->loads(), 3u);  // cases were dropped and read again
 }
 
+
+// The loader's memory does not grow with the dataset: 64 cases in a
+// data.cache folder (4 distinct volumes, the others hard links to them),
+// a budget of 4 cases, 200 episodes spread over all of them. Keeping every
+// case, read or mapped, would add ~1.5 GB; the bound is 4 cases and slack.
+TEST(CaseStore, SixtyFourCachedCasesWithABudgetOfFourKeepTheRssBounded) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("iris_rss_test_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const long Z = 128, Y = 192, X = 192;
+  const data::CaseCache cache((dir / "cache").string(), "rss test");
+  data::DatasetSpec spec;
+  spec.name = "many";
+  for (int i = 0; i < 64; ++i) {
+    data::CaseSpec c;
+    c.name = std::to_string(i);
+    c.image = (dir / ("raw" + c.name)).string();  // never read
+    c.labels = (dir / ("lab" + c.name)).string();
+    spec.train.push_back(c);
+  }
+  const data::CaseLoader make = [&](const data::DatasetSpec&, const data::CaseSpec& c) {
+    at::Generator gen = at::detail::createCPUGenerator(std::stoul(c.name));
+    data::CaseVolume v;
+    v.name = c.name;
+    v.image = at::randn({Z, Y, X}, gen);
+    v.labels = at::zeros({Z, Y, X}, at::kByte);
+    v.labels.slice(0, 20, 60).slice(1, 30, 90).slice(2, 40, 100).fill_(1);
+    v.labels.slice(0, 70, 110).slice(1, 100, 150).slice(2, 60, 120).fill_(2);
+    return v;
+  };
+  const data::VolumeCache files(cache.folder());
+  for (int i = 0; i < 64; ++i) {
+    if (i < 4)
+      cache.loader(make)(spec, spec.train[i]);
+    else
+      fs::create_hard_link(files.path_for(cache.key_for(spec, spec.train[i % 4])),
+                           files.path_for(cache.key_for(spec, spec.train[i])));
+  }
+  const long long one_case = Z * Y * X * 5;  // float image, uint8 labels
+  const long long before = status_bytes("VmRSS");
+  std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM := VmRSS
+  data::LoadOptions bounded;
+  bounded.memory_budget_bytes = static_cast<size_t>(4 * one_case);
+  auto sets = data::load_datasets({spec}, "train", cache.loader(nullptr), bounded);
+  auto store = sets[0].store;
+  ASSERT_TRUE(store);
+  data::EpisodeOptions o;
+  o.patch = 32;
+  o.max_classes = 2;
+  const data::EpisodeSampler sampler(std::move(sets), o, 3);
+  double valid = 0;
+  for (long i = 0; i < 200; ++i) valid += sampler.sample(i, 1).valid.sum().item<double>();
+  const long long growth = status_bytes("VmHWM") - before;
+  EXPECT_GT(valid, 100);
+  EXPECT_GT(store->loads(), 64u) << "the episodes should have cycled through the cases";
+  EXPECT_LE(store->resident_cases(), 4u);
+  EXPECT_LT(growth, 4 * one_case + (150ll << 20)) << "peak RSS grew by " << (growth >> 20) << " MB";
+  fs::remove_all(dir);
+}

@@ -5,8 +5,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 #include <unistd.h>
 #include <sys/resource.h>
@@ -267,6 +269,85 @@ TEST_F(VolumeCacheTest, ConcurrentWritersOnOneKeyAreSafe) {
   int leftovers = 0;
   for (const auto& e : fs::directory_iterator(dir_)) leftovers += e.path().filename() != "same.irisvol";
   EXPECT_EQ(leftovers, 0) << "temporary files left behind";
+}
+
+
+// Mapped entries: the same tensors as a read, in place in the file (64-byte
+// aligned), copy-on-write, checked once per file.
+TEST_F(VolumeCacheTest, MappedEntriesEqualReadOnesAndNeverChangeTheFile) {
+  VolumeCache cache(dir_.string());
+  const CachedVolume v = sample(7);
+  cache.put("m", v);
+  const std::string path = cache.path_for("m");
+  const auto mapped = cache.get("m", nullptr, /*mapped*/ true);
+  ASSERT_TRUE(mapped.has_value());
+  expect_identical(v, *mapped);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(mapped->voxels.data_ptr()) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(mapped->labels->data_ptr()) % 64, 0u);
+  // Writing to a mapped tensor changes this process's copy only.
+  mapped->voxels.fill_(0);
+  mapped->labels->fill_(9);
+  expect_identical(v, iris::data::read_cached_volume(path));
+  // A damaged file (a new one: rewritten by rename) fails on its first
+  // mapping, naming the file.
+  cache.put("m", v);
+  const auto size = fs::file_size(path);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(size - 20);
+    const char c = static_cast<char>(f.get());
+    f.seekp(size - 20);
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  try {
+    iris::data::map_cached_volume(path);
+    ADD_FAILURE() << "a corrupted file was mapped";
+  } catch (const iris::Error& e) {
+    EXPECT_EQ(e.where(), path);
+    EXPECT_NE(std::string(e.what()).find("checksum"), std::string::npos) << e.what();
+  }
+  std::string why;
+  EXPECT_FALSE(cache.get("m", &why, true).has_value());
+  EXPECT_NE(why.find(path), std::string::npos) << why;
+  // Truncated: refused before anything is mapped.
+  cache.put("m", v);
+  fs::resize_file(path, size / 2);
+  EXPECT_THROW(iris::data::map_cached_volume(path), iris::Error);
+}
+
+// The layout is the one the header documents (padding to 64 bytes, zeros);
+// a file of version 1 (no padding) is refused, naming its version.
+TEST_F(VolumeCacheTest, LayoutIsAlignedAndVersion1IsRefused) {
+  VolumeCache cache(dir_.string());
+  const CachedVolume v = sample(8);
+  cache.put("v2", v);
+  std::ifstream in(cache.path_for("v2"), std::ios::binary);
+  const std::string v2((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // magic, version, info size, info, geometry (3 i64 + 15 f64), voxel header
+  // (2 + 3 i64), label flag, label header (2 + 3 i64).
+  const size_t header = 8 + 4 + 4 + v.info.size() + 3 * 8 + 15 * 8 + (2 + 24) + 1 + (2 + 24);
+  const size_t voxel_bytes = v.voxels.nbytes(), label_bytes = v.labels->nbytes();
+  auto up64 = [](size_t n) { return (n + 63) / 64 * 64; };
+  const size_t voxel_at = up64(header), label_at = up64(voxel_at + voxel_bytes);
+  ASSERT_EQ(v2.size(), label_at + label_bytes + 8);
+  EXPECT_EQ(v2.substr(header, voxel_at - header), std::string(voxel_at - header, '\0'));
+  EXPECT_EQ(0, std::memcmp(v2.data() + voxel_at, v.voxels.data_ptr(), voxel_bytes));
+  EXPECT_EQ(0, std::memcmp(v2.data() + label_at, v.labels->data_ptr(), label_bytes));
+  std::string v1 = v2.substr(0, header) + v2.substr(voxel_at, voxel_bytes) + v2.substr(label_at, label_bytes) +
+                   v2.substr(v2.size() - 8);
+  const uint32_t one = 1;
+  std::memcpy(&v1[8], &one, 4);
+  const std::string path = (dir_ / "old.irisvol").string();
+  std::ofstream(path, std::ios::binary) << v1;
+  for (bool mapped : {false, true}) {
+    try {
+      mapped ? iris::data::map_cached_volume(path) : iris::data::read_cached_volume(path);
+      ADD_FAILURE() << "a version 1 file was accepted";
+    } catch (const iris::Error& e) {
+      EXPECT_EQ(e.where(), path);
+      EXPECT_NE(std::string(e.what()).find("version 1"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

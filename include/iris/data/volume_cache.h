@@ -2,13 +2,16 @@
 // On-disk cache of preprocessed volumes. Each entry is one small
 // self-describing binary file readable without ITK, so that the GPU-only
 // build can train from a cache filled by iris-preprocess on a machine with
-// ITK. File layout (little-endian), version 1:
+// ITK. File layout (little-endian), version 2:
 //   "IRISVOL1" | u32 version | u32 info bytes | info text (free: source,
 //   preprocessing config) | geometry: i64 size[3], f64 spacing[3], origin[3],
 //   direction[9] | voxels: u8 dtype, u8 ndim, i64 shape[ndim] | u8 has_labels
-//   [| labels: u8 dtype, u8 ndim, i64 shape[ndim]] | voxel bytes | label bytes
-//   | u64 checksum of everything before it.
-// The checksum catches truncated and corrupted files.
+//   [| labels: u8 dtype, u8 ndim, i64 shape[ndim]] | zeros to a multiple of
+//   64 bytes | voxel bytes [| zeros to a multiple of 64 | label bytes]
+//   | u64 checksum of the header, voxel bytes and label bytes.
+// The checksum catches truncated and corrupted files. Files of version 1
+// (the same without padding, iris before 2026-12-02) are refused like
+// damaged ones: a cache is filled again, not converted.
 //
 // Writes are atomic (temporary file + rename in the cache folder), so any
 // number of threads or processes may fill the same key at once: readers see
@@ -38,6 +41,13 @@ struct CachedVolume {
 // Writes/reads one cache file (the format above). write is atomic.
 void write_cached_volume(const CachedVolume& volume, const std::string& path);
 CachedVolume read_cached_volume(const std::string& path);  // iris::Error naming path
+// The same, but voxels and labels are views of the file mapped into memory
+// (copy-on-write: writing to them never changes the file), so that reading a
+// patch touches only that patch's pages and a case costs no copy. The
+// checksum is verified on the first mapping of each file in this process
+// (the file's device, inode, size and modification time are remembered:
+// cache files are replaced by rename, never edited in place).
+CachedVolume map_cached_volume(const std::string& path);
 
 class VolumeCache {
  public:
@@ -57,7 +67,8 @@ class VolumeCache {
 
   // nullopt when absent or damaged; for a damaged file `*rejection` (when
   // given) receives the reason, naming the file, and the file is removed.
-  std::optional<CachedVolume> get(const std::string& key, std::string* rejection = nullptr) const;
+  // `mapped`: map_cached_volume instead of read_cached_volume.
+  std::optional<CachedVolume> get(const std::string& key, std::string* rejection = nullptr, bool mapped = false) const;
   void put(const std::string& key, const CachedVolume& volume) const;
   bool contains(const std::string& key) const;
   std::string path_for(const std::string& key) const;  // <folder>/<key>.irisvol
