@@ -3,13 +3,16 @@
 # has never seen (KmeansTest: another person, LSA, 2x2x3 mm) with Colin27 and
 # its brain mask as the only reference, then an honest Dice report next to
 # two baselines that need no learning. Also transfers four atlas structures
-# from Colin27 to the MNI152 average, one-shot and with in-context tuning.
+# from Colin27 to the MNI152 average, one-shot (one class per pass and all
+# four in one pass) and with in-context tuning, and two structures no
+# training task ever contained (hippocampus, amygdala).
 # Usage: scripts/demo.sh [BUILD_DIR]
+# (IRIS_DEMO_MODEL: another model file; IRIS_DEMO_OUT: another output folder)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$(cd "${1:-$ROOT/build}" && pwd)
-OUT="$BUILD/demo"
-DATA="$OUT/data"
+OUT="${IRIS_DEMO_OUT:-$BUILD/demo}"
+DATA="$BUILD/demo/data"
 export IRIS_THREADS=${IRIS_THREADS:-$(nproc)}
 cd "$ROOT"
 bash scripts/make_demo_data.sh "$BUILD" "$DATA" >/dev/null
@@ -22,6 +25,7 @@ if [ ! -f "$MODEL" ]; then
 fi
 
 mkdir -p "$OUT/pred/brain" "$OUT/gt/brain" "$OUT/pred/structures" "$OUT/gt/structures" \
+         "$OUT/one_pass/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
          "$OUT/baseline_world/brain" "$OUT/baseline_otsu/brain" "$OUT/baseline_world/structures" "$OUT/img/brain" "$OUT/img/structures" \
          "$OUT/tuned/structures"
 echo "== 1. brain mask of KmeansTest from one reference (Colin27 + brain mask)"
@@ -43,6 +47,15 @@ cp "$DATA/mni_structures.nii.gz" "$OUT/gt/structures/mni152.nii.gz"
 cp "$DATA/mni152.nii.gz" "$OUT/img/structures/mni152.nii.gz"
 "$BUILD/iris-labels" resample --input "$DATA/colin_structures.nii.gz" --like "$DATA/mni152.nii.gz" --output "$OUT/baseline_world/structures/mni152.nii.gz"
 
+echo "== 2b. the same four structures in one pass, and two held-out structures"
+# In one pass the four classes' tokens attend to each other in the decoder.
+"$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
+  --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass/structures/mni152.nii.gz" --report "$OUT/infer_structures_one_pass.json" --quiet
+# Hippocampus and amygdala (AAL 37-38, 41-42) were in no training task.
+"$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_heldout.nii.gz" \
+  --query "$DATA/mni152.nii.gz" --output "$OUT/pred/heldout/mni152.nii.gz" --report "$OUT/infer_heldout.json" --quiet
+cp "$DATA/mni_heldout.nii.gz" "$OUT/gt/heldout/mni152.nii.gz"
+
 echo "== 3. the same four structures with in-context tuning (about 2 min on 2 cores)"
 # The network stays frozen; each structure's task embedding is optimised to
 # segment Colin27 itself (100 Adam steps), then applied to MNI152.
@@ -52,6 +65,7 @@ echo "== 3. the same four structures with in-context tuning (about 2 min on 2 co
 
 printf '1 brain\n' > "$OUT/brain_names.tsv"
 printf '1 cerebellum\n2 thalamus\n3 putamen\n4 caudate\n' > "$OUT/structure_names.tsv"
+printf '1 hippocampus\n2 amygdala\n' > "$OUT/heldout_names.tsv"
 echo
 echo "== Dice report: KmeansTest brain mask (iris, one-shot)"
 "$BUILD/iris-eval" --reference "$OUT/gt/brain" --prediction "$OUT/pred/brain" --label-names "$OUT/brain_names.tsv" \
@@ -64,10 +78,17 @@ echo
 echo "== Dice report: AAL structures, Colin27 -> MNI152 (iris, one-shot)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/pred/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures.json" --html "$OUT/report_structures" --image "$OUT/img/structures"
+echo "-- iris, all four in one pass"
+"$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass/structures" --label-names "$OUT/structure_names.tsv" \
+  --output "$OUT/eval_structures_one_pass.json"
 echo "-- iris with in-context tuning (--strategy tuning)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/tuned/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_tuned.json"
 echo "-- baseline: world-coordinate copy (equals the ground truth by construction, see docs/demo.md)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/baseline_world/structures" --label-names "$OUT/structure_names.tsv" --output "$OUT/eval_structures_world.json"
+echo
+echo "== Dice report: held-out structures (in no training task), Colin27 -> MNI152 (iris, one-shot)"
+"$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/pred/heldout" --label-names "$OUT/heldout_names.tsv" \
+  --output "$OUT/eval_heldout.json"
 echo
 echo "HTML reports: $OUT/report_brain/index.html and $OUT/report_structures/index.html"
