@@ -20,7 +20,7 @@ using namespace iris;
 
 int main(int argc, char** argv) {
   CLI::App cli{"iris-import: convert a MASS/IRIS PyTorch checkpoint into an iris model file"};
-  std::string checkpoint, output, config_path, key, names;
+  std::string checkpoint, output, config_path, key, names, skull_strip_task;
   std::vector<std::string> overrides;
   bool trust_legacy = false;
   cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
@@ -32,9 +32,28 @@ int main(int argc, char** argv) {
   cli.add_flag("--trust-legacy", trust_legacy,
                "CHECKPOINT is a .iris or .task file of iris' first format: convert it once (opening such a file can "
                "run code it carries: only for files you trust)");
+  cli.add_option("--skull-strip-task", skull_strip_task,
+                 "CHECKPOINT is an iris model file: write it with this one-class brain task (iris-infer encode with "
+                 "this model) as its skull-strip step, run first on every input of iris-infer; 'none' removes the step");
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
   return app::run_main("iris-import", [&]() -> int {
+    if (!skull_strip_task.empty()) {
+      if (trust_legacy || !config_path.empty() || !overrides.empty() || !key.empty() || !names.empty())
+        throw Error("--skull-strip-task", "changes an iris model file: --trust-legacy, --config, --set, "
+                                          "--state-dict-key and --class-names do not apply");
+      model::IrisModel m = model::load_model(checkpoint);
+      if (skull_strip_task == "none") {
+        model::set_skull_strip(m, std::nullopt, skull_strip_task);
+      } else {
+        model::set_skull_strip(m, model::TaskEmbedding::load(skull_strip_task), skull_strip_task);
+      }
+      model::save_model(m, output);
+      std::cout << "iris-import: " << output << " (fingerprint " << m.fingerprint << ") "
+                << (m.skull_strip ? "strips the skull first with " + skull_strip_task : std::string("has no skull-strip step"))
+                << "\n";
+      return 0;
+    }
     if (trust_legacy) {
       if (!config_path.empty() || !overrides.empty() || !key.empty() || !names.empty())
         throw Error("--trust-legacy", "converts a file as it is: --config, --set, --state-dict-key and --class-names do not apply");
@@ -60,7 +79,8 @@ int main(int argc, char** argv) {
     if (ext == ".iris" || ext == ".task")
       throw Error(checkpoint, "looks like an iris " + std::string(ext == ".iris" ? "model" : "task") +
                                   " file, not a PyTorch checkpoint: to convert one of iris' first format, add "
-                                  "--trust-legacy (only for files you trust)");
+                                  "--trust-legacy (only for files you trust); to attach a skull-strip step to a model, "
+                                  "--skull-strip-task");
     std::optional<model::ModelConfig> config;
     if (!config_path.empty() || !overrides.empty()) {
       ConfigMap m;

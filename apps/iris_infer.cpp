@@ -97,6 +97,9 @@ int main(int argc, char** argv) {
   cli.add_option("--window-batch", opt.window_batch, "windows per network call, or auto (sized to the GPU's memory)")
       ->transform(CLI::Transformer({{"auto", "0"}}))->check(CLI::Range(0L, 4096L));
   cli.add_flag("--fast", opt.fast, "run at the coarser spacing the model stores (preprocess.fast_spacing)");
+  cli.add_flag("--no-skull-strip{false}", opt.skull_strip,
+               "skip the skull-strip step the model file stores (iris-import --skull-strip-task): for inputs "
+               "already stripped");
   cli.add_option("--threshold", opt.threshold, "probability a class needs to claim a voxel")->check(app::number_in(0.0, 1.0));
   cli.add_flag("--keep-largest", opt.post.keep_largest, "keep only the largest connected component of each class");
   cli.add_option("--min-component-voxels", opt.post.min_component_voxels, "remove components with fewer voxels")

@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
     auto* strip = app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
                                  "segmentation with this model (e.g. models/demo_brain.iris)");
     app.add_option("--skull-strip-task", strip_task, "The stored brain task for --skull-strip (e.g. "
-                   "models/demo_brain.task)")->needs(strip);
+                   "models/demo_brain.task; default: the one the model file stores, if any)")->needs(strip);
     app.add_option("--brain-mask-output", brain_mask_output, "Write the brain mask of --skull-strip (on the input's "
                    "grid)")->needs(strip);
     iris::app::add_device_option(app, device_name);
@@ -94,7 +94,6 @@ int main(int argc, char** argv) {
     iris::io::Image image = iris::io::read_image(input);
     for (const auto& w : image.warnings) iris::log::warn(input + ": " + w);
     if (!strip_model.empty()) {
-      if (strip_task.empty()) throw iris::Error("--skull-strip-task", "is required with --skull-strip");
       iris::infer::SkullStripOptions so;
       so.device = iris::resolve_device(device_name, iris::DistributedEnv::from_environment(),
                                        iris::visible_cuda_devices(), "--device");

@@ -26,6 +26,7 @@
 #include "iris/common/label_list.h"
 #include "iris/common/log.h"
 #include "iris/infer/reference.h"
+#include "iris/infer/skull_strip.h"
 #include "iris/infer/sliding_window.h"
 #include "iris/io/dicom.h"
 #include "iris/io/dicom_seg.h"
@@ -290,6 +291,8 @@ struct Segmenter::State {
   std::string strategy;
   std::string intensity;                   // scheme applied after the spatial steps
   std::optional<io::PreprocessConfig> spatial;
+  bool strip = false;         // the model file's skull-strip step runs first
+  model::TaskEmbedding brain;  // its task, on the device
   SlidingWindowOptions window;
   std::vector<std::string> window_batch_notes;  // how --window-batch auto chose
   std::vector<long> labels;                // label values of the task
@@ -322,13 +325,52 @@ struct Segmenter::State {
     return {out, pre};
   }
 
+  // The model file's skull-strip step: the brain segmented with its stored
+  // task (the first model's, for an ensemble) on the unstripped image,
+  // exactly as infer::skull_strip does it (largest component, holes filled,
+  // on the image's own grid), and the image set to 0 outside it.
+  Image strip_skull(const Image& image) {
+    const auto t = Clock::now();
+    const std::string what = image.source.empty() ? "image" : image.source;
+    if (image.voxels.dim() != 3) throw Error(what, "skull stripping (the model's first step) needs a single-channel 3-D image");
+    auto [model_space, pre] = to_model_space(image);
+    const at::Tensor volume = io::normalise_intensity(model_space.voxels, intensity);
+    SlidingWindowOptions w = window;
+    w.progress = nullptr;
+    w.classes_per_pass = 0;
+    if (w.batch <= 0) w.batch = 1;  // --window-batch auto is sized at the first query
+    at::Tensor p;
+    {
+      compat::AutocastGuard autocast(options.device.type(), at::kBFloat16, options.bf16);
+      p = sliding_window_probabilities(*members[0].model.net, volume, brain, w);
+    }
+    PostprocessOptions post;
+    post.keep_largest = true;
+    at::Tensor labels = postprocess_labels(labels_from_probabilities(p.to(at::kFloat), brain.labels, 0.5), brain.labels, post);
+    if (pre) labels = io::invert_to_source(labels, *pre, true).voxels;
+    const at::Tensor mask = fill_holes(labels);
+    if (!mask.any().item<bool>())
+      throw Error(what, "the skull-strip step of " + members[0].path +
+                            " found no brain (is it a head MR? --no-skull-strip skips the step)");
+    Image out = image;
+    out.voxels = image.voxels.masked_fill(mask.logical_not(), 0);
+    timings.add("skull_strip", t);
+    return out;
+  }
+
   ReferencePair read_reference(size_t i) {
     if (i < reference_cache.size()) return reference_cache[i];
-    const auto t = Clock::now();
+    auto t = Clock::now();
     ReferencePair pair{io::read_image(spec.references[i]), io::read_labels(spec.reference_masks[i]),
                        spec.references[i]};
     // Counted before anything per label is made (resampling, masks).
     reference_label_values(pair.mask, labels.empty() ? spec.labels : labels, spec.max_labels);
+    if (strip) {
+      timings.add("read", t);
+      io::check_same_grid(pair.image, pair.mask);
+      pair.image = strip_skull(pair.image);
+      t = Clock::now();
+    }
     if (spatial) {
       io::check_same_grid(pair.image, pair.mask);
       auto [image, pre] = to_model_space(pair.image);
@@ -373,10 +415,12 @@ struct Segmenter::State {
     }
   }
 
+  bool stored_task() const { return !spec.task_file.empty() || spec.task.has_value(); }
+
   model::TaskEmbedding load_task() const {
-    model::TaskEmbedding t = model::TaskEmbedding::load(spec.task_file);
+    model::TaskEmbedding t = spec.task ? *spec.task : model::TaskEmbedding::load(spec.task_file);
     if (t.model_fingerprint != cur->model.fingerprint)
-      throw Error(spec.task_file, "task embedding was made by another model (fingerprint " + t.model_fingerprint +
+      throw Error(spec.task ? std::string("task") : spec.task_file, "task embedding was made by another model (fingerprint " + t.model_fingerprint +
                                       ", this model " + cur->model.fingerprint + "); encode it again with this model");
     return t;
   }
@@ -399,13 +443,14 @@ struct Segmenter::State {
                                           std::to_string(spec.reference_masks.size()) + " masks)");
     if (strategy == "memory-bank") {
       if (spec.classes.empty()) throw Error("--strategy memory-bank", "needs --classes");
-      if (!spec.references.empty() || !spec.task_file.empty() || !spec.pool_dir.empty())
+      if (!spec.references.empty() || stored_task() || !spec.pool_dir.empty())
         throw Error("--strategy memory-bank", "takes its task from --classes only");
     } else if (!spec.classes.empty()) {
       throw Error("--classes", "only with --strategy memory-bank");
     }
     if (strategy == "one-shot" || strategy == "ensemble") {
-      if ((!spec.references.empty()) + (!spec.task_file.empty()) != 1)
+      if (!spec.task_file.empty() && spec.task) throw Error("--task", "give one stored task");
+      if ((!spec.references.empty()) + stored_task() != 1)
         throw Error("--reference", "give exactly one task source: --reference/--reference-mask, --task or --classes");
       if (strategy == "one-shot" && spec.references.size() > 1)
         throw Error("--strategy one-shot", "takes one --reference (several make a context ensemble: --strategy ensemble)");
@@ -429,7 +474,7 @@ struct Segmenter::State {
       for (size_t i = 0; i < ids.size(); ++i) cur->task.labels.push_back(static_cast<long>(i) + 1);
       cur->task.model_fingerprint = cur->model.fingerprint;
     } else if (strategy == "one-shot" || strategy == "ensemble") {
-      cur->task = spec.task_file.empty() ? encode_references() : load_task();
+      cur->task = stored_task() ? load_task() : encode_references();
     } else if (strategy == "tuning") {
       // Examples are the reference pairs; the start is --task or their ensemble.
       std::vector<TuningExample> examples;
@@ -437,12 +482,12 @@ struct Segmenter::State {
       for (size_t i = 0; i < spec.references.size(); ++i) {
         ReferencePair pair = read_reference(i);
         io::check_same_grid(pair.image, pair.mask);
-        if (spec.task_file.empty()) encoded.push_back(encode_one(pair));
+        if (!stored_task()) encoded.push_back(encode_one(pair));
         std::vector<at::Tensor> masks;
         for (long v : labels) masks.push_back(pair.mask.voxels.eq(v).to(at::kFloat));
         examples.push_back({io::normalise_intensity(pair.image.voxels, intensity), at::stack(masks)});
       }
-      cur->task = spec.task_file.empty() ? model::TaskEmbedding::mean(encoded) : load_task();
+      cur->task = stored_task() ? load_task() : model::TaskEmbedding::mean(encoded);
       if (cur->task.num_classes() != static_cast<long>(labels.size()))
         throw Error("--task", "the stored task has " + std::to_string(cur->task.num_classes()) +
                                   " classes but the references give " + std::to_string(labels.size()));
@@ -552,7 +597,7 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
     if (!(w > 0) || !std::isfinite(w)) throw Error("--model-weights", "weights must be positive numbers");
   if (model_paths.size() > 1) {
     // Stored tasks and pools belong to the model that made them.
-    if (!s.spec.task_file.empty()) throw Error("--task", "a stored task belongs to one model: give reference pairs to an ensemble of models");
+    if (s.stored_task()) throw Error("--task", "a stored task belongs to one model: give reference pairs to an ensemble of models");
     if (!s.spec.pool_dir.empty()) throw Error("--pool", "a stored pool belongs to one model: give reference pairs to an ensemble of models");
     if (!s.spec.tuned_task_out.empty()) throw Error("--tuned-task-out", "an ensemble of models tunes one task per model");
   }
@@ -619,6 +664,17 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
   s.window.classes_per_pass = s.options.classes_per_pass;
   s.window.progress = s.options.window_progress;
 
+  // The skull-strip step stored in the model file, with its preprocessing.
+  if (s.options.preprocess == "model" && s.options.skull_strip && first.skull_strip) {
+    s.strip = true;
+    s.brain = first.skull_strip->to(s.options.device);
+  }
+  for (const auto& m : s.members)
+    if (s.options.preprocess == "model" && m.model.skull_strip.has_value() != first.skull_strip.has_value())
+      throw Error(m.path, std::string(m.model.skull_strip ? "stores" : "does not store") + " a skull-strip step and " +
+                              s.members[0].path + (first.skull_strip ? " does" : " does not") +
+                              ": an ensemble needs one preprocessing (or --preprocess with an intensity scheme)");
+
   s.reference_modality = s.spec.references.empty()
                              ? upper(s.spec.reference_modality)
                              : input_modality(s.spec.references[0], s.spec.reference_modality, "");
@@ -643,8 +699,9 @@ const std::vector<std::pair<std::string, std::vector<ClassStatistics>>>& Segment
 
 Segmentation Segmenter::segment(const Image& query, const std::string& name) {
   State& s = *s_;
+  const Image stripped = s.strip ? s.strip_skull(query) : Image();
   auto t = Clock::now();
-  auto [image, pre] = s.to_model_space(query);
+  auto [image, pre] = s.to_model_space(s.strip ? stripped : query);
   const at::Tensor volume = io::normalise_intensity(image.voxels, s.intensity);
   s.timings.add("preprocess", t);
 
@@ -903,6 +960,7 @@ Json Segmenter::report() const {
                  {"classes_per_pass", s.options.classes_per_pass > 0 ? std::min(s.options.classes_per_pass, K) : K},
                  {"window_batch", s.window.batch},
                  {"fast", s.options.fast},
+                 {"skull_strip", s.strip},
                  {"peak_rss_bytes", peak_rss_bytes()}};
   if (!s.window_batch_notes.empty()) report["window_batch_auto"] = s.window_batch_notes;
   {

@@ -5,6 +5,7 @@
 #include "iris/common/error.h"
 #include "iris/infer/connected_components.h"
 #include "iris/infer/segmenter.h"
+#include "iris/model/model_file.h"
 
 namespace iris::infer {
 
@@ -33,21 +34,31 @@ SkullStripResult skull_strip(const Image& image, const std::string& model_path, 
   if (image.voxels.dim() != 3)
     throw Error(image.source.empty() ? "skull stripping" : image.source, "needs a single-channel 3-D image");
   TaskSpec task;
-  task.task_file = task_path;
+  if (task_path.empty()) {
+    model::IrisModel m = model::load_model(model_path);
+    if (!m.skull_strip)
+      throw Error(model_path, "stores no skull-strip task: give one (--skull-strip-task), or attach one with "
+                              "iris-import MODEL --skull-strip-task TASK --output MODEL2");
+    task.task = *m.skull_strip;
+  } else {
+    task.task_file = task_path;
+  }
+  const std::string task_name = task_path.empty() ? model_path + " (its skull-strip task)" : task_path;
   SegmenterOptions options;
+  options.skull_strip = false;  // the brain task runs on the head
   options.device = o.device;
   options.threshold = o.threshold;
   options.post.keep_largest = true;
   options.warn = [](const std::string&) {};
   Segmenter segmenter(model_path, task, options);
   if (segmenter.task().num_classes() != 1)
-    throw Error(task_path, "has " + std::to_string(segmenter.task().num_classes()) +
+    throw Error(task_name, "has " + std::to_string(segmenter.task().num_classes()) +
                                " classes; skull stripping needs a task of one class, the brain");
   const Segmentation s = segmenter.segment(image, image.source.empty() ? "image" : image.source);
   const at::Tensor brain = fill_holes(s.labels.voxels);
   if (!brain.any().item<bool>())
     throw Error(image.source.empty() ? "skull stripping" : image.source,
-                "no brain found with " + task_path + " (is it a head MR of the task's kind?)");
+                "no brain found with " + task_name + " (is it a head MR of the task's kind?)");
   SkullStripResult r;
   r.mask.geometry = image.geometry;
   r.mask.voxels = brain;

@@ -54,6 +54,9 @@ void fill_net(IrisNetImpl& net, Get&& get) {
 
 void save_model(IrisModel& model, const std::string& path) {
   model.fingerprint = compute_fingerprint(*model.net);
+  if (model.skull_strip && model.skull_strip->model_fingerprint != model.fingerprint)
+    throw Error(path, "not written: its skull-strip task was encoded by other weights (fingerprint " +
+                          model.skull_strip->model_fingerprint + ", these " + model.fingerprint + ")");
   TensorFile file(kFormatV2);
   file.set("config", model.config.to_config().to_text());
   file.set_strings("class_names", model.class_names);
@@ -63,6 +66,12 @@ void save_model(IrisModel& model, const std::string& path) {
   torch::NoGradGuard no_grad;
   for (const auto& p : model.net->named_parameters()) file.put("param/" + p.key(), p.value());
   for (const auto& b : model.net->named_buffers()) file.put("buffer/" + b.key(), b.value());
+  if (model.skull_strip) {
+    file.set_int("skull_strip_stages", static_cast<int64_t>(model.skull_strip->stages.size()));
+    file.set("skull_strip_name", model.skull_strip->names.empty() ? "" : model.skull_strip->names[0]);
+    for (size_t i = 0; i < model.skull_strip->stages.size(); ++i)
+      file.put("skull_strip/stage" + std::to_string(i), model.skull_strip->stages[i].to(at::kCPU).to(at::kFloat));
+  }
   file.save(path);
 }
 
@@ -82,6 +91,23 @@ IrisModel load_model(const std::string& path) {
     ++expected;
     return file.get(kind + name, like.scalar_type(), like.sizes());
   });
+  if (file.has_meta("skull_strip_stages")) {
+    // One class, each stage shaped as the network's task tokens [1, T, C_i].
+    const auto& bank = model.net->memory_bank;
+    const long n = file.meta_int("skull_strip_stages", 1, 8);
+    if (n != static_cast<long>(bank.size()))
+      throw Error(path, "is damaged: its skull-strip task has " + std::to_string(n) + " stages, the network " +
+                            std::to_string(bank.size()));
+    TaskEmbedding brain;
+    for (long i = 0; i < n; ++i) {
+      brain.stages.push_back(
+          file.get("skull_strip/stage" + std::to_string(i), at::kFloat, {1, bank[i].size(1), bank[i].size(2)}).clone());
+      ++expected;
+    }
+    brain.labels = {1};
+    brain.names = {file.meta_or("skull_strip_name", "brain")};
+    model.skull_strip = std::move(brain);
+  }
   if (file.tensors().size() != expected)
     throw Error(path, "holds " + std::to_string(file.tensors().size()) + " tensors but its architecture has " +
                           std::to_string(expected) + ": it is damaged or was edited");
@@ -90,7 +116,31 @@ IrisModel load_model(const std::string& path) {
     throw Error(path, "is damaged: its weights do not match its stored fingerprint (" + model.fingerprint + " vs " +
                           recomputed + ")");
   model.net->eval();
+  if (model.skull_strip) model.skull_strip->model_fingerprint = model.fingerprint;
   return model;
+}
+
+void set_skull_strip(IrisModel& model, std::optional<TaskEmbedding> brain, const std::string& where) {
+  if (brain) {
+    if (brain->num_classes() != 1)
+      throw Error(where, "has " + std::to_string(brain->num_classes()) +
+                             " classes; a skull-strip task is one class, the brain");
+    if (brain->model_fingerprint != model.fingerprint)
+      throw Error(where, "was encoded by another model (fingerprint " + brain->model_fingerprint + ", this model " +
+                             model.fingerprint + "): encode the brain task with this model");
+    const auto& bank = model.net->memory_bank;
+    if (brain->stages.size() != bank.size())
+      throw Error(where, "has " + std::to_string(brain->stages.size()) + " stages, the network " +
+                             std::to_string(bank.size()));
+    for (size_t i = 0; i < bank.size(); ++i)
+      if (brain->stages[i].dim() != 3 || brain->stages[i].size(1) != bank[i].size(1) ||
+          brain->stages[i].size(2) != bank[i].size(2))
+        throw Error(where, "stage " + std::to_string(i) + " does not have the network's token shape");
+    brain->labels = {1};
+    if (brain->names.empty() || brain->names[0].empty()) brain->names = {"brain"};
+    for (auto& s : brain->stages) s = s.to(at::kCPU).to(at::kFloat).contiguous();
+  }
+  model.skull_strip = std::move(brain);
 }
 
 IrisModel load_legacy_model(const std::string& path) {

@@ -48,6 +48,7 @@ struct TaskSpec {
   std::string strategy;
   std::vector<std::string> references, reference_masks;  // --reference / --reference-mask pairs
   std::string task_file;                                 // --task
+  std::optional<model::TaskEmbedding> task;              // a task in memory, used as a stored one (not with --task)
   std::vector<std::string> classes;                      // --classes (memory bank)
   std::string pool_dir;                                  // --pool
   std::vector<long> labels;                              // --labels (empty: all of the first reference)
@@ -71,6 +72,10 @@ struct SegmenterOptions {
   // an iris::Error naming --fast when it stores none.
   bool fast = false;
   bool mirror_tta = false;
+  // Run the model file's skull-strip step (model::IrisModel::skull_strip)
+  // on every query and reference first, when it stores one and `preprocess`
+  // is "model" (iris-infer --no-skull-strip turns it off).
+  bool skull_strip = true;
   bool bf16 = false;  // bf16 autocast of the network's forward passes (GPUs with bf16; CPUs too, slowly)
   long classes_per_pass = 0;
   double threshold = 0.5;

@@ -24,7 +24,8 @@ struct SkullStripResult {
 };
 
 // iris::Error naming the model or task file when they do not fit (a task of
-// another model, a task of more than one class).
+// another model, a task of more than one class). An empty `task_path` takes
+// the model file's own skull-strip task (model::IrisModel::skull_strip).
 SkullStripResult skull_strip(const Image& image, const std::string& model_path, const std::string& task_path,
                              const SkullStripOptions& options = {});
 

@@ -3,10 +3,12 @@
 // memory-bank class names, preprocessing and a fingerprint in one safetensors
 // file (common/tensor_file.h), so no other flag is needed to load it and
 // loading it never runs code.
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "iris/model/iris_net.h"
+#include "iris/model/task_embedding.h"
 
 namespace iris::model {
 
@@ -20,7 +22,20 @@ struct IrisModel {
   // Preprocessing the network was trained with (io::PreprocessConfig keys as
   // "key: value" text); empty = feed voxels unchanged.
   std::string preprocess;
+  // Skull stripping as the first preprocessing step (optional): a one-class
+  // brain task of this network (iris-infer encode of a head MR and its brain
+  // mask). Inference with the model's preprocessing first segments the brain
+  // with it, on the unstripped image, and sets the image to 0 outside it
+  // (infer/segmenter.h). Stored as tensors "skull_strip/stage{i}"; it does
+  // not enter the fingerprint, so tasks encoded before it was attached stay
+  // valid for the weights (not for the inputs they were encoded from).
+  std::optional<TaskEmbedding> skull_strip;
 };
+
+// Sets (or, with std::nullopt, removes) the model's skull-strip step.
+// iris::Error naming `where` (the task file) unless the task has exactly one
+// class and was encoded by this model (fingerprint).
+void set_skull_strip(IrisModel& model, std::optional<TaskEmbedding> brain, const std::string& where);
 
 // Fingerprint of a network's weights and architecture (64-bit hash, hex).
 std::string compute_fingerprint(const IrisNetImpl& net);
