@@ -115,9 +115,7 @@ TEST(SkullStrip, AStepStoredInTheModelFileStripsQueriesAndReferencesFirst) {
   REQUIRE_DATA(kKmeans + "KmeansTest_T1UCharRaw.nii.gz");
   REQUIRE_DATA(kTemplates + "ch2.nii.gz");
   REQUIRE_DATA(kTemplates + "aal.nii.gz");
-  const fs::path dir = fs::temp_directory_path() / ("iris_model_skull_strip_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  const fs::path dir = iris::testing::temp_folder("model_skull_strip");  // removed at exit
   const std::string stripping = (dir / "stripping.iris").string();
   const std::string import = iris::testing::program_path("iris-import");
   auto attached = iris::testing::run_program(
@@ -230,5 +228,4 @@ TEST(SkullStrip, AStepStoredInTheModelFileStripsQueriesAndReferencesFirst) {
                 .exit_code,
             0);
   EXPECT_FALSE(iris::model::load_model((dir / "removed.iris").string()).skull_strip.has_value());
-  fs::remove_all(dir);
 }

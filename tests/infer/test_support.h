@@ -11,13 +11,19 @@
 #include "iris/io/image_io.h"
 #include "iris/model/iris_net.h"
 #include "iris/model/model_file.h"
+#include "../support/test_support.h"
 
 namespace iris_test {
 
 namespace fs = std::filesystem;
 
 inline std::string temp_path(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("iris_infer_test_" + std::to_string(::getpid()));
+  static const fs::path dir = [] {
+    const fs::path d = fs::temp_directory_path() / ("iris_infer_test_" + std::to_string(::getpid()));
+    fs::create_directories(d);
+    iris::testing::remove_at_exit(d);
+    return d;
+  }();
   fs::create_directories(dir);
   return (dir / name).string();
 }

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <vector>
 #include <sstream>
 #include <string>
@@ -65,12 +66,30 @@ inline ProgramRun run_program(const std::string& program, const std::string& arg
 }
 
 // A fresh, empty folder under the system temp folder.
+// Removes `dir` when the test process exits (normally, a failed test
+// included), unless IRIS_KEEP_TEST_FILES is set (to look at what a test wrote).
+inline void remove_at_exit(const std::filesystem::path& dir) {
+  struct Registry {
+    std::mutex mutex;
+    std::vector<std::filesystem::path> dirs;
+    ~Registry() {
+      if (std::getenv("IRIS_KEEP_TEST_FILES")) return;
+      std::error_code ec;
+      for (const auto& d : dirs) std::filesystem::remove_all(d, ec);
+    }
+  };
+  static Registry registry;
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  registry.dirs.push_back(dir);
+}
+
 inline std::filesystem::path temp_folder(const std::string& name) {
   static std::atomic<int> counter{0};
   auto dir = std::filesystem::temp_directory_path() /
              ("iris_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  remove_at_exit(dir);
   return dir;
 }
 

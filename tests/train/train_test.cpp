@@ -981,3 +981,41 @@ TEST(RegionEpisodes, GeneratedImagesHaveTheDrawnMeanPerRegion) {
   EXPECT_TRUE(at::equal(image, data::synthesize_image(index, 6, 42, o)));
   EXPECT_FALSE(at::equal(image, data::synthesize_image(index, 6, 43, o)));
 }
+
+// The masks of a region episode lie on their regions in its image: in the
+// box atlas every region has one intensity (region % 5 * 0.3, plus noise),
+// so inside a one-region task's query and reference masks the image is that
+// value, away from the region's border (the resampling blurs the border).
+TEST(RegionEpisodes, MasksLieOnTheirRegionsInTheirImages) {
+  data::EpisodeOptions o;
+  o.patch = 32;
+  o.max_classes = 3;
+  o.augment.intensity_probability = 0;
+  o.augment.blur_probability = 0;
+  data::EpisodeSampler s(atlas_dataset(0.0), o, 5);
+  long checked = 0;
+  double worst = 0;
+  for (long e = 0; e < 60; ++e) {
+    const auto batch = s.sample(e, 1);
+    for (long k = 0; k < 3; ++k) {
+      const auto& task = batch.task_labels[0][k];
+      if (task.size() != 1 || batch.valid[0][k].item<float>() < 0.5) continue;
+      const double expected = (task[0] % 5) * 0.3;
+      for (const auto& [image, masks] : {std::pair{batch.query, batch.query_masks}, std::pair{batch.reference, batch.reference_masks}}) {
+        // The mask eroded by one voxel (6-neighbours), so border blur does not count.
+        const at::Tensor m = masks[0][k].gt(0.5).unsqueeze(0).unsqueeze(0).to(at::kFloat);
+        const at::Tensor eroded = at::max_pool3d(1 - m, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}).lt(0.5)[0][0];
+        if (eroded.sum().item<long>() < 20) continue;
+        // The image is z-scored per episode: compare with the region's rank
+        // among intensities instead, through the median inside the mask.
+        const at::Tensor inside = image[0][0].masked_select(eroded);
+        const double spread = inside.std().item<double>(), all = image[0][0].std().item<double>();
+        EXPECT_LT(spread, 0.35 * all) << "episode " << e << " region " << task[0] << " (value " << expected << ")";
+        ++checked;
+        worst = std::max(worst, spread / all);
+      }
+    }
+  }
+  std::cout << "largest spread inside a mask / over the patch: " << worst << std::endl;
+  EXPECT_GT(checked, 30);
+}
