@@ -40,10 +40,11 @@ void write_mask(const iris::io::Image& like, const at::Tensor& mask, const fs::p
 }
 
 // One-pass Dice of the four structures (test below), a little under what the
-// shipped stage-4 model measures on this MNI152 file: 0.696 / 0.540 / 0.434 /
-// 0.616 (stage 2: thalamus and caudate 0). Lower than the demo's
-// 0.770 / 0.647 / 0.598 / 0.627, which paints over the letters.
-const double kOnePassAtLeast[4] = {0.66, 0.50, 0.40, 0.58};
+// shipped stage-5 model measures on this MNI152 file: 0.670 / 0.562 / 0.522 /
+// 0.622 (stage 4: 0.696 / 0.540 / 0.434 / 0.616; stage 2: thalamus and
+// caudate 0). Lower than the demo's 0.751 / 0.699 / 0.683 / 0.708, which
+// paints over the letters.
+const double kOnePassAtLeast[4] = {0.64, 0.53, 0.49, 0.60};
 
 }  // namespace
 
@@ -75,7 +76,7 @@ TEST(DemoModel, SegmentsAnUnseenBrainFromOneReferenceAndFollowsTheReference) {
   const at::Tensor truth = iris::io::read_labels(kKmeans + "KmeansTest_T1RawSkullStrip.nii.gz").voxels.gt(0);
   const at::Tensor brain = segment("colin_brain.nii.gz", "brain.nii.gz");
   ASSERT_EQ(brain.sizes(), truth.sizes());
-  EXPECT_GE(dice(brain, truth), 0.90);  // measured 0.936
+  EXPECT_GE(dice(brain, truth), 0.90);  // measured 0.935 (stage 5; stage 4 0.938)
 
   // A cerebellum reference gives a part of the brain, not the brain: measured
   // 12,136 voxels against 130,728 (9%), Dice 0.136 with the whole brain.
@@ -118,15 +119,15 @@ TEST(DemoModel, ReadsTheThalamusFromOneReferenceOneShotAndTuned) {
     EXPECT_EQ(r.exit_code, 0) << r.output;
     return iris::io::read_labels((dir / output).string()).voxels.gt(0);
   };
-  // The shipped model (stage 4, docs/demo.md) reads the thalamus from the
-  // reference: measured 0.622 one-shot and 0.625 tuned (100 Adam steps at
-  // 0.1, the defaults); stage 2 measured 0.576 / 0.590, the first model
-  // 0.398 (a blob over all three deep structures) / 0.539.
+  // The shipped model (stage 5, docs/demo.md) reads the thalamus from the
+  // reference: measured 0.587 one-shot and 0.586 tuned (100 Adam steps at
+  // 0.1, the defaults); stage 4 measured 0.622 / 0.625, stage 2 0.576 /
+  // 0.590, the first model 0.398 (a blob over all three deep structures) / 0.539.
   const double one_shot = dice(segment("", "one_shot.nii.gz"), truth);
   const double tuned = dice(segment(" --strategy tuning", "tuned.nii.gz"), truth);
   std::cout << "thalamus: one-shot Dice " << one_shot << ", tuned " << tuned << std::endl;
-  EXPECT_GE(one_shot, 0.58);
-  EXPECT_GE(tuned, 0.58);
+  EXPECT_GE(one_shot, 0.57);
+  EXPECT_GE(tuned, 0.57);
   fs::remove_all(dir);
 }
 
