@@ -348,12 +348,10 @@ struct Segmenter::State {
     post.keep_largest = true;
     at::Tensor labels = postprocess_labels(labels_from_probabilities(p.to(at::kFloat), brain.labels, 0.5), brain.labels, post);
     if (pre) labels = io::invert_to_source(labels, *pre, true).voxels;
-    const at::Tensor mask = fill_holes(labels);
-    if (!mask.any().item<bool>())
-      throw Error(what, "the skull-strip step of " + members[0].path +
-                            " found no brain (is it a head MR? --no-skull-strip skips the step)");
-    Image out = image;
-    out.voxels = image.voxels.masked_fill(mask.logical_not(), 0);
+    Image out = strip_with_labels(image, labels,
+                                  "the skull-strip step of " + members[0].path +
+                                      " found no brain (is it a head MR? --no-skull-strip skips the step)")
+                    .image;
     timings.add("skull_strip", t);
     return out;
   }

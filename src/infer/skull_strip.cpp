@@ -55,10 +55,12 @@ SkullStripResult skull_strip(const Image& image, const std::string& model_path, 
     throw Error(task_name, "has " + std::to_string(segmenter.task().num_classes()) +
                                " classes; skull stripping needs a task of one class, the brain");
   const Segmentation s = segmenter.segment(image, image.source.empty() ? "image" : image.source);
-  const at::Tensor brain = fill_holes(s.labels.voxels);
-  if (!brain.any().item<bool>())
-    throw Error(image.source.empty() ? "skull stripping" : image.source,
-                "no brain found with " + task_name + " (is it a head MR of the task's kind?)");
+  return strip_with_labels(image, s.labels.voxels, "no brain found with " + task_name + " (is it a head MR of the task's kind?)");
+}
+
+SkullStripResult strip_with_labels(const Image& image, const at::Tensor& brain_labels, const std::string& no_brain) {
+  const at::Tensor brain = fill_holes(brain_labels);
+  if (!brain.any().item<bool>()) throw Error(image.source.empty() ? "skull stripping" : image.source, no_brain);
   SkullStripResult r;
   r.mask.geometry = image.geometry;
   r.mask.voxels = brain;

@@ -29,6 +29,12 @@ struct SkullStripResult {
 SkullStripResult skull_strip(const Image& image, const std::string& model_path, const std::string& task_path,
                              const SkullStripOptions& options = {});
 
+// The last step of both skull_strip and the model file's skull-strip step
+// (segmenter.h): the brain segmentation `brain_labels` (the largest
+// component, on the image's grid) with its holes filled, and the image set to
+// 0 outside it; iris::Error naming the image with `no_brain` when it is empty.
+SkullStripResult strip_with_labels(const Image& image, const at::Tensor& brain_labels, const std::string& no_brain);
+
 // Background components of `mask` ([Z, Y, X], non-zero = inside) that do
 // not touch the volume's border, added to it (uint8 result).
 at::Tensor fill_holes(const at::Tensor& mask);
