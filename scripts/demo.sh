@@ -27,7 +27,7 @@ fi
 mkdir -p "$OUT/pred/brain" "$OUT/gt/brain" "$OUT/pred/structures" "$OUT/gt/structures" \
          "$OUT/one_pass/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
          "$OUT/baseline_world/brain" "$OUT/baseline_otsu/brain" "$OUT/baseline_world/structures" "$OUT/img/brain" "$OUT/img/structures" \
-         "$OUT/tuned/structures"
+         "$OUT/tuned/structures" "$OUT/tuned/heldout"
 echo "== 1. brain mask of KmeansTest from one reference (Colin27 + brain mask)"
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_brain.nii.gz" \
   --query "$DATA/kmeans_t1.nii.gz" --output "$OUT/pred/brain/kmeans.nii.gz" --keep-largest --report "$OUT/infer_brain.json" --quiet
@@ -63,6 +63,12 @@ echo "== 3. the same four structures with in-context tuning (about 2 min on 2 co
   --query "$DATA/mni152.nii.gz" --output "$OUT/tuned/structures/mni152.nii.gz" --strategy tuning --classes-per-pass 1 \
   --tuned-task-out "$OUT/structures_tuned.task" --report "$OUT/infer_structures_tuned.json" --quiet
 
+# In-context tuning is the method's strategy for a class the model never
+# saw: the same optimisation on Colin27's hippocampus and amygdala.
+"$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_heldout.nii.gz" \
+  --query "$DATA/mni152.nii.gz" --output "$OUT/tuned/heldout/mni152.nii.gz" --strategy tuning --classes-per-pass 1 \
+  --report "$OUT/infer_heldout_tuned.json" --quiet
+
 printf '1 brain\n' > "$OUT/brain_names.tsv"
 printf '1 cerebellum\n2 thalamus\n3 putamen\n4 caudate\n' > "$OUT/structure_names.tsv"
 printf '1 hippocampus\n2 amygdala\n' > "$OUT/heldout_names.tsv"
@@ -90,5 +96,8 @@ echo
 echo "== Dice report: held-out structures (in no training task), Colin27 -> MNI152 (iris, one-shot)"
 "$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/pred/heldout" --label-names "$OUT/heldout_names.tsv" \
   --output "$OUT/eval_heldout.json"
+echo "-- iris with in-context tuning (--strategy tuning)"
+"$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/tuned/heldout" --label-names "$OUT/heldout_names.tsv" \
+  --output "$OUT/eval_heldout_tuned.json"
 echo
 echo "HTML reports: $OUT/report_brain/index.html and $OUT/report_structures/index.html"

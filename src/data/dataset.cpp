@@ -91,7 +91,8 @@ const std::vector<std::string>& dataset_keys() {
                                               "weight",     "classes",    "cases",             "split",
                                               "split_seed", "tasks",      "held_out",          "union_max",
                                               "union_probability",        "min_region_voxels", "synthetic_images",
-                                              "deformation_voxels"};
+                                              "deformation_voxels",       "held_out_anatomy",  "held_out_anatomy_values",
+                                              "held_out_anatomy_fraction"};
   return known;
 }
 
@@ -121,7 +122,7 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
       d.regions.enabled = tasks == "regions";
     }
     for (const char* k : {"held_out", "union_max", "union_probability", "min_region_voxels", "synthetic_images",
-                          "deformation_voxels"})
+                          "deformation_voxels", "held_out_anatomy", "held_out_anatomy_values", "held_out_anatomy_fraction"})
       if (c.has(k) && !d.regions.enabled) throw Error(key + "." + k, "applies to 'tasks: regions' datasets only");
     if (c.has("held_out")) d.regions.held_out = config_int_list(c, "held_out");
     if (c.has("union_max")) d.regions.union_max = config_int(c, "union_max");
@@ -133,6 +134,21 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
     for (double p : {d.regions.union_probability, d.regions.synthetic})
       if (p < 0 || p > 1) throw Error(key, "union_probability and synthetic_images are probabilities in [0, 1]");
     if (d.regions.deformation < 0) throw Error(key + ".deformation_voxels", "must be >= 0");
+    if (c.has("held_out_anatomy")) {
+      d.regions.held_out_anatomy = c.get("held_out_anatomy");
+      if (d.regions.held_out_anatomy.empty()) throw Error(key + ".held_out_anatomy", "is empty (a label map file)");
+      if (!d.root.empty()) d.regions.held_out_anatomy = (fs::path(d.root) / d.regions.held_out_anatomy).string();
+      if (!c.has("held_out_anatomy_values"))
+        throw Error(key + ".held_out_anatomy", "needs held_out_anatomy_values: the label values of the anatomy to hold out");
+      d.regions.held_out_anatomy_values = config_int_list(c, "held_out_anatomy_values");
+      if (d.regions.held_out_anatomy_values.empty()) throw Error(key + ".held_out_anatomy_values", "is empty");
+      if (c.has("held_out_anatomy_fraction")) d.regions.held_out_anatomy_fraction = config_double(c, "held_out_anatomy_fraction");
+      const double f = d.regions.held_out_anatomy_fraction;
+      if (!(f > 0 && f <= 1)) throw Error(key + ".held_out_anatomy_fraction", "must be in (0, 1]");
+    } else {
+      for (const char* k : {"held_out_anatomy_values", "held_out_anatomy_fraction"})
+        if (c.has(k)) throw Error(key + "." + k, "applies with held_out_anatomy only");
+    }
     if (c.has("split")) {
       auto parts = config_list_items(c.get("split"));
       if (parts.size() != 3) throw Error("data.datasets." + name + ".split", "needs [train, val, test] fractions");

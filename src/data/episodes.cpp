@@ -164,6 +164,23 @@ at::Tensor narrow_wide_labels(const at::Tensor& labels) {
 
 }  // namespace
 
+std::vector<long> regions_inside(const at::Tensor& labels, const at::Tensor& anatomy, const std::vector<long>& values,
+                                 double fraction) {
+  if (labels.sizes() != anatomy.sizes()) throw Error("held_out_anatomy", "label maps of different shapes");
+  const at::Tensor flat = labels.reshape({-1}).to(at::kLong).clamp_min(0);
+  const at::Tensor a = anatomy.reshape({-1}).to(at::kLong);
+  at::Tensor inside = at::zeros_like(a, at::kBool);
+  for (long v : values) inside.logical_or_(a == v);
+  const long n = flat.numel() ? flat.max().item<long>() + 1 : 1;
+  const at::Tensor total = at::bincount(flat, {}, n), on = at::bincount(flat.masked_select(inside), {}, n);
+  std::vector<long> out;
+  for (long v = 1; v < n; ++v) {
+    const long t = total[v].item<long>();
+    if (t > 0 && static_cast<double>(on[v].item<long>()) >= fraction * static_cast<double>(t)) out.push_back(v);
+  }
+  return out;
+}
+
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
                                          const CaseLoader& loader, const LoadOptions& options) {
   std::vector<std::string> table = class_table(specs);
@@ -187,6 +204,8 @@ std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, 
     for (const auto& [value, name] : spec.class_names)
       d.class_ids[value] = std::find(table.begin(), table.end(), name) - table.begin();
     d.cases.resize(cases.size());
+    const bool by_anatomy = spec.regions.enabled && !spec.regions.held_out_anatomy.empty();
+    if (by_anatomy) d.held_out_by_anatomy.resize(cases.size());
     // Cases are read (and a cold cache filled) by `threads` workers taking
     // the next case in turn; with a budget each keeps only its description.
     std::atomic<size_t> next{0};
@@ -198,6 +217,19 @@ std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, 
           v.dataset = spec.name;
           v.labels = narrow_wide_labels(v.labels);
           index_case(v);
+          if (by_anatomy) {
+            // The anatomy map read as the case's labels, through the same
+            // loader: the same image, so the same preprocessed grid.
+            CaseSpec a = cases[i];
+            a.name += "__held_out_anatomy";
+            a.labels = spec.regions.held_out_anatomy;
+            const CaseVolume anatomy = loader(spec, a);
+            if (anatomy.labels.sizes() != v.labels.sizes())
+              throw Error(spec.regions.held_out_anatomy, "is not on the grid of case '" + cases[i].name + "' (" +
+                                                            cases[i].labels + ")");
+            d.held_out_by_anatomy[i] = regions_inside(v.labels, anatomy.labels, spec.regions.held_out_anatomy_values,
+                                                      spec.regions.held_out_anatomy_fraction);
+          }
           if (on_demand) {
             v.image = at::Tensor();
             v.labels = at::Tensor();
@@ -270,7 +302,8 @@ EpisodeSampler::EpisodeSampler(std::vector<LoadedDataset> datasets, EpisodeOptio
       const CaseVolume& c = *held;
       RegionIndex index;
       const at::Tensor labels = c.labels.to(at::kLong);
-      const std::set<long> held_out(d.regions.held_out.begin(), d.regions.held_out.end());
+      std::set<long> held_out(d.regions.held_out.begin(), d.regions.held_out.end());
+      if (ci < d.held_out_by_anatomy.size()) held_out.insert(d.held_out_by_anatomy[ci].begin(), d.held_out_by_anatomy[ci].end());
       const at::Tensor flat = labels.reshape({-1});
       const at::Tensor counts = at::bincount(flat.clamp_min(0));
       for (long v = 1; v < counts.size(0); ++v)

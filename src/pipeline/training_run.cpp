@@ -1,6 +1,7 @@
 #include "iris/pipeline/training_run.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -295,6 +296,16 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   if (cache && comm->size() > 1)
     fill_cache_together(*cache, datasets, loader, load_options, *comm, train_config.distributed_timeout_s);
   load_all();
+  // What held_out_anatomy removed from the tasks, for the record.
+  if (comm->rank() == 0)
+    for (const auto& d : train_sets)
+      for (size_t i = 0; i < d.held_out_by_anatomy.size(); ++i) {
+        std::string values;
+        for (long v : d.held_out_by_anatomy[i]) values += " " + std::to_string(v);
+        log::info(d.name + "/" + d.cases[i].name + ": regions held out by anatomy (" +
+                  std::to_string(static_cast<int>(std::lround(d.regions.held_out_anatomy_fraction * 100))) + " % or more on " +
+                  d.regions.held_out_anatomy + "):" + (values.empty() ? " none" : values));
+      }
   if (options.fill_cache_only) {
     long n = 0;
     for (const auto& d : train_sets) n += static_cast<long>(d.cases.size());

@@ -17,6 +17,8 @@
 #include "iris/common/error.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
+#include "iris/io/image_io.h"
+#include "iris/io/preprocess.h"
 #include "iris/model/model_file.h"
 #include "iris/train/batch_probe.h"
 #include "iris/train/communicator.h"
@@ -1018,4 +1020,117 @@ TEST(RegionEpisodes, MasksLieOnTheirRegionsInTheirImages) {
   }
   std::cout << "largest spread inside a mask / over the patch: " << worst << std::endl;
   EXPECT_GT(checked, 30);
+}
+
+// Anatomy held out under every atlas's name (held_out_anatomy), on real
+// atlases of Colin27 at the demo model's 4 mm: the Brodmann map has areas
+// that are mostly AAL amygdala and parahippocampal gyrus (28: 78 %, 34: 68 %
+// of their voxels at 1 mm, measured with numpy on the mricron files), which
+// plain held_out values of AAL do not keep out of the tasks.
+TEST(RegionEpisodes, AnatomyHeldOutUnderAnotherAtlasNeverEntersATask) {
+  const std::string T = iris::testing::kMricronTemplates;
+  for (const char* f : {"ch2.nii.gz", "brodmann.nii.gz", "aal.nii.gz"}) REQUIRE_DATA(T + f);
+  const std::string yaml =
+      "datasets:\n"
+      "  brodmann:\n"
+      "    layout: list\n"
+      "    root: " + T + "\n"
+      "    split: [1, 0, 0]\n"
+      "    tasks: regions\n"
+      "    union_max: 4\n"
+      "    union_probability: 0.5\n"
+      "    held_out_anatomy: aal.nii.gz\n"
+      "    held_out_anatomy_values: [37, 38, 39, 40, 41, 42]\n"
+      "    held_out_anatomy_fraction: 0.15\n"
+      "    cases: [\"ch2.nii.gz|brodmann.nii.gz\"]\n";
+  auto specs = data::datasets_from_config(ConfigMap::parse_yaml_subset(yaml, "test.yaml"));
+  ASSERT_EQ(specs.size(), 1u);
+  for (auto& s : specs) data::make_split(s);
+  io::PreprocessConfig pre;
+  pre.spacing = std::array<double, 3>{4, 4, 4};
+  // As iris-train reads a case: image and labels, resampled to 4 mm.
+  long loads = 0;
+  data::CaseLoader loader = [&](const data::DatasetSpec&, const data::CaseSpec& c) {
+    ++loads;
+    Image image = io::read_image(c.image);
+    Image labels = io::read_labels(c.labels);
+    io::PreprocessedImage p = io::preprocess(image, pre);
+    data::CaseVolume v;
+    v.name = c.name;
+    v.image = p.voxels;
+    v.labels = io::preprocess_labels(labels, p).voxels.to(at::kLong);
+    return v;
+  };
+  auto sets = data::load_datasets(specs, "train", loader);
+  EXPECT_EQ(loads, 2);  // the case and, on its image's grid, the anatomy
+  ASSERT_EQ(sets[0].held_out_by_anatomy.size(), 1u);
+  const std::vector<long> held = sets[0].held_out_by_anatomy[0];
+  std::string listed;
+  for (long v : held) listed += " " + std::to_string(v);
+  std::cout << "Brodmann areas held out by AAL 37-42:" << listed << std::endl;
+  for (long area : {28, 34})  // mostly held-out anatomy
+    EXPECT_NE(std::find(held.begin(), held.end(), area), held.end()) << area << " not held out:" << listed;
+  for (long area : {4, 17, 20})  // motor, visual; 20 (inferior temporal) is 10 % hippocampus
+    EXPECT_EQ(std::find(held.begin(), held.end(), area), held.end()) << area << " held out:" << listed;
+
+  // Over many episodes, no task (nor union) holds a held-out area, and no
+  // task has 15 % or more of its voxels on the anatomy.
+  data::EpisodeOptions o;
+  o.patch = 16;
+  o.max_classes = 4;
+  o.augment.enabled = false;
+  data::EpisodeSampler s(sets, o, 5);
+  const at::Tensor labels = s.case_at(0, 0)->labels.to(at::kLong);
+  const at::Tensor anatomy = io::preprocess_labels(io::read_labels(T + "aal.nii.gz"),
+                                                   io::preprocess(io::read_image(T + "ch2.nii.gz"), pre)).voxels.to(at::kLong);
+  const at::Tensor on = (anatomy >= 37) & (anatomy <= 42);
+  long tasks = 0;
+  double worst = 0;
+  for (long e = 0; e < 3000; ++e) {
+    const auto batch = s.sample(e, 1);
+    for (const auto& task : batch.task_labels[0]) {
+      if (task.empty()) continue;
+      ++tasks;
+      at::Tensor in_task = at::zeros_like(labels, at::kBool);
+      for (long v : task) {
+        ASSERT_EQ(std::find(held.begin(), held.end(), v), held.end()) << "episode " << e << " area " << v;
+        in_task.logical_or_(labels == v);
+      }
+      worst = std::max(worst, (in_task & on).sum().item<double>() / in_task.sum().item<double>());
+    }
+  }
+  std::cout << tasks << " tasks; largest share of a task on AAL 37-42: " << worst << std::endl;
+  EXPECT_GT(tasks, 3000);
+  EXPECT_LT(worst, 0.15);
+
+  // A map on another grid is refused, naming it.
+  auto bad = specs;
+  bad[0].regions.held_out_anatomy = T + "AICHAmc.nii.gz";
+  try {
+    data::load_datasets(bad, "train", loader);
+    FAIL() << "a map on another grid was accepted";
+  } catch (const iris::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("AICHAmc.nii.gz"), std::string::npos) << e.what();
+  }
+}
+
+TEST(RegionEpisodes, AnatomyKeysAreChecked) {
+  auto parse = [](const std::string& extra) {
+    return data::datasets_from_config(ConfigMap::parse_yaml_subset(
+        "datasets:\n  a:\n    layout: list\n    tasks: regions\n    cases: [\"i.nii.gz|l.nii.gz\"]\n" + extra, "t.yaml"));
+  };
+  auto message = [&](const std::string& extra) {
+    try {
+      parse(extra);
+    } catch (const iris::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(message("    held_out_anatomy: aal.nii.gz\n").find("held_out_anatomy_values"), std::string::npos);
+  EXPECT_NE(message("    held_out_anatomy: aal.nii.gz\n    held_out_anatomy_values: [1]\n    held_out_anatomy_fraction: 0\n")
+                .find("held_out_anatomy_fraction"), std::string::npos);
+  EXPECT_NE(message("    held_out_anatomy_values: [1]\n").find("applies with held_out_anatomy only"), std::string::npos);
+  EXPECT_EQ(parse("    held_out_anatomy: aal.nii.gz\n    held_out_anatomy_values: [37, 38]\n")[0].regions.held_out_anatomy_fraction,
+            0.15);
 }

@@ -38,6 +38,15 @@ struct RegionTasks {
   long min_voxels = 8;            // smaller regions (at training resolution) are not tasks
   double synthetic = 0.5;         // chance of a generated image
   double deformation = 2.0;       // largest smooth displacement, voxels
+  // Anatomy held out under every atlas's name: a region with at least
+  // `held_out_anatomy_fraction` of its voxels on `held_out_anatomy_values`
+  // of the label map `held_out_anatomy` (a file on each case's image grid,
+  // relative to root like the cases) never enters a task either. E.g. the
+  // AAL hippocampus held out of a Brodmann atlas, whose area 34 is mostly
+  // amygdala.
+  std::string held_out_anatomy;
+  std::vector<long> held_out_anatomy_values;
+  double held_out_anatomy_fraction = 0.15;
 };
 
 struct DatasetSpec {

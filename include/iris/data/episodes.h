@@ -81,6 +81,9 @@ struct LoadedDataset {
   std::map<long, long> class_ids;  // label value -> memory-bank id
   RegionTasks regions;             // tasks: regions (see dataset.h)
   std::shared_ptr<CaseStore> store;
+  // Per case, the label values held out by regions.held_out_anatomy
+  // (empty without it), sorted.
+  std::vector<std::vector<long>> held_out_by_anatomy;
 };
 
 struct LoadOptions {
@@ -95,6 +98,11 @@ struct LoadOptions {
 
 // Loads every case of every dataset's `subset` ("train", "val", "test"):
 // labels in the smallest integer type, each case indexed (case_store.h).
+// The label values (> 0) of `labels` with at least `fraction` of their voxels
+// on `values` of `anatomy` (same shape), sorted.
+std::vector<long> regions_inside(const at::Tensor& labels, const at::Tensor& anatomy, const std::vector<long>& values,
+                                 double fraction);
+
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
                                          const CaseLoader& loader, const LoadOptions& options = {});
 
