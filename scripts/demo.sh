@@ -4,8 +4,10 @@
 # its brain mask as the only reference, then an honest Dice report next to
 # two baselines that need no learning. Also transfers four atlas structures
 # from Colin27 to the MNI152 average, one-shot (one class per pass and all
-# four in one pass) and with in-context tuning, and two structures no
-# training task ever contained (hippocampus, amygdala).
+# four in one pass) and with in-context tuning, and two structures held out
+# of the AAL and AICHA training tasks (hippocampus, amygdala; docs/demo.md
+# says which overlapping regions of other atlases the shipped model saw),
+# one-shot and tuned.
 # Usage: scripts/demo.sh [BUILD_DIR]
 # (IRIS_DEMO_MODEL: another model file; IRIS_DEMO_OUT: another output folder)
 set -euo pipefail
@@ -51,7 +53,7 @@ echo "== 2b. the same four structures in one pass, and two held-out structures"
 # In one pass the four classes' tokens attend to each other in the decoder.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass/structures/mni152.nii.gz" --report "$OUT/infer_structures_one_pass.json" --quiet
-# Hippocampus and amygdala (AAL 37-38, 41-42) were in no training task.
+# Hippocampus and amygdala (AAL 37-38, 41-42): held out of the AAL and AICHA tasks.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_heldout.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/pred/heldout/mni152.nii.gz" --report "$OUT/infer_heldout.json" --quiet
 cp "$DATA/mni_heldout.nii.gz" "$OUT/gt/heldout/mni152.nii.gz"
@@ -93,7 +95,7 @@ echo "-- iris with in-context tuning (--strategy tuning)"
 echo "-- baseline: world-coordinate copy (equals the ground truth by construction, see docs/demo.md)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/baseline_world/structures" --label-names "$OUT/structure_names.tsv" --output "$OUT/eval_structures_world.json"
 echo
-echo "== Dice report: held-out structures (in no training task), Colin27 -> MNI152 (iris, one-shot)"
+echo "== Dice report: held-out structures (hippocampus, amygdala), Colin27 -> MNI152 (iris, one-shot)"
 "$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/pred/heldout" --label-names "$OUT/heldout_names.tsv" \
   --output "$OUT/eval_heldout.json"
 echo "-- iris with in-context tuning (--strategy tuning)"
