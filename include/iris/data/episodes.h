@@ -96,13 +96,15 @@ struct LoadOptions {
   std::function<void(long, long)> progress;
 };
 
-// Loads every case of every dataset's `subset` ("train", "val", "test"):
-// labels in the smallest integer type, each case indexed (case_store.h).
 // The label values (> 0) of `labels` with at least `fraction` of their voxels
-// on `values` of `anatomy` (same shape), sorted.
+// on `values` of `anatomy` (same shape), sorted: what held_out_anatomy holds out.
 std::vector<long> regions_inside(const at::Tensor& labels, const at::Tensor& anatomy, const std::vector<long>& values,
                                  double fraction);
 
+// Loads every case of every dataset's `subset` ("train", "val", "test"):
+// labels in the smallest integer type, each case indexed (case_store.h);
+// with held_out_anatomy, each case's anatomy map is read through the same
+// loader and the regions it holds out are kept in held_out_by_anatomy.
 std::vector<LoadedDataset> load_datasets(const std::vector<DatasetSpec>& specs, const std::string& subset,
                                          const CaseLoader& loader, const LoadOptions& options = {});
 
