@@ -476,6 +476,12 @@ at::Tensor case_patch(const CaseVolume& c, const at::Tensor& image, const std::v
   return out;
 }
 
+std::vector<std::string> EpisodeSampler::dataset_names() const {
+  std::vector<std::string> names;
+  for (const auto& d : datasets_) names.push_back(d.name);
+  return names;
+}
+
 EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
   const long P = options_.patch, K = options_.max_classes;
   EpisodeBatch b;
@@ -486,6 +492,7 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
   b.class_ids = at::full({batch_size, K}, -1, at::kLong);
   b.valid = at::zeros({batch_size, K});
   b.task_labels.assign(batch_size, std::vector<std::vector<long>>(K));
+  b.dataset.assign(batch_size, -1);
   std::vector<double> weights;
   for (const auto& d : datasets_) weights.push_back(d.weight);
 
@@ -495,6 +502,7 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     at::Generator gen = at::detail::createCPUGenerator(r());
     const size_t di = std::discrete_distribution<size_t>(weights.begin(), weights.end())(r);
     const auto& d = datasets_[di];
+    b.dataset[item] = static_cast<long>(di);
     const size_t qi = std::uniform_int_distribution<size_t>(0, d.cases.size() - 1)(r);
     if (d.regions.enabled) {
       sample_regions(di, qi, r, gen, b, item);

@@ -23,6 +23,7 @@ LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, con
   t.dice = (dice * v).sum() / n;
   t.bce = (bce * v).sum() / n;
   t.total = w.dice * t.dice + w.bce * t.bce;
+  t.dice_per_class = dice.detach();
   return t;
 }
 

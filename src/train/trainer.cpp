@@ -71,7 +71,10 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
       train_sampler_(std::move(train_sampler)),
       val_sampler_(std::move(val_sampler)),
       class_names_(std::move(class_names)),
-      comm_(comm) {
+      comm_(comm),
+      dataset_names_(train_sampler_.dataset_names()),
+      dataset_dice_sum_(dataset_names_.size(), 0.0),
+      dataset_classes_(dataset_names_.size(), 0.0) {
   if (config_.batch % comm_.size() != 0)
     throw Error("train.batch", "global batch " + std::to_string(config_.batch) + " is not divisible by " +
                                    std::to_string(comm_.size()) + " ranks");
@@ -227,6 +230,9 @@ StepMetrics Trainer::step(long iteration) {
   const long B = local_batch_;
   std::vector<at::Tensor> token_parts;
   double loss_sum = 0, dice_sum = 0, bce_sum = 0, valid_sum = 0, one[3] = {0, 0, 0};
+  // Per dataset: Dice-loss sum over valid classes, then their count.
+  const long D = static_cast<long>(dataset_names_.size());
+  std::vector<float> by_dataset(2 * D, 0.0f);
   int passes = 0;
   for (long first = 0; first < B; first += micro_batch_) {
     const long n = std::min(micro_batch_, B - first);
@@ -256,6 +262,17 @@ StepMetrics Trainer::step(long iteration) {
     one[0] = terms.total.item<double>();
     one[1] = terms.dice.item<double>();
     one[2] = terms.bce.item<double>();
+    {
+      const at::Tensor v = valid.to(at::kFloat).cpu();
+      const at::Tensor d = (terms.dice_per_class.to(at::kFloat).cpu() * v).sum(1).contiguous();
+      const at::Tensor c = v.sum(1).contiguous();
+      for (long i = 0; i < n; ++i) {
+        const long di = b.dataset.at(static_cast<size_t>(first + i));
+        if (di < 0 || di >= D) continue;
+        by_dataset[di] += d[i].item<float>();
+        by_dataset[D + di] += c[i].item<float>();
+      }
+    }
     loss_sum += one[0] * part_valid;
     dice_sum += one[1] * part_valid;
     bce_sum += one[2] * part_valid;
@@ -305,6 +322,15 @@ StepMetrics Trainer::step(long iteration) {
       comm_.allreduce_sum(ids);
       for (auto& g : gathered) comm_.allreduce_sum(g);
       net_->update_memory_bank(gathered, ids.round().to(at::kLong) - 1);
+    }
+    if (D > 0) {
+      at::Tensor t = at::tensor(by_dataset).to(device);
+      comm_.allreduce_sum(t);
+      const at::Tensor h = t.cpu().contiguous();
+      for (long i = 0; i < D; ++i) {
+        dataset_dice_sum_[i] += h[i].item<double>();
+        dataset_classes_[i] += h[D + i].item<double>();
+      }
     }
   }
   // Means over this rank's valid classes (one pass: exactly that pass's terms).
@@ -490,6 +516,12 @@ void Trainer::export_model() {
 }
 
 void Trainer::log(const StepMetrics& m, double val_dice) {
+  // Mean Dice loss per dataset over the classes since the last log line.
+  std::vector<std::pair<std::string, double>> by_dataset;
+  for (size_t i = 0; i < dataset_names_.size(); ++i)
+    if (dataset_classes_[i] > 0) by_dataset.emplace_back(dataset_names_[i], dataset_dice_sum_[i] / dataset_classes_[i]);
+  std::fill(dataset_dice_sum_.begin(), dataset_dice_sum_.end(), 0.0);
+  std::fill(dataset_classes_.begin(), dataset_classes_.end(), 0.0);
   if (comm_.rank() != 0) return;
   fs::create_directories(config_.output_dir);
   // One JSON object per line; a non-finite loss is written as null.
@@ -497,6 +529,11 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
                {"bce_loss", number(m.bce_loss)}, {"lr", number(m.lr)},           {"grad_norm", number(m.grad_norm)},
                {"seconds", number(m.seconds)},   {"data_seconds", number(m.data_seconds)}};
   if (!std::isnan(val_dice)) line["val_dice"] = number(val_dice);
+  if (!by_dataset.empty()) {
+    Json per = Json::object();
+    for (const auto& [name, value] : by_dataset) per[name] = number(value);
+    line["dice_loss_by_dataset"] = per;
+  }
   append_text_file((fs::path(config_.output_dir) / "metrics.jsonl").string(), dump(line, -1));
   if (!config_.tensorboard) return;
   try {
@@ -507,6 +544,7 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
         {"time/data_wait_seconds", m.data_seconds}};
     for (const auto& [tag, value] : scalars) tensorboard_->add_scalar(tag, value, m.iteration);
     if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
+    for (const auto& [name, value] : by_dataset) tensorboard_->add_scalar("train/dice_loss/" + name, value, m.iteration);
   } catch (const Error& e) {
     // Losing the TensorBoard copy must not stop a training run: metrics.jsonl has it all.
     log::warn(std::string(e.what()) + "; TensorBoard logging stops");

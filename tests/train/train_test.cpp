@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -15,6 +16,7 @@
 
 #include "iris/common/compat.h"
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
 #include "iris/io/image_io.h"
@@ -687,6 +689,92 @@ TEST(Trainer, WritesTensorBoardScalarsOfEveryLoggedStep) {
     EXPECT_EQ(steps[i], history[i].iteration);
   }
   fs::remove_all(dir);
+}
+
+// The Dice loss of each dataset, beside the overall one: a dataset whose
+// tasks the network does not learn is visible even when the others bring the
+// mean down. With a learning rate of ~0 the network is its initialisation,
+// which predicts p in (0, 1) everywhere: a class covering the whole patch has
+// Dice 2 sum(p) / (sum(p) + N), well above 0, and a class of 8 voxels in a
+// 32^3 patch (or none, when the patch misses it) has Dice ~0.
+TEST(Trainer, ReportsTheDiceLossOfEachDataset) {
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto one_case = [](const std::string& name, const at::Tensor& labels, long id) {
+    data::LoadedDataset d;
+    d.name = name;
+    torch::manual_seed(id);
+    data::CaseVolume v;
+    v.name = name + "0";
+    v.image = torch::randn(labels.sizes());
+    v.labels = labels;
+    v.classes = {1};
+    d.cases.push_back(v);
+    d.class_ids = {{1, id}};
+    return d;
+  };
+  at::Tensor speck = torch::zeros({40, 40, 40}, torch::kLong);
+  speck.narrow(0, 19, 2).narrow(1, 19, 2).narrow(2, 19, 2).fill_(1);
+  std::vector<data::LoadedDataset> two = {one_case("whole", torch::ones({40, 40, 40}, torch::kLong), 0),
+                                          one_case("speck", speck, 1)};
+  fs::path dir = temp_dir("by_dataset");
+  auto c = tiny_train_config(dir);
+  c.iterations = 8;
+  c.episodes.max_classes = 1;
+  c.lr = 1e-12;
+  c.weight_ema = 0;
+  auto t = std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(two, c.episodes, c.seed),
+                                            std::nullopt, std::vector<std::string>{"whole", "speck"}, *comm);
+  t->run(false);
+  t.reset();
+  std::map<std::string, std::vector<double>> seen;
+  std::ifstream metrics(dir / "metrics.jsonl");
+  std::string line;
+  long lines = 0;
+  while (std::getline(metrics, line)) {
+    ++lines;
+    const Json j = Json::parse(line);
+    ASSERT_TRUE(j.contains("dice_loss_by_dataset")) << line;
+    for (const auto& [name, value] : j["dice_loss_by_dataset"].items()) seen[name].push_back(value.get<double>());
+  }
+  EXPECT_EQ(lines, 8);
+  ASSERT_EQ(seen.size(), 2u);
+  ASSERT_FALSE(seen["whole"].empty());
+  ASSERT_FALSE(seen["speck"].empty());
+  for (double v : seen["whole"]) EXPECT_LT(v, 0.8);
+  for (double v : seen["speck"]) EXPECT_GT(v, 0.95);
+  std::vector<fs::path> files;
+  for (const auto& f : fs::directory_iterator(dir / "tensorboard")) files.push_back(f.path());
+  ASSERT_EQ(files.size(), 1u);
+  std::map<std::string, long> tags;
+  for (const auto& e : train::read_tensorboard_scalars(files[0].string())) ++tags[e.tag];
+  EXPECT_EQ(tags["train/dice_loss/whole"], static_cast<long>(seen["whole"].size()));
+  EXPECT_EQ(tags["train/dice_loss/speck"], static_cast<long>(seen["speck"].size()));
+  fs::remove_all(dir);
+
+  // Over several steps a line reports the mean since the previous line: with
+  // one dataset whose every episode holds one valid class (the whole patch),
+  // that is the mean of the steps' own Dice losses.
+  fs::path dir2 = temp_dir("by_dataset_mean");
+  auto c2 = tiny_train_config(dir2);
+  c2.iterations = 6;
+  c2.log_every = 3;
+  c2.episodes.max_classes = 1;
+  auto t2 = std::make_unique<train::Trainer>(c2, tiny_model(), ConfigMap{},
+                                             data::EpisodeSampler({two[0]}, c2.episodes, c2.seed), std::nullopt,
+                                             std::vector<std::string>{"whole"}, *comm);
+  t2->run(false);
+  const auto history = t2->history();
+  t2.reset();
+  ASSERT_EQ(history.size(), 6u);
+  std::ifstream metrics2(dir2 / "metrics.jsonl");
+  std::vector<double> logged;
+  while (std::getline(metrics2, line)) logged.push_back(Json::parse(line)["dice_loss_by_dataset"]["whole"].get<double>());
+  ASSERT_EQ(logged.size(), 2u);
+  for (size_t k = 0; k < 2; ++k) {
+    const double mean = (history[3 * k].dice_loss + history[3 * k + 1].dice_loss + history[3 * k + 2].dice_loss) / 3;
+    EXPECT_NEAR(logged[k], mean, 1e-5) << "line " << k;
+  }
+  fs::remove_all(dir2);
 }
 
 // ---- collectives, devices, micro-batches, resume ---------------------------

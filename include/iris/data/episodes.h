@@ -54,6 +54,7 @@ struct EpisodeBatch {
   // Per item and class: the label values that make the class (one for a
   // class of a classes dataset; the regions of the task for tasks: regions).
   std::vector<std::vector<std::vector<long>>> task_labels;
+  std::vector<long> dataset;  // [B] each item's dataset (EpisodeSampler::dataset_names order)
 };
 
 // How a `tasks: regions` episode's generated image is drawn (SynthSeg-like).
@@ -117,6 +118,8 @@ class EpisodeSampler {
   EpisodeBatch sample(long index, long batch_size) const;
 
   const EpisodeOptions& options() const { return options_; }
+  // The datasets' names, in the order EpisodeBatch::dataset counts them.
+  std::vector<std::string> dataset_names() const;
 
   // What a regions dataset's case offers: its task regions and their neighbours.
   struct RegionIndex {

@@ -13,6 +13,7 @@ struct LossWeights {
 
 struct LossTerms {
   at::Tensor total, dice, bce;  // scalars
+  at::Tensor dice_per_class;    // [B, K] Dice loss of each (item, class), detached; padding slots too
 };
 
 // logits, targets [B, K, D, H, W]; valid [B, K] (1 = real class, 0 = padding

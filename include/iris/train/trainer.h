@@ -105,6 +105,10 @@ class Trainer {
   std::function<void(const TrainProgress&)> progress_;
   long local_batch_ = 1;
   long micro_batch_ = 1;
+  // Dice loss per dataset since the last log line (all ranks' episodes):
+  // sums over valid classes and their counts, in train_sampler_'s order.
+  std::vector<std::string> dataset_names_;
+  std::vector<double> dataset_dice_sum_, dataset_classes_;
 };
 
 }  // namespace iris::train
