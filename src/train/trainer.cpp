@@ -230,9 +230,10 @@ StepMetrics Trainer::step(long iteration) {
   const long B = local_batch_;
   std::vector<at::Tensor> token_parts;
   double loss_sum = 0, dice_sum = 0, bce_sum = 0, valid_sum = 0, one[3] = {0, 0, 0};
-  // Per dataset: Dice-loss sum over valid classes, then their count.
+  // Per dataset (columns): Dice-loss sum over valid classes (row 0) and
+  // their count (row 1), accumulated on the device; one copy back per step.
   const long D = static_cast<long>(dataset_names_.size());
-  std::vector<float> by_dataset(2 * D, 0.0f);
+  at::Tensor by_dataset = at::zeros({2, D}, at::TensorOptions().device(device).dtype(at::kFloat));
   int passes = 0;
   for (long first = 0; first < B; first += micro_batch_) {
     const long n = std::min(micro_batch_, B - first);
@@ -262,16 +263,12 @@ StepMetrics Trainer::step(long iteration) {
     one[0] = terms.total.item<double>();
     one[1] = terms.dice.item<double>();
     one[2] = terms.bce.item<double>();
-    {
-      const at::Tensor v = valid.to(at::kFloat).cpu();
-      const at::Tensor d = (terms.dice_per_class.to(at::kFloat).cpu() * v).sum(1).contiguous();
-      const at::Tensor c = v.sum(1).contiguous();
-      for (long i = 0; i < n; ++i) {
-        const long di = b.dataset.at(static_cast<size_t>(first + i));
-        if (di < 0 || di >= D) continue;
-        by_dataset[di] += d[i].item<float>();
-        by_dataset[D + di] += c[i].item<float>();
-      }
+    if (D > 0) {
+      const at::Tensor item_dataset =
+          at::tensor(std::vector<long>(b.dataset.begin() + first, b.dataset.begin() + first + n)).to(device);
+      const at::Tensor v = valid.to(at::kFloat);
+      by_dataset[0].index_add_(0, item_dataset, (terms.dice_per_class.to(at::kFloat) * v).sum(1));
+      by_dataset[1].index_add_(0, item_dataset, v.sum(1));
     }
     loss_sum += one[0] * part_valid;
     dice_sum += one[1] * part_valid;
@@ -324,12 +321,12 @@ StepMetrics Trainer::step(long iteration) {
       net_->update_memory_bank(gathered, ids.round().to(at::kLong) - 1);
     }
     if (D > 0) {
-      at::Tensor t = at::tensor(by_dataset).to(device);
-      comm_.allreduce_sum(t);
-      const at::Tensor h = t.cpu().contiguous();
+      comm_.allreduce_sum(by_dataset);
+      const at::Tensor h = by_dataset.to(at::kDouble).cpu().contiguous();
+      const auto a = h.accessor<double, 2>();
       for (long i = 0; i < D; ++i) {
-        dataset_dice_sum_[i] += h[i].item<double>();
-        dataset_classes_[i] += h[D + i].item<double>();
+        dataset_dice_sum_[i] += a[0][i];
+        dataset_classes_[i] += a[1][i];
       }
     }
   }
