@@ -51,7 +51,17 @@ int main(int argc, char** argv) {
            << std::setprecision(4) << p.step.loss << " (dice " << p.step.dice_loss << ", bce " << p.step.bce_loss
            << ")  lr " << std::scientific << std::setprecision(2) << p.step.lr << std::fixed << "  "
            << std::setprecision(2) << p.steps_per_second << " it/s  ETA " << static_cast<long>(p.eta_seconds) << " s";
-      if (!std::isnan(p.val_dice)) line << "  val Dice " << std::setprecision(4) << p.val_dice;
+      if (!std::isnan(p.val_dice)) {
+        line << "  val Dice " << std::setprecision(4) << p.val_dice;
+        if (p.val_by_dataset.size() > 1) {
+          const char* sep = " (";
+          for (const auto& [name, value] : p.val_by_dataset) {
+            line << sep << name << " " << value;
+            sep = ", ";
+          }
+          line << ")";
+        }
+      }
       app::Info() << line.str();
     };
     const auto outcome = pipeline::run_training(config, options);

@@ -392,26 +392,58 @@ long Trainer::probe_micro_batch() {
   return chosen;
 }
 
-double Trainer::validate() {
-  if (!val_sampler_) return std::nan("");
+ValidationResult Trainer::validate() {
+  ValidationResult out;
+  if (!val_sampler_) return out;
   at::NoGradGuard no_grad;
-  net_->eval();
   const c10::Device device(config_.device);
-  double sum = 0;
-  long n = 0;
-  for (long e = 0; e < config_.validation_episodes; ++e) {
-    data::EpisodeBatch b = val_sampler_->sample(e, 1);
-    at::Tensor logits = net_->forward(b.query.to(device), b.reference.to(device), b.reference_masks.to(device)).cpu();
-    at::Tensor pred = logits.gt(0).to(at::kFloat);
-    for (long k = 0; k < b.valid.size(1); ++k) {
-      if (b.valid[0][k].item<float>() < 0.5) continue;
-      at::Tensor p = pred[0][k], t = b.query_masks[0][k];
-      const double denom = (p.sum() + t.sum()).item<double>();
-      sum += denom > 0 ? 2 * (p * t).sum().item<double>() / denom : 1.0;
-      ++n;
+  // Score the weights that export_model() would ship: swap the EMA shadow in.
+  std::vector<at::Tensor> live;
+  if (!ema_.empty()) {
+    size_t i = 0;
+    for (auto& p : net_->parameters()) {
+      live.push_back(p.detach().clone());
+      p.detach().copy_(ema_[i++].second);
     }
   }
-  return n ? sum / n : std::nan("");
+  net_->eval();
+  const std::vector<std::string> names = val_sampler_->dataset_names();
+  const long D = static_cast<long>(names.size());
+  // Per dataset (columns): Dice sum over valid classes (row 0), their count
+  // (row 1). Rank r scores episodes r, r + size, ...: the same episodes as
+  // one process, in a size-th of the time; one all-reduce at the end.
+  at::Tensor sums = at::zeros({2, D}, at::TensorOptions().dtype(at::kDouble).device(device));
+  for (long e = comm_.rank(); e < config_.validation_episodes; e += comm_.size()) {
+    data::EpisodeBatch b = val_sampler_->sample(e, 1);
+    const long d = b.dataset.empty() ? -1 : b.dataset[0];
+    if (d < 0 || d >= D) continue;
+    at::Tensor logits = net_->forward(b.query.to(device), b.reference.to(device), b.reference_masks.to(device));
+    at::Tensor pred = logits[0].gt(0).to(at::kDouble).flatten(1);          // [K, voxels]
+    at::Tensor truth = b.query_masks[0].to(device, at::kDouble).flatten(1);  // [K, voxels]
+    at::Tensor valid = b.valid[0].to(device, at::kDouble);                   // [K]
+    at::Tensor denom = pred.sum(1) + truth.sum(1);
+    // A class absent from both the prediction and the truth scores 1.
+    at::Tensor dice = at::where(denom.gt(0), 2 * (pred * truth).sum(1) / denom.clamp_min(1), at::ones_like(denom));
+    sums[0][d] += (dice * valid).sum();
+    sums[1][d] += valid.sum();
+  }
+  if (!ema_.empty()) {
+    size_t i = 0;
+    for (auto& p : net_->parameters()) p.detach().copy_(live[i++]);
+  }
+  net_->train();
+  comm_.allreduce_sum(sums);
+  at::Tensor host = sums.cpu();
+  double total = 0;
+  for (long d = 0; d < D; ++d) {
+    const double n = host[1][d].item<double>();
+    if (n <= 0) continue;
+    total += host[0][d].item<double>();
+    out.classes += std::lround(n);
+    out.by_dataset.emplace_back(names[d], host[0][d].item<double>() / n);
+  }
+  if (out.classes > 0) out.dice = total / out.classes;
+  return out;
 }
 
 void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
@@ -427,6 +459,15 @@ void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
   for (const auto& [k, v] : ema_) a.put("ema/" + k, v);
   opt_->optimizer->save(a, "optim/");
   a.put("rng/torch", at::detail::getDefaultCPUGenerator().get_state());
+  // The per-dataset Dice sums since the last log line (already over all
+  // ranks), so that a resumed run's next line is the uninterrupted one.
+  const long D = static_cast<long>(dataset_names_.size());
+  at::Tensor since_log = at::zeros({2, D}, at::kDouble);
+  for (long i = 0; i < D; ++i) {
+    since_log[0][i] = dataset_dice_sum_[i];
+    since_log[1][i] = dataset_classes_[i];
+  }
+  a.put("log/dice_loss_by_dataset", since_log);
   const std::string last = (dir / "last.ckpt").string();
   a.save(last);
   if (final_copy) {
@@ -488,6 +529,16 @@ long Trainer::load_checkpoint(const std::string& path) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     gen.set_state(a.get("rng/torch"));
   }
+  // (absent from checkpoints of earlier versions, or of another list of
+  // datasets: the next line then covers the steps since the resume only)
+  const long D = static_cast<long>(dataset_names_.size());
+  if (a.has("log/dice_loss_by_dataset") && a.get("log/dice_loss_by_dataset").sizes() == at::IntArrayRef{2, D}) {
+    const at::Tensor since_log = a.get("log/dice_loss_by_dataset", at::kDouble, {2, D});
+    for (long i = 0; i < D; ++i) {
+      dataset_dice_sum_[i] = since_log[0][i].item<double>();
+      dataset_classes_[i] = since_log[1][i].item<double>();
+    }
+  }
   return iteration;
 }
 
@@ -512,7 +563,7 @@ void Trainer::export_model() {
   model::save_model(out, final_model_path());
 }
 
-void Trainer::log(const StepMetrics& m, double val_dice) {
+void Trainer::log(const StepMetrics& m, const ValidationResult* val) {
   // Mean Dice loss per dataset over the classes since the last log line.
   std::vector<std::pair<std::string, double>> by_dataset;
   for (size_t i = 0; i < dataset_names_.size(); ++i)
@@ -525,7 +576,12 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
   Json line = {{"iteration", m.iteration},       {"loss", number(m.loss)},       {"dice_loss", number(m.dice_loss)},
                {"bce_loss", number(m.bce_loss)}, {"lr", number(m.lr)},           {"grad_norm", number(m.grad_norm)},
                {"seconds", number(m.seconds)},   {"data_seconds", number(m.data_seconds)}};
-  if (!std::isnan(val_dice)) line["val_dice"] = number(val_dice);
+  if (val && !std::isnan(val->dice)) {
+    line["val_dice"] = number(val->dice);
+    Json per = Json::object();
+    for (const auto& [name, value] : val->by_dataset) per[name] = number(value);
+    line["val_dice_by_dataset"] = per;
+  }
   if (!by_dataset.empty()) {
     Json per = Json::object();
     for (const auto& [name, value] : by_dataset) per[name] = number(value);
@@ -540,7 +596,10 @@ void Trainer::log(const StepMetrics& m, double val_dice) {
         {"train/lr", m.lr},               {"train/grad_norm", m.grad_norm}, {"time/seconds_per_step", m.seconds},
         {"time/data_wait_seconds", m.data_seconds}};
     for (const auto& [tag, value] : scalars) tensorboard_->add_scalar(tag, value, m.iteration);
-    if (!std::isnan(val_dice)) tensorboard_->add_scalar("val/dice", val_dice, m.iteration);
+    if (val && !std::isnan(val->dice)) {
+      tensorboard_->add_scalar("val/dice", val->dice, m.iteration);
+      for (const auto& [name, value] : val->by_dataset) tensorboard_->add_scalar("val/dice/" + name, value, m.iteration);
+    }
     for (const auto& [name, value] : by_dataset) tensorboard_->add_scalar("train/dice_loss/" + name, value, m.iteration);
   } catch (const Error& e) {
     // Losing the TensorBoard copy must not stop a training run: metrics.jsonl has it all.
@@ -579,13 +638,16 @@ TrainOutcome Trainer::run(ResumeMode resume) {
     history_.push_back(m);
     rate_seconds += m.seconds;
     ++rate_steps;
-    double val = std::nan("");
+    std::optional<ValidationResult> val;
     if (config_.validate_every > 0 && (it + 1) % config_.validate_every == 0) val = validate();
-    if ((it + 1) % config_.log_every == 0 || it + 1 == config_.iterations || !std::isnan(val)) {
-      log(m, val);
+    if ((it + 1) % config_.log_every == 0 || it + 1 == config_.iterations || val) {
+      log(m, val ? &*val : nullptr);
       if (comm_.rank() == 0) {
         const double per_step = rate_seconds / std::max<long>(1, rate_steps);
-        if (progress_) progress_({m, config_.iterations, 1.0 / per_step, per_step * (config_.iterations - it - 1), val});
+        static const std::vector<std::pair<std::string, double>> none;
+        if (progress_)
+          progress_({m, config_.iterations, 1.0 / per_step, per_step * (config_.iterations - it - 1),
+                     val ? val->dice : std::nan(""), val ? val->by_dataset : none});
         rate_seconds = 0;
         rate_steps = 0;
       }

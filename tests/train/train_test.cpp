@@ -301,6 +301,8 @@ TEST(Trainer, ResumedRunGivesTheSameLossesAsAnUninterruptedOne) {
   fs::path full_dir = temp_dir("full"), cut_dir = temp_dir("cut");
   auto cfg_full = tiny_train_config(full_dir);
   auto cfg_cut = tiny_train_config(cut_dir);
+  // A log line (at steps 3 and 4) spans the interruption after step 2.
+  cfg_full.log_every = cfg_cut.log_every = 3;
   auto make = [&](const train::TrainConfig& c) {
     return std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
                                             std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
@@ -320,6 +322,19 @@ TEST(Trainer, ResumedRunGivesTheSameLossesAsAnUninterruptedOne) {
     EXPECT_EQ(first->history()[i].loss, full->history()[i].loss) << i;
     EXPECT_EQ(second->history()[i].loss, full->history()[i + 2].loss) << i + 2;
   }
+  // The logged per-dataset Dice loss is the uninterrupted run's: the sums
+  // since the last line travel in the checkpoint.
+  auto logged = [](const fs::path& dir) {
+    std::vector<double> values;
+    std::ifstream in(dir / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) values.push_back(Json::parse(line)["dice_loss_by_dataset"]["synthetic"].get<double>());
+    return values;
+  };
+  const std::vector<double> full_lines = logged(full_dir), cut_lines = logged(cut_dir);
+  ASSERT_EQ(full_lines.size(), 2u);
+  ASSERT_EQ(cut_lines.size(), 2u);
+  for (int i = 0; i < 2; ++i) EXPECT_DOUBLE_EQ(cut_lines[i], full_lines[i]) << "line " << i;
   // The exported model carries the memory-bank names and loads back.
   auto model = model::load_model(second->final_model_path());
   EXPECT_EQ(model.class_names, (std::vector<std::string>{"outer", "core"}));
@@ -405,6 +420,35 @@ train::TrainConfig distributed_config(const fs::path& out) {
   return c;
 }
 
+// Two validation datasets: the synthetic subjects, and the same subjects
+// mirrored along x under another name.
+std::vector<data::LoadedDataset> validation_sets() {
+  auto sets = synthetic_datasets();
+  data::LoadedDataset mirrored = sets[0];
+  mirrored.name = "mirrored";
+  for (auto& v : mirrored.cases) {
+    v.image = v.image.flip({2});
+    v.labels = v.labels.flip({2});
+  }
+  sets.push_back(mirrored);
+  return sets;
+}
+
+// Validation episodes as the training pipeline draws them.
+data::EpisodeSampler validation_sampler(const train::TrainConfig& c) {
+  data::EpisodeOptions vo = c.episodes;
+  vo.augment.enabled = false;
+  vo.perturb_reference = 0;
+  vo.foreground_oversample = 1.0;
+  return data::EpisodeSampler(validation_sets(), vo, static_cast<uint64_t>(c.seed) + 11);
+}
+
+Json validation_json(const train::ValidationResult& v) {
+  Json j = {{"dice", v.dice}, {"classes", v.classes}};
+  for (const auto& [name, value] : v.by_dataset) j["by_dataset"][name] = value;
+  return j;
+}
+
 // Every parameter and buffer of a trained network, flattened into one tensor.
 at::Tensor flat_state(train::Trainer& t) {
   std::vector<at::Tensor> state;
@@ -427,6 +471,14 @@ TEST(DistributedWorker, DISABLED_Run) {
   o.timeout = std::chrono::seconds(20);
   auto gloo = train::make_communicator(env, o);
   auto c = distributed_config(fs::path(out) / ("rank" + std::to_string(env.rank)));
+  if (mode == "validate") {
+    c.validation_episodes = 5;  // odd: the ranks score 3 and 2
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     validation_sampler(c), {"outer", "core"}, *gloo);
+    const train::ValidationResult v = t.validate();
+    std::ofstream(fs::path(out) / ("validation" + std::to_string(env.rank) + ".json")) << validation_json(v).dump();
+    return;
+  }
   if (mode == "train") {
     train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
                      std::nullopt, {"outer", "core"}, *gloo);
@@ -522,6 +574,31 @@ TEST(Distributed, TwoGlooRanksMatchOneProcess) {
   const float diff = (single - w0).abs().max().item<float>();
   std::printf("max |single - distributed| weight difference after 3 steps: %g\n", diff);
   EXPECT_LT(diff, 1e-4);
+  fs::remove_all(dir);
+}
+
+// Validation episodes are shared out among the ranks and summed once: two
+// ranks report what one process scores over all of them.
+TEST(Distributed, TwoRanksValidateTheSameEpisodesAsOneProcess) {
+  fs::path dir = temp_dir("gloo_validation");
+  const auto codes = run_workers(2, dir, "validate");
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << "worker failed";
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto c = distributed_config(dir / "single");
+  c.validation_episodes = 5;
+  train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                   validation_sampler(c), {"outer", "core"}, *comm);
+  const Json single = validation_json(t.validate());
+  ASSERT_GT(single["classes"].get<long>(), 5) << single.dump();
+  ASSERT_EQ(single["by_dataset"].size(), 2u) << single.dump();
+  for (int rank = 0; rank < 2; ++rank) {
+    std::ifstream in(dir / ("validation" + std::to_string(rank) + ".json"));
+    const Json j = Json::parse(in);
+    EXPECT_EQ(j["classes"], single["classes"]) << "rank " << rank << ": " << j.dump();
+    EXPECT_NEAR(j["dice"].get<double>(), single["dice"].get<double>(), 1e-6) << "rank " << rank;
+    for (const auto& [name, value] : single["by_dataset"].items())
+      EXPECT_NEAR(j["by_dataset"][name].get<double>(), value.get<double>(), 1e-6) << "rank " << rank << " " << name;
+  }
   fs::remove_all(dir);
 }
 
@@ -775,6 +852,91 @@ TEST(Trainer, ReportsTheDiceLossOfEachDataset) {
     EXPECT_NEAR(logged[k], mean, 1e-5) << "line " << k;
   }
   fs::remove_all(dir2);
+}
+
+// Validation scores the weights that are shipped (the EMA shadow), overall
+// and per validation dataset. The expectations are Dice counted here, with
+// the exported model file, on the same validation episodes.
+TEST(Trainer, ValidatesTheExportedWeightsOverallAndPerDataset) {
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  fs::path dir = temp_dir("validation");
+  auto c = distributed_config(dir);  // large steps: the raw weights move away from their average
+  c.iterations = 4;
+  c.validate_every = 4;
+  c.log_every = 2;
+  c.validation_episodes = 6;
+  c.weight_ema = 0.7;
+  auto t = std::make_unique<train::Trainer>(c, tiny_model(), ConfigMap{},
+                                            data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                                            validation_sampler(c), std::vector<std::string>{"outer", "core"}, *comm);
+  t->run(false);
+  const model::IrisModel exported = model::load_model(t->final_model_path());
+
+  // Dice per dataset of a network on the validation episodes, counted here.
+  auto score = [&](model::IrisNet& net) {
+    at::NoGradGuard no_grad;
+    net->eval();
+    const data::EpisodeSampler episodes = validation_sampler(c);
+    std::map<std::string, std::pair<double, long>> per;
+    double all = 0;
+    long n = 0;
+    for (long e = 0; e < c.validation_episodes; ++e) {
+      const data::EpisodeBatch b = episodes.sample(e, 1);
+      const std::string name = b.dataset[0] == 0 ? "synthetic" : "mirrored";
+      const at::Tensor pred = net->forward(b.query, b.reference, b.reference_masks).gt(0);
+      for (long k = 0; k < b.valid.size(1); ++k) {
+        if (b.valid[0][k].item<float>() < 0.5) continue;
+        const double hit = (pred[0][k] & b.query_masks[0][k].gt(0.5)).sum().item<double>();
+        const double both = pred[0][k].sum().item<double>() + b.query_masks[0][k].gt(0.5).sum().item<double>();
+        const double dice = both > 0 ? 2 * hit / both : 1.0;
+        per[name].first += dice;
+        ++per[name].second;
+        all += dice;
+        ++n;
+      }
+    }
+    Json j = {{"dice", all / n}, {"classes", n}};
+    for (const auto& [name, v] : per) j["by_dataset"][name] = v.first / v.second;
+    return j;
+  };
+  model::IrisNet shipped = exported.net;
+  const Json expected = score(shipped);
+  const Json raw = score(t->net());
+  t.reset();
+
+  Json logged;
+  long lines = 0;
+  std::ifstream metrics(dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(metrics, line)) {
+    const Json j = Json::parse(line);
+    ++lines;
+    if (j.contains("val_dice")) logged = j;
+  }
+  EXPECT_EQ(lines, 2);
+  ASSERT_FALSE(logged.is_null()) << "no line with val_dice";
+  EXPECT_EQ(logged["iteration"].get<long>(), 3);
+  ASSERT_EQ(expected["by_dataset"].size(), 2u) << expected.dump();
+  EXPECT_NEAR(logged["val_dice"].get<double>(), expected["dice"].get<double>(), 1e-5)
+      << "logged " << logged.dump() << "\nexported weights " << expected.dump() << "\nraw weights " << raw.dump();
+  ASSERT_TRUE(logged.contains("val_dice_by_dataset")) << logged.dump();
+  for (const auto& [name, value] : expected["by_dataset"].items())
+    EXPECT_NEAR(logged["val_dice_by_dataset"][name].get<double>(), value.get<double>(), 1e-5) << name;
+  // The test can tell the two sets of weights apart.
+  double apart = 0;
+  for (const auto& [name, value] : expected["by_dataset"].items())
+    apart = std::max(apart, std::abs(value.get<double>() - raw["by_dataset"][name].get<double>()));
+  EXPECT_GT(apart, 1e-3) << "raw and exported weights score alike: " << raw.dump();
+
+  std::vector<fs::path> files;
+  for (const auto& f : fs::directory_iterator(dir / "tensorboard")) files.push_back(f.path());
+  ASSERT_EQ(files.size(), 1u);
+  std::map<std::string, long> tags;
+  for (const auto& e : train::read_tensorboard_scalars(files[0].string())) ++tags[e.tag];
+  EXPECT_EQ(tags["val/dice"], 1);
+  EXPECT_EQ(tags["val/dice/synthetic"], 1);
+  EXPECT_EQ(tags["val/dice/mirrored"], 1);
+  fs::remove_all(dir);
 }
 
 // ---- collectives, devices, micro-batches, resume ---------------------------

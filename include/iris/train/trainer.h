@@ -4,6 +4,7 @@
 // atomic checkpoints with exact resume, pre-emption handling, and gradient
 // all-reduce across ranks.
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +38,16 @@ struct StepMetrics {
   double data_seconds = 0;  // part of `seconds` spent waiting for the episode batch
 };
 
+// A validation: mean Dice over every valid class of the validation episodes
+// (train.validation_episodes, shared out among the ranks), overall and per
+// validation dataset, of the weights export_model() would write (the EMA
+// shadow when train.weight_ema > 0).
+struct ValidationResult {
+  double dice = std::numeric_limits<double>::quiet_NaN();  // NaN: no validation data
+  long classes = 0;                                          // valid classes scored
+  std::vector<std::pair<std::string, double>> by_dataset;    // datasets with a scored class
+};
+
 // What rank 0 reports every train.log_every steps (the app draws it).
 struct TrainProgress {
   const StepMetrics& step;
@@ -44,6 +55,7 @@ struct TrainProgress {
   double steps_per_second;  // over the steps since the last report
   double eta_seconds;
   double val_dice;          // NaN when this step did not validate
+  const std::vector<std::pair<std::string, double>>& val_by_dataset;  // empty when it did not
 };
 
 class Trainer {
@@ -74,7 +86,8 @@ class Trainer {
   // Called on rank 0 at every logged step; nothing is printed without it.
   void set_progress(std::function<void(const TrainProgress&)> progress) { progress_ = std::move(progress); }
 
-  double validate();
+  // Every rank must call it (one all-reduce); all get the same result.
+  ValidationResult validate();
 
  private:
   void build_optimizer();
@@ -85,7 +98,7 @@ class Trainer {
   std::string choose_checkpoint(ResumeMode mode) const;
   long load_checkpoint(const std::string& path);
   void export_model();
-  void log(const StepMetrics& m, double val_dice);
+  void log(const StepMetrics& m, const ValidationResult* val);
 
   TrainConfig config_;
   model::ModelConfig model_config_;
