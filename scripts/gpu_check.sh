@@ -155,7 +155,8 @@ train:
   warmup: 5
   lr: 0.002
   checkpoint_every: 0
-  validate_every: 0
+  validate_every: $((ITERATIONS / 2))
+  validation_episodes: 4
   log_every: 1
   device: $DEVICE
   distributed: $BACKEND
@@ -169,7 +170,7 @@ data:
       layout: list
       root: $WORK/data
       classes: ["1:outer", "2:core"]
-      split: [1, 0, 0]
+      split: [0.75, 0.25, 0]
       cases: ["case0.nii|case0_labels.nii", "case1.nii|case1_labels.nii", "case2.nii|case2_labels.nii", "case3.nii|case3_labels.nii"]
 EOF
 
@@ -198,7 +199,8 @@ steps = [r["seconds"] for r in rows[5:]] or [0]
 print(json.dumps({"backend": sys.argv[5], "first_exit": int(sys.argv[2]), "resume_exit": int(sys.argv[3]),
                   "stopped_after": int(sys.argv[4]), "iterations": len(rows),
                   "first_loss": rows[0]["loss"] if rows else None, "last_loss": rows[-1]["loss"] if rows else None,
-                  "median_step_seconds": sorted(steps)[len(steps) // 2]}))
+                  "median_step_seconds": sorted(steps)[len(steps) // 2],
+                  "val_dice": [[r["iteration"], r["val_dice"]] for r in rows if "val_dice" in r]}))
 EOF
 )"
 

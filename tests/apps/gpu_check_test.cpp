@@ -35,6 +35,15 @@ TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
   EXPECT_EQ(train["resume_exit"], 0) << train.dump();
   EXPECT_EQ(train["iterations"], 8) << train.dump();    // stopped and resumed, every iteration once
   EXPECT_LT(train["stopped_after"].get<int>(), 8) << train.dump();
+  // validate_every is half the iterations: validation after steps 4 and 8
+  // (one validation case), on the device and backend under test.
+  ASSERT_EQ(train["val_dice"].size(), 2u) << train.dump();
+  EXPECT_EQ(train["val_dice"][0][0], 3) << train.dump();
+  EXPECT_EQ(train["val_dice"][1][0], 7) << train.dump();
+  for (const auto& v : train["val_dice"]) {
+    EXPECT_GE(v[1].get<double>(), 0.0) << train.dump();
+    EXPECT_LE(v[1].get<double>(), 1.0) << train.dump();
+  }
   EXPECT_GT(result["steps"]["tests"]["figures"]["tests"].get<int>(), 0);
   EXPECT_TRUE(result["steps"]["bench"]["figures"]["iris"].contains("forward_backward"));
   EXPECT_TRUE(result["steps"]["infer"]["figures"].contains("dice")) << result["steps"]["infer"].dump();
