@@ -397,8 +397,20 @@ ValidationResult Trainer::validate() {
   if (!val_sampler_) return out;
   at::NoGradGuard no_grad;
   const c10::Device device(config_.device);
-  // Score the weights that export_model() would ship: swap the EMA shadow in.
+  // Score the weights that export_model() would ship: swap the EMA shadow
+  // in, and the live weights and training mode back whatever happens.
   std::vector<at::Tensor> live;
+  struct Restore {
+    model::IrisNet& net;
+    std::vector<at::Tensor>& live;
+    ~Restore() {
+      at::NoGradGuard no_grad;
+      size_t i = 0;
+      if (!live.empty())
+        for (auto& p : net->parameters()) p.detach().copy_(live[i++]);
+      net->train();
+    }
+  } restore{net_, live};
   if (!ema_.empty()) {
     size_t i = 0;
     for (auto& p : net_->parameters()) {
@@ -418,20 +430,17 @@ ValidationResult Trainer::validate() {
     const long d = b.dataset.empty() ? -1 : b.dataset[0];
     if (d < 0 || d >= D) continue;
     at::Tensor logits = net_->forward(b.query.to(device), b.reference.to(device), b.reference_masks.to(device));
-    at::Tensor pred = logits[0].gt(0).to(at::kDouble).flatten(1);          // [K, voxels]
-    at::Tensor truth = b.query_masks[0].to(device, at::kDouble).flatten(1);  // [K, voxels]
+    at::Tensor pred = logits[0].gt(0).to(at::kFloat).flatten(1);           // [K, voxels]
+    at::Tensor truth = b.query_masks[0].to(device).gt(0.5).to(at::kFloat).flatten(1);
     at::Tensor valid = b.valid[0].to(device, at::kDouble);                   // [K]
-    at::Tensor denom = pred.sum(1) + truth.sum(1);
+    // (counts summed in double: exact at any patch size)
+    at::Tensor denom = pred.sum(1, false, at::kDouble) + truth.sum(1, false, at::kDouble);
+    at::Tensor hits = (pred * truth).sum(1, false, at::kDouble);
     // A class absent from both the prediction and the truth scores 1.
-    at::Tensor dice = at::where(denom.gt(0), 2 * (pred * truth).sum(1) / denom.clamp_min(1), at::ones_like(denom));
+    at::Tensor dice = at::where(denom.gt(0), 2 * hits / denom.clamp_min(1), at::ones_like(denom));
     sums[0][d] += (dice * valid).sum();
     sums[1][d] += valid.sum();
   }
-  if (!ema_.empty()) {
-    size_t i = 0;
-    for (auto& p : net_->parameters()) p.detach().copy_(live[i++]);
-  }
-  net_->train();
   comm_.allreduce_sum(sums);
   at::Tensor host = sums.cpu();
   double total = 0;
@@ -468,6 +477,7 @@ void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
     since_log[1][i] = dataset_classes_[i];
   }
   a.put("log/dice_loss_by_dataset", since_log);
+  a.set_strings("log/datasets", dataset_names_);
   const std::string last = (dir / "last.ckpt").string();
   a.save(last);
   if (final_copy) {
@@ -529,10 +539,11 @@ long Trainer::load_checkpoint(const std::string& path) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
     gen.set_state(a.get("rng/torch"));
   }
-  // (absent from checkpoints of earlier versions, or of another list of
-  // datasets: the next line then covers the steps since the resume only)
+  // (absent from checkpoints of earlier versions; not restored for another
+  // list of datasets: the next line then covers the steps since the resume)
   const long D = static_cast<long>(dataset_names_.size());
-  if (a.has("log/dice_loss_by_dataset") && a.get("log/dice_loss_by_dataset").sizes() == at::IntArrayRef{2, D}) {
+  if (a.has("log/dice_loss_by_dataset") && a.has_meta("log/datasets") &&
+      a.meta_strings("log/datasets", 1 << 16) == dataset_names_) {
     const at::Tensor since_log = a.get("log/dice_loss_by_dataset", at::kDouble, {2, D});
     for (long i = 0; i < D; ++i) {
       dataset_dice_sum_[i] = since_log[0][i].item<double>();
@@ -639,7 +650,8 @@ TrainOutcome Trainer::run(ResumeMode resume) {
     rate_seconds += m.seconds;
     ++rate_steps;
     std::optional<ValidationResult> val;
-    if (config_.validate_every > 0 && (it + 1) % config_.validate_every == 0) val = validate();
+    if (val_sampler_ && config_.validate_every > 0 && (it + 1) % config_.validate_every == 0) val = validate();
+    if (val && std::isnan(val->dice)) val.reset();  // no valid class to score
     if ((it + 1) % config_.log_every == 0 || it + 1 == config_.iterations || val) {
       log(m, val ? &*val : nullptr);
       if (comm_.rank() == 0) {

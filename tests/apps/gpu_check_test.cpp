@@ -41,6 +41,7 @@ TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
   EXPECT_EQ(train["val_dice"][0][0], 3) << train.dump();
   EXPECT_EQ(train["val_dice"][1][0], 7) << train.dump();
   for (const auto& v : train["val_dice"]) {
+    ASSERT_TRUE(v[1].is_number()) << train.dump();
     EXPECT_GE(v[1].get<double>(), 0.0) << train.dump();
     EXPECT_LE(v[1].get<double>(), 1.0) << train.dump();
   }

@@ -11,6 +11,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 #include <thread>
+#include <tuple>
 
 #include <torch/torch.h>
 
@@ -900,6 +901,7 @@ TEST(Trainer, ValidatesTheExportedWeightsOverallAndPerDataset) {
     return j;
   };
   model::IrisNet shipped = exported.net;
+  shipped->set_channels_last(true);  // the trainer's memory format: the same sums to the last bit
   const Json expected = score(shipped);
   const Json raw = score(t->net());
   t.reset();
@@ -937,6 +939,38 @@ TEST(Trainer, ValidatesTheExportedWeightsOverallAndPerDataset) {
   EXPECT_EQ(tags["val/dice/synthetic"], 1);
   EXPECT_EQ(tags["val/dice/mirrored"], 1);
   fs::remove_all(dir);
+}
+
+// A validation in the middle of a run swaps the EMA weights in and out and
+// switches to eval mode: training afterwards must be what it is without it.
+TEST(Trainer, ValidatingInTheMiddleLeavesTrainingUnchanged) {
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  auto run = [&](long validate_every, const std::string& name) {
+    fs::path dir = temp_dir(name);
+    auto c = distributed_config(dir);
+    c.iterations = 4;
+    c.validate_every = validate_every;
+    c.validation_episodes = 2;
+    c.weight_ema = 0.7;
+    train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                     validation_sampler(c), {"outer", "core"}, *comm);
+    t.run(false);
+    std::vector<double> losses;
+    for (const auto& m : t.history()) losses.push_back(m.loss);
+    const at::Tensor state = flat_state(t);
+    long validations = 0;
+    std::ifstream metrics(dir / "metrics.jsonl");
+    std::string line;
+    while (std::getline(metrics, line)) validations += Json::parse(line).contains("val_dice");
+    fs::remove_all(dir);
+    return std::make_tuple(losses, state, validations);
+  };
+  const auto [plain_losses, plain_state, none] = run(0, "no_validation");
+  const auto [losses, state, validations] = run(1, "every_step");
+  EXPECT_EQ(none, 0);
+  EXPECT_EQ(validations, 4);
+  EXPECT_EQ(losses, plain_losses);
+  EXPECT_TRUE(at::equal(state, plain_state)) << "weights differ by " << (state - plain_state).abs().max().item<float>();
 }
 
 // ---- collectives, devices, micro-batches, resume ---------------------------
