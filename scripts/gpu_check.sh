@@ -3,6 +3,8 @@
 #
 #   bash scripts/gpu_check.sh OUT_DIR [--device cuda|cpu] [--preset mass|tiny]
 #        [--build-dir DIR] [--skip-build] [--iterations N] [--mass MASS_CHECKOUT]
+#        [--steps build,tests,train,infer,bench,demo] [--demo-seconds S]
+#        [--demo-iterations N] [--demo-data DIR] [--demo-init MODEL.iris]
 #
 # On a bare GPU node (Ubuntu, a CUDA PyTorch, 16 cores, no ITK, yaml-cpp,
 # spdlog, CLI11, nlohmann-json or network), from a checkout of iris:
@@ -25,6 +27,24 @@
 #   bench     iris-bench (mass preset: a training step of 2 episodes of 128^3 in
 #             bf16, and the paper's workload: 1 reference, 15 classes, 10 queries)
 #             next to tools/bench_mass.py (the author's code) on the same device
+#   demo      (only when --steps names it) the demo model's clean config
+#             (configs/train/demo_brain_clean.yaml, issue 17) trained on the
+#             device from the stage-1 model for at most --demo-seconds
+#             (default 300), then SIGUSR1 and the checkpoint exported; the
+#             model, metrics.jsonl and the log come back under OUT_DIR/demo.
+#             Needs the demo data and the stage-1 model, carried:
+#               here: bash scripts/make_demo_data.sh build
+#                     git show 727439b:models/demo_brain.iris > build/demo/stage1.iris
+#               run(command="bash scripts/gpu_check.sh $OUT --steps build,demo",
+#                   carry=[".gpu_carry", "build/demo/data", "build/demo/stage1.iris"], timeout_s=600)
+#             (the build plus 300 s of training plus the export fit in the 600 s
+#             of one call when the build takes under 4 minutes; on a warm
+#             machine that already built, --skip-build --steps demo
+#             --demo-seconds 500), then score the model here:
+#               IRIS_DEMO_MODEL=OUT_DIR/demo/model.iris bash scripts/demo.sh build
+#             Batch 8 on cuda (2 on cpu), loader threads = cores - 2;
+#             figures: iterations, step and data-wait medians, Dice loss per
+#             dataset over the first and last tenth of the log.
 # --device cpu --preset tiny --skip-build is the part that runs on any machine;
 # tests/apps/gpu_check_test.cpp runs it in CI so this script never rots.
 # Exit status: 0 when every step passed, 1 otherwise (the JSON says which).
@@ -33,6 +53,7 @@ set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [options]}
 shift
 DEVICE=cuda PRESET=mass BUILD="" SKIP_BUILD=0 ITERATIONS="" MASS=""
+STEPS_WANTED=build,tests,train,infer,bench DEMO_SECONDS=300 DEMO_ITERATIONS="" DEMO_DATA="" DEMO_INIT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift ;;
@@ -41,11 +62,25 @@ while [ $# -gt 0 ]; do
     --skip-build) SKIP_BUILD=1 ;;
     --iterations) ITERATIONS=$2; shift ;;
     --mass) MASS=$2; shift ;;
+    --steps) STEPS_WANTED=$2; shift ;;
+    --demo-seconds) DEMO_SECONDS=$2; shift ;;
+    --demo-iterations) DEMO_ITERATIONS=$2; shift ;;
+    --demo-data) DEMO_DATA=$2; shift ;;
+    --demo-init) DEMO_INIT=$2; shift ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+for step in ${STEPS_WANTED//,/ }; do
+  case "$step" in
+    build|tests|train|infer|bench|demo) ;;
+    *) echo "gpu_check: --steps: unknown step '$step' (build, tests, train, infer, bench, demo)" >&2; exit 2 ;;
+  esac
+done
+want() { [[ ",$STEPS_WANTED," == *",$1,"* ]]; }
+DEMO_DATA=${DEMO_DATA:-$HERE/build/demo/data}
+DEMO_INIT=${DEMO_INIT:-$HERE/build/demo/stage1.iris}
 CARRY=$HERE/.gpu_carry
 BUILD=${BUILD:-$HERE/build-gpu}
 [ -z "$MASS" ] && [ -d "$CARRY/MASS" ] && MASS=$CARRY/MASS
@@ -58,8 +93,10 @@ PY=python3
 NPROC=$(nproc)
 if [ "$DEVICE" = cuda ]; then
   BACKEND=nccl BF16=true PATCH=64 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-300} VOLUME=96 REPEATS=10
+  DEMO_ITERATIONS=${DEMO_ITERATIONS:-10000} DEMO_BATCH=8 DEMO_WORKERS=$((NPROC > 3 ? NPROC - 2 : 1))
 else
   BACKEND=gloo BF16=false PATCH=32 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-8} VOLUME=40 REPEATS=1
+  DEMO_ITERATIONS=${DEMO_ITERATIONS:-4} DEMO_BATCH=2 DEMO_WORKERS=1
 fi
 
 # record NAME STATUS SECONDS [JSON-FIGURES]
@@ -72,6 +109,7 @@ now() { date +%s.%N; }
 since() { echo "$(now) $1" | awk '{printf "%.1f", $1 - $2}'; }
 
 # ------------------------------------------------------------------ build
+if want build; then
 t=$(now)
 if [ "$SKIP_BUILD" = 0 ]; then
   TORCH_PREFIX=$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')
@@ -92,8 +130,10 @@ if [ "$SKIP_BUILD" = 0 ]; then
 else
   [ -x "$BUILD/iris-train" ] && record build true 0 '{"skipped": true}' || record build false 0 '{"skipped": true}'
 fi
+fi
 
 # ------------------------------------------------------------------ device tests
+if want tests; then
 t=$(now)
 if IRIS_TEST_DEVICE=$DEVICE IRIS_BIN_DIR=$BUILD "$BUILD/iris_device_tests" --gtest_output="json:$WORK/device_tests.json" \
      > "$OUT/tests.log" 2>&1; then ok=true; else ok=false; fi
@@ -107,8 +147,10 @@ except Exception as e:
     print(json.dumps({"error": str(e)}))
 EOF
 )"
+fi
 
 # ------------------------------------------------------------------ data
+if want train || want infer; then
 # Synthetic NIfTI-1 cases (an ellipsoid with a core, noise) written with the
 # standard library only: .nii, so a build without zlib reads them too.
 $PY - "$WORK/data" "$VOLUME" <<'EOF'
@@ -173,8 +215,10 @@ data:
       split: [0.75, 0.25, 0]
       cases: ["case0.nii|case0_labels.nii", "case1.nii|case1_labels.nii", "case2.nii|case2_labels.nii", "case3.nii|case3_labels.nii"]
 EOF
+fi
 
 # ------------------------------------------------------------------ train
+if want train; then
 t=$(now)
 export MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-29621}
 "$BUILD/iris-train" "$WORK/train.yaml" > "$OUT/train_first.log" 2>&1 &
@@ -203,8 +247,10 @@ print(json.dumps({"backend": sys.argv[5], "first_exit": int(sys.argv[2]), "resum
                   "val_dice": [[r["iteration"], r["val_dice"]] for r in rows if "val_dice" in r]}))
 EOF
 )"
+fi
 
 # ------------------------------------------------------------------ infer
+if want infer; then
 t=$(now)
 if "$BUILD/iris-infer" --model "$WORK/run/model.iris" --reference "$WORK/data/case0.nii" \
      --reference-mask "$WORK/data/case0_labels.nii" --query "$WORK/data/case1.nii" --output "$WORK/pred.nii" \
@@ -224,8 +270,10 @@ except Exception as e:
 print(json.dumps(out))
 EOF
 )"
+fi
 
 # ------------------------------------------------------------------ bench
+if want bench; then
 t=$(now)
 if [ "$PRESET" = mass ]; then BPATCH=128 CLASSES=15 QUERIES=10; else BPATCH=32 CLASSES=3 QUERIES=2; fi
 BF16_FLAG=()
@@ -260,6 +308,79 @@ if mass:
 print(json.dumps(out))
 EOF
 )"
+fi
+
+# ------------------------------------------------------------------ demo
+# The demo model's clean config trained on the device for at most
+# DEMO_SECONDS: SIGUSR1 (checkpoint, exit 124), then the checkpoint exported.
+if want demo; then
+t=$(now)
+DEMO_OUT=$OUT/demo
+DEMO_RUN=$WORK/demo_run
+DEMO_CONFIG=$HERE/configs/train/demo_brain_clean.yaml
+mkdir -p "$DEMO_OUT"
+train_rc=none export_rc=none reached=none
+if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
+  echo "demo: needs the demo data in $DEMO_DATA (scripts/make_demo_data.sh) and the stage-1 model $DEMO_INIT: carry them" \
+    | tee "$DEMO_OUT/train.log" >&2
+else
+  SETS=(--set "train.device=$DEVICE" --set "train.output_dir=$DEMO_RUN" --set "train.init_from=$DEMO_INIT"
+        --set "train.batch=$DEMO_BATCH" --set "train.loader_workers=$DEMO_WORKERS" --set train.checkpoint_every=500
+        --set train.log_every=10 --set train.tensorboard=false)
+  for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
+    SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
+  done
+  timeout -s USR1 -k 120 "$DEMO_SECONDS" "$BUILD/iris-train" "$DEMO_CONFIG" "${SETS[@]}" \
+    --set "train.iterations=$DEMO_ITERATIONS" > "$DEMO_OUT/train.log" 2>&1
+  train_rc=$?
+  if [ "$train_rc" = 124 ] && [ -f "$DEMO_RUN/checkpoints/last.ckpt" ]; then
+    # Cut by the time limit: a run of as many iterations as the checkpoint
+    # holds resumes from it, has nothing left to do, and exports the model.
+    reached=$($PY - "$DEMO_RUN/checkpoints/last.ckpt" <<'EOF'
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    print(json.loads(f.read(n))["__metadata__"]["iteration"])
+EOF
+)
+    "$BUILD/iris-train" "$DEMO_CONFIG" "${SETS[@]}" --set "train.iterations=$reached" --resume >> "$DEMO_OUT/train.log" 2>&1
+    export_rc=$?
+  fi
+  for f in model.iris metrics.jsonl config.yaml; do
+    [ -f "$DEMO_RUN/$f" ] && cp "$DEMO_RUN/$f" "$DEMO_OUT/"
+  done
+fi
+if [ -f "$DEMO_OUT/model.iris" ]; then ok=true; else ok=false; fi
+record demo $ok "$(since "$t")" "$($PY - "$DEMO_OUT/metrics.jsonl" "$train_rc" "$export_rc" "$DEMO_SECONDS" "$DEMO_BATCH" "$reached" <<'EOF'
+import json, sys
+out = {"train_exit": sys.argv[2], "export_exit": sys.argv[3], "seconds_limit": float(sys.argv[4]), "batch": int(sys.argv[5]),
+       "exported_at_iteration": sys.argv[6]}
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1])]
+except Exception as e:
+    rows = []
+    out["error"] = str(e)
+if rows:
+    out["iterations"] = rows[-1]["iteration"] + 1
+    steps = sorted(r["seconds"] for r in rows[1:]) or [0]
+    waits = sorted(r["data_seconds"] for r in rows[1:]) or [0]
+    out["median_step_seconds"] = steps[len(steps) // 2]
+    out["median_data_wait_seconds"] = waits[len(waits) // 2]
+    # Mean Dice loss per dataset over the first and the last tenth of the lines.
+    tenth = max(1, len(rows) // 10)
+    def mean_by_dataset(part):
+        sums = {}
+        for r in part:
+            for k, v in r.get("dice_loss_by_dataset", {}).items():
+                if v is not None:
+                    sums.setdefault(k, []).append(v)
+        return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
+    out["dice_loss_by_dataset_first_tenth"] = mean_by_dataset(rows[:tenth])
+    out["dice_loss_by_dataset_last_tenth"] = mean_by_dataset(rows[-tenth:])
+print(json.dumps(out))
+EOF
+)"
+fi
 
 # ------------------------------------------------------------------ one JSON
 $PY - "$STEPS" "$OUT/gpu_check.json" "$DEVICE" "$PRESET" <<'EOF'

@@ -50,3 +50,61 @@ TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
   EXPECT_TRUE(result["steps"]["infer"]["figures"].contains("dice")) << result["steps"]["infer"].dump();
   fs::remove_all(out);
 }
+
+// The demo step (issue 17's training on a GPU): the clean demo config trained
+// for at most --demo-seconds from a model of its architecture, cut by
+// SIGUSR1, the checkpoint exported; the model and metrics come back. On CPU
+// it is cut after a few iterations of 1000.
+TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
+  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+  const char* bin = std::getenv("IRIS_BIN_DIR");
+  const std::string build = bin ? bin : IRIS_BINARY_DIR;
+  const fs::path dir = iris::testing::temp_folder("gpu_check_demo");
+  const auto data = iris::testing::run_program(
+      "bash", iris::testing::shell_quoted(repo + "/scripts/make_demo_data.sh") + " " + iris::testing::shell_quoted(build) +
+                  " " + iris::testing::shell_quoted((dir / "data").string()),
+      (dir / "data.log").string());
+  ASSERT_EQ(data.exit_code, 0) << data.output;
+  auto check = [&](const std::string& out, const std::string& data_dir) {
+    return iris::testing::run_program(
+        "bash", iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out) +
+                    " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build) +
+                    " --steps demo --demo-seconds 30 --demo-iterations 1000 --demo-init " +
+                    iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
+                    iris::testing::shell_quoted(data_dir),
+        out + ".log");
+  };
+  const fs::path out = dir / "out";
+  const auto r = check(out.string(), (dir / "data").string());
+  ASSERT_TRUE(fs::exists(out / "gpu_check.json")) << r.output;
+  const auto result = nlohmann::json::parse(std::ifstream(out / "gpu_check.json"));
+  EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << result.dump(2);
+  ASSERT_EQ(result["steps"].size(), 1u) << result.dump(2);  // only the step asked for
+  const auto& demo = result["steps"]["demo"];
+  EXPECT_TRUE(demo["ok"].get<bool>()) << demo.dump();
+  const auto& f = demo["figures"];
+  EXPECT_EQ(f["train_exit"], "124") << f.dump();  // cut by the time limit
+  EXPECT_EQ(f["export_exit"], "0") << f.dump();
+  ASSERT_TRUE(f.contains("iterations")) << f.dump();
+  EXPECT_GT(f["iterations"].get<int>(), 0) << f.dump();
+  EXPECT_LT(f["iterations"].get<int>(), 1000) << f.dump();
+  EXPECT_GE(std::stoi(f["exported_at_iteration"].get<std::string>()), f["iterations"].get<int>()) << f.dump();
+  for (const char* name : {"brain", "structures", "atlas_aal", "atlas_aicha", "atlas_brodmann", "atlas_jhu"})
+    EXPECT_TRUE(f["dice_loss_by_dataset_first_tenth"].contains(name)) << name << ": " << f.dump();
+  ASSERT_TRUE(fs::exists(out / "demo" / "model.iris")) << r.output;
+  EXPECT_GT(fs::file_size(out / "demo" / "model.iris"), 1000000u);
+  EXPECT_TRUE(fs::exists(out / "demo" / "metrics.jsonl"));
+  // The exported model is the run's: its description names the run's folder.
+  std::ifstream model(out / "demo" / "model.iris", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(model)), {});
+  EXPECT_NE(bytes.find("demo_run"), std::string::npos);
+
+  // Without the demo data: the step fails and says what to carry.
+  const fs::path missing = dir / "missing";
+  const auto m = check(missing.string(), (dir / "nowhere").string());
+  EXPECT_NE(m.exit_code, 0);
+  EXPECT_NE(m.output.find("make_demo_data.sh"), std::string::npos) << m.output;
+  const auto failed = nlohmann::json::parse(std::ifstream(missing / "gpu_check.json"));
+  EXPECT_FALSE(failed["steps"]["demo"]["ok"].get<bool>()) << failed.dump(2);
+  fs::remove_all(dir);
+}
