@@ -93,10 +93,10 @@ PY=python3
 NPROC=$(nproc)
 if [ "$DEVICE" = cuda ]; then
   BACKEND=nccl BF16=true PATCH=64 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-300} VOLUME=96 REPEATS=10
-  DEMO_ITERATIONS=${DEMO_ITERATIONS:-10000} DEMO_BATCH=8 DEMO_WORKERS=$((NPROC > 3 ? NPROC - 2 : 1))
+  DEMO_ITERATIONS=${DEMO_ITERATIONS:-10000} DEMO_BATCH=8 DEMO_LOG_EVERY=10 DEMO_WORKERS=$((NPROC > 3 ? NPROC - 2 : 1))
 else
   BACKEND=gloo BF16=false PATCH=32 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-8} VOLUME=40 REPEATS=1
-  DEMO_ITERATIONS=${DEMO_ITERATIONS:-4} DEMO_BATCH=2 DEMO_WORKERS=1
+  DEMO_ITERATIONS=${DEMO_ITERATIONS:-4} DEMO_BATCH=2 DEMO_LOG_EVERY=1 DEMO_WORKERS=1
 fi
 
 # record NAME STATUS SECONDS [JSON-FIGURES]
@@ -326,7 +326,7 @@ if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
 else
   SETS=(--set "train.device=$DEVICE" --set "train.output_dir=$DEMO_RUN" --set "train.init_from=$DEMO_INIT"
         --set "train.batch=$DEMO_BATCH" --set "train.loader_workers=$DEMO_WORKERS" --set train.checkpoint_every=500
-        --set train.log_every=10 --set train.tensorboard=false)
+        --set "train.log_every=$DEMO_LOG_EVERY" --set train.tensorboard=false)
   for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
     SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
   done
@@ -375,6 +375,7 @@ if rows:
                 if v is not None:
                     sums.setdefault(k, []).append(v)
         return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
+    out["datasets_seen"] = sorted({k for r in rows for k in r.get("dice_loss_by_dataset", {})})
     out["dice_loss_by_dataset_first_tenth"] = mean_by_dataset(rows[:tenth])
     out["dice_loss_by_dataset_last_tenth"] = mean_by_dataset(rows[-tenth:])
 print(json.dumps(out))
