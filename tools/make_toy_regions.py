@@ -40,8 +40,11 @@ def write_nifti(path, array, spacing):
     # array is [x, y, z]; NIfTI stores x fastest.
     payload = bytes(h) + b"\0" * 4 + np.ascontiguousarray(array.transpose(2, 1, 0)).tobytes()
     tmp = path + ".tmp"
-    with gzip.open(tmp, "wb") as f:
-        f.write(payload)
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(payload)
+        raw.flush()
+        os.fsync(raw.fileno())
     os.replace(tmp, path)
 
 
