@@ -3,8 +3,9 @@
 #
 #   bash scripts/gpu_check.sh OUT_DIR [--device cuda|cpu] [--preset mass|tiny]
 #        [--build-dir DIR] [--skip-build] [--iterations N] [--mass MASS_CHECKOUT]
-#        [--steps build,tests,train,infer,bench,demo] [--demo-seconds S]
+#        [--steps build,tests,train,infer,bench,demo,toy] [--demo-seconds S]
 #        [--demo-iterations N] [--demo-data DIR] [--demo-init MODEL.iris]
+#        [--toy-seconds S] [--toy-iterations N] [--toy-batch N]
 #
 # On a bare GPU node (Ubuntu, a CUDA PyTorch, 16 cores, no ITK, yaml-cpp,
 # spdlog, CLI11, nlohmann-json or network), from a checkout of iris:
@@ -45,6 +46,20 @@
 #             Batch 8 on cuda (2 on cpu), loader threads = cores - 2;
 #             figures: iterations, step and data-wait medians, Dice loss per
 #             dataset over the first and last tenth of the log.
+#   toy       (only when --steps names it) issue 17's cheap first question,
+#             whether the network learns to read the reference at all:
+#             tools/make_toy_regions.py (needs numpy) writes 10 toy cases,
+#             configs/train/toy_regions.yaml trains on cases 0-7 from scratch
+#             for at most --toy-seconds (default 180) or --toy-iterations
+#             (default 3000), batch --toy-batch (32 on cuda, 2 on cpu), cut and
+#             exported like demo; then one-shot Dice on cases 8 and 9, each its
+#             own reference, cells 1, 4, 7 and 10 (iris-labels, iris-infer,
+#             iris-eval). A model that ignores the reference scores ~0.15; two
+#             CPU cores reached 0.39 (3,000 it. of batch 2) and 0.44 (750 of
+#             batch 8), docs/demo.md. Nothing to carry. First GPU session:
+#               run(command="bash scripts/gpu_check.sh $OUT --steps build,toy",
+#                   carry=[".gpu_carry"], timeout_s=600)
+#             then on the warm machine --skip-build --steps demo (above).
 # --device cpu --preset tiny --skip-build is the part that runs on any machine;
 # tests/apps/gpu_check_test.cpp runs it in CI so this script never rots.
 # Exit status: 0 when every step passed, 1 otherwise (the JSON says which).
@@ -54,6 +69,7 @@ OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [options]}
 shift
 DEVICE=cuda PRESET=mass BUILD="" SKIP_BUILD=0 ITERATIONS="" MASS=""
 STEPS_WANTED=build,tests,train,infer,bench DEMO_SECONDS=300 DEMO_ITERATIONS="" DEMO_DATA="" DEMO_INIT=""
+TOY_SECONDS=180 TOY_ITERATIONS=3000 TOY_BATCH=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2; shift ;;
@@ -67,6 +83,9 @@ while [ $# -gt 0 ]; do
     --demo-iterations) DEMO_ITERATIONS=$2; shift ;;
     --demo-data) DEMO_DATA=$2; shift ;;
     --demo-init) DEMO_INIT=$2; shift ;;
+    --toy-seconds) TOY_SECONDS=$2; shift ;;
+    --toy-iterations) TOY_ITERATIONS=$2; shift ;;
+    --toy-batch) TOY_BATCH=$2; shift ;;
     *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -74,8 +93,8 @@ done
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 for step in ${STEPS_WANTED//,/ }; do
   case "$step" in
-    build|tests|train|infer|bench|demo) ;;
-    *) echo "gpu_check: --steps: unknown step '$step' (build, tests, train, infer, bench, demo)" >&2; exit 2 ;;
+    build|tests|train|infer|bench|demo|toy) ;;
+    *) echo "gpu_check: --steps: unknown step '$step' (build, tests, train, infer, bench, demo, toy)" >&2; exit 2 ;;
   esac
 done
 want() { [[ ",$STEPS_WANTED," == *",$1,"* ]]; }
@@ -94,9 +113,11 @@ NPROC=$(nproc)
 if [ "$DEVICE" = cuda ]; then
   BACKEND=nccl BF16=true PATCH=64 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-300} VOLUME=96 REPEATS=10
   DEMO_ITERATIONS=${DEMO_ITERATIONS:-10000} DEMO_BATCH=8 DEMO_LOG_EVERY=10 DEMO_WORKERS=$((NPROC > 3 ? NPROC - 2 : 1))
+  TOY_BATCH=${TOY_BATCH:-32} TOY_WORKERS=$((NPROC > 3 ? NPROC - 2 : 1))
 else
   BACKEND=gloo BF16=false PATCH=32 TRAIN_PRESET=tiny ITERATIONS=${ITERATIONS:-8} VOLUME=40 REPEATS=1
   DEMO_ITERATIONS=${DEMO_ITERATIONS:-4} DEMO_BATCH=2 DEMO_LOG_EVERY=1 DEMO_WORKERS=1
+  TOY_BATCH=${TOY_BATCH:-2} TOY_WORKERS=1
 fi
 
 # record NAME STATUS SECONDS [JSON-FIGURES]
@@ -310,48 +331,34 @@ EOF
 )"
 fi
 
-# ------------------------------------------------------------------ demo
-# The demo model's clean config trained on the device for at most
-# DEMO_SECONDS: SIGUSR1 (checkpoint, exit 124), then the checkpoint exported.
-if want demo; then
-t=$(now)
-DEMO_OUT=$OUT/demo
-DEMO_RUN=$WORK/demo_run
-DEMO_CONFIG=$HERE/configs/train/demo_brain_clean.yaml
-mkdir -p "$DEMO_OUT"
-train_rc=none export_rc=none reached=none
-if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
-  echo "demo: needs the demo data in $DEMO_DATA (scripts/make_demo_data.sh) and the stage-1 model $DEMO_INIT: carry them" \
-    | tee "$DEMO_OUT/train.log" >&2
-else
-  SETS=(--set "train.device=$DEVICE" --set "train.output_dir=$DEMO_RUN" --set "train.init_from=$DEMO_INIT"
-        --set "train.batch=$DEMO_BATCH" --set "train.loader_workers=$DEMO_WORKERS" --set train.checkpoint_every=500
-        --set "train.log_every=$DEMO_LOG_EVERY" --set train.tensorboard=false)
-  for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
-    SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
-  done
-  timeout -s USR1 -k 120 "$DEMO_SECONDS" "$BUILD/iris-train" "$DEMO_CONFIG" "${SETS[@]}" \
-    --set "train.iterations=$DEMO_ITERATIONS" > "$DEMO_OUT/train.log" 2>&1
+# ------------------------------------------------------------------ timed training
+# timed_train CONFIG RUN_DIR LOG SECONDS ITERATIONS [--set ...]: trains for at
+# most SECONDS; when cut (SIGUSR1: checkpoint, exit 124) a run of as many
+# iterations as the checkpoint holds resumes from it, has nothing left to do,
+# and exports the model. Sets train_rc, export_rc and reached.
+timed_train() {
+  local config=$1 run=$2 log=$3 seconds=$4 iterations=$5
+  shift 5
+  train_rc=none export_rc=none reached=none
+  timeout -s USR1 -k 120 "$seconds" "$BUILD/iris-train" "$config" --set "train.output_dir=$run" "$@" \
+    --set "train.iterations=$iterations" > "$log" 2>&1
   train_rc=$?
-  if [ "$train_rc" = 124 ] && [ -f "$DEMO_RUN/checkpoints/last.ckpt" ]; then
-    # Cut by the time limit: a run of as many iterations as the checkpoint
-    # holds resumes from it, has nothing left to do, and exports the model.
-    reached=$($PY - "$DEMO_RUN/checkpoints/last.ckpt" <<'EOF'
+  if [ "$train_rc" = 124 ] && [ -f "$run/checkpoints/last.ckpt" ]; then
+    reached=$($PY - "$run/checkpoints/last.ckpt" <<'EOF'
 import json, struct, sys
 with open(sys.argv[1], "rb") as f:
     n = struct.unpack("<Q", f.read(8))[0]
     print(json.loads(f.read(n))["__metadata__"]["iteration"])
 EOF
 )
-    "$BUILD/iris-train" "$DEMO_CONFIG" "${SETS[@]}" --set "train.iterations=$reached" --resume >> "$DEMO_OUT/train.log" 2>&1
+    "$BUILD/iris-train" "$config" --set "train.output_dir=$run" "$@" --set "train.iterations=$reached" --resume >> "$log" 2>&1
     export_rc=$?
   fi
-  for f in model.iris metrics.jsonl config.yaml; do
-    [ -f "$DEMO_RUN/$f" ] && cp "$DEMO_RUN/$f" "$DEMO_OUT/"
-  done
-fi
-if [ -f "$DEMO_OUT/model.iris" ]; then ok=true; else ok=false; fi
-record demo $ok "$(since "$t")" "$($PY - "$DEMO_OUT/metrics.jsonl" "$train_rc" "$export_rc" "$DEMO_SECONDS" "$DEMO_BATCH" "$reached" <<'EOF'
+}
+
+# python3 metrics_figures.py METRICS.JSONL TRAIN_RC EXPORT_RC SECONDS_LIMIT
+# BATCH REACHED: the figures of a timed run, as one JSON object.
+cat > "$WORK/metrics_figures.py" <<'EOF'
 import json, sys
 out = {"train_exit": sys.argv[2], "export_exit": sys.argv[3], "seconds_limit": float(sys.argv[4]), "batch": int(sys.argv[5]),
        "exported_at_iteration": sys.argv[6]}
@@ -378,6 +385,96 @@ if rows:
     out["datasets_seen"] = sorted({k for r in rows for k in r.get("dice_loss_by_dataset", {})})
     out["dice_loss_by_dataset_first_tenth"] = mean_by_dataset(rows[:tenth])
     out["dice_loss_by_dataset_last_tenth"] = mean_by_dataset(rows[-tenth:])
+print(json.dumps(out))
+EOF
+
+# ------------------------------------------------------------------ demo
+# The demo model's clean config trained on the device for at most
+# DEMO_SECONDS, then exported.
+if want demo; then
+t=$(now)
+DEMO_OUT=$OUT/demo
+DEMO_RUN=$WORK/demo_run
+DEMO_CONFIG=$HERE/configs/train/demo_brain_clean.yaml
+mkdir -p "$DEMO_OUT"
+train_rc=none export_rc=none reached=none
+if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
+  echo "demo: needs the demo data in $DEMO_DATA (scripts/make_demo_data.sh) and the stage-1 model $DEMO_INIT: carry them" \
+    | tee "$DEMO_OUT/train.log" >&2
+else
+  SETS=(--set "train.device=$DEVICE" --set "train.init_from=$DEMO_INIT"
+        --set "train.batch=$DEMO_BATCH" --set "train.loader_workers=$DEMO_WORKERS" --set train.checkpoint_every=500
+        --set "train.log_every=$DEMO_LOG_EVERY" --set train.tensorboard=false)
+  for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
+    SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
+  done
+  timed_train "$DEMO_CONFIG" "$DEMO_RUN" "$DEMO_OUT/train.log" "$DEMO_SECONDS" "$DEMO_ITERATIONS" "${SETS[@]}"
+  for f in model.iris metrics.jsonl config.yaml; do
+    [ -f "$DEMO_RUN/$f" ] && cp "$DEMO_RUN/$f" "$DEMO_OUT/"
+  done
+fi
+if [ -f "$DEMO_OUT/model.iris" ]; then ok=true; else ok=false; fi
+record demo $ok "$(since "$t")" \
+  "$($PY "$WORK/metrics_figures.py" "$DEMO_OUT/metrics.jsonl" "$train_rc" "$export_rc" "$DEMO_SECONDS" "$DEMO_BATCH" "$reached")"
+fi
+
+# ------------------------------------------------------------------ toy
+# Does the network learn to read the reference? The toy of
+# configs/train/toy_regions.yaml, trained from scratch on the device for at
+# most TOY_SECONDS, then one-shot on the two cases it never saw.
+if want toy; then
+t=$(now)
+TOY_OUT=$OUT/toy
+TOY_DATA=$WORK/toy_data
+TOY_RUN=$WORK/toy_run
+mkdir -p "$TOY_OUT"
+train_rc=none export_rc=none reached=none
+# The generator needs numpy: the first Python that has it.
+TOY_PY=$PY
+for p in "$PY" python3 /usr/bin/python3; do
+  if "$p" -c "import numpy" 2> /dev/null; then TOY_PY=$p; break; fi
+done
+# Uncompressed, so that a build without zlib reads the cases too.
+if "$TOY_PY" "$HERE/tools/make_toy_regions.py" "$TOY_DATA" > "$TOY_OUT/data.log" 2>&1 && gzip -d "$TOY_DATA"/*.nii.gz; then
+  sed 's/\.nii\.gz/.nii/g' "$HERE/configs/train/toy_regions.yaml" > "$WORK/toy_regions.yaml"
+  timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT/train.log" "$TOY_SECONDS" "$TOY_ITERATIONS" \
+    --set "train.device=$DEVICE" --set "data.datasets.regions.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \
+    --set "train.loader_workers=$TOY_WORKERS" --set train.checkpoint_every=500 --set train.tensorboard=false \
+    --set "train.threads=$NPROC"
+  for f in model.iris metrics.jsonl config.yaml; do
+    [ -f "$TOY_RUN/$f" ] && cp "$TOY_RUN/$f" "$TOY_OUT/"
+  done
+else
+  echo "toy: tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $TOY_OUT/data.log" | tee -a "$TOY_OUT/data.log" >&2
+fi
+# One-shot: each unseen case is its own reference, one cell per pass.
+: > "$WORK/toy_dice.tsv"
+if [ -f "$TOY_OUT/model.iris" ]; then
+  for case in 8 9; do
+    for cell in 1 4 7 10; do
+      c=$TOY_DATA/case$case
+      m=$WORK/toy_c${case}_$cell
+      if "$BUILD/iris-labels" map --input "${c}_lab.nii" --map "$cell:1" --output "$m.nii" >> "$TOY_OUT/score.log" 2>&1 &&
+         "$BUILD/iris-infer" --model "$TOY_OUT/model.iris" --device "$DEVICE" --reference "$c.nii" --reference-mask "$m.nii" \
+           --query "$c.nii" --output "${m}_pred.nii" >> "$TOY_OUT/score.log" 2>&1 &&
+         "$BUILD/iris-eval" --reference "$m.nii" --prediction "${m}_pred.nii" --output "$m.json" >> "$TOY_OUT/score.log" 2>&1; then
+        printf '%s\t%s\t%s\n' "$case" "$cell" "$m.json" >> "$WORK/toy_dice.tsv"
+      fi
+    done
+  done
+fi
+if [ "$(wc -l < "$WORK/toy_dice.tsv")" = 8 ]; then ok=true; else ok=false; fi
+record toy $ok "$(since "$t")" "$($PY - "$WORK/toy_dice.tsv" \
+  "$($PY "$WORK/metrics_figures.py" "$TOY_OUT/metrics.jsonl" "$train_rc" "$export_rc" "$TOY_SECONDS" "$TOY_BATCH" "$reached")" <<'EOF'
+import json, sys
+out = json.loads(sys.argv[2])
+dice = {}
+for line in open(sys.argv[1]):
+    case, cell, path = line.rstrip("\n").split("\t")
+    dice["case%s_cell%s" % (case, cell)] = round(json.load(open(path))["foreground_mean"]["Dice"], 4)
+out["one_shot_dice"] = dice
+if dice:
+    out["one_shot_dice_mean"] = round(sum(dice.values()) / len(dice), 4)
 print(json.dumps(out))
 EOF
 )"

@@ -252,6 +252,9 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
     for (const auto& d : datasets)
       data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
     log::info(std::to_string(comm->size()) + " rank(s), backend " + comm->backend() + ", device " + train_config.device);
+    if (!train_config.init_from.empty())
+      log::info("weights from " + train_config.init_from + " (train.init_from)" +
+                (options.resume == train::ResumeMode::kNone ? "" : "; a checkpoint, when one is resumed from, replaces them"));
   }
   data::CaseLoader loader = [&spatial](const data::DatasetSpec& d, const data::CaseSpec& c) {
     return load_case(d, c, spatial);

@@ -4,12 +4,16 @@
 // and iris-eval on NIfTI, iris-bench, and one JSON with every step.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <vector>
 
+#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "iris/io/image_io.h"
 #include "support/test_support.h"
 
 namespace fs = std::filesystem;
@@ -110,5 +114,115 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
   EXPECT_NE(m.output.find("make_demo_data.sh"), std::string::npos) << m.output;
   const auto failed = nlohmann::json::parse(std::ifstream(missing / "gpu_check.json"));
   EXPECT_FALSE(failed["steps"]["demo"]["ok"].get<bool>()) << failed.dump(2);
+  fs::remove_all(dir);
+}
+
+// The toy step (issue 17's cheapest question, whether the network learns to
+// read the reference): toy cases generated, a timed training from scratch,
+// the model exported, then eight one-shot passes on the two unseen cases,
+// each scored. On CPU a few iterations; the Dice values need only be Dice.
+TEST(GpuCheck, TheToyStepTrainsThenScoresEightOneShotPasses) {
+  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+  const char* bin = std::getenv("IRIS_BIN_DIR");
+  const std::string build = bin ? bin : IRIS_BINARY_DIR;
+  const fs::path out = iris::testing::temp_folder("gpu_check_toy");
+  const auto r = iris::testing::run_program(
+      "bash", iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out.string()) +
+                  " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build) +
+                  " --steps toy --toy-iterations 3 --toy-seconds 300",
+      (out.string() + ".log"));
+  ASSERT_TRUE(fs::exists(out / "gpu_check.json")) << r.output;
+  const auto result = nlohmann::json::parse(std::ifstream(out / "gpu_check.json"));
+  EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << result.dump(2);
+  ASSERT_EQ(result["steps"].size(), 1u) << result.dump(2);
+  const auto& toy = result["steps"]["toy"];
+  EXPECT_TRUE(toy["ok"].get<bool>()) << toy.dump();
+  const auto& f = toy["figures"];
+  EXPECT_EQ(f["train_exit"], "0") << f.dump();  // 3 iterations end well inside the limit
+  EXPECT_EQ(f["iterations"], 3) << f.dump();
+  EXPECT_EQ(f["datasets_seen"], nlohmann::json::array({"regions"})) << f.dump();
+  ASSERT_EQ(f["one_shot_dice"].size(), 8u) << f.dump();
+  for (const char* key : {"case8_cell1", "case8_cell4", "case8_cell7", "case8_cell10", "case9_cell1", "case9_cell4",
+                          "case9_cell7", "case9_cell10"}) {
+    ASSERT_TRUE(f["one_shot_dice"].contains(key)) << key << ": " << f.dump();
+    EXPECT_GE(f["one_shot_dice"][key].get<double>(), 0.0) << key;
+    EXPECT_LE(f["one_shot_dice"][key].get<double>(), 1.0) << key;
+  }
+  EXPECT_TRUE(fs::exists(out / "toy" / "model.iris"));
+  EXPECT_TRUE(fs::exists(out / "toy" / "metrics.jsonl"));
+  fs::remove_all(out);
+}
+
+// tools/make_toy_regions.py, against its own description: the same bytes on
+// every run; 40^3 voxels of 2 mm; the labelled voxels exactly the ball of
+// radius 16 voxels about the centre; every one of the 12 cells present; one
+// intensity per cell in [0.2, 1] with noise of sd 0.05; a different cutting
+// for every case.
+TEST(ToyRegions, TheGeneratorWritesWhatItSays) {
+  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+  const fs::path dir = iris::testing::temp_folder("toy_regions");
+  for (const char* run : {"a", "b"}) {
+    const auto r = iris::testing::run_program(
+        "/usr/bin/python3", iris::testing::shell_quoted(repo + "/tools/make_toy_regions.py") + " " +
+                                iris::testing::shell_quoted((dir / run).string()) + " --cases 2",
+        (dir / (std::string(run) + ".log")).string());
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  for (const char* name : {"case0.nii.gz", "case0_lab.nii.gz", "case1.nii.gz", "case1_lab.nii.gz"}) {
+    ASSERT_TRUE(fs::exists(dir / "a" / name)) << name;
+    EXPECT_TRUE(bytes(dir / "a" / name) == bytes(dir / "b" / name)) << name << " differs between two runs";
+  }
+  std::vector<at::Tensor> cuttings;
+  for (int c = 0; c < 2; ++c) {
+    const auto base = (dir / "a" / ("case" + std::to_string(c))).string();
+    const auto image = iris::io::read_image(base + ".nii.gz");
+    const auto labels = iris::io::read_labels(base + "_lab.nii.gz");
+    ASSERT_EQ(labels.voxels.sizes(), at::IntArrayRef({40, 40, 40}));
+    for (int a = 0; a < 3; ++a) EXPECT_NEAR(labels.geometry.spacing[a], 2.0, 1e-6);
+    const auto lab = labels.voxels.to(at::kLong).contiguous();
+    const auto img = image.voxels.to(at::kDouble).contiguous();
+    const auto* l = lab.data_ptr<int64_t>();
+    const auto* v = img.data_ptr<double>();
+    std::vector<double> sum(13, 0.0), sq(13, 0.0);
+    std::vector<long> count(13, 0);
+    long outside_ball_labelled = 0, inside_ball_unlabelled = 0;
+    for (int z = 0; z < 40; ++z)
+      for (int y = 0; y < 40; ++y)
+        for (int x = 0; x < 40; ++x) {
+          const long i = (static_cast<long>(z) * 40 + y) * 40 + x;
+          const double d2 = (x - 19.5) * (x - 19.5) + (y - 19.5) * (y - 19.5) + (z - 19.5) * (z - 19.5);
+          const bool inside = d2 <= 256.0;
+          ASSERT_GE(l[i], 0);
+          ASSERT_LE(l[i], 12);
+          if (inside && l[i] == 0) ++inside_ball_unlabelled;
+          if (!inside && l[i] != 0) ++outside_ball_labelled;
+          sum[l[i]] += v[i];
+          sq[l[i]] += v[i] * v[i];
+          ++count[l[i]];
+        }
+    EXPECT_EQ(inside_ball_unlabelled, 0) << "case " << c;
+    EXPECT_EQ(outside_ball_labelled, 0) << "case " << c;
+    for (int k = 0; k <= 12; ++k) {
+      ASSERT_GT(count[k], 50) << "case " << c << " cell " << k;
+      const double mean = sum[k] / count[k];
+      const double sd = std::sqrt(sq[k] / count[k] - mean * mean);
+      if (k == 0) {
+        EXPECT_NEAR(mean, 0.0, 0.01) << "background, case " << c;
+      } else {
+        EXPECT_GE(mean, 0.2 - 0.01) << "case " << c << " cell " << k;
+        EXPECT_LE(mean, 1.0 + 0.01) << "case " << c << " cell " << k;
+      }
+      EXPECT_NEAR(sd, 0.05, 0.01) << "case " << c << " cell " << k;
+    }
+    cuttings.push_back(lab);
+  }
+  // Seeds differ per case: most voxels of the ball carry another label.
+  const double same = (cuttings[0] == cuttings[1]).logical_and(cuttings[0] > 0).sum().item<double>() /
+                      (cuttings[0] > 0).sum().item<double>();
+  EXPECT_LT(same, 0.5);
   fs::remove_all(dir);
 }
