@@ -130,7 +130,7 @@ TEST(GpuCheck, TheToyStepTrainsThenScoresEightOneShotPasses) {
       "bash", iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out.string()) +
                   " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build) +
                   " --steps toy --toy-iterations 3 --toy-seconds 300",
-      (out.string() + ".log"));
+      (out / "run.log").string());
   ASSERT_TRUE(fs::exists(out / "gpu_check.json")) << r.output;
   const auto result = nlohmann::json::parse(std::ifstream(out / "gpu_check.json"));
   EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << result.dump(2);
@@ -138,6 +138,7 @@ TEST(GpuCheck, TheToyStepTrainsThenScoresEightOneShotPasses) {
   const auto& toy = result["steps"]["toy"];
   EXPECT_TRUE(toy["ok"].get<bool>()) << toy.dump();
   const auto& f = toy["figures"];
+  ASSERT_TRUE(f.contains("iterations") && f.contains("one_shot_dice") && f.contains("datasets_seen")) << f.dump();
   EXPECT_EQ(f["train_exit"], "0") << f.dump();  // 3 iterations end well inside the limit
   EXPECT_EQ(f["iterations"], 3) << f.dump();
   EXPECT_EQ(f["datasets_seen"], nlohmann::json::array({"regions"})) << f.dump();
