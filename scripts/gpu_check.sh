@@ -59,7 +59,9 @@
 #             batch 8), docs/demo.md. Nothing to carry. First GPU session:
 #               run(command="bash scripts/gpu_check.sh $OUT --steps build,toy",
 #                   carry=[".gpu_carry"], timeout_s=600)
-#             then on the warm machine --skip-build --steps demo (above).
+#             then on the warm machine --skip-build --steps demo (above), best
+#             with --demo-init on the toy model that came back (OUT/toy/model.iris,
+#             carried): from it the atlas regions are learnt faster (docs/demo.md).
 # --device cpu --preset tiny --skip-build is the part that runs on any machine;
 # tests/apps/gpu_check_test.cpp runs it in CI so this script never rots.
 # Exit status: 0 when every step passed, 1 otherwise (the JSON says which).
