@@ -334,12 +334,14 @@ EOF
 fi
 
 # ------------------------------------------------------------------ timed training
-# timed_train CONFIG RUN_DIR LOG SECONDS ITERATIONS [--set ...]: trains for at
-# most SECONDS; when cut (SIGUSR1: checkpoint, exit 124) a run of as many
-# iterations as the checkpoint holds resumes from it, has nothing left to do,
-# and exports the model. Sets train_rc, export_rc and reached.
+# timed_train CONFIG RUN_DIR STEP_OUT SECONDS ITERATIONS [--set ...]: trains
+# for at most SECONDS; when cut (SIGUSR1: checkpoint, exit 124) a run of as
+# many iterations as the checkpoint holds resumes from it, has nothing left to
+# do, and exports the model. The model, metrics.jsonl and config.yaml are
+# copied to STEP_OUT, the log is STEP_OUT/train.log. Sets train_rc, export_rc
+# and reached.
 timed_train() {
-  local config=$1 run=$2 log=$3 seconds=$4 iterations=$5
+  local config=$1 run=$2 log=$3/train.log seconds=$4 iterations=$5 step_out=$3
   shift 5
   train_rc=none export_rc=none reached=none
   timeout -s USR1 -k 120 "$seconds" "$BUILD/iris-train" "$config" --set "train.output_dir=$run" "$@" \
@@ -356,6 +358,9 @@ EOF
     "$BUILD/iris-train" "$config" --set "train.output_dir=$run" "$@" --set "train.iterations=$reached" --resume >> "$log" 2>&1
     export_rc=$?
   fi
+  for f in model.iris metrics.jsonl config.yaml; do
+    [ -f "$run/$f" ] && cp "$run/$f" "$step_out/"
+  done
 }
 
 # python3 metrics_figures.py METRICS.JSONL TRAIN_RC EXPORT_RC SECONDS_LIMIT
@@ -410,10 +415,7 @@ else
   for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
     SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
   done
-  timed_train "$DEMO_CONFIG" "$DEMO_RUN" "$DEMO_OUT/train.log" "$DEMO_SECONDS" "$DEMO_ITERATIONS" "${SETS[@]}"
-  for f in model.iris metrics.jsonl config.yaml; do
-    [ -f "$DEMO_RUN/$f" ] && cp "$DEMO_RUN/$f" "$DEMO_OUT/"
-  done
+  timed_train "$DEMO_CONFIG" "$DEMO_RUN" "$DEMO_OUT" "$DEMO_SECONDS" "$DEMO_ITERATIONS" "${SETS[@]}"
 fi
 if [ -f "$DEMO_OUT/model.iris" ]; then ok=true; else ok=false; fi
 record demo $ok "$(since "$t")" \
@@ -439,13 +441,10 @@ done
 # Uncompressed, so that a build without zlib reads the cases too.
 if "$TOY_PY" "$HERE/tools/make_toy_regions.py" "$TOY_DATA" > "$TOY_OUT/data.log" 2>&1 && gzip -d "$TOY_DATA"/*.nii.gz; then
   sed 's/\.nii\.gz/.nii/g' "$HERE/configs/train/toy_regions.yaml" > "$WORK/toy_regions.yaml"
-  timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT/train.log" "$TOY_SECONDS" "$TOY_ITERATIONS" \
+  timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT" "$TOY_SECONDS" "$TOY_ITERATIONS" \
     --set "train.device=$DEVICE" --set "data.datasets.regions.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \
     --set "train.loader_workers=$TOY_WORKERS" --set train.checkpoint_every=500 --set train.tensorboard=false \
     --set "train.threads=$NPROC"
-  for f in model.iris metrics.jsonl config.yaml; do
-    [ -f "$TOY_RUN/$f" ] && cp "$TOY_RUN/$f" "$TOY_OUT/"
-  done
 else
   echo "toy: tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $TOY_OUT/data.log" | tee -a "$TOY_OUT/data.log" >&2
 fi

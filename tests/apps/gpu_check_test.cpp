@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -18,16 +19,33 @@
 
 namespace fs = std::filesystem;
 
-TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
-  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+namespace {
+
+std::string repo_dir() { return std::string(IRIS_TEST_DATA_DIR) + "/.."; }
+
+std::string build_dir() {
   const char* bin = std::getenv("IRIS_BIN_DIR");
-  const std::string build = bin ? bin : IRIS_BINARY_DIR;
+  return bin ? bin : IRIS_BINARY_DIR;
+}
+
+// scripts/gpu_check.sh OUT on CPU with the tiny preset and the build under
+// test, plus `args`; `env` is put before bash (e.g. "MASTER_PORT=1234 ").
+iris::testing::ProgramRun run_gpu_check(const std::string& out, const std::string& args, const std::string& log,
+                                        const std::string& env = "") {
+  using iris::testing::shell_quoted;
+  return iris::testing::run_program(env + "bash",
+                                    shell_quoted(repo_dir() + "/scripts/gpu_check.sh") + " " + shell_quoted(out) +
+                                        " --device cpu --preset tiny --skip-build --build-dir " +
+                                        shell_quoted(build_dir()) + args,
+                                    log);
+}
+
+}  // namespace
+
+TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
   const fs::path out = iris::testing::temp_folder("gpu_check");
-  const auto r = iris::testing::run_program(
-      "MASTER_PORT=" + std::to_string(iris::testing::free_port()) + " bash",
-      iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out.string()) +
-          " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build),
-      (out / "run.log").string());
+  const auto r = run_gpu_check(out.string(), "", (out / "run.log").string(),
+                               "MASTER_PORT=" + std::to_string(iris::testing::free_port()) + " ");
   ASSERT_TRUE(fs::exists(out / "gpu_check.json")) << r.output;
   const auto result = nlohmann::json::parse(std::ifstream(out / "gpu_check.json"));
   EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << result.dump(2);
@@ -61,9 +79,7 @@ TEST(GpuCheck, TheCpuPartRunsAndWritesOneJson) {
 // SIGUSR1, the checkpoint exported; the model and metrics come back. On CPU
 // it is cut after a few iterations of 1000.
 TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
-  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
-  const char* bin = std::getenv("IRIS_BIN_DIR");
-  const std::string build = bin ? bin : IRIS_BINARY_DIR;
+  const std::string repo = repo_dir(), build = build_dir();
   const fs::path dir = iris::testing::temp_folder("gpu_check_demo");
   const auto data = iris::testing::run_program(
       "bash", iris::testing::shell_quoted(repo + "/scripts/make_demo_data.sh") + " " + iris::testing::shell_quoted(build) +
@@ -71,13 +87,11 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
       (dir / "data.log").string());
   ASSERT_EQ(data.exit_code, 0) << data.output;
   auto check = [&](const std::string& out, const std::string& data_dir) {
-    return iris::testing::run_program(
-        "bash", iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out) +
-                    " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build) +
-                    " --steps demo --demo-seconds 30 --demo-iterations 1000 --demo-init " +
-                    iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
-                    iris::testing::shell_quoted(data_dir),
-        out + ".log");
+    return run_gpu_check(out,
+                         " --steps demo --demo-seconds 30 --demo-iterations 1000 --demo-init " +
+                             iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
+                             iris::testing::shell_quoted(data_dir),
+                         out + ".log");
   };
   const fs::path out = dir / "out";
   const auto r = check(out.string(), (dir / "data").string());
@@ -122,15 +136,9 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
 // the model exported, then eight one-shot passes on the two unseen cases,
 // each scored. On CPU a few iterations; the Dice values need only be Dice.
 TEST(GpuCheck, TheToyStepTrainsThenScoresEightOneShotPasses) {
-  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
-  const char* bin = std::getenv("IRIS_BIN_DIR");
-  const std::string build = bin ? bin : IRIS_BINARY_DIR;
   const fs::path out = iris::testing::temp_folder("gpu_check_toy");
-  const auto r = iris::testing::run_program(
-      "bash", iris::testing::shell_quoted(repo + "/scripts/gpu_check.sh") + " " + iris::testing::shell_quoted(out.string()) +
-                  " --device cpu --preset tiny --skip-build --build-dir " + iris::testing::shell_quoted(build) +
-                  " --steps toy --toy-iterations 3 --toy-seconds 300",
-      (out / "run.log").string());
+  const auto r = run_gpu_check(out.string(), " --steps toy --toy-iterations 3 --toy-seconds 300",
+                               (out / "run.log").string());
   ASSERT_TRUE(fs::exists(out / "gpu_check.json")) << r.output;
   const auto result = nlohmann::json::parse(std::ifstream(out / "gpu_check.json"));
   EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << result.dump(2);
@@ -160,7 +168,7 @@ TEST(GpuCheck, TheToyStepTrainsThenScoresEightOneShotPasses) {
 // intensity per cell in [0.2, 1] with noise of sd 0.05; a different cutting
 // for every case.
 TEST(ToyRegions, TheGeneratorWritesWhatItSays) {
-  const std::string repo = std::string(IRIS_TEST_DATA_DIR) + "/..";
+  const std::string repo = repo_dir();
   const fs::path dir = iris::testing::temp_folder("toy_regions");
   for (const char* run : {"a", "b"}) {
     const auto r = iris::testing::run_program(
