@@ -5,6 +5,7 @@
 #        [--build-dir DIR] [--skip-build] [--iterations N] [--mass MASS_CHECKOUT]
 #        [--steps build,tests,train,infer,bench,demo,toy] [--demo-seconds S]
 #        [--demo-iterations N] [--demo-data DIR] [--demo-init MODEL.iris]
+#        [--demo-config CONFIG.yaml]
 #        [--toy-seconds S] [--toy-iterations N] [--toy-batch N]
 #
 # On a bare GPU node (Ubuntu, a CUDA PyTorch, 16 cores, no ITK, yaml-cpp,
@@ -28,8 +29,8 @@
 #   bench     iris-bench (mass preset: a training step of 2 episodes of 128^3 in
 #             bf16, and the paper's workload: 1 reference, 15 classes, 10 queries)
 #             next to tools/bench_mass.py (the author's code) on the same device
-#   demo      (only when --steps names it) the demo model's clean config
-#             (configs/train/demo_brain_clean.yaml, issue 17) trained on the
+#   demo      (only when --steps names it) the demo model's --demo-config
+#             (default configs/train/demo_brain_clean.yaml, issue 17) trained on the
 #             device from the stage-1 model for at most --demo-seconds
 #             (default 300), then SIGUSR1 and the checkpoint exported; the
 #             model, metrics.jsonl and the log come back under OUT_DIR/demo.
@@ -61,7 +62,9 @@
 #                   carry=[".gpu_carry"], timeout_s=600)
 #             then on the warm machine --skip-build --steps demo (above), best
 #             with --demo-init on the toy model that came back (OUT/toy/model.iris,
-#             carried): from it the atlas regions are learnt faster (docs/demo.md).
+#             carried): from it the atlas regions are learnt faster (docs/demo.md),
+#             and with --demo-config configs/train/demo_brain_toymix.yaml, which
+#             keeps the toy cases in the mix (the demo step generates them).
 # --device cpu --preset tiny --skip-build is the part that runs on any machine;
 # tests/apps/gpu_check_test.cpp runs it in CI so this script never rots.
 # Exit status: 0 when every step passed, 1 otherwise (the JSON says which).
@@ -70,7 +73,7 @@ set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUT_DIR [options]}
 shift
 DEVICE=cuda PRESET=mass BUILD="" SKIP_BUILD=0 ITERATIONS="" MASS=""
-STEPS_WANTED=build,tests,train,infer,bench DEMO_SECONDS=300 DEMO_ITERATIONS="" DEMO_DATA="" DEMO_INIT=""
+STEPS_WANTED=build,tests,train,infer,bench DEMO_SECONDS=300 DEMO_ITERATIONS="" DEMO_DATA="" DEMO_INIT="" DEMO_CONFIG=""
 TOY_SECONDS=180 TOY_ITERATIONS=3000 TOY_BATCH=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -85,6 +88,7 @@ while [ $# -gt 0 ]; do
     --demo-iterations) DEMO_ITERATIONS=$2; shift ;;
     --demo-data) DEMO_DATA=$2; shift ;;
     --demo-init) DEMO_INIT=$2; shift ;;
+    --demo-config) DEMO_CONFIG=$2; shift ;;
     --toy-seconds) TOY_SECONDS=$2; shift ;;
     --toy-iterations) TOY_ITERATIONS=$2; shift ;;
     --toy-batch) TOY_BATCH=$2; shift ;;
@@ -102,6 +106,7 @@ done
 want() { [[ ",$STEPS_WANTED," == *",$1,"* ]]; }
 DEMO_DATA=${DEMO_DATA:-$HERE/build/demo/data}
 DEMO_INIT=${DEMO_INIT:-$HERE/build/demo/stage1.iris}
+DEMO_CONFIG=${DEMO_CONFIG:-$HERE/configs/train/demo_brain_clean.yaml}
 CARRY=$HERE/.gpu_carry
 BUILD=${BUILD:-$HERE/build-gpu}
 [ -z "$MASS" ] && [ -d "$CARRY/MASS" ] && MASS=$CARRY/MASS
@@ -395,6 +400,19 @@ if rows:
 print(json.dumps(out))
 EOF
 
+# make_toy_data DIR LOG: the toy cases of tools/make_toy_regions.py in DIR
+# (.nii.gz), with the first Python that has numpy; says so and fails when
+# none does.
+make_toy_data() {
+  local p py=$PY
+  for p in "$PY" python3 /usr/bin/python3; do
+    if "$p" -c "import numpy" 2> /dev/null; then py=$p; break; fi
+  done
+  "$py" "$HERE/tools/make_toy_regions.py" "$1" > "$2" 2>&1 && return 0
+  echo "tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $2" | tee -a "$2" >&2
+  return 1
+}
+
 # ------------------------------------------------------------------ demo
 # The demo model's clean config trained on the device for at most
 # DEMO_SECONDS, then exported.
@@ -402,7 +420,6 @@ if want demo; then
 t=$(now)
 DEMO_OUT=$OUT/demo
 DEMO_RUN=$WORK/demo_run
-DEMO_CONFIG=$HERE/configs/train/demo_brain_clean.yaml
 mkdir -p "$DEMO_OUT"
 train_rc=none export_rc=none reached=none
 if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
@@ -412,10 +429,20 @@ else
   SETS=(--set "train.device=$DEVICE" --set "train.init_from=$DEMO_INIT"
         --set "train.batch=$DEMO_BATCH" --set "train.loader_workers=$DEMO_WORKERS" --set train.checkpoint_every=500
         --set "train.log_every=$DEMO_LOG_EVERY" --set train.tensorboard=false)
+  # Every dataset reads the carried demo data, except one named toy
+  # (demo_brain_toymix.yaml): its cases are generated here.
+  demo_ready=1
   for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
-    SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
+    if [ "$name" = toy ]; then
+      make_toy_data "$WORK/demo_toy" "$DEMO_OUT/toy_data.log" || demo_ready=0
+      SETS+=(--set "data.datasets.toy.root=$WORK/demo_toy")
+    else
+      SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
+    fi
   done
-  timed_train "$DEMO_CONFIG" "$DEMO_RUN" "$DEMO_OUT" "$DEMO_SECONDS" "$DEMO_ITERATIONS" "${SETS[@]}"
+  if [ $demo_ready = 1 ]; then
+    timed_train "$DEMO_CONFIG" "$DEMO_RUN" "$DEMO_OUT" "$DEMO_SECONDS" "$DEMO_ITERATIONS" "${SETS[@]}"
+  fi
 fi
 if [ -f "$DEMO_OUT/model.iris" ]; then ok=true; else ok=false; fi
 record demo $ok "$(since "$t")" \
@@ -433,20 +460,13 @@ TOY_DATA=$WORK/toy_data
 TOY_RUN=$WORK/toy_run
 mkdir -p "$TOY_OUT"
 train_rc=none export_rc=none reached=none
-# The generator needs numpy: the first Python that has it.
-TOY_PY=$PY
-for p in "$PY" python3 /usr/bin/python3; do
-  if "$p" -c "import numpy" 2> /dev/null; then TOY_PY=$p; break; fi
-done
 # Uncompressed, so that a build without zlib reads the cases too.
-if "$TOY_PY" "$HERE/tools/make_toy_regions.py" "$TOY_DATA" > "$TOY_OUT/data.log" 2>&1 && gzip -d "$TOY_DATA"/*.nii.gz; then
+if make_toy_data "$TOY_DATA" "$TOY_OUT/data.log" && gzip -d "$TOY_DATA"/*.nii.gz; then
   sed 's/\.nii\.gz/.nii/g' "$HERE/configs/train/toy_regions.yaml" > "$WORK/toy_regions.yaml"
   timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT" "$TOY_SECONDS" "$TOY_ITERATIONS" \
     --set "train.device=$DEVICE" --set "data.datasets.regions.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \
     --set "train.loader_workers=$TOY_WORKERS" --set train.checkpoint_every=500 --set train.tensorboard=false \
     --set "train.threads=$NPROC"
-else
-  echo "toy: tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $TOY_OUT/data.log" | tee -a "$TOY_OUT/data.log" >&2
 fi
 # One-shot: each unseen case is its own reference, one cell per pass.
 : > "$WORK/toy_dice.tsv"

@@ -121,6 +121,30 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
   const std::string bytes((std::istreambuf_iterator<char>(model)), {});
   EXPECT_NE(bytes.find("demo_run"), std::string::npos);
 
+  // --demo-config demo_brain_toymix.yaml: the toy cases are generated on the
+  // node and read with the seven datasets (the six above and the toy).
+  const fs::path mix = dir / "toymix";
+  const auto t = run_gpu_check(mix.string(),
+                               " --steps demo --demo-seconds 20 --demo-iterations 1000 --demo-init " +
+                                   iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
+                                   iris::testing::shell_quoted((dir / "data").string()) + " --demo-config " +
+                                   iris::testing::shell_quoted(repo + "/configs/train/demo_brain_toymix.yaml"),
+                               mix.string() + ".log");
+  ASSERT_TRUE(fs::exists(mix / "gpu_check.json")) << t.output;
+  const auto mixed = nlohmann::json::parse(std::ifstream(mix / "gpu_check.json"));
+  EXPECT_EQ(t.exit_code, 0) << t.output << "\n" << mixed.dump(2);
+  EXPECT_TRUE(mixed["steps"]["demo"]["ok"].get<bool>()) << mixed.dump(2);
+  std::ifstream mix_log(mix / "demo" / "train.log");
+  const std::string mix_text((std::istreambuf_iterator<char>(mix_log)), {});
+  EXPECT_NE(mix_text.find("loading cases: 15/15"), std::string::npos) << mix_text;  // 7 demo + 8 toy cases
+  std::ifstream mix_config(mix / "demo" / "config.yaml");
+  const std::string mix_yaml((std::istreambuf_iterator<char>(mix_config)), {});
+  EXPECT_NE(mix_yaml.find("demo_toy"), std::string::npos) << mix_yaml;  // the toy root is the generated folder
+  auto seven = six;
+  seven.insert("toy");
+  for (const auto& name : mixed["steps"]["demo"]["figures"]["datasets_seen"])
+    EXPECT_TRUE(seven.count(name.get<std::string>())) << mixed.dump(2);
+
   // Without the demo data: the step fails and says what to carry.
   const fs::path missing = dir / "missing";
   const auto m = check(missing.string(), (dir / "nowhere").string());
