@@ -400,27 +400,28 @@ if rows:
 print(json.dumps(out))
 EOF
 
-# make_toy_data DIR LOG: the toy cases of tools/make_toy_regions.py in DIR
-# (.nii.gz), with the first Python that has numpy; says so and fails when
-# none does.
+# make_toy_data STEP DIR LOG: the toy cases of tools/make_toy_regions.py in
+# DIR (.nii.gz), with the first Python that has numpy; when that fails, says
+# so (naming STEP) on stderr and in LOG, and fails.
 make_toy_data() {
   local p py=$PY
   for p in "$PY" python3 /usr/bin/python3; do
     if "$p" -c "import numpy" 2> /dev/null; then py=$p; break; fi
   done
-  "$py" "$HERE/tools/make_toy_regions.py" "$1" > "$2" 2>&1 && return 0
-  echo "tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $2" | tee -a "$2" >&2
+  "$py" "$HERE/tools/make_toy_regions.py" "$2" > "$3" 2>&1 && return 0
+  echo "$1: tools/make_toy_regions.py failed (it needs numpy; tried $PY, python3, /usr/bin/python3): $3" | tee -a "$3" >&2
   return 1
 }
 
 # ------------------------------------------------------------------ demo
-# The demo model's clean config trained on the device for at most
+# The demo model's config (--demo-config) trained on the device for at most
 # DEMO_SECONDS, then exported.
 if want demo; then
 t=$(now)
 DEMO_OUT=$OUT/demo
 DEMO_RUN=$WORK/demo_run
 mkdir -p "$DEMO_OUT"
+rm -f "$DEMO_OUT/model.iris" "$DEMO_OUT/metrics.jsonl" "$DEMO_OUT/config.yaml"  # not an earlier run's
 train_rc=none export_rc=none reached=none
 if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
   echo "demo: needs the demo data in $DEMO_DATA (scripts/make_demo_data.sh) and the stage-1 model $DEMO_INIT: carry them" \
@@ -434,7 +435,7 @@ else
   demo_ready=1
   for name in $("$BUILD/iris-train" "$DEMO_CONFIG" --dump-config | sed -n 's/^data\.datasets\.\([^.]*\)\.root:.*/\1/p'); do
     if [ "$name" = toy ]; then
-      make_toy_data "$WORK/demo_toy" "$DEMO_OUT/toy_data.log" || demo_ready=0
+      make_toy_data demo "$WORK/demo_toy" "$DEMO_OUT/train.log" || demo_ready=0
       SETS+=(--set "data.datasets.toy.root=$WORK/demo_toy")
     else
       SETS+=(--set "data.datasets.$name.root=$DEMO_DATA")
@@ -459,9 +460,14 @@ TOY_OUT=$OUT/toy
 TOY_DATA=$WORK/toy_data
 TOY_RUN=$WORK/toy_run
 mkdir -p "$TOY_OUT"
+rm -f "$TOY_OUT/model.iris" "$TOY_OUT/metrics.jsonl" "$TOY_OUT/config.yaml"  # not an earlier run's
 train_rc=none export_rc=none reached=none
 # Uncompressed, so that a build without zlib reads the cases too.
-if make_toy_data "$TOY_DATA" "$TOY_OUT/data.log" && gzip -d "$TOY_DATA"/*.nii.gz; then
+if ! make_toy_data toy "$TOY_DATA" "$TOY_OUT/data.log"; then
+  :
+elif ! gzip -d "$TOY_DATA"/*.nii.gz 2>> "$TOY_OUT/data.log"; then
+  echo "toy: gzip -d of the toy cases failed: $TOY_OUT/data.log" | tee -a "$TOY_OUT/data.log" >&2
+else
   sed 's/\.nii\.gz/.nii/g' "$HERE/configs/train/toy_regions.yaml" > "$WORK/toy_regions.yaml"
   timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT" "$TOY_SECONDS" "$TOY_ITERATIONS" \
     --set "train.device=$DEVICE" --set "data.datasets.regions.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \

@@ -125,7 +125,7 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
   // node and read with the seven datasets (the six above and the toy).
   const fs::path mix = dir / "toymix";
   const auto t = run_gpu_check(mix.string(),
-                               " --steps demo --demo-seconds 20 --demo-iterations 1000 --demo-init " +
+                               " --steps demo --demo-seconds 45 --demo-iterations 1000 --demo-init " +
                                    iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
                                    iris::testing::shell_quoted((dir / "data").string()) + " --demo-config " +
                                    iris::testing::shell_quoted(repo + "/configs/train/demo_brain_toymix.yaml"),
