@@ -400,6 +400,13 @@ if rows:
 print(json.dumps(out))
 EOF
 
+# fresh_step_out DIR: DIR made, without an earlier run's model, metrics and
+# config (a step passes on its model being there).
+fresh_step_out() {
+  mkdir -p "$1"
+  rm -f "$1/model.iris" "$1/metrics.jsonl" "$1/config.yaml"
+}
+
 # make_toy_data STEP DIR LOG: the toy cases of tools/make_toy_regions.py in
 # DIR (.nii.gz), with the first Python that has numpy; when that fails, says
 # so (naming STEP) on stderr and in LOG, and fails.
@@ -420,8 +427,7 @@ if want demo; then
 t=$(now)
 DEMO_OUT=$OUT/demo
 DEMO_RUN=$WORK/demo_run
-mkdir -p "$DEMO_OUT"
-rm -f "$DEMO_OUT/model.iris" "$DEMO_OUT/metrics.jsonl" "$DEMO_OUT/config.yaml"  # not an earlier run's
+fresh_step_out "$DEMO_OUT"
 train_rc=none export_rc=none reached=none
 if [ ! -f "$DEMO_DATA/atlas_aal.nii.gz" ] || [ ! -f "$DEMO_INIT" ]; then
   echo "demo: needs the demo data in $DEMO_DATA (scripts/make_demo_data.sh) and the stage-1 model $DEMO_INIT: carry them" \
@@ -459,8 +465,7 @@ t=$(now)
 TOY_OUT=$OUT/toy
 TOY_DATA=$WORK/toy_data
 TOY_RUN=$WORK/toy_run
-mkdir -p "$TOY_OUT"
-rm -f "$TOY_OUT/model.iris" "$TOY_OUT/metrics.jsonl" "$TOY_OUT/config.yaml"  # not an earlier run's
+fresh_step_out "$TOY_OUT"
 train_rc=none export_rc=none reached=none
 # Uncompressed, so that a build without zlib reads the cases too.
 if ! make_toy_data toy "$TOY_DATA" "$TOY_OUT/data.log"; then

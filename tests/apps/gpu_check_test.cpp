@@ -86,11 +86,13 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
                   " " + iris::testing::shell_quoted((dir / "data").string()),
       (dir / "data.log").string());
   ASSERT_EQ(data.exit_code, 0) << data.output;
-  auto check = [&](const std::string& out, const std::string& data_dir) {
+  auto check = [&](const std::string& out, const std::string& data_dir, int seconds = 30,
+                   const std::string& more = "") {
     return run_gpu_check(out,
-                         " --steps demo --demo-seconds 30 --demo-iterations 1000 --demo-init " +
+                         " --steps demo --demo-seconds " + std::to_string(seconds) +
+                             " --demo-iterations 1000 --demo-init " +
                              iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
-                             iris::testing::shell_quoted(data_dir),
+                             iris::testing::shell_quoted(data_dir) + more,
                          out + ".log");
   };
   const fs::path out = dir / "out";
@@ -124,12 +126,8 @@ TEST(GpuCheck, TheDemoStepTrainsForItsTimeThenExportsTheModel) {
   // --demo-config demo_brain_toymix.yaml: the toy cases are generated on the
   // node and read with the seven datasets (the six above and the toy).
   const fs::path mix = dir / "toymix";
-  const auto t = run_gpu_check(mix.string(),
-                               " --steps demo --demo-seconds 45 --demo-iterations 1000 --demo-init " +
-                                   iris::testing::shell_quoted(repo + "/models/demo_brain.iris") + " --demo-data " +
-                                   iris::testing::shell_quoted((dir / "data").string()) + " --demo-config " +
-                                   iris::testing::shell_quoted(repo + "/configs/train/demo_brain_toymix.yaml"),
-                               mix.string() + ".log");
+  const auto t = check(mix.string(), (dir / "data").string(), 45,
+                       " --demo-config " + iris::testing::shell_quoted(repo + "/configs/train/demo_brain_toymix.yaml"));
   ASSERT_TRUE(fs::exists(mix / "gpu_check.json")) << t.output;
   const auto mixed = nlohmann::json::parse(std::ifstream(mix / "gpu_check.json"));
   EXPECT_EQ(t.exit_code, 0) << t.output << "\n" << mixed.dump(2);
