@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -148,7 +149,19 @@ ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::strin
   std::istringstream f(text);
   ConfigMap m;
   std::map<std::string, int> line_of;  // where each key was set, to refuse a second setting
-  std::vector<std::pair<size_t, std::string>> stack;  // (indent, key prefix)
+  // The "key:" lines whose maps are still open: indent, dotted key, line,
+  // and whether any key was set under it yet.
+  struct Open {
+    size_t indent;
+    std::string key;
+    int line;
+    bool filled;
+  };
+  std::vector<Open> stack;
+  // A "key:" with nothing under it is a null, as yaml-cpp reads it: "".
+  auto close = [&](const Open& o) {
+    if (!o.filled) set_once(m, line_of, o.key, "", path, o.line);
+  };
   std::string line;
   int number = 0;
   while (std::getline(f, line)) {
@@ -163,12 +176,16 @@ ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::strin
     if (body.rfind("- ", 0) == 0) throw Error(where, "block lists are not supported without yaml-cpp; write [a, b]");
     const auto colon = body.find(':');
     if (colon == std::string::npos) throw Error(where, "expected 'key: value', got '" + body + "'");
-    while (!stack.empty() && stack.back().first >= indent) stack.pop_back();
-    const std::string prefix = stack.empty() ? "" : stack.back().second + ".";
+    while (!stack.empty() && stack.back().indent >= indent) {
+      close(stack.back());
+      stack.pop_back();
+    }
+    const std::string prefix = stack.empty() ? "" : stack.back().key + ".";
+    for (auto& o : stack) o.filled = true;
     const std::string key = prefix + trim(body.substr(0, colon));
     const std::string value = trim(body.substr(colon + 1));
     if (value.empty()) {
-      stack.emplace_back(indent, key);
+      stack.push_back({indent, key, number, false});
     } else if (value.front() == '{') {
       if (value.back() != '}') throw Error(where, "flow map must end on the same line");
       for (const auto& item : split_flow_items(value.substr(1, value.size() - 2))) {
@@ -181,11 +198,12 @@ ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::strin
       set_once(m, line_of, key, normalise_flow_list(unquote(value)), path, number);
     }
   }
+  for (auto it = stack.rbegin(); it != stack.rend(); ++it) close(*it);
   return m;
 }
 
 #ifndef IRIS_HAVE_YAML
-ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
+ConfigMap ConfigMap::read_yaml_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw Error(path, "cannot open configuration file");
   std::stringstream ss;
@@ -193,6 +211,69 @@ ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
   return parse_yaml_subset(ss.str(), path);
 }
 #endif
+
+namespace {
+constexpr size_t kMaxIncludeDepth = 16;
+
+std::string include_chain(const std::vector<std::string>& chain, const std::string& last) {
+  std::string s;
+  for (const auto& c : chain) s += c + " -> ";
+  return s + last;
+}
+
+ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& chain) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path canonical = fs::weakly_canonical(fs::path(path), ec);
+  const std::string key = ec ? path : canonical.string();
+  for (const auto& c : chain) {
+    std::error_code ec2;
+    const fs::path other = fs::weakly_canonical(fs::path(c), ec2);
+    if ((ec2 ? c : other.string()) == key)
+      throw Error(chain.front(), "configuration includes form a loop: " + include_chain(chain, path));
+  }
+  if (chain.size() >= kMaxIncludeDepth)
+    throw Error(chain.front(), "configuration includes nest deeper than " + std::to_string(kMaxIncludeDepth) +
+                                   ": " + include_chain(chain, path));
+  ConfigMap own = ConfigMap::read_yaml_file(path);
+  ConfigMap out;
+  if (own.has("include")) {
+    const std::string value = own.get("include");
+    const std::string where = own.origin("include").empty() ? path : own.origin("include");
+    const std::vector<std::string> items = config_list_items(value);
+    if (items.empty()) throw Error(where, "include: expected a file or a list of files, got '" + value + "'");
+    chain.push_back(path);
+    for (const auto& item : items) {
+      fs::path included(item);
+      if (included.is_relative()) included = (fs::path(path).parent_path() / included).lexically_normal();
+      if (!fs::is_regular_file(included))
+        throw Error(where, "include: no such file '" + included.string() +
+                               "' (paths are relative to the including file" +
+                               (chain.size() > 1 ? "; included as " + include_chain(chain, item) : std::string()) +
+                               ")");
+      out.merge(load_with_includes(included.string(), chain));
+    }
+    chain.pop_back();
+    own.erase("include");
+  }
+  for (const auto& [k, v] : own.entries())
+    if (k.rfind("include.", 0) == 0)
+      throw Error(own.origin(k).empty() ? path : own.origin(k),
+                  "include: expected a file or a list of files, got a map ('" + k + "')");
+  out.merge(own);
+  return out;
+}
+}  // namespace
+
+ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
+  std::vector<std::string> chain;
+  return load_with_includes(path, chain);
+}
+
+void ConfigMap::erase(const std::string& key) {
+  values_.erase(key);
+  origins_.erase(key);
+}
 
 long config_int(const ConfigMap& m, const std::string& key) {
   const std::string& v = m.get(key);

@@ -43,7 +43,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
 
 }  // namespace
 
-ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
+ConfigMap ConfigMap::read_yaml_file(const std::string& path) {
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

@@ -22,6 +22,8 @@ std::string ClassVocabulary::normalise(const std::string& name) {
 }
 
 ClassVocabulary ClassVocabulary::load(const std::string& path) {
+  // load_yaml_file reads an `include:` first (another vocabulary to extend),
+  // so `include` itself is not a class name.
   const ConfigMap m = ConfigMap::load_yaml_file(path);
   ClassVocabulary v;
   for (const auto& [canonical, synonyms] : m.entries()) {

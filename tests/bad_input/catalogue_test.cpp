@@ -243,6 +243,21 @@ std::vector<Row> rows() {
                  return program("iris-train") + " " + shell_quoted(config);
                },
                3, {"key 'train.lr' is set twice (lines"}, {"run"}});
+  r.push_back({"ConfigIncludesItselfThroughAnother",
+               [=](const fs::path& d) {
+                 train_config(d, (d / "run").string());
+                 std::ofstream(d / "loop.yaml") << "include: train_on_top.yaml\n";
+                 std::ofstream(d / "train_on_top.yaml") << "include: [train.yaml, loop.yaml]\n";
+                 return program("iris-train") + " " + shell_quoted((d / "train_on_top.yaml").string());
+               },
+               3, {"loop", "train_on_top.yaml -> ", "loop.yaml"}, {"run"}});
+  r.push_back({"ConfigIncludesAMissingFile",
+               [=](const fs::path& d) {
+                 train_config(d, (d / "run").string());
+                 std::ofstream(d / "on_top.yaml") << "include: [train.yaml, base/gone.yaml]\ntrain:\n  lr: 0.1\n";
+                 return program("iris-train") + " " + shell_quoted((d / "on_top.yaml").string());
+               },
+               3, {"on_top.yaml", "no such file", "base/gone.yaml"}, {"run"}});
   r.push_back({"FlippedBytesInAModel",
                [=](const fs::path& d) {
                  return one_shot(flipped_copy(kDemoModel, "flipped.iris", 400), inputs().query, (d / "out.nii.gz").string());

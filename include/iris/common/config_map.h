@@ -35,9 +35,19 @@ class ConfigMap {
   // without yaml-cpp.
   static ConfigMap parse_yaml_subset(const std::string& text, const std::string& origin);
 
-  // Reads a YAML file, flattening nested maps into dotted keys (needs yaml-cpp;
-  // without it, only the flat subset that parse_text understands).
+  // Reads a YAML config file, flattening nested maps into dotted keys
+  // (yaml-cpp where built in; without it, the subset of parse_yaml_subset).
+  // A top-level `include: base.yaml` or `include: [a.yaml, b.yaml]` (paths
+  // relative to the including file) loads those files first, in order, each
+  // with its own includes; the file's own keys then override theirs, so a
+  // config can be "that one, plus or minus a few keys". A loop of includes, a
+  // missing included file or a non-string include is refused, naming the
+  // chain. Each key keeps the file it came from as its origin.
   static ConfigMap load_yaml_file(const std::string& path);
+  // One file as written, its `include` key left as a plain value.
+  static ConfigMap read_yaml_file(const std::string& path);
+
+  void erase(const std::string& key);
 
  private:
   std::map<std::string, std::string> values_;
