@@ -472,10 +472,15 @@ if ! make_toy_data toy "$TOY_DATA" "$TOY_OUT/data.log"; then
   :
 elif ! gzip -d "$TOY_DATA"/*.nii.gz 2>> "$TOY_OUT/data.log"; then
   echo "toy: gzip -d of the toy cases failed: $TOY_OUT/data.log" | tee -a "$TOY_OUT/data.log" >&2
+elif ! "$BUILD/iris-train" "$HERE/configs/train/toy_regions.yaml" --dump-config > "$WORK/toy_resolved.yaml" \
+       2>> "$TOY_OUT/data.log"; then
+  echo "toy: iris-train --dump-config of configs/train/toy_regions.yaml failed: $TOY_OUT/data.log" \
+    | tee -a "$TOY_OUT/data.log" >&2
 else
-  sed 's/\.nii\.gz/.nii/g' "$HERE/configs/train/toy_regions.yaml" > "$WORK/toy_regions.yaml"
+  # The config resolved (its include read), with the cases' names uncompressed.
+  sed 's/\.nii\.gz/.nii/g' "$WORK/toy_resolved.yaml" > "$WORK/toy_regions.yaml"
   timed_train "$WORK/toy_regions.yaml" "$TOY_RUN" "$TOY_OUT" "$TOY_SECONDS" "$TOY_ITERATIONS" \
-    --set "train.device=$DEVICE" --set "data.datasets.regions.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \
+    --set "train.device=$DEVICE" --set "data.datasets.toy.root=$TOY_DATA" --set "train.batch=$TOY_BATCH" \
     --set "train.loader_workers=$TOY_WORKERS" --set train.checkpoint_every=500 --set train.tensorboard=false \
     --set "train.threads=$NPROC"
 fi
