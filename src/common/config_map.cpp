@@ -181,7 +181,7 @@ ConfigMap ConfigMap::parse_yaml_subset(const std::string& text, const std::strin
       stack.pop_back();
     }
     const std::string prefix = stack.empty() ? "" : stack.back().key + ".";
-    for (auto& o : stack) o.filled = true;
+    if (!stack.empty()) stack.back().filled = true;  // its parents were marked by its own line
     const std::string key = prefix + trim(body.substr(0, colon));
     const std::string value = trim(body.substr(colon + 1));
     if (value.empty()) {
@@ -221,20 +221,17 @@ std::string include_chain(const std::vector<std::string>& chain, const std::stri
   return s + last;
 }
 
+// `chain`: the including files, as canonical paths, outermost first.
 ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& chain) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path canonical = fs::weakly_canonical(fs::path(path), ec);
-  const std::string key = ec ? path : canonical.string();
-  for (const auto& c : chain) {
-    std::error_code ec2;
-    const fs::path other = fs::weakly_canonical(fs::path(c), ec2);
-    if ((ec2 ? c : other.string()) == key)
-      throw Error(chain.front(), "configuration includes form a loop: " + include_chain(chain, path));
-  }
+  const std::string here = ec ? path : canonical.string();
+  if (std::find(chain.begin(), chain.end(), here) != chain.end())
+    throw Error(chain.front(), "configuration includes form a loop: " + include_chain(chain, here));
   if (chain.size() >= kMaxIncludeDepth)
     throw Error(chain.front(), "configuration includes nest deeper than " + std::to_string(kMaxIncludeDepth) +
-                                   ": " + include_chain(chain, path));
+                                   ": " + include_chain(chain, here));
   ConfigMap own = ConfigMap::read_yaml_file(path);
   ConfigMap out;
   if (own.has("include")) {
@@ -242,7 +239,7 @@ ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& 
     const std::string where = own.origin("include").empty() ? path : own.origin("include");
     const std::vector<std::string> items = config_list_items(value);
     if (items.empty()) throw Error(where, "include: expected a file or a list of files, got '" + value + "'");
-    chain.push_back(path);
+    chain.push_back(here);
     for (const auto& item : items) {
       fs::path included(item);
       if (included.is_relative()) included = (fs::path(path).parent_path() / included).lexically_normal();

@@ -6,10 +6,9 @@
 #include <set>
 #include <sstream>
 
-#include <unistd.h>
-
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
+#include "support/test_support.h"
 
 using namespace iris;
 
@@ -83,28 +82,15 @@ TEST(ConfigMap, YamlSubsetReaderRefusesBlockLists) {
 }
 
 namespace {
-struct ConfigDir {
-  std::filesystem::path root;
-  explicit ConfigDir(const std::string& name)
-      : root(std::filesystem::temp_directory_path() / ("iris_config_" + name + "_" + std::to_string(::getpid()))) {
-    std::filesystem::remove_all(root);
-    std::filesystem::create_directories(root / "base");
-    std::filesystem::create_directories(root / "run");
-  }
-  ~ConfigDir() { std::filesystem::remove_all(root); }
-  std::string write(const std::string& rel, const std::string& text) const {
-    std::ofstream(root / rel) << text;
-    return (root / rel).string();
-  }
-};
+// Writes `text` to dir/rel and returns its path.
+std::string write_file(const std::filesystem::path& dir, const std::string& rel, const std::string& text) {
+  std::filesystem::create_directories((dir / rel).parent_path());
+  std::ofstream(dir / rel) << text;
+  return (dir / rel).string();
+}
 
-std::string error_of(const std::string& path) {
-  try {
-    ConfigMap::load_yaml_file(path);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+std::string load_error(const std::string& path) {
+  return iris::testing::error_of([&] { ConfigMap::load_yaml_file(path); });
 }
 }  // namespace
 
@@ -112,10 +98,10 @@ std::string error_of(const std::string& path) {
 // file (not to the working directory); the file's own keys win, and every key
 // keeps the file it came from.
 TEST(ConfigMap, IncludeLoadsTheNamedFilesFirstAndTheIncludingFileWins) {
-  const ConfigDir dir("include");
-  dir.write("base/a.yaml", "model:\n  preset: small\ntrain:\n  lr: 0.002\n  batch: 2\n");
-  dir.write("base/b.yaml", "include: a.yaml\ntrain:\n  lr: 0.005\ndata:\n  datasets:\n    toy:\n      weight: 1.0\n");
-  const std::string child = dir.write("run/child.yaml",
+  const auto dir = iris::testing::temp_folder("config_include");
+  write_file(dir, "base/a.yaml", "model:\n  preset: small\ntrain:\n  lr: 0.002\n  batch: 2\n");
+  write_file(dir, "base/b.yaml", "include: a.yaml\ntrain:\n  lr: 0.005\ndata:\n  datasets:\n    toy:\n      weight: 1.0\n");
+  const std::string child = write_file(dir, "run/child.yaml",
                                       "# a comment\ninclude: [../base/a.yaml, ../base/b.yaml]\ntrain:\n  lr: 0.001\n"
                                       "  seed: 7\ndata:\n  datasets:\n    toy:\n      weight: 1.5\n");
   const ConfigMap m = ConfigMap::load_yaml_file(child);
@@ -129,7 +115,7 @@ TEST(ConfigMap, IncludeLoadsTheNamedFilesFirstAndTheIncludingFileWins) {
   EXPECT_NE(m.origin("train.lr").find("child.yaml"), std::string::npos) << m.origin("train.lr");
 
   // Without its own lr, the later include (b over a) decides.
-  const std::string plain = dir.write("run/plain.yaml", "include: [../base/a.yaml, ../base/b.yaml]\n");
+  const std::string plain = write_file(dir, "run/plain.yaml", "include: [../base/a.yaml, ../base/b.yaml]\n");
   const ConfigMap p = ConfigMap::load_yaml_file(plain);
   EXPECT_EQ(p.get("train.lr"), "0.005");
   EXPECT_NE(p.origin("train.lr").find("b.yaml"), std::string::npos) << p.origin("train.lr");
@@ -140,34 +126,34 @@ TEST(ConfigMap, IncludeLoadsTheNamedFilesFirstAndTheIncludingFileWins) {
 }
 
 TEST(ConfigMap, IncludeRefusesLoopsMissingFilesAndMaps) {
-  const ConfigDir dir("include_bad");
-  const std::string self = dir.write("base/self.yaml", "include: self.yaml\ntrain:\n  lr: 1\n");
-  std::string e = error_of(self);
+  const auto dir = iris::testing::temp_folder("config_include_bad");
+  const std::string self = write_file(dir, "base/self.yaml", "include: self.yaml\ntrain:\n  lr: 1\n");
+  std::string e = load_error(self);
   EXPECT_NE(e.find("loop"), std::string::npos) << e;
 
-  dir.write("base/x.yaml", "include: y.yaml\n");
-  const std::string y = dir.write("base/y.yaml", "include: x.yaml\n");
-  e = error_of(y);
+  write_file(dir, "base/x.yaml", "include: y.yaml\n");
+  const std::string y = write_file(dir, "base/y.yaml", "include: x.yaml\n");
+  e = load_error(y);
   EXPECT_NE(e.find("loop"), std::string::npos) << e;
   EXPECT_NE(e.find("x.yaml"), std::string::npos) << e;
   EXPECT_NE(e.find("y.yaml"), std::string::npos) << e;
 
   // Relative to the including file: run/missing.yaml's "a.yaml" is run/a.yaml,
   // not base/a.yaml, and the error names both files.
-  dir.write("base/a.yaml", "train:\n  lr: 1\n");
-  const std::string missing = dir.write("run/missing.yaml", "include: a.yaml\n");
-  e = error_of(missing);
+  write_file(dir, "base/a.yaml", "train:\n  lr: 1\n");
+  const std::string missing = write_file(dir, "run/missing.yaml", "include: a.yaml\n");
+  e = load_error(missing);
   EXPECT_NE(e.find("missing.yaml"), std::string::npos) << e;
-  EXPECT_NE(e.find((dir.root / "run" / "a.yaml").string()), std::string::npos) << e;
+  EXPECT_NE(e.find((dir / "run" / "a.yaml").string()), std::string::npos) << e;
 
   // An include with nothing after it is an error in both readers, not ignored.
-  const std::string empty = dir.write("run/empty.yaml", "include:   # base.yaml\ntrain:\n  lr: 1\n");
-  e = error_of(empty);
+  const std::string empty = write_file(dir, "run/empty.yaml", "include:   # base.yaml\ntrain:\n  lr: 1\n");
+  e = load_error(empty);
   EXPECT_NE(e.find("empty.yaml"), std::string::npos) << e;
   EXPECT_NE(e.find("include: expected a file"), std::string::npos) << e;
 
-  const std::string as_map = dir.write("run/map.yaml", "include:\n  file: ../base/a.yaml\n");
-  e = error_of(as_map);
+  const std::string as_map = write_file(dir, "run/map.yaml", "include:\n  file: ../base/a.yaml\n");
+  e = load_error(as_map);
   EXPECT_NE(e.find("map.yaml"), std::string::npos) << e;
   EXPECT_NE(e.find("include"), std::string::npos) << e;
 }
