@@ -189,3 +189,40 @@ TEST(ConfigMap, TheToyMixConfigResolvesToTheCleanConfigPlusTheToy) {
   EXPECT_EQ(datasets, (std::set<std::string>{"atlas_aal", "atlas_aicha", "atlas_brodmann", "atlas_jhu", "brain",
                                               "structures", "toy"}));
 }
+
+// The clean config is written as the shipped model's last stage plus its own
+// keys; what it resolves to, against values written out here from the whole
+// file it was before (commit 9f11b80), so that a change to the stage chain
+// that would change the clean run fails here.
+TEST(ConfigMap, TheCleanConfigResolvesToItsWholeFormerSelf) {
+  const std::string dir = std::string(IRIS_SOURCE_DIR) + "/configs/";
+  const ConfigMap m = ConfigMap::load_yaml_file(dir + "train/demo_brain_clean.yaml");
+  EXPECT_EQ(m.get("model.channels"), "[8, 16, 32, 32, 64]");
+  EXPECT_EQ(m.get("model.query_tokens"), "6");
+  EXPECT_EQ(m.get("preprocess.crop_margin_mm"), "12");
+  EXPECT_EQ(m.get("train.iterations"), "3000");
+  EXPECT_EQ(m.get("train.init_from"), "build/demo/stage1.iris");
+  EXPECT_EQ(m.get("train.lr"), "0.0015");
+  EXPECT_EQ(m.get("train.warmup"), "50");
+  EXPECT_EQ(m.get("train.max_classes"), "4");
+  EXPECT_EQ(m.get("train.foreground_spread"), "0.7");
+  EXPECT_EQ(m.get("train.weight_ema"), "0.98");
+  EXPECT_EQ(m.get("train.output_dir"), "build/demo/train_clean");
+  EXPECT_EQ(m.get("data.datasets.brain.cases"), "[colin27.nii.gz|colin_brain.nii.gz, mni152.nii.gz|mni_brain.nii.gz]");
+  EXPECT_EQ(m.get("data.datasets.structures.weight"), "2.5");
+  EXPECT_EQ(m.get("data.datasets.atlas_aal.weight"), "2.0");
+  EXPECT_EQ(m.get("data.datasets.atlas_aal.held_out"), "[37, 38, 39, 40, 41, 42]");
+  EXPECT_EQ(m.get("data.datasets.atlas_aicha.weight"), "1.6");
+  EXPECT_EQ(m.get("data.datasets.atlas_aicha.union_max"), "4");
+  EXPECT_EQ(m.get("data.datasets.atlas_brodmann.weight"), "1.0");
+  EXPECT_EQ(m.get("data.datasets.atlas_brodmann.union_max"), "3");
+  EXPECT_EQ(m.get("data.datasets.atlas_jhu.weight"), "0.6");
+  for (const std::string atlas : {"atlas_brodmann", "atlas_jhu"}) {
+    const std::string p = "data.datasets." + atlas + ".";
+    EXPECT_EQ(m.get(p + "held_out_anatomy"), "atlas_aal.nii.gz") << atlas;
+    EXPECT_EQ(m.get(p + "held_out_anatomy_values"), "[37, 38, 39, 40, 41, 42]") << atlas;
+    EXPECT_EQ(m.get(p + "held_out_anatomy_fraction"), "0.15") << atlas;
+    EXPECT_FALSE(m.has(p + "held_out")) << atlas;
+  }
+  EXPECT_EQ(m.entries().size(), 110u);  // as many keys as the whole file had
+}
