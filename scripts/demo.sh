@@ -88,7 +88,7 @@ echo "== Dice report: AAL structures, Colin27 -> MNI152 (iris, one-shot)"
   --output "$OUT/eval_structures.json" --html "$OUT/report_structures" --image "$OUT/img/structures"
 echo "-- iris, all four in one pass"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass/structures" --label-names "$OUT/structure_names.tsv" \
-  --output "$OUT/eval_structures_one_pass.json"
+  --output "$OUT/eval_structures_one_pass.json" --html "$OUT/report_structures_one_pass" --image "$OUT/img/structures"
 echo "-- iris with in-context tuning (--strategy tuning)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/tuned/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_tuned.json"
@@ -97,9 +97,11 @@ echo "-- baseline: world-coordinate copy (equals the ground truth by constructio
 echo
 echo "== Dice report: held-out structures (hippocampus, amygdala), Colin27 -> MNI152 (iris, one-shot)"
 "$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/pred/heldout" --label-names "$OUT/heldout_names.tsv" \
-  --output "$OUT/eval_heldout.json"
+  --output "$OUT/eval_heldout.json" --html "$OUT/report_heldout" --image "$OUT/img/structures"
 echo "-- iris with in-context tuning (--strategy tuning)"
 "$BUILD/iris-eval" --reference "$OUT/gt/heldout" --prediction "$OUT/tuned/heldout" --label-names "$OUT/heldout_names.tsv" \
   --output "$OUT/eval_heldout_tuned.json"
 echo
-echo "HTML reports: $OUT/report_brain/index.html and $OUT/report_structures/index.html"
+echo "HTML reports (outlines on the query): $OUT/report_brain/index.html, $OUT/report_structures/index.html" \
+  "(each structure alone), $OUT/report_structures_one_pass/index.html (all four in one pass)," \
+  "$OUT/report_heldout/index.html"
