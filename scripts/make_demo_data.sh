@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the demo's label maps from the real volumes that scripts/setup.sh
-# installs (Debian mricron-data, insighttoolkit5-examples, npm
-# nifti-reader-js), with iris-labels. Usage: make_demo_data.sh BUILD_DIR OUT_DIR
+# installs (Debian mricron-data, insighttoolkit5-examples, and nilearn's
+# ICBM152 2009 template, copied by tools/make_test_fixtures.py), with iris-labels. Usage: make_demo_data.sh BUILD_DIR OUT_DIR
 set -euo pipefail
 BUILD=${1:-build}
 OUT=${2:-$BUILD/demo/data}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LABELS="$BUILD/iris-labels"
 T=/usr/share/mricron/templates
-MNI="$ROOT/third_party/npm/node_modules/nifti-reader-js/tests/data/avg152T1_LR_nifti.nii.gz"
+MNI="$ROOT/third_party/fixtures/mni152_2009.nii.gz"
 KDIR=$(dirname "$(dpkg -L insighttoolkit5-examples | grep 'KmeansTest_T1UCharRaw.nii.gz$' | head -n 1)")
 for f in "$T/ch2.nii.gz" "$T/ch2bet.nii.gz" "$T/aal.nii.gz" "$T/brodmann.nii.gz" "$T/AICHAmc.nii.gz" \
          "$T/JHU-WhiteMatter-labels-1mm.nii.gz" "$MNI" "$KDIR/KmeansTest_T1UCharRaw.nii.gz"; do
@@ -19,11 +19,9 @@ mkdir -p "$OUT"
 "$LABELS" threshold --input "$T/ch2bet.nii.gz" --above 0 --output "$OUT/colin_brain.nii.gz"
 # AAL: 91-116 cerebellum + vermis, 77-78 thalamus, 73-74 putamen, 71-72 caudate.
 "$LABELS" map --input "$T/aal.nii.gz" --map 91-116:1,77-78:2,73-74:3,71-72:4 --output "$OUT/colin_structures.nii.gz"
-# The MNI152 average (2 mm) of nifti-reader-js is a left-right test image:
-# the letters R and L are burnt into it (value 255 through every slice).
-# They are painted over from the tissue around them; it is never a training
-# image, only the demo's query.
-"$LABELS" fill --input "$MNI" --value 255 --output "$OUT/mni152.nii.gz"
+# The ICBM152 2009c symmetric MNI152 average (1 mm, brain only): never a
+# training image, only the demo's query.
+cp "$MNI" "$OUT/mni152.nii.gz"
 # The same MNI-space masks carried onto its grid through world coordinates
 # (an atlas-based, approximate ground truth).
 "$LABELS" resample --input "$OUT/colin_brain.nii.gz" --like "$MNI" --output "$OUT/mni_brain.nii.gz"

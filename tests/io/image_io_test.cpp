@@ -25,8 +25,9 @@ using iris::io::Image;
 namespace {
 
 const std::string kTemplates = "/usr/share/mricron/templates/";
-const std::string kNiftiJs = std::string(IRIS_TEST_DATA_DIR) +
-                             "/../third_party/npm/node_modules/nifti-reader-js/tests/data/";
+// Written at set-up by tools/make_test_fixtures.py with nibabel, from nilearn's
+// ICBM152 2009 template and nibabel's own test files.
+const std::string kFixtures = iris::testing::kFixtures;
 const std::string kKmeans =
     "/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz";
 
@@ -83,38 +84,42 @@ TEST_F(ImageIoTest, ReadsCh2TemplateWithGeometryAndValues) {
   EXPECT_EQ(voxel(img, 90, 108, 90), 33.0f);
 }
 
-// avg152T1_LR: the same volume as big-endian NIfTI-1 uint8 and as NIfTI-2
-// little-endian float32. sform: x = -2i + 90, y = 2j - 126, z = 2k - 72 (RAS).
+// ICBM152 2009: the same volume as big-endian NIfTI-1 uint8 and as NIfTI-2
+// little-endian float32 (nibabel). sform: x = i - 98, y = j - 134, z = k - 72
+// (RAS). Sum and voxels from numpy on nibabel's array.
 TEST_F(ImageIoTest, BigEndianNifti1AndNifti2GiveTheSameImage) {
-  const std::string be = kNiftiJs + "avg152T1_LR_nifti.nii.gz";
-  const std::string v2 = kNiftiJs + "avg152T1_LR_nifti2.nii.gz";
+  const std::string be = kFixtures + "mni152_be.nii.gz";
+  const std::string v2 = kFixtures + "mni152_nifti2.nii.gz";
   REQUIRE_DATA(be);
   REQUIRE_DATA(v2);
   const Image a = iris::io::read_image(be);
   const Image b = iris::io::read_image(v2);
   for (const Image* img : {&a, &b}) {
-    expect_geometry(img->geometry, {91, 109, 91}, {2, 2, 2}, {-90, 126, -72},
-                    {1, 0, 0, 0, -1, 0, 0, 0, 1});
-    EXPECT_EQ(img->voxels.sum(torch::kDouble).item<double>(), 74825382.0);
-    EXPECT_EQ(voxel(*img, 45, 54, 45), 121.0f);
+    expect_geometry(img->geometry, {197, 233, 189}, {1, 1, 1}, {98, 134, -72},
+                    {-1, 0, 0, 0, -1, 0, 0, 0, 1});
+    EXPECT_EQ(img->voxels.sum(torch::kDouble).item<double>(), 333468829.0);
+    EXPECT_EQ(voxel(*img, 98, 134, 72), 71.0f);
+    EXPECT_EQ(voxel(*img, 60, 100, 90), 171.0f);
   }
   EXPECT_TRUE(torch::equal(a.voxels, b.voxels));
 }
 
-// big.nii.gz (big-endian float32, 3-D) and little.nii.gz (little-endian, header
-// says 4-D with one time point): same voxels. qform b,c,d = (0,1,0), qfac -1.
+// nibabel's anatomical.nii (big-endian int16, 3-D) and the same voxels written
+// by nibabel little-endian with a fourth axis of one: same image. qform b,c,d
+// = (0,1,0), qfac -1; sform x = -2i + 32, y = 2j - 40, z = 2k - 16 (RAS).
 TEST_F(ImageIoTest, EndiannessAndTrailingUnitAxisDoNotMatter) {
-  const std::string big = kNiftiJs + "big.nii.gz";
-  const std::string little = kNiftiJs + "little.nii.gz";
+  const std::string big = kFixtures + "anatomical_be.nii";
+  const std::string little = kFixtures + "anatomical_4d.nii.gz";
   REQUIRE_DATA(big);
   REQUIRE_DATA(little);
   const Image b = iris::io::read_image(big);
   const Image l = iris::io::read_image(little);
   EXPECT_TRUE(torch::equal(b.voxels, l.voxels));
   EXPECT_TRUE(b.geometry.same_grid(l.geometry));
-  expect_geometry(b.geometry, {64, 64, 21}, {4, 4, 6}, {0, 0, 0}, {1, 0, 0, 0, -1, 0, 0, 0, 1});
-  EXPECT_NEAR(b.voxels.sum(torch::kDouble).item<double>(), 11648.372022011292, 1e-3);
-  EXPECT_FLOAT_EQ(voxel(b, 32, 32, 10), -1.2852673530578613f);
+  expect_geometry(b.geometry, {33, 41, 25}, {2, 2, 2}, {-32, 40, -16}, {1, 0, 0, 0, -1, 0, 0, 0, 1});
+  EXPECT_EQ(b.voxels.sum(torch::kDouble).item<double>(), 284166082.0);
+  EXPECT_EQ(voxel(b, 16, 20, 12), 11881.0f);
+  EXPECT_EQ(voxel(b, 10, 30, 5), 6777.0f);
 }
 
 // KmeansTest: int16, pixdim (2,2,3), qform quaternion (0, .7071, .7071),
@@ -212,12 +217,12 @@ TEST_F(ImageIoTest, WritesFourDimensionalProbabilityMaps) {
 }
 
 TEST_F(ImageIoTest, RejectsFiveDimensionalFile) {
-  const std::string path = kNiftiJs + "5D.nii";
+  const std::string path = kFixtures + "vectors_5d.nii";
   REQUIRE_DATA(path);
   const std::string msg = error_of([&] { iris::io::read_image(path); });
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
   // dim[5] = 3 holds vector components: not one value per voxel.
-  EXPECT_NE(msg.find("is 5-D (256x256x170x1x3); a 3-D image is needed"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("is 5-D (16x12x8x1x3); a 3-D image is needed"), std::string::npos) << msg;
 }
 
 TEST_F(ImageIoTest, BadFilesGiveErrorsNamingTheFile) {
@@ -233,7 +238,7 @@ TEST_F(ImageIoTest, BadFilesGiveErrorsNamingTheFile) {
   const std::string text = tmp("notes.nii.gz");
   std::ofstream(text) << "this is a text file, not an image\n";
   const std::string missing = tmp("missing.nii.gz");
-  const std::string not_nifti = kNiftiJs + "not-nifti.nii";
+  const std::string not_nifti = kFixtures + "not_nifti.nii";  // nibabel's tiny.mnc
 
   for (const std::string& bad : {truncated, text, missing, not_nifti}) {
     const std::string msg = error_of([&] { iris::io::read_image(bad); });
@@ -322,7 +327,7 @@ TEST_F(ImageIoTest, FailedWriteLeavesNothing) {
 
 TEST_F(ImageIoTest, CheckSameGridNamesBothFilesAndGeometries) {
   const std::string a = kTemplates + "ch2.nii.gz";
-  const std::string b = kNiftiJs + "avg152T1_LR_nifti.nii.gz";
+  const std::string b = kFixtures + "mni152_be.nii.gz";
   REQUIRE_DATA(a);
   REQUIRE_DATA(b);
   const Image ia = iris::io::read_image(a);

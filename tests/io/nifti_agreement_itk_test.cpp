@@ -62,7 +62,7 @@ std::vector<std::string> installed_nifti_files() {
   std::vector<std::string> files;
   for (const std::string dir : {std::string("/usr/share/mricron/templates/"),
                                 std::string("/usr/share/doc/insighttoolkit5-examples/examples/Data/"),
-                                iris::testing::kNpmModules + "nifti-reader-js/tests/data/"}) {
+                                iris::testing::kFixtures, iris::testing::kFixtures + "nibabel/"}) {
     if (!fs::is_directory(dir)) continue;
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();

