@@ -7,6 +7,16 @@ BUILD ?= build
 BUILD_NOITK ?= build-noitk
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+# LibTorch is the CUDA torch wheel in .venv (scripts/setup.sh). Where the CUDA
+# toolkit is installed, the build must find CUDA, cuDNN, NCCL and Gloo, and
+# compiles and links every CUDA/NCCL path (no GPU is needed for that).
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
+export PATH := $(if $(CUDA_HOME),$(CUDA_HOME)/bin:)$(PATH)
+REQUIRE_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
+TORCH_FLAGS = -DIRIS_REQUIRE_CUDA=$(REQUIRE_CUDA)
+# ccache keys on paths relative to the checkout, so a fresh clone elsewhere
+# (CI) reuses the objects an earlier build on the machine compiled.
+export CCACHE_BASEDIR ?= $(CURDIR)
 
 .PHONY: setup build build-noitk test test-itk test-noitk demo bench clean
 
@@ -14,11 +24,11 @@ setup:
 	bash scripts/setup.sh
 
 build: setup
-	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -G Ninja $(CMAKE_FLAGS) $(TORCH_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
 build-noitk: setup
-	cmake -S . -B $(BUILD_NOITK) -G Ninja $(CMAKE_FLAGS) -DIRIS_WITH_ITK=OFF -DIRIS_WITH_YAML=OFF
+	cmake -S . -B $(BUILD_NOITK) -G Ninja $(CMAKE_FLAGS) $(TORCH_FLAGS) -DIRIS_WITH_ITK=OFF -DIRIS_WITH_YAML=OFF
 	cmake --build $(BUILD_NOITK) -j $(JOBS)
 
 test: test-itk test-noitk

@@ -1,5 +1,88 @@
 # Finds every third-party package; each optional one sets an IRIS_HAVE_* flag.
-find_package(Torch REQUIRED)
+
+# LibTorch: the PyPI torch wheel that scripts/setup.sh installs into the
+# project's virtual environment (.venv), the one GPU nodes run, unless
+# Torch_DIR or CMAKE_PREFIX_PATH names another (a conda or pip torch
+# elsewhere, or a LibTorch zip). IRIS_PYTHON: another Python whose torch to use.
+set(IRIS_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH "Python whose torch package provides LibTorch")
+if(NOT Torch_DIR AND EXISTS "${IRIS_PYTHON}")
+  execute_process(COMMAND "${IRIS_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+                  OUTPUT_VARIABLE IRIS_TORCH_PREFIX OUTPUT_STRIP_TRAILING_WHITESPACE
+                  RESULT_VARIABLE IRIS_TORCH_PREFIX_RC ERROR_QUIET)
+  if(IRIS_TORCH_PREFIX_RC EQUAL 0 AND IRIS_TORCH_PREFIX)
+    list(APPEND CMAKE_PREFIX_PATH "${IRIS_TORCH_PREFIX}")
+  endif()
+endif()
+# 2.4 is the oldest LibTorch the sources are written for (README: LibTorch).
+find_package(Torch 2.4 REQUIRED)
+get_filename_component(IRIS_TORCH_ROOT "${TORCH_INSTALL_PREFIX}" ABSOLUTE)
+
+# What this LibTorch was built with. A CUDA build lists torch_cuda.
+set(IRIS_TORCH_CUDA OFF)
+if(TARGET torch_cuda OR "${TORCH_LIBRARIES}" MATCHES "torch_cuda|c10_cuda")
+  set(IRIS_TORCH_CUDA ON)
+endif()
+set(IRIS_CUDNN OFF)
+set(IRIS_NCCL OFF)
+set(IRIS_GLOO OFF)
+if(IRIS_TORCH_CUDA)
+  # cuDNN and NCCL headers: the wheel's own (nvidia/cudnn, nvidia/nccl beside
+  # torch), else the CUDA toolkit's.
+  get_filename_component(IRIS_SITE_PACKAGES "${IRIS_TORCH_ROOT}/.." ABSOLUTE)
+  find_path(IRIS_CUDNN_INCLUDE cudnn.h
+            HINTS "${IRIS_SITE_PACKAGES}/nvidia/cudnn/include" ${CUDAToolkit_INCLUDE_DIRS} NO_DEFAULT_PATH)
+  find_file(IRIS_CUDNN_LIBRARY NAMES libcudnn.so.9 libcudnn.so
+            HINTS "${IRIS_SITE_PACKAGES}/nvidia/cudnn/lib" ${CUDAToolkit_LIBRARY_DIR} NO_DEFAULT_PATH)
+  if(IRIS_CUDNN_INCLUDE AND IRIS_CUDNN_LIBRARY)
+    set(IRIS_CUDNN ON)
+  endif()
+  # Only the wheel's nccl.h: c10d's ProcessGroupNCCL embeds NCCL's config
+  # struct, whose size changes between NCCL versions, so the header must be
+  # the one libtorch_cuda was built with (the toolkit's may be older). For
+  # another LibTorch, give its NCCL headers as -DIRIS_NCCL_INCLUDE=DIR.
+  find_path(IRIS_NCCL_INCLUDE nccl.h HINTS "${IRIS_SITE_PACKAGES}/nvidia/nccl/include" NO_DEFAULT_PATH)
+  if(IRIS_NCCL_INCLUDE AND EXISTS "${IRIS_TORCH_ROOT}/include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp")
+    set(IRIS_NCCL ON)
+  endif()
+  # A wheel's CUDA libraries (nvidia/*/lib: NCCL, cuDNN, cudart, ...) are the
+  # ones its libtorch_cuda was built against: the linker and the loader must
+  # take them before the CUDA toolkit's (another NCCL, another cudart).
+  file(GLOB IRIS_WHEEL_CUDA_LIBS LIST_DIRECTORIES true "${IRIS_SITE_PACKAGES}/nvidia/*/lib")
+  if(IRIS_WHEEL_CUDA_LIBS)
+    string(JOIN ":" IRIS_WHEEL_CUDA_PATH ${IRIS_WHEEL_CUDA_LIBS})
+    add_link_options("LINKER:-rpath-link,${IRIS_WHEEL_CUDA_PATH}" "LINKER:-rpath,${IRIS_WHEEL_CUDA_PATH}")
+  endif()
+endif()
+# Gloo: c10d's CPU process group. The wheel compiles Gloo in but ships no
+# Gloo headers; Debian's libgloo-dev gives them (the same upstream headers).
+find_path(IRIS_GLOO_INCLUDE gloo/config.h PATHS ${TORCH_INCLUDE_DIRS})
+if(IRIS_GLOO_INCLUDE AND EXISTS "${IRIS_TORCH_ROOT}/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
+  set(IRIS_GLOO ON)
+endif()
+function(iris_yes_no var out)
+  if(${var})
+    set(${out} "yes" PARENT_SCOPE)
+  else()
+    set(${out} "NO" PARENT_SCOPE)
+  endif()
+endfunction()
+iris_yes_no(IRIS_TORCH_CUDA _cuda)
+iris_yes_no(IRIS_CUDNN _cudnn)
+iris_yes_no(IRIS_NCCL _nccl)
+iris_yes_no(IRIS_GLOO _gloo)
+set(_cuda_version "")
+if(IRIS_TORCH_CUDA AND CUDAToolkit_VERSION)
+  set(_cuda_version " ${CUDAToolkit_VERSION}")
+endif()
+message(STATUS "iris: LibTorch ${Torch_VERSION} (${IRIS_TORCH_ROOT}); CUDA ${_cuda}${_cuda_version}, cuDNN ${_cudnn}, NCCL ${_nccl}, Gloo ${_gloo}")
+# IRIS_REQUIRE_CUDA (the Makefile sets it where nvcc exists): a build that
+# expected the GPU path and would silently fall back to the CPU fails here.
+option(IRIS_REQUIRE_CUDA "Fail unless LibTorch has CUDA and cuDNN, NCCL and Gloo are found" OFF)
+if(IRIS_REQUIRE_CUDA AND NOT (IRIS_TORCH_CUDA AND IRIS_CUDNN AND IRIS_NCCL AND IRIS_GLOO))
+  message(FATAL_ERROR "IRIS_REQUIRE_CUDA: LibTorch ${Torch_VERSION} at ${IRIS_TORCH_ROOT} gives CUDA ${_cuda}, "
+                      "cuDNN ${_cudnn}, NCCL ${_nccl}, Gloo ${_gloo}; all four are needed. Run scripts/setup.sh "
+                      "(it installs the CUDA torch wheel into .venv), or configure with -DIRIS_REQUIRE_CUDA=OFF for a CPU build.")
+endif()
 find_package(Threads REQUIRED)
 
 # JSON (header-only): Debian's nlohmann-json3-dev, or a folder holding

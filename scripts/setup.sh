@@ -5,11 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake ninja-build ccache pkg-config
-      libtorch-dev libopenblas0-openmp
+      libopenblas0-openmp
       libinsighttoolkit5-dev libgdcm-dev libgdcm-tools libdcmtk-dev
       libcli11-dev libspdlog-dev libfmt-dev libyaml-cpp-dev libgtest-dev libgmock-dev libgloo-dev
       nlohmann-json3-dev zlib1g-dev
-      mricron-data insighttoolkit5-examples python3-pydicom python3-torch python3-numpy chromium)
+      mricron-data insighttoolkit5-examples python3-pydicom python3-numpy chromium)
 PKGS+=(python3-venv)
 
 missing=()
@@ -26,7 +26,9 @@ fi
 # packages whose real files the tests read or from which
 # tools/make_test_fixtures.py writes the fixtures no package ships as files.
 VENV=.venv
-PY_PKGS=(numpy==2.4.6 nibabel==5.4.2 pydicom==3.0.2)
+# LibTorch is PyPI's torch wheel (CUDA 13, the C++11 ABI like Debian's ITK):
+# the same PyTorch 2.x that GPU nodes run; CMake takes it from .venv.
+PY_PKGS=(torch==2.15.0 numpy==2.4.6 nibabel==5.4.2 pydicom==3.0.2)
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi

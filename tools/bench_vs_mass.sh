@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # One-shot inference, iris against the author's model (Stanford-AIMI/MASS), in
 # one run on this machine: the same architecture, patch, classes and threads,
-# both on LibTorch 1.13 (Debian's python3-torch is the Python side of the same
-# library). Prints one JSON object with both medians and the ratio
-# (MASS time / iris time: above 1, iris is faster).
+# both on the same PyTorch: the project's .venv torch (scripts/setup.sh) is the
+# Python side of the LibTorch iris links (IRIS_PYTHON: another one). Both sides
+# run with the same glibc allocator settings: iris-bench keeps freed memory
+# (app::keep_freed_memory, mallopt), and the Python side gets the same three
+# settings through glibc's MALLOC_* variables. Prints one JSON object with both
+# medians and the ratio (MASS time / iris time: above 1, iris is faster).
 #   tools/bench_vs_mass.sh BUILD_DIR MASS_CHECKOUT [PATCH] [THREADS] [REPEATS] [WARMUP]
 # The architecture is the author's (iris's mass preset) with the narrow
 # channels 8 16 32 32 64 and 5 memory-bank rows, so that a CPU can run it:
@@ -19,15 +22,18 @@ WARMUP=${6:-1}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 [ -x "$BUILD/iris-bench" ] || { echo "bench_vs_mass.sh: $BUILD/iris-bench not built" >&2; exit 2; }
 [ -f "$MASS/models/iris.py" ] || { echo "bench_vs_mass.sh: $MASS is not a MASS checkout (no models/iris.py)" >&2; exit 2; }
+PY=${IRIS_PYTHON:-$HERE/.venv/bin/python}
+[ -x "$PY" ] || { echo "bench_vs_mass.sh: no Python at $PY (run scripts/setup.sh, or set IRIS_PYTHON)" >&2; exit 2; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-/usr/bin/python3 "$HERE/tools/bench_mass.py" --mass "$MASS" --patch "$PATCH" --threads "$THREADS" \
+MALLOC_MMAP_THRESHOLD_=$((1 << 30)) MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=$((256 << 20)) \
+  "$PY" "$HERE/tools/bench_mass.py" --mass "$MASS" --patch "$PATCH" --threads "$THREADS" \
   --channels 8 16 32 32 64 --classes 3 --repeats "$REPEATS" --warmup "$WARMUP" --no-forward --no-backward \
   > "$TMP/mass.json"
 "$BUILD/iris-bench" --preset mass --set 'channels=[8,16,32,32,64]' --set memory_bank_size=5 \
   --set max_patch_size="$PATCH" --patch "$PATCH" --threads "$THREADS" --classes 3 --repeats "$REPEATS" --warmup "$WARMUP" \
   --stages --no-forward --no-backward > "$TMP/iris.json"
-/usr/bin/python3 - "$TMP/mass.json" "$TMP/iris.json" <<'PY'
+"$PY" - "$TMP/mass.json" "$TMP/iris.json" <<'PY'
 import json, sys
 mass, iris = (json.load(open(p)) for p in sys.argv[1:3])
 m = mass["inference_one_reference"]["median_ms"]

@@ -18,7 +18,12 @@ ConvNormActImpl::ConvNormActImpl(long in_ch, long out_ch, long kernel, long stri
 at::Tensor ConvNormActImpl::forward(const at::Tensor& x) {
   // InstanceNorm without affine == GroupNorm with one group per channel; the
   // group-norm kernel is the faster of the two on CPU and GPU.
-  return conv->forward(at::relu(at::group_norm(x, x.size(1), {}, {}, 1e-4)));
+  const at::Tensor in = at::relu(at::group_norm(x, x.size(1), {}, {}, 1e-4));
+  if (compat::cpu_bf16_conv_weight_grad_is_wrong(in, conv->options.kernel_size()->at(0))) {
+    compat::AutocastOff float32(c10::DeviceType::CPU);
+    return conv->forward(in.to(conv->weight.scalar_type()));
+  }
+  return conv->forward(in);
 }
 
 ResidualBlockImpl::ResidualBlockImpl(long in_ch, long out_ch) {
@@ -66,7 +71,7 @@ at::Tensor MultiheadAttentionImpl::forward(const at::Tensor& query, const at::Te
   q = q.view({B, Lq, heads, head_dim}).transpose(1, 2);
   k = k.view({B, Lk, heads, head_dim}).transpose(1, 2);
   v = v.view({B, Lk, heads, head_dim}).transpose(1, 2);
-  at::Tensor out = compat::scaled_dot_product_attention(q, k, v);
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v);
   return out_proj->forward(out.transpose(1, 2).reshape({B, Lq, dim}));
 }
 

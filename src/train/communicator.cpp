@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "iris/common/compat.h"
 #include "iris/common/error.h"

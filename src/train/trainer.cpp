@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/types.h>
 
 #include "iris/common/atomic_file.h"
@@ -358,14 +359,14 @@ long Trainer::probe_micro_batch() {
   };
   auto peak = [&]() -> double {
     if (!device.is_cuda()) return 0.0;
-    const double total = static_cast<double>(compat::cuda_total_memory(device.index()));
-    return total > 0 ? static_cast<double>(compat::cuda_peak_allocated_bytes(device.index())) / total : 0.0;
+    const double total = static_cast<double>(compat::cuda_total_memory(device.has_index() ? device.index() : 0));
+    return total > 0 ? static_cast<double>(compat::cuda_peak_allocated_bytes(device.has_index() ? device.index() : 0)) / total : 0.0;
   };
   auto reset = [&] {
     opt_->optimizer->zero_grad();
     if (device.is_cuda()) {
       compat::cuda_empty_cache();
-      compat::cuda_reset_peak(device.index());
+      compat::cuda_reset_peak(device.has_index() ? device.index() : 0);
     }
   };
   BatchProbeResult r;

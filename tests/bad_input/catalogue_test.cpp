@@ -117,7 +117,7 @@ class Evil(torch.nn.Module):
 torch.jit.save(torch.jit.script(Evil()), sys.argv[1])
 )";
   std::ofstream(dir / "make.py") << script;
-  const auto r = iris::testing::run_program("/usr/bin/python3", shell_quoted((dir / "make.py").string()) + " " +
+  const auto r = iris::testing::run_program(iris::testing::kPython, shell_quoted((dir / "make.py").string()) + " " +
                                                                     shell_quoted((dir / name).string()),
                                             (dir / "make.log").string());
   EXPECT_EQ(r.exit_code, 0) << r.output;

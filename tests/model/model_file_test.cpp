@@ -73,7 +73,7 @@ TEST(ModelFile, FlippedBytesInAModelAreDamageNamingTheFile) {
 
 // A TorchScript file whose __setstate__ writes a marker when it is opened:
 // what a hostile .iris or .task of the first format could do. Made with
-// Debian's python3-torch (installed by scripts/setup.sh).
+// PyPI's torch in the project's .venv (scripts/setup.sh).
 TEST(ModelFile, AFileThatWouldRunCodeIsRefusedWithoutRunningIt) {
   const fs::path dir = temp_folder("hostile");
   const fs::path marker = dir / "code_ran";
@@ -96,7 +96,7 @@ class Evil(torch.nn.Module):
 torch.jit.save(torch.jit.script(Evil()), sys.argv[1])
 )";
   std::ofstream(dir / "make.py") << script;
-  const auto made = run_program("/usr/bin/python3", (dir / "make.py").string() + " " + (dir / "evil.iris").string(),
+  const auto made = run_program(iris::testing::kPython, (dir / "make.py").string() + " " + (dir / "evil.iris").string(),
                                 (dir / "make.log").string());
   ASSERT_EQ(made.exit_code, 0) << made.output;
   ASSERT_TRUE(fs::exists(dir / "evil.iris"));

@@ -30,6 +30,9 @@ inline const std::string kMricronTemplates = "/usr/share/mricron/templates/";
 inline const std::string kFixtures = std::string(IRIS_TEST_DATA_DIR) + "/../third_party/fixtures/";
 // The 20-slice oblique axial MR series (brain_001.dcm .. brain_020.dcm).
 inline const std::string kObliqueMr = kFixtures + "oblique_mr";
+// The project's Python (scripts/setup.sh): PyPI's torch, numpy, nibabel,
+// pydicom, for tests that make files with an independent library.
+inline const std::string kPython = std::string(IRIS_TEST_DATA_DIR) + "/../.venv/bin/python";
 
 // Runs `f`, expects iris::Error, and returns its message ("" and a test
 // failure when nothing or something else is thrown).

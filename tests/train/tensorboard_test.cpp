@@ -28,7 +28,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kPython = "/usr/bin/python3";
+using iris::testing::kPython;
 const std::string kDecoder = std::string(IRIS_TEST_DATA_DIR) + "/train/read_tfevents.py";
 
 // A fresh folder, removed again when the test ends.

@@ -1,26 +1,15 @@
 #pragma once
-// Every difference between LibTorch 1.13 (Debian) and 2.x (CUDA wheels) lives
-// here, so the rest of the code is written once.
+// What LibTorch's C++ API lacks and iris needs in several places: CUDA
+// queries that compile to nothing without CUDA, and an autocast guard (C++
+// has only the per-device-type functions, 2.4 and newer).
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
-#define IRIS_TORCH_AT_LEAST(major, minor) \
-  (TORCH_VERSION_MAJOR > (major) ||       \
-   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+#if TORCH_VERSION_MAJOR < 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR < 4)
+#error "iris needs LibTorch 2.4 or newer (README: LibTorch)"
+#endif
 
 namespace iris::compat {
-
-// softmax(q kᵀ / sqrt(d)) v for [B, H, L, D] tensors. 2.x has a fused kernel
-// (flash / memory-efficient attention on CUDA); 1.13 gets the plain maths.
-inline at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k,
-                                               const at::Tensor& v) {
-#if IRIS_TORCH_AT_LEAST(2, 0)
-  return at::scaled_dot_product_attention(q, k, v);
-#else
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  return at::matmul(at::softmax(at::matmul(q, k.transpose(-2, -1)) * scale, -1), v);
-#endif
-}
 
 inline bool cuda_available() {
 #ifdef IRIS_HAVE_CUDA
@@ -92,8 +81,7 @@ inline long long cuda_total_memory(int device) {
 namespace iris::compat {
 
 // Mixed precision for the ops run while it lives, on one device type (CUDA
-// or CPU), like Python's `with torch.autocast(device, dtype)`. 2.4 replaced
-// the per-device functions of 1.13 with ones taking a device type.
+// or CPU), like Python's `with torch.autocast(device, dtype)`.
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device, at::ScalarType dtype, bool enabled) : device_(device), active_(enabled) {
@@ -115,31 +103,12 @@ class AutocastGuard {
   AutocastGuard& operator=(const AutocastGuard&) = delete;
 
   // The current state of one device type (e.g. to replay it later).
-#if IRIS_TORCH_AT_LEAST(2, 4)
   static bool is_enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
   static at::ScalarType get_dtype(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
 
  private:
   static void set_enabled(c10::DeviceType d, bool on) { at::autocast::set_autocast_enabled(d, on); }
   static void set_dtype(c10::DeviceType d, at::ScalarType t) { at::autocast::set_autocast_dtype(d, t); }
-#else
-  static bool is_enabled(c10::DeviceType d) {
-    return d == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
-  }
-  static at::ScalarType get_dtype(c10::DeviceType d) {
-    return d == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
-  }
-
- private:
-  static void set_enabled(c10::DeviceType d, bool on) {
-    if (d == c10::DeviceType::CUDA) at::autocast::set_enabled(on);
-    else at::autocast::set_cpu_enabled(on);
-  }
-  static void set_dtype(c10::DeviceType d, at::ScalarType t) {
-    if (d == c10::DeviceType::CUDA) at::autocast::set_autocast_gpu_dtype(t);
-    else at::autocast::set_autocast_cpu_dtype(t);
-  }
-#endif
   c10::DeviceType device_;
   bool active_;
   bool previous_enabled_ = false;
@@ -149,6 +118,38 @@ class AutocastGuard {
 }  // namespace iris::compat
 
 namespace iris::compat {
+
+// PyTorch 2.15's oneDNN kernel for a CPU bf16 3x3x3 convolution returns a
+// wrong weight gradient (relative error about 1) where the input is 2 voxels
+// wide and has 24 or more channels: the deepest encoder stage at a 32^3
+// patch. True where a convolution of `kernel` on `x` would hit it under CPU
+// bf16 autocast; the caller then runs it in float32, with or without
+// gradients, so that a checkpointed segment's recomputation (under grad)
+// equals its forward (under no-grad). tests/model/checkpointing_test.cpp
+// catches it on the tiny model.
+inline bool cpu_bf16_conv_weight_grad_is_wrong(const at::Tensor& x, int64_t kernel) {
+  if (kernel != 3 || !x.device().is_cpu() || x.dim() != 5) return false;
+  if (!(x.scalar_type() == at::kBFloat16 || (at::autocast::is_autocast_enabled(c10::DeviceType::CPU) &&
+                                             at::autocast::get_autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16)))
+    return false;
+  return x.size(2) <= 2 || x.size(3) <= 2 || x.size(4) <= 2;
+}
+
+// Autocast off on one device type while it lives (the ops run in their
+// inputs' dtypes), then back as it was.
+class AutocastOff {
+ public:
+  explicit AutocastOff(c10::DeviceType device) : device_(device), was_(at::autocast::is_autocast_enabled(device)) {
+    at::autocast::set_autocast_enabled(device_, false);
+  }
+  ~AutocastOff() { at::autocast::set_autocast_enabled(device_, was_); }
+  AutocastOff(const AutocastOff&) = delete;
+  AutocastOff& operator=(const AutocastOff&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool was_;
+};
 
 // A torch::nn::LayerNorm applied with its input in the weights' dtype. CUDA
 // autocast runs layer_norm in float32 by itself; CPU autocast in 1.13 passes
