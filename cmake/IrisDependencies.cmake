@@ -11,6 +11,17 @@ if(NOT Torch_DIR AND EXISTS "${IRIS_PYTHON}")
                   RESULT_VARIABLE IRIS_TORCH_PREFIX_RC ERROR_QUIET)
   if(IRIS_TORCH_PREFIX_RC EQUAL 0 AND IRIS_TORCH_PREFIX)
     list(APPEND CMAKE_PREFIX_PATH "${IRIS_TORCH_PREFIX}")
+    # TorchConfig looks for torch, c10 and c10_cuda in the system folders
+    # before its own, so a LibTorch installed there (Debian's 1.13) would be
+    # linked beside the wheel's: name the wheel's files.
+    get_filename_component(IRIS_WHEEL_TORCH_LIB "${IRIS_TORCH_PREFIX}/../../lib" ABSOLUTE)
+    foreach(pair "TORCH_LIBRARY;torch" "c10_LIBRARY;c10" "C10_CUDA_LIBRARY;c10_cuda")
+      list(GET pair 0 var)
+      list(GET pair 1 name)
+      if(EXISTS "${IRIS_WHEEL_TORCH_LIB}/lib${name}.so")
+        set(${var} "${IRIS_WHEEL_TORCH_LIB}/lib${name}.so" CACHE FILEPATH "" FORCE)
+      endif()
+    endforeach()
   endif()
 endif()
 # 2.4 is the oldest LibTorch the sources are written for (README: LibTorch).
