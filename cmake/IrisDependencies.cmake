@@ -5,11 +5,13 @@
 # Torch_DIR or CMAKE_PREFIX_PATH names another (a conda or pip torch
 # elsewhere, or a LibTorch zip). IRIS_PYTHON: another Python whose torch to use.
 set(IRIS_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH "Python whose torch package provides LibTorch")
-if(NOT Torch_DIR AND EXISTS "${IRIS_PYTHON}")
+if(EXISTS "${IRIS_PYTHON}")
   execute_process(COMMAND "${IRIS_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
                   OUTPUT_VARIABLE IRIS_TORCH_PREFIX OUTPUT_STRIP_TRAILING_WHITESPACE
                   RESULT_VARIABLE IRIS_TORCH_PREFIX_RC ERROR_QUIET)
-  if(IRIS_TORCH_PREFIX_RC EQUAL 0 AND IRIS_TORCH_PREFIX)
+  # A Torch_DIR given by hand (or cached from another LibTorch) wins.
+  if(IRIS_TORCH_PREFIX_RC EQUAL 0 AND IRIS_TORCH_PREFIX AND
+     (NOT Torch_DIR OR Torch_DIR MATCHES "^${IRIS_TORCH_PREFIX}"))
     list(APPEND CMAKE_PREFIX_PATH "${IRIS_TORCH_PREFIX}")
     # TorchConfig looks for torch, c10 and c10_cuda in the system folders
     # before its own, so a LibTorch installed there (Debian's 1.13) would be
