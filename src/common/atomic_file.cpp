@@ -116,9 +116,53 @@ fs::path temporary_name(const std::string& final_path) {
   const fs::path target(final_path);
   const std::string ext = full_extension(final_path);
   std::string stem = target.filename().string();
-  stem = stem.substr(0, stem.size() - ext.size());
+  // A legal 255-byte name must not fail through its longer temporary name.
+  stem = stem.substr(0, std::min<size_t>(stem.size() - ext.size(), 120));
   return folder_of(final_path) /
          ("." + stem + ".tmp" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ext);
+}
+
+// The temporary files being written now, for the signal handler to remove:
+// fixed slots of plain bytes, since a handler may not allocate or lock.
+constexpr int kSlots = 64;
+constexpr size_t kSlotBytes = 4096;
+char g_temporaries[kSlots][kSlotBytes];
+std::atomic<int> g_slot_used[kSlots];
+
+int register_temporary(const fs::path& tmp) {
+  const std::string path = fs::absolute(tmp).string();
+  if (path.size() >= kSlotBytes) return -1;
+  for (int i = 0; i < kSlots; ++i) {
+    int expected = 0;
+    if (!g_slot_used[i].compare_exchange_strong(expected, 1)) continue;  // 1: being filled
+    std::memcpy(g_temporaries[i], path.c_str(), path.size() + 1);
+    g_slot_used[i].store(2);  // 2: a path the handler may remove
+    return i;
+  }
+  return -1;
+}
+
+void unregister_temporary(int slot) {
+  if (slot >= 0) g_slot_used[slot].store(0);
+}
+
+extern "C" void remove_temporaries_and_die(int signal_number) {
+  for (int i = 0; i < kSlots; ++i)
+    if (g_slot_used[i].load() == 2) ::unlink(g_temporaries[i]);
+  ::signal(signal_number, SIG_DFL);
+  ::raise(signal_number);
+}
+
+// Where a write to `final_path` lands: the target of a symbolic link (the
+// link itself stays), else the path itself.
+std::string write_target(const std::string& final_path) {
+  std::error_code ec;
+  if (!fs::is_symlink(final_path, ec)) return final_path;
+  const fs::path target = fs::weakly_canonical(fs::absolute(final_path), ec);
+  if (ec) throw Error(final_path, "is a symbolic link that cannot be followed: " + ec.message());
+  if (fs::exists(target) && !fs::is_regular_file(target))
+    throw Error(final_path, "is a symbolic link to " + target.string() + ", which is not a regular file");
+  return target.string();
 }
 
 // fsync of a file another writer produced (ITK, DCMTK): a full disk that the
@@ -145,20 +189,25 @@ void commit(const fs::path& tmp, const std::string& final_path) {
 
 template <typename Body>
 void with_temporary(const std::string& final_path, Body&& body) {
-  const fs::path dir = folder_of(final_path);
+  const std::string target = write_target(final_path);  // a link is written through, never replaced
+  const fs::path dir = folder_of(target);
   if (!fs::is_directory(dir)) throw Error(final_path, "output folder does not exist");
-  const fs::path tmp = temporary_name(final_path);
+  const fs::path tmp = temporary_name(target);
+  const int slot = register_temporary(tmp);
   try {
     body(tmp);
-    commit(tmp, final_path);
+    commit(tmp, target);
+    unregister_temporary(slot);
   } catch (const fs::filesystem_error& e) {
     std::error_code ec;
     fs::remove(tmp, ec);
+    unregister_temporary(slot);
     if (e.code().value() == ENOSPC || e.code().value() == EDQUOT) throw_write_error(final_path, e.code().value(), 0);
     throw Error(final_path, std::string("cannot write: ") + e.code().message() + "; nothing was written");
   } catch (...) {
     std::error_code ec;
     fs::remove(tmp, ec);
+    unregister_temporary(slot);
     throw;
   }
 }
@@ -200,6 +249,21 @@ void append_text_file(const std::string& path, const std::string& text) {
     done += static_cast<size_t>(n);
   }
   if (::close(fd) != 0) throw_write_error(path, errno, text.size());
+}
+
+void install_write_signal_handlers() {
+  // A file-size limit (ulimit -f) makes write() fail with EFBIG, reported
+  // like any failed write, instead of killing the process mid-file.
+  ::signal(SIGXFSZ, SIG_IGN);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) {
+    struct sigaction current {};
+    ::sigaction(sig, nullptr, &current);
+    if (current.sa_handler == SIG_IGN) continue;  // e.g. nohup: stay ignored
+    struct sigaction action {};
+    action.sa_handler = remove_temporaries_and_die;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(sig, &action, nullptr);
+  }
 }
 
 int remove_stale_temporaries(const std::string& folder, bool all) {

@@ -1,5 +1,6 @@
 #include "iris/common/config_map.h"
 
+#include <map>
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -221,8 +222,18 @@ std::string include_chain(const std::vector<std::string>& chain, const std::stri
   return s + last;
 }
 
+constexpr size_t kMaxIncludedFiles = 256;
+
 // `chain`: the including files, as canonical paths, outermost first.
-ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& chain) {
+// `loaded`: each file read so far, resolved (a file included twice, as in a
+// diamond, is read once: nested diamonds would otherwise read files an
+// exponential number of times).
+struct Loaded {
+  std::map<std::string, ConfigMap> files;  // canonical path -> resolved
+  size_t reads = 0;
+};
+
+ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& chain, Loaded& loaded) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::path canonical = fs::weakly_canonical(fs::path(path), ec);
@@ -232,6 +243,10 @@ ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& 
   if (chain.size() >= kMaxIncludeDepth)
     throw Error(chain.front(), "configuration includes nest deeper than " + std::to_string(kMaxIncludeDepth) +
                                    ": " + include_chain(chain, here));
+  if (const auto it = loaded.files.find(here); it != loaded.files.end()) return it->second;
+  if (++loaded.reads > kMaxIncludedFiles)
+    throw Error(chain.empty() ? path : chain.front(),
+                "configuration includes read more than " + std::to_string(kMaxIncludedFiles) + " files");
   ConfigMap own = ConfigMap::read_yaml_file(path);
   ConfigMap out;
   if (own.has("include")) {
@@ -248,7 +263,7 @@ ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& 
                                "' (paths are relative to the including file" +
                                (chain.size() > 1 ? "; included as " + include_chain(chain, item) : std::string()) +
                                ")");
-      out.merge(load_with_includes(included.string(), chain));
+      out.merge(load_with_includes(included.string(), chain, loaded));
     }
     chain.pop_back();
     own.erase("include");
@@ -258,13 +273,15 @@ ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& 
       throw Error(own.origin(k).empty() ? path : own.origin(k),
                   "include: expected a file or a list of files, got a map ('" + k + "')");
   out.merge(own);
+  loaded.files[here] = out;
   return out;
 }
 }  // namespace
 
 ConfigMap ConfigMap::load_yaml_file(const std::string& path) {
   std::vector<std::string> chain;
-  return load_with_includes(path, chain);
+  Loaded loaded;
+  return load_with_includes(path, chain, loaded);
 }
 
 void ConfigMap::erase(const std::string& key) {

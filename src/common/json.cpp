@@ -1,6 +1,12 @@
 #include "iris/common/json.h"
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <vector>
+
+#include "iris/common/error.h"
 
 namespace iris {
 
@@ -35,5 +41,34 @@ std::string dump(const Json& value, int indent, bool python_non_finite) {
   return dump_any(value, indent, python_non_finite);
 }
 
+
+Json parse_json(const std::string& text, const std::string& where) {
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  std::string duplicate;
+  const Json::parser_callback_t check = [&](int, Json::parse_event_t event, Json& parsed) {
+    if (event == Json::parse_event_t::object_start) keys.emplace_back();
+    else if (event == Json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    else if (event == Json::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+             duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  Json doc;
+  try {
+    doc = Json::parse(text, check);
+  } catch (const Json::exception& e) {
+    throw Error(where, std::string("is not valid JSON: ") + e.what());
+  }
+  if (!duplicate.empty()) throw Error(where, "the key '" + duplicate + "' appears twice in one object");
+  return doc;
+}
+
+Json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path, "cannot open");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (in.bad()) throw Error(path, "cannot read");
+  return parse_json(text, path);
+}
 
 }  // namespace iris

@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <iostream>
+#include <memory>
 #include <mutex>
 
 #ifdef IRIS_HAVE_SPDLOG
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #endif
 
@@ -13,14 +15,28 @@ namespace iris::log {
 namespace {
 std::atomic<Level> g_level{Level::kInfo};
 
+#ifdef IRIS_HAVE_SPDLOG
+// Messages go to stderr: stdout carries only what a user pipes (iris-eval's
+// table, iris-data verify's problem list). spdlog's default logger writes to
+// stdout, so iris uses its own.
+spdlog::logger& logger() {
+  static const std::shared_ptr<spdlog::logger> made = [] {
+    auto l = spdlog::stderr_color_mt("iris");
+    l->set_level(spdlog::level::trace);  // iris filters by g_level itself
+    return l;
+  }();
+  return *made;
+}
+#endif
+
 void emit(Level at, const char* tag, const std::string& message) {
   if (at < g_level.load()) return;
 #ifdef IRIS_HAVE_SPDLOG
   switch (at) {
-    case Level::kDebug: spdlog::debug(message); return;
-    case Level::kInfo: spdlog::info(message); return;
-    case Level::kWarn: spdlog::warn(message); return;
-    default: spdlog::error(message); return;
+    case Level::kDebug: logger().debug(message); return;
+    case Level::kInfo: logger().info(message); return;
+    case Level::kWarn: logger().warn(message); return;
+    default: logger().error(message); return;
   }
 #else
   static std::mutex mutex;
@@ -32,13 +48,6 @@ void emit(Level at, const char* tag, const std::string& message) {
 
 void set_level(Level level) {
   g_level = level;
-#ifdef IRIS_HAVE_SPDLOG
-  spdlog::set_level(level == Level::kDebug  ? spdlog::level::debug
-                    : level == Level::kInfo ? spdlog::level::info
-                    : level == Level::kWarn ? spdlog::level::warn
-                    : level == Level::kError ? spdlog::level::err
-                                             : spdlog::level::off);
-#endif
 }
 
 Level level() { return g_level.load(); }

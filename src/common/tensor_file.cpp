@@ -16,6 +16,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/crc32.h"
 #include "iris/common/error.h"
+#include "iris/common/json.h"
 
 namespace iris {
 
@@ -186,8 +187,8 @@ std::vector<std::string> TensorFile::meta_strings(const std::string& key, size_t
   const std::string where = source_.empty() ? format_ : source_;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception&) {
+    j = parse_json(text, where);
+  } catch (const Error&) {
     throw Error(where, "is damaged: metadata '" + key + "' is not a JSON list of strings");
   }
   if (!j.is_array() || j.size() > max_count)
@@ -290,9 +291,11 @@ TensorFile TensorFile::load(const std::string& path, const std::string& expected
   if (text[0] != '{') throw Error(path, "is not an " + what + " (no safetensors header)");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception&) {
-    throw Error(path, "is damaged: its header is not valid JSON");
+    header = parse_json(text, path);
+  } catch (const Error& e) {
+    throw Error(path, "is damaged: its header " +
+                          std::string(e.reason().rfind("the key", 0) == 0 ? "repeats a key (" + e.reason() + ")"
+                                                                           : "is not valid JSON"));
   }
   if (!header.is_object()) throw Error(path, "is damaged: its header is not a JSON object");
 
@@ -387,6 +390,15 @@ TensorFile TensorFile::load(const std::string& path, const std::string& expected
   if (stored->second != "crc32:" + hex32(crc))
     throw Error(path, "is damaged: its checksum does not match its contents (stored " + stored->second +
                           ", computed crc32:" + hex32(crc) + "); the file changed after iris wrote it");
+  // The checksum holds for a file written with NaN weights (or recomputed
+  // after an edit): a model, task or checkpoint with a non-finite value would
+  // give empty masks without a word, so it is refused here.
+  for (const auto& [name, t] : loaded)
+    if (at::isFloatingType(t.scalar_type()) && t.numel() > 0 && !at::isfinite(t).all().item<bool>()) {
+      const long bad = (~at::isfinite(t)).sum().item<long>();
+      throw Error(path, "is unusable: tensor '" + name + "' holds " + std::to_string(bad) +
+                            " NaN or infinite value(s) (a diverged training or a damaged file)");
+    }
   out.metadata_.erase(kFormatKey);
   out.metadata_.erase(kChecksumKey);
   for (auto& [name, t] : loaded) {

@@ -1,5 +1,8 @@
 #include "iris/data/dataset.h"
 
+#include <cctype>
+#include <cstdlib>
+#include <cmath>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -24,29 +27,19 @@ namespace {
 // values: a region made of several labels, not a class of its own) or
 // MSD/v1 {"value": "name"}.
 std::map<long, std::string> read_dataset_json_labels(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw Error(path, "cannot open dataset.json");
-  Json doc;
-  try {
-    doc = Json::parse(f);
-  } catch (const Json::exception& e) {
-    throw Error(path, std::string("is not valid JSON (") + e.what() + ")");
-  }
+  const Json doc = read_json_file(path);
   if (!doc.is_object() || !doc.contains("labels") || !doc["labels"].is_object())
     throw Error(path, "dataset.json has no \"labels\" table");
   std::map<long, std::string> out;
   for (const auto& [key, value] : doc["labels"].items()) {
     if (value.is_number_integer()) {
-      out[value.get<long>()] = key;  // v2: "liver": 1
+      const long v = parse_label_key(std::to_string(value.get<long>()), path + ": label '" + key + "'");
+      if (!out.emplace(v, key).second) throw Error(path, "label value " + std::to_string(v) + " has two names");  // v2: "liver": 1
     } else if (value.is_string()) {
-      try {
-        size_t used = 0;
-        const long v = std::stol(key, &used);
-        if (used != key.size()) throw std::invalid_argument(key);
-        out[v] = value.get<std::string>();  // v1/MSD: "1": "liver"
-      } catch (const std::exception&) {
+      const bool digits = !key.empty() && std::all_of(key.begin(), key.end(), [](unsigned char c) { return std::isdigit(c); });
+      if (!digits && !(key.size() > 1 && key[0] == '-'))
         throw Error(path, "label key '" + key + "' is neither a name with an integer value nor an integer");
-      }
+      out[parse_label_key(key, path)] = value.get<std::string>();  // v1/MSD: "1": "liver"
     } else if (!value.is_array()) {
       throw Error(path, "label '" + key + "' has a value that is neither an integer, a name nor a list of integers");
     }
@@ -152,13 +145,23 @@ std::vector<DatasetSpec> datasets_from_config(const ConfigMap& data_config, cons
     if (c.has("split")) {
       auto parts = config_list_items(c.get("split"));
       if (parts.size() != 3) throw Error("data.datasets." + name + ".split", "needs [train, val, test] fractions");
-      for (int i = 0; i < 3; ++i) d.split[i] = std::stod(parts[i]);
+      double total = 0;
+      for (int i = 0; i < 3; ++i) {
+        char* end = nullptr;
+        d.split[i] = std::strtod(parts[i].c_str(), &end);
+        if (parts[i].empty() || *end != '\0' || !std::isfinite(d.split[i]) || d.split[i] < 0)
+          throw Error("data.datasets." + name + ".split", "'" + parts[i] + "' is not a fraction >= 0");
+        total += d.split[i];
+      }
+      if (total <= 0) throw Error("data.datasets." + name + ".split", "the fractions are all 0");
     }
     if (c.has("classes"))
       for (const auto& item : config_list_items(c.get("classes"))) {
         const auto colon = item.find(':');
         if (colon == std::string::npos) throw Error("data.datasets." + name + ".classes", "expected VALUE:NAME items, got '" + item + "'");
-        d.class_names[std::stol(item.substr(0, colon))] = item.substr(colon + 1);
+        const long v = parse_label_key(item.substr(0, colon), "data.datasets." + name + ".classes");
+        if (!d.class_names.emplace(v, item.substr(colon + 1)).second)
+          throw Error("data.datasets." + name + ".classes", "label " + std::to_string(v) + " is listed twice");
       }
     if (d.layout == "list") {
       if (!c.has("cases")) throw Error("data.datasets." + name, "a list dataset needs 'cases: [image|labels, ...]'");

@@ -41,6 +41,16 @@ std::array<double, 9> random_affine(Rng& r, const AugmentOptions& a) {
   return m;
 }
 
+// The query patch [C, Z, Y, X] mirrored along each of `axes` with
+// probability 0.5 (nothing drawn when there are none).
+at::Tensor mirror_randomly(at::Tensor patch, Rng& r, const AugmentOptions& a) {
+  if (!a.enabled || a.mirror_axes.empty()) return patch;
+  std::vector<int64_t> dims;
+  for (char axis : a.mirror_axes)
+    if (chance(r, 0.5)) dims.push_back(axis == 'z' ? 1 : axis == 'y' ? 2 : 3);
+  return dims.empty() ? patch : patch.flip(dims);
+}
+
 // A voxel of the union of `values`, uniform over its voxels (through each
 // class's sampled locations); the middle of the case when none is there.
 std::array<double, 3> random_location(const CaseVolume& c, const std::vector<long>& values, Rng& r) {
@@ -543,7 +553,7 @@ EpisodeBatch EpisodeSampler::sample(long index, long batch_size) const {
     for (auto& c : rc) c += uniform(r, -jitter, jitter);
 
     const auto qa = random_affine(r, options_.augment), ra = random_affine(r, options_.augment);
-    at::Tensor q_patch = case_patch(q, q.image, tasks, qc, qa, P, {}, 0);
+    at::Tensor q_patch = mirror_randomly(case_patch(q, q.image, tasks, qc, qa, P, {}, 0), r, options_.augment);
     at::Tensor r_patch = case_patch(ref, ref.image, tasks, rc, ra, P, {}, 0);
     at::Tensor q_masks = q_patch.slice(0, 1).gt(0.5).to(at::kFloat);
     at::Tensor r_masks = r_patch.slice(0, 1).gt(0.5).to(at::kFloat);
@@ -625,7 +635,7 @@ void EpisodeSampler::sample_regions(size_t di, size_t ci, std::mt19937_64& r, at
   const double q_amplitude = uniform(r, 0, d.regions.deformation), r_amplitude = uniform(r, 0, d.regions.deformation);
   const at::Tensor qd = smooth_displacement(P, q_amplitude, gen);
   const at::Tensor rd = smooth_displacement(P, r_amplitude, gen);
-  at::Tensor q_patch = case_patch(c, image, tasks, qc, qa, P, qd, q_amplitude);
+  at::Tensor q_patch = mirror_randomly(case_patch(c, image, tasks, qc, qa, P, qd, q_amplitude), r, options_.augment);
   at::Tensor r_patch = case_patch(c, image, tasks, rc, ra, P, rd, r_amplitude);
   at::Tensor q_masks = q_patch.slice(0, 1).gt(0.5).to(at::kFloat);
   at::Tensor r_masks = r_patch.slice(0, 1).gt(0.5).to(at::kFloat);

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "iris/common/atomic_file.h"
+#include "iris/common/csv.h"
 #include "iris/common/error.h"
 #include "iris/common/file_names.h"
 #include "iris/common/label_list.h"
@@ -43,13 +44,6 @@ std::map<std::string, std::string> images_by_case(const std::string& folder) {
 bool is_count_metric(const std::string& name) {
   return name == "TP" || name == "FP" || name == "FN" || name == "TN" || name == "n_pred" ||
          name == "n_ref";
-}
-
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string out = "\"";
-  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
 }
 
 // {"Dice": .., ...} for one label (keys sorted, as nnU-Net writes them).
@@ -281,9 +275,9 @@ std::string metrics_csv(const EvaluationSummary& summary) {
   for (const auto& c : summary.cases)
     for (const auto& m : c.labels) {
       auto name = summary.label_names.find(m.label);
-      out += csv_field(c.files.case_name) + "," + csv_field(c.files.reference_file) + "," +
-             csv_field(c.files.prediction_file) + "," + std::to_string(m.label) + "," +
-             csv_field(name != summary.label_names.end() ? name->second : "");
+      out += csv_quoted(c.files.case_name) + "," + csv_quoted(c.files.reference_file) + "," +
+             csv_quoted(c.files.prediction_file) + "," + std::to_string(m.label) + "," +
+             csv_quoted(name != summary.label_names.end() ? name->second : "");
       for (const auto& metric : metric_names()) {
         const double v = metric_value(m, metric);
         out += "," + (is_count_metric(metric) ? std::to_string(static_cast<int64_t>(v))

@@ -1,5 +1,6 @@
 #include "iris/eval/report.h"
 
+#include <vector>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -301,7 +302,7 @@ std::string dice_box_plot_svg(const EvaluationSummary& summary) {
     }
     const double ty = top + plot_h + 12;
     s << "<text x=\"" << cx << "\" y=\"" << ty << "\" font-size=\"10\" text-anchor=\"end\" transform=\"rotate(-60 "
-      << cx << " " << ty << ")\">" << label << "</text></g>\n";
+      << cx << " " << ty << ")\">" << html_escape(label_title(summary, label)) << "</text></g>\n";
   }
   s << "</svg>\n";
   return s.str();
@@ -520,6 +521,9 @@ std::array<int64_t, 3> largest_error_zyx(const CaseResult& result) {
   return best;
 }
 
+// The list of the files a report folder holds, written with them.
+constexpr const char* kManifest = ".iris-report";
+
 void write_html_report(const EvaluationSummary& summary, const std::string& dir,
                        const ReportOptions& options) {
   std::vector<CasePair> pairs;
@@ -528,10 +532,27 @@ void write_html_report(const EvaluationSummary& summary, const std::string& dir,
 
   fs::path final_dir = fs::absolute(dir).lexically_normal();
   if (final_dir.filename().empty()) final_dir = final_dir.parent_path();  // "out/" -> "out"
+  // An earlier report is replaced only when it holds nothing but what iris
+  // wrote there (its manifest's files): a user's own files are never deleted.
   if (fs::exists(final_dir)) {
     if (!fs::is_directory(final_dir)) throw Error(dir, "--html needs a folder, but this is a file");
-    if (!fs::is_empty(final_dir) && !fs::exists(final_dir / "index.html"))
-      throw Error(dir, "not empty and not an earlier report (no index.html); not replacing it");
+    if (!fs::is_empty(final_dir)) {
+      std::set<std::string> listed;
+      std::ifstream manifest(final_dir / kManifest);
+      for (std::string line; std::getline(manifest, line);)
+        if (!line.empty()) listed.insert(line);
+      if (listed.empty())
+        throw Error(dir, "is not empty and is not an iris report (no " + std::string(kManifest) +
+                             "): not replacing it; choose a new or empty folder");
+      std::vector<std::string> foreign;
+      for (const auto& e : fs::recursive_directory_iterator(final_dir)) {
+        const std::string rel = e.path().lexically_relative(final_dir).generic_string();
+        if (rel != kManifest && !listed.count(rel) && !(e.is_directory() && !e.is_symlink())) foreign.push_back(rel);
+      }
+      if (!foreign.empty())
+        throw Error(dir, "holds " + std::to_string(foreign.size()) + " file(s) iris did not write (" + foreign.front() +
+                             (foreign.size() > 1 ? ", ..." : "") + "): not replacing it; choose a new or empty folder");
+    }
   }
   const fs::path parent = final_dir.parent_path();
   fs::create_directories(parent);
@@ -541,6 +562,10 @@ void write_html_report(const EvaluationSummary& summary, const std::string& dir,
   fs::create_directory(partial);
   try {
     build_report(summary, partial, images, !options.image.empty());
+    std::string listing;
+    for (const auto& e : fs::recursive_directory_iterator(partial))
+      if (e.is_regular_file()) listing += e.path().lexically_relative(partial).generic_string() + "\n";
+    write_text_file((partial / kManifest).string(), listing);
   } catch (...) {
     std::error_code ignored;
     fs::remove_all(partial, ignored);

@@ -33,6 +33,12 @@ namespace iris::io {
 
 namespace {
 
+std::string describe_numbers(const std::vector<double>& v) {
+  std::ostringstream s;
+  for (size_t i = 0; i < v.size(); ++i) s << (i ? "\\" : "") << v[i];
+  return s.str();
+}
+
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 void quiet_dcmtk() {
@@ -450,6 +456,12 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
     if (iop.size() != 6) throw Error(source, "slice " + file + " of series " + chosen.uid + " has no ImageOrientationPatient");
     positions.push_back({ipp[0], ipp[1], ipp[2]});
     if (orientation.empty()) {
+      // Without a pixel size the volume's scale is unknown: no silent 1 mm.
+      if (ps.size() != 2 || !(ps[0] > 0) || !(ps[1] > 0) || !std::isfinite(ps[0]) || !std::isfinite(ps[1]))
+        throw Error(source, "slice " + file + " of series " + chosen.uid +
+                                (ps.empty() ? std::string(" has no PixelSpacing (0028,0030)")
+                                            : " has PixelSpacing " + describe_numbers(ps) + ", not two sizes > 0") +
+                                ": its voxel size is unknown (iris does not guess 1 mm)");
       orientation = iop;
       spacing = ps;
       continue;

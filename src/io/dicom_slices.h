@@ -2,6 +2,7 @@
 // How a stack of DICOM slices becomes a 3-D grid, shared by the series
 // reader and the DICOM-SEG writer (whose frames must land on exactly the
 // grid the reader builds). Private to the io library; no ITK or DCMTK here.
+#include <sstream>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -46,8 +47,17 @@ inline SliceStack slice_stack(const std::vector<std::array<double, 3>>& position
   for (const auto& p : positions) along.push_back(dot(p, s.normal));
   s.mean_step = (along.back() - along.front()) / static_cast<double>(along.size() - 1);
   if (!(s.mean_step > 0)) throw Error(where, what + " has its slices at one position (duplicates?)");
-  for (size_t i = 1; i < along.size(); ++i)
+  for (size_t i = 1; i < along.size(); ++i) {
+    // A copy of a slice is not "uneven spacing": say what it is.
+    if (along[i] - along[i - 1] < 0.01 * s.mean_step) {
+      std::ostringstream at;
+      at << positions[i][0] << "\\" << positions[i][1] << "\\" << positions[i][2];
+      throw Error(where, what + " has two slices at one position (slices " + std::to_string(i) + " and " +
+                             std::to_string(i + 1) + " of " + std::to_string(along.size()) + ", ImagePositionPatient " +
+                             at.str() + "): a duplicated slice? remove the copy");
+    }
     s.max_deviation = std::max(s.max_deviation, std::abs((along[i] - along[i - 1]) - s.mean_step));
+  }
   return s;
 }
 

@@ -1,4 +1,9 @@
 // NRRD and MetaImage through ITK, and the ITK glue of itk_bridge.h (ITK build only).
+#include <cstdint>
+#include <sstream>
+#include <fstream>
+#include <cctype>
+#include <algorithm>
 #include <filesystem>
 
 #include <itkImageFileReader.h>
@@ -64,6 +69,124 @@ std::string join_sizes(const std::vector<size_t>& sizes) {
   return s;
 }
 
+// The voxel data a NRRD or MetaImage header points at: its file, where the
+// data starts in it, and whether it is compressed. `found` is false for
+// layouts not checked here (file lists, slice patterns).
+struct DataFile {
+  bool found = false;
+  std::string file;
+  uint64_t offset = 0;
+  bool compressed = false;
+  uint64_t voxel_bytes = 0;  // what the header announces (0: not understood)
+};
+
+// Bytes per voxel of a NRRD "type:" or a MetaImage "ElementType" (0: unknown).
+uint64_t type_bytes(const std::string& type) {
+  const std::string t = type;
+  auto has = [&](const char* s) { return t.find(s) != std::string::npos; };
+  if (has("double") || has("64") || has("longlong") || has("long long") || has("long_long")) return 8;
+  if (has("long")) return 0;  // 4 or 8 bytes by platform: not checked
+  if (has("16") || has("short")) return 2;
+  if (has("int8") || has("char")) return 1;
+  if (has("float") || has("32") || has("int")) return 4;
+  return 0;
+}
+
+// The product of the whole numbers of `text` ("1000 1000 1000").
+uint64_t product_of(const std::string& text) {
+  std::istringstream in(text);
+  uint64_t total = 1;
+  long long v = 0;
+  bool any = false;
+  while (in >> v) {
+    if (v < 0) return 0;
+    if (v != 0 && total > (uint64_t{1} << 62) / static_cast<uint64_t>(v)) return uint64_t{1} << 62;
+    total *= static_cast<uint64_t>(v);
+    any = true;
+  }
+  return any ? total : 0;
+}
+
+std::string lower(std::string t) {
+  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return t;
+}
+
+std::string trimmed(const std::string& t) {
+  const auto b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
+  return b == std::string::npos ? "" : t.substr(b, e - b + 1);
+}
+
+DataFile data_file_of(const std::string& path) {
+  DataFile d;
+  std::ifstream in(path, std::ios::binary);
+  const bool nrrd = lower(fs::path(path).extension().string()) == ".nrrd" || lower(fs::path(path).extension().string()) == ".nhdr";
+  std::string line;
+  uint64_t consumed = 0;
+  std::string detached;
+  uint64_t voxels = 0, bytes_per_voxel = 0, channels = 1;
+  for (int n = 0; n < 4096 && std::getline(in, line); ++n) {
+    consumed += line.size() + 1;
+    const std::string l = lower(trimmed(line));
+    if (nrrd) {
+      if (l.empty()) {  // the blank line ends an attached header
+        if (!detached.empty()) break;
+        return {true, path, consumed, d.compressed, voxels * bytes_per_voxel};
+      }
+      if (l.rfind("sizes:", 0) == 0) voxels = product_of(l.substr(6));
+      if (l.rfind("type:", 0) == 0) bytes_per_voxel = type_bytes(trimmed(l.substr(5)));
+      if (l.rfind("encoding:", 0) == 0) {
+        const std::string e = trimmed(l.substr(9));
+        d.compressed = e != "raw";  // gzip, bzip2: compressed; ascii/text/hex: longer than raw
+      }
+      for (const char* key : {"data file:", "datafile:"})
+        if (l.rfind(key, 0) == 0) detached = trimmed(trimmed(line).substr(std::string(key).size()));
+    } else {
+      const auto eq = l.find('=');
+      if (eq == std::string::npos) continue;
+      const std::string key = trimmed(l.substr(0, eq)), value = trimmed(trimmed(line).substr(eq + 1));
+      if (key == "compresseddata") d.compressed = lower(value) == "true";
+      if (key == "dimsize") voxels = product_of(value);
+      if (key == "elementtype") bytes_per_voxel = type_bytes(lower(value).substr(lower(value).rfind("met_", 0) == 0 ? 4 : 0));
+      if (key == "elementnumberofchannels") channels = std::max<uint64_t>(1, product_of(value));
+      if (key == "elementdatafile") {  // the last header line
+        if (lower(value) == "local") return {true, path, consumed, d.compressed, voxels * bytes_per_voxel * channels};
+        detached = value;
+        break;
+      }
+    }
+  }
+  if (detached.empty() || lower(detached).rfind("list", 0) == 0 || detached.find('%') != std::string::npos ||
+      detached.find(' ') != std::string::npos)
+    return {};
+  const fs::path file = fs::path(detached).is_absolute() ? fs::path(detached) : fs::path(path).parent_path() / detached;
+  return {true, file.string(), 0, d.compressed, voxels * bytes_per_voxel * channels};
+}
+
+// Every voxel the header announces must be in the file before anything is
+// allocated: an uncompressed file must hold them all (ITK reads a cut file
+// with a warning), and a compressed one cannot hold more than deflate's
+// limit of about 1032:1 (a tiny file claiming 1000^3 voxels would take GBs
+// before ITK noticed). ASCII encodings are at least as long as raw.
+// Run on the header text before ITK reads it (ITK's NRRD reader allocates
+// the announced size while it reads the header).
+void check_voxel_bytes(const std::string& path) {
+  const DataFile d = data_file_of(path);
+  if (!d.found || d.voxel_bytes == 0) return;
+  std::error_code ec;
+  const uint64_t size = fs::file_size(d.file, ec);
+  if (ec) throw Error(path, "its voxel data file " + d.file + " cannot be read: " + ec.message());
+  const uint64_t held = size > d.offset ? size - d.offset : 0;
+  const uint64_t needed = d.voxel_bytes;
+  auto mb = [](uint64_t b) { return std::to_string(b / (1024 * 1024)) + " MB"; };
+  if (!d.compressed && held < needed)
+    throw Error(path, "is cut short (truncated): its header announces " + std::to_string(needed) +
+                          " bytes of voxels, " + d.file + " holds " + std::to_string(held));
+  if (d.compressed && needed / 1100 > held + 4096)
+    throw Error(path, "announces " + mb(needed) + " of voxels in " + std::to_string(held) +
+                          " compressed bytes, more than compression can hold: the header is damaged");
+}
+
 // Opens the file's header and checks it holds one scalar 3-D volume.
 itk::ImageIOBase::Pointer open_3d_image(const std::string& path) {
   itk::ImageIOBase::Pointer io = itk::ImageIOFactory::CreateImageIO(path.c_str(), itk::IOFileModeEnum::ReadMode);
@@ -71,6 +194,7 @@ itk::ImageIOBase::Pointer open_3d_image(const std::string& path) {
     throw Error(path, "is not an image iris can read (no NIfTI, NRRD or MetaImage header found;"
                       " is the file damaged or misnamed?)");
   io->SetFileName(path);
+  check_voxel_bytes(path);
   try {
     io->ReadImageInformation();
   } catch (const itk::ExceptionObject& e) {

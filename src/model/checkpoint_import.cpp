@@ -65,6 +65,19 @@ ModelConfig infer_config_from_state_dict(const std::vector<std::pair<std::string
   return c;
 }
 
+ModelConfig import_config(const std::string& checkpoint, const ConfigMap& given, const std::string& prefer_key) {
+  const TorchCheckpoint ckpt = read_torch_checkpoint(checkpoint, prefer_key);
+  if (given.has("preset"))
+    throw Error("preset", "does not apply to an import: the architecture is read off " + checkpoint +
+                              " (set single keys instead)");
+  ConfigMap merged = infer_config_from_state_dict(ckpt.tensors, checkpoint).to_config();
+  if (!given.has("head_dim"))
+    throw Error(checkpoint, "its head width cannot be read off its tensors: give it (--set head_dim=N, or head_dim in "
+                            "--config; the author's models use 32)");
+  for (const auto& [key, value] : given.entries()) merged.set(key, value, given.origin(key));
+  return ModelConfig::from_config(merged);
+}
+
 IrisModel import_mass_checkpoint(const std::string& checkpoint, const std::optional<ModelConfig>& config,
                                  ImportReport* report, const std::string& prefer_key) {
   TorchCheckpoint ckpt = read_torch_checkpoint(checkpoint, prefer_key);

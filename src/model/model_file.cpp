@@ -63,6 +63,7 @@ void save_model(IrisModel& model, const std::string& path) {
   file.set("fingerprint", model.fingerprint);
   file.set("description", model.description);
   file.set("preprocess", model.preprocess);
+  if (!model.mirror_axes.empty()) file.set("mirror_axes", model.mirror_axes);
   torch::NoGradGuard no_grad;
   for (const auto& p : model.net->named_parameters()) file.put("param/" + p.key(), p.value());
   for (const auto& b : model.net->named_buffers()) file.put("buffer/" + b.key(), b.value());
@@ -83,8 +84,22 @@ IrisModel load_model(const std::string& path) {
   model.fingerprint = file.meta("fingerprint");
   model.description = file.meta_or("description", "");
   model.preprocess = file.meta_or("preprocess", "");
+  model.mirror_axes = file.meta_or("mirror_axes", "");
+  if (model.mirror_axes.size() > 3 ||
+      model.mirror_axes.find_first_not_of("xyz") != std::string::npos)
+    throw Error(path, "is damaged: mirror_axes '" + model.mirror_axes + "' is not a set of the axes x, y, z");
   // The tensors decide nothing: the config builds the network and every
-  // tensor must be one of its parameters or buffers, with its shape.
+  // tensor must be one of its parameters or buffers, with its shape. The
+  // memory bank is checked first: an edited config must not allocate
+  // gigabytes before the mismatch shows.
+  for (long i = 0; i < model.config.prior_stages; ++i) {
+    const std::string bank = "buffer/task_prior_" + std::to_string(i);
+    const long stored = file.has(bank) && file.get(bank).dim() == 3 ? file.get(bank).size(0) : -1;
+    if (stored != model.config.memory_bank_size)
+      throw Error(path, "is damaged: its config has memory_bank_size " + std::to_string(model.config.memory_bank_size) +
+                            " but its stored memory bank " +
+                            (stored < 0 ? std::string("is missing") : "has " + std::to_string(stored) + " slots"));
+  }
   model.net = IrisNet(model.config);
   size_t expected = 0;
   fill_net(*model.net, [&](const char* kind, const std::string& name, const at::Tensor& like) {

@@ -1,5 +1,6 @@
 #include "iris/model/task_embedding.h"
 
+#include <set>
 #include <torch/serialize.h>
 
 #include "iris/common/atomic_file.h"
@@ -88,6 +89,21 @@ void TaskEmbedding::save(const std::string& path) const {
   file.save(path);
 }
 
+namespace {
+
+// A task's output values: each a label map can hold (1..65535) and each
+// once. A wrapped or repeated value would write one class over another.
+void check_task_labels(const std::vector<long>& labels, const std::string& path) {
+  std::set<long> seen;
+  for (long v : labels) {
+    if (v < 1 || v > 65535)
+      throw Error(path, "is damaged: it gives a class the label value " + std::to_string(v) + " (labels are 1 to 65535)");
+    if (!seen.insert(v).second) throw Error(path, "is damaged: the label value " + std::to_string(v) + " is given twice");
+  }
+}
+
+}  // namespace
+
 TaskEmbedding TaskEmbedding::load(const std::string& path) {
   const TensorFile file = TensorFile::load(path, kFormatV2, "iris task file");
   TaskEmbedding t;
@@ -102,6 +118,7 @@ TaskEmbedding TaskEmbedding::load(const std::string& path) {
   const long K = t.num_classes();
   const at::Tensor& labels = file.get("labels", at::kLong, {K});
   for (long i = 0; i < K; ++i) t.labels.push_back(labels[i].item<int64_t>());
+  check_task_labels(t.labels, path);
   t.names = file.meta_strings("names", static_cast<size_t>(K));
   if (!t.names.empty() && static_cast<long>(t.names.size()) != K)
     throw Error(path, "is damaged: it names " + std::to_string(t.names.size()) + " of its " + std::to_string(K) +
@@ -130,6 +147,7 @@ TaskEmbedding TaskEmbedding::load_legacy(const std::string& path) {
   at::Tensor labels;
   archive.read("labels", labels);
   for (long i = 0; i < labels.numel(); ++i) t.labels.push_back(labels[i].item<long>());
+  check_task_labels(t.labels, path);
   archive.read("num_names", v);
   const long num_names = v.toInt();
   if (num_names < 0 || num_names > labels.numel()) throw Error(path, "is damaged: its class names do not match its labels");

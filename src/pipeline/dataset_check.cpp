@@ -80,19 +80,27 @@ DatasetSummary verify_raw_dataset(const std::string& folder, const std::function
   // dataset.json
   const fs::path json_path = root / "dataset.json";
   Json doc;
-  std::ifstream json_file(json_path);
-  if (!json_file) {
+  if (!fs::exists(json_path)) {
     problems.push_back({json_path.string(), "missing"});
     return out;
   }
   try {
-    doc = Json::parse(json_file);
-  } catch (const Json::exception& e) {
-    problems.push_back({json_path.string(), std::string("is not valid JSON: ") + e.what()});
+    doc = read_json_file(json_path.string());
+  } catch (const Error& e) {
+    problems.push_back({json_path.string(), e.reason()});
     return out;
   }
   std::set<long> declared;
   bool labels_ok = doc.is_object() && doc.contains("labels") && doc["labels"].is_object();
+  // Cases whose label maps are empty on purpose (iris-rsna prepare's series
+  // without an aneurysm): "iris_negative_cases": [ids].
+  std::set<std::string> negative_cases;
+  if (doc.is_object() && doc.contains("iris_negative_cases")) {
+    if (!doc["iris_negative_cases"].is_array()) problems.push_back({json_path.string(), "iris_negative_cases is not a list of case ids"});
+    else
+      for (const auto& n : doc["iris_negative_cases"])
+        if (n.is_string()) negative_cases.insert(n.get<std::string>());
+  }
   if (!labels_ok) {
     problems.push_back({json_path.string(), "has no \"labels\" table"});
   } else {
@@ -193,7 +201,7 @@ DatasetSummary verify_raw_dataset(const std::string& folder, const std::function
           if (labels_ok && !declared.count(v)) undeclared += (undeclared.empty() ? "" : ", ") + std::to_string(v);
         }
         if (!undeclared.empty()) problems.push_back({c.label, "label value(s) " + undeclared + " not declared in dataset.json"});
-        if (declared.size() > 1 && values.numel() == 1 && values[0].item<long>() == 0)
+        if (declared.size() > 1 && values.numel() == 1 && values[0].item<long>() == 0 && !negative_cases.count(id))
           problems.push_back({c.label, "is empty (only background) although dataset.json declares classes"});
       } catch (const Error& e) {
         problems.push_back({c.label, e.reason()});

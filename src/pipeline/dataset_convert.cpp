@@ -22,6 +22,8 @@
 #include "iris/common/label_list.h"
 #include "iris/data/class_vocabulary.h"
 #include "iris/io/image_io.h"
+#include "iris/common/file_names.h"
+#include "iris/common/shipped_data.h"
 #include "raw_folder.h"
 
 namespace iris::pipeline {
@@ -80,15 +82,7 @@ std::string sanitise(const std::string& text) {
   return collapsed;
 }
 
-Json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path.string(), "cannot open");
-  try {
-    return Json::parse(in);
-  } catch (const Json::exception& e) {
-    throw Error(path.string(), std::string("is not valid JSON: ") + e.what());
-  }
-}
+Json read_json(const fs::path& path) { return read_json_file(path.string()); }
 
 // Rows of a delimited text file (quotes around fields allowed).
 std::vector<std::vector<std::string>> read_table(const fs::path& path, char delimiter) {
@@ -136,7 +130,7 @@ Image read_four_d(const std::string& path) {
 }
 
 std::string vocabulary_path(const ConvertOptions& o) {
-  return o.class_vocabulary.empty() ? std::string(IRIS_SOURCE_DIR) + "/configs/classes.yaml" : o.class_vocabulary;
+  return o.class_vocabulary.empty() ? shipped_path("configs/classes.yaml") : o.class_vocabulary;
 }
 
 // Names read from a source, made canonical; a name the vocabulary does not
@@ -156,6 +150,10 @@ std::vector<std::string> canonical_names(const std::map<long, std::string>& by_v
     if (c.empty()) {
       c = data::ClassVocabulary::normalise(n);
       if (o.note) o.note("class '" + n + "' is not in the class vocabulary: kept as '" + c + "'");
+    } else if (c != data::ClassVocabulary::normalise(n) && o.note) {
+      // Say so when a name changes (MSD's "Anterior" is the hippocampus'),
+      // so that nobody wonders where the dataset's own name went.
+      o.note("class '" + n + "' is named '" + c + "' (label " + std::to_string(v) + ", class vocabulary)");
     }
     if (!used.insert(c).second) c += "_" + std::to_string(v);
     names[static_cast<size_t>(v)] = c;
@@ -250,7 +248,20 @@ ConvertSummary msd(const std::string& src, const std::string& dst, const Convert
   std::vector<std::string> channels;
   for (long c = 0; doc["modality"].contains(std::to_string(c)); ++c) channels.push_back(doc["modality"][std::to_string(c)]);
   std::map<long, std::string> names;
-  for (const auto& [k, v] : doc["labels"].items()) names[std::stol(k)] = v.get<std::string>();
+  const std::string json_file = (root / "dataset.json").string();
+  for (const auto& [k, v] : doc["labels"].items()) {
+    if (!v.is_string()) throw Error(json_file, "labels: the name of label " + k + " is not a string");
+    names[parse_label_key(k, json_file + ": labels")] = v.get<std::string>();
+  }
+  // Files a dataset.json lists lie inside its task folder.
+  auto listed = [&](const Json& entry, const char* key) {
+    const Json& value = entry.is_string() ? entry : entry.contains(key) ? entry[key] : Json();
+    if (!value.is_string()) throw Error(json_file, std::string("an entry of the file lists has no \"") + key + "\" path");
+    const fs::path path = root / fs::path(value.get<std::string>()).lexically_normal();
+    if (fs::path(value.get<std::string>()).is_absolute() || !lies_inside(root.string(), path.string()))
+      throw Error(json_file, "lists " + value.get<std::string>() + ", which lies outside the task folder " + root.string());
+    return path;
+  };
   // "cancer" and "tumour" mean the task's organ's tumour.
   const std::string task = root.filename().string();
   auto special = [&](const std::string& n) -> std::string {
@@ -274,8 +285,8 @@ ConvertSummary msd(const std::string& src, const std::string& dst, const Convert
     return out_channels;
   };
   for (const auto& entry : doc["training"]) {
-    const fs::path image = root / fs::path(entry["image"].get<std::string>()).lexically_normal();
-    const fs::path label = root / fs::path(entry["label"].get<std::string>()).lexically_normal();
+    const fs::path image = listed(entry, "image");
+    const fs::path label = listed(entry, "label");
     if (hidden(image)) continue;
     if (!fs::exists(image)) throw Error(image.string(), "listed in dataset.json but missing");
     if (!fs::exists(label)) throw Error(label.string(), "listed in dataset.json but missing");
@@ -283,7 +294,7 @@ ConvertSummary msd(const std::string& src, const std::string& dst, const Convert
   }
   if (doc.contains("test"))
     for (const auto& entry : doc["test"]) {
-      const fs::path image = root / fs::path(entry.is_string() ? entry.get<std::string>() : entry["image"].get<std::string>()).lexically_normal();
+      const fs::path image = listed(entry, "image");
       if (hidden(image) || !fs::exists(image)) continue;
       out.add_test(stem_of(image), channels_of(image));
     }
@@ -308,8 +319,9 @@ ConvertSummary amos(const std::string& src, const std::string& dst, bool mr, con
   if (!doc.contains("labels")) throw Error((root / "dataset.json").string(), "has no labels table");
   std::map<long, std::string> names;
   for (const auto& [k, v] : doc["labels"].items()) {
-    if (v.is_string()) names[std::stol(k)] = v.get<std::string>();  // AMOS: "1": "spleen"
-    else if (v.is_number_integer()) names[v.get<long>()] = k;
+    const std::string where = (root / "dataset.json").string() + ": labels";
+    if (v.is_string()) names[parse_label_key(k, where)] = v.get<std::string>();  // AMOS: "1": "spleen"
+    else if (v.is_number_integer()) names[parse_label_key(std::to_string(v.get<long>()), where)] = k;
   }
   RawFolder out(dst, mr ? "amos22_mr" : "amos22");
   out.set_channels({mr ? "MRI" : "CT"});

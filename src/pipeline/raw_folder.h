@@ -16,6 +16,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
 #include "iris/common/image.h"
 #include "iris/common/json.h"
 #include "iris/common/label_list.h"
@@ -40,8 +41,15 @@ class RawFolder {
       : destination_(destination), format_(std::move(format)) {
     if (fs::exists(destination_))
       throw Error(destination_, "exists already: convert into a new folder (remove it to convert again)");
+    // A missing parent is made (as nnU-Net's tools do); a file in its place is refused.
     const fs::path parent = fs::path(destination_).parent_path();
-    if (!parent.empty() && !fs::is_directory(parent)) throw Error(parent.string(), "folder not found");
+    if (!parent.empty()) {
+      std::error_code ec;
+      if (fs::exists(parent) && !fs::is_directory(parent))
+        throw Error(parent.string(), "is a file; the converted dataset needs a folder here");
+      fs::create_directories(parent, ec);
+      if (ec) throw Error(parent.string(), "cannot create the folder for " + destination_ + ": " + ec.message());
+    }
     temporary_ = destination_ + ".partial-" + std::to_string(::getpid());
     fs::remove_all(temporary_);
     for (const char* sub : {"imagesTr", "labelsTr", "imagesTs"}) fs::create_directories(fs::path(temporary_) / sub);
@@ -116,6 +124,9 @@ class RawFolder {
     return id + suffix + ".nii.gz";
   }
   void check_id(const std::string& id) {
+    if (safe_path_component(id) != id)
+      throw Error(id, "cannot name a case: a case name is one file name (not '.' or '..', no leading '.', '/', '\\' "
+                      "or control characters)");
     if (!ids_.insert(id).second) throw Error(id, "two source cases become the case '" + id + "'");
   }
   void write(const Source& s, const std::string& relative) {

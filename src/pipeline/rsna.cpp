@@ -14,7 +14,9 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/atomic_file.h"
+#include "iris/common/csv.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
 #include "iris/data/dataset.h"
 #include "iris/eval/rsna.h"
 #include "iris/io/dicom.h"
@@ -202,6 +204,10 @@ RsnaPrepareSummary rsna_prepare(const std::string& data, const std::string& outp
   for (size_t r = 0; r < train.rows.size(); ++r) {
     TrainRow t{eval::csv_field(train.rows[r][tc["SeriesInstanceUID"]]), eval::csv_field(train.rows[r][tc["Modality"]]), where_of(train, r)};
     if (t.uid.empty()) throw Error(t.where, "empty SeriesInstanceUID");
+    if (safe_path_component(t.uid) != t.uid)
+      throw Error(t.where, "SeriesInstanceUID '" + t.uid +
+                               "' cannot name a case folder (it is '.' or '..', starts with '.', or holds '/', '\\' "
+                               "or control characters)");
     if (!known.insert(t.uid).second) throw Error(t.where, "series " + t.uid + " appears twice");
     if (!fs::is_directory(root / "series" / t.uid))
       throw Error(t.where, "series " + t.uid + " has no folder " + (root / "series" / t.uid).string());
@@ -341,10 +347,17 @@ RsnaPrepareSummary rsna_prepare(const std::string& data, const std::string& outp
     for (const auto& c : d.test) split += "test\t" + c.name + "\n";
     folder->add_text_file("split.tsv", split);
     folder->set_description("prepared by iris-rsna prepare from " + data);
+    // Series without an aneurysm have empty label maps on purpose: declared,
+    // so that iris-data verify takes them as negative cases.
+    Json negatives = Json::array();
+    if (name != kRsnaVesselDataset)
+      for (const auto& n : names[name])
+        if (points[n].empty()) negatives.push_back(n);
     folder->set_extra({{"iris_split", {{"fractions", {options.split[0], options.split[1], options.split[2]}},
                                        {"seed", options.seed}}},
                        {"iris_sphere_radius_mm", options.radius_mm},
-                       {"iris_series_modality", modalities}});
+                       {"iris_series_modality", modalities},
+                       {"iris_negative_cases", negatives}});
     summary.folders.push_back(folder->finish(name, data).folder);
   };
   finish(ct, kRsnaCtDataset);
@@ -471,7 +484,7 @@ RsnaPredictSummary rsna_predict(const std::string& series_root, const std::strin
     entry["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     entry["scores"] = scores;
     per_series.push_back(entry);
-    csv << uid;
+    csv << csv_quoted(uid);
     for (double s : scores) {
       char text[32];
       std::snprintf(text, sizeof text, ",%.6f", s);

@@ -13,6 +13,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/common/folder_lock.h"
 #include "iris/common/log.h"
 #include "iris/data/case_cache.h"
 #include "iris/data/class_vocabulary.h"
@@ -228,15 +229,23 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
 
   // The exported model records the full preprocessing (spatial steps + the
   // first dataset's intensity scheme) so iris-infer can repeat it.
+  // Without a preprocess: section the cases go in at their own grids, but
+  // still through their dataset's intensity scheme: the model records that
+  // too (no spatial step, that scheme), or iris-infer would feed it raw values.
   std::optional<io::PreprocessConfig> spatial;
+  io::PreprocessConfig stored;
   if (const ConfigMap pre = config.subtree("preprocess"); !pre.entries().empty()) {
     spatial = io::PreprocessConfig::from_config(pre);
-    io::PreprocessConfig stored = *spatial;
-    stored.intensity = intensity_for(datasets.front());
+    stored = *spatial;
     spatial->intensity = "none";  // intensity is applied per dataset
-    const ConfigMap stored_keys = stored.to_config();
-    for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
+  } else {
+    stored.reorient = false;
+    stored.spacing.reset();
+    stored.crop_foreground = false;
   }
+  stored.intensity = intensity_for(datasets.front());
+  const ConfigMap stored_keys = stored.to_config();
+  for (const auto& [k, v] : stored_keys.entries()) config.set("preprocess." + k, v, "resolved");
   configure_threads(train_config.threads);
 
   // "cuda" is this rank's own GPU (cuda:LOCAL_RANK); collectives run there.
@@ -248,9 +257,6 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   comm_options.timeout = std::chrono::seconds(train_config.distributed_timeout_s);
   auto comm = train::make_communicator(env, comm_options);
   if (comm->rank() == 0) {
-    fs::create_directories(train_config.output_dir);
-    for (const auto& d : datasets)
-      data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
     log::info(std::to_string(comm->size()) + " rank(s), backend " + comm->backend() + ", device " + train_config.device);
     if (!train_config.init_from.empty())
       log::info("weights from " + train_config.init_from + " (train.init_from)" +
@@ -299,6 +305,15 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   if (cache && comm->size() > 1)
     fill_cache_together(*cache, datasets, loader, load_options, *comm, train_config.distributed_timeout_s);
   load_all();
+  // Every case read and checked: only now does the run write anything, and
+  // it holds its folder for its whole life (a second run there is refused).
+  std::optional<FolderLock> lock;
+  if (comm->rank() == 0) {
+    fs::create_directories(train_config.output_dir);
+    lock.emplace(train_config.output_dir, "train.output_dir");
+    for (const auto& d : datasets)
+      data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
+  }
   // What held_out_anatomy removed from the tasks, for the record.
   if (comm->rank() == 0)
     for (const auto& d : train_sets)

@@ -107,6 +107,25 @@ TEST(IrisData, ACleanDatasetPassesAndEachDamageIsFoundByFile) {
   EXPECT_NE(bad.output.find("brain_1.nii.gz: label value(s) 7"), std::string::npos) << bad.output;
 }
 
+// An empty label map is a problem, unless dataset.json declares the case a
+// negative one ("iris_negative_cases", as iris-rsna prepare writes for series
+// without an aneurysm).
+TEST(IrisData, DeclaredNegativeCasesMayHaveEmptyLabelMaps) {
+  REQUIRE_DATA(iris::testing::kMricronTemplates + "aal.nii.gz");
+  const fs::path root = make_dataset(iris::testing::temp_folder("iris_data_negative") / "Dataset002_Brain");
+  Image empty = io::read_labels((root / "labelsTr" / "brain_1.nii.gz").string());
+  empty.voxels.zero_();
+  io::write_image(empty, (root / "labelsTr" / "brain_1.nii.gz").string());
+  const auto undeclared = pipeline::verify_raw_dataset(root.string());
+  EXPECT_NE(problems_text(undeclared).find("brain_1.nii.gz: is empty (only background)"), std::string::npos)
+      << problems_text(undeclared);
+  std::ofstream(root / "dataset.json") << R"({"channel_names": {"0": "T1"},
+ "labels": {"background": 0, "hippocampus": 1, "amygdala": 2},
+ "numTraining": 3, "file_ending": ".nii.gz", "iris_negative_cases": ["brain_1"]})";
+  const auto declared = pipeline::verify_raw_dataset(root.string());
+  EXPECT_TRUE(declared.problems.empty()) << problems_text(declared);
+}
+
 TEST(IrisData, MissingPiecesOfTheLayoutAreNamed) {
   const fs::path root = iris::testing::temp_folder("iris_data_layout");
   auto none = pipeline::verify_raw_dataset((root / "absent").string());

@@ -289,7 +289,7 @@ TEST(IrisRsna, PredictWritesTheSubmissionTheScorerReads) {
                             " --train-csv " + shell_quoted(dir / "data" / "train.csv") + " --report " +
                             shell_quoted(dir / "report.json") + " --threads 2",
                         dir / "predict.txt");
-  ASSERT_EQ(run.exit_code, 0) << run.output;
+  ASSERT_EQ(run.exit_code, 4) << run.output;  // one series failed (given the priors), the rest done: docs/cli.md
   const auto table = iris::eval::read_csv((dir / "submission.csv").string());
   std::vector<std::string> header{"SeriesInstanceUID"};
   for (const auto& c : iris::eval::rsna_label_columns()) header.push_back(c);

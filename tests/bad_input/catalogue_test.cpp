@@ -12,11 +12,18 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 
 #include <ATen/ATen.h>
+#include <torch/types.h>
 
+#include "iris/common/folder_lock.h"
+#include "iris/common/tensor_file.h"
 #include "iris/io/image_io.h"
+#include "iris/model/iris_net.h"
+#include "iris/model/model_file.h"
+#include "iris/model/task_embedding.h"
 #include "support/test_support.h"
 
 namespace fs = std::filesystem;
@@ -125,6 +132,60 @@ torch.jit.save(torch.jit.script(Evil()), sys.argv[1])
   return (dir / name).string();
 }
 
+// A copy of the demo model with `edit` applied, written by iris itself (so
+// checksum and fingerprint are right: only the content is bad).
+std::string model_variant(const fs::path& dir, const std::string& name,
+                          const std::function<void(iris::model::IrisModel&)>& edit) {
+  iris::model::IrisModel m = iris::model::load_model(kDemoModel);
+  edit(m);
+  const std::string path = (dir / name).string();
+  iris::model::save_model(m, path);
+  return path;
+}
+
+// A task of the demo model (its memory-bank tokens of class 1) with `edit`
+// applied, written by iris (checksum right).
+std::string task_variant(const fs::path& dir, const std::string& name,
+                         const std::function<void(iris::model::TaskEmbedding&)>& edit) {
+  const iris::model::IrisModel m = iris::model::load_model(kDemoModel);
+  iris::model::TaskEmbedding t;
+  for (const auto& s : m.net->memory_bank_tokens(at::tensor(std::vector<int64_t>{1}, at::kLong)))
+    t.stages.push_back(s.to(at::kCPU).clone());
+  t.labels = {1};
+  t.model_fingerprint = m.fingerprint;
+  edit(t);
+  const std::string path = (dir / name).string();
+  t.save(path);
+  return path;
+}
+
+// A file of the safetensors form with its JSON header edited by `edit`
+// (the 8-byte length fixed up, the tensor bytes as they were).
+std::string edited_header(const std::string& from, const fs::path& to, const std::function<void(std::string&)>& edit) {
+  std::ifstream f(from, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), {});
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  std::string header = bytes.substr(8, n);
+  edit(header);
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  out += header + bytes.substr(8 + n);
+  std::ofstream(to, std::ios::binary) << out;
+  return to.string();
+}
+
+// An MSD task folder (Task04_Hippocampus's layout) with `json` as its dataset.json.
+fs::path msd_task(const fs::path& dir, const std::string& json) {
+  const fs::path task = dir / "Task04_Hippocampus";
+  fs::create_directories(task / "imagesTr");
+  fs::create_directories(task / "labelsTr");
+  fs::copy_file(inputs().image, task / "imagesTr" / "hippocampus_001.nii.gz");
+  fs::copy_file(inputs().mask, task / "labelsTr" / "hippocampus_001.nii.gz");
+  std::ofstream(task / "dataset.json") << json;
+  return task;
+}
+
 struct Row {
   std::string name;
   // Prepares the case in `dir` (a fresh folder, or the full disk for disk rows) and returns the command line.
@@ -134,6 +195,8 @@ struct Row {
   std::vector<std::string> absent;  // relative to dir
   long disk_bytes = 0;              // > 0: dir is a full tmpfs of this size
   long disk_left = 4096;            // bytes left free on it
+  std::vector<std::string> present{};  // relative to dir: must still exist (users' files, outputs)
+  std::function<void(const fs::path& dir)> check{};  // further checks after the run
 };
 
 void PrintTo(const Row& row, std::ostream* os) { *os << row.name; }
@@ -179,7 +242,7 @@ std::vector<Row> rows() {
   r.push_back({"FullDiskImport",
                [=](const fs::path& d) {
                  return program("iris-import") + " " + shell_quoted(kRepo + "/tests/fixtures/mass_tiny/model.pt") +
-                        " --output " + shell_quoted((d / "model.iris").string());
+                        " --set head_dim=32 --output " + shell_quoted((d / "model.iris").string());
                },
                3, {"model.iris", "no space left on the device"}, {"model.iris"}, 1024 * 1024});
   r.push_back({"FullDiskCheckpoint",
@@ -281,7 +344,7 @@ std::vector<Row> rows() {
                  return program("iris-labels") + " map --input " + shell_quoted(inputs().mask) + " --map 5-1:2 --output " +
                         shell_quoted((d / "out.nii.gz").string());
                },
-               3, {"--map", "range 5-1", "is empty"}, {"out.nii.gz"}});
+               2, {"usage error: --map", "range 5-1", "is empty"}, {"out.nii.gz"}});
   r.push_back({"ThresholdNan",
                [=](const fs::path& d) {
                  return program("iris-labels") + " threshold --input " + shell_quoted(inputs().image) +
@@ -329,6 +392,281 @@ std::vector<Row> rows() {
                         " --set train.patch=4096";
                },
                3, {"train.patch", "max_patch_size"}, {"run"}});
+  // 8. Names read from files never leave the output folder (#35).
+  const std::string data = program("iris-data");
+  const std::string msd_json_head =
+      R"({"name": "Hippocampus", "modality": {"0": "MRI"}, "training": [{"image": "./imagesTr/hippocampus_001.nii.gz", )"
+      R"("label": "./labelsTr/hippocampus_001.nii.gz"}], "test": [], )";
+  r.push_back({"MsdNegativeLabelKey",
+               [=](const fs::path& d) {
+                 msd_task(d, msd_json_head + R"("labels": {"0": "background", "-3": "Anterior"}})");
+                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
+                        shell_quoted((d / "out").string());
+               },
+               3, {"dataset.json", "label key '-3'"}, {"out"}});
+  r.push_back({"MsdLabelKeyOf2To40",
+               [=](const fs::path& d) {
+                 msd_task(d, msd_json_head + R"("labels": {"0": "background", "1099511627776": "Anterior"}})");
+                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
+                        shell_quoted((d / "out").string());
+               },
+               3, {"dataset.json", "label key '1099511627776'", "0 to 65535"}, {"out"}});
+  r.push_back({"MsdImageOutsideItsTaskFolder",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "elsewhere");
+                 fs::copy_file(inputs().image, d / "elsewhere" / "secret.nii.gz");
+                 msd_task(d, R"({"name": "H", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior"},)"
+                             R"( "training": [{"image": "../elsewhere/secret.nii.gz", "label": "./labelsTr/hippocampus_001.nii.gz"}]})");
+                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
+                        shell_quoted((d / "out").string());
+               },
+               3, {"../elsewhere/secret.nii.gz", "outside the task folder"}, {"out"}});
+  r.push_back({"MsdLabelKeyTwice",
+               [=](const fs::path& d) {
+                 msd_task(d, msd_json_head + R"("labels": {"0": "background", "1": "Anterior", "1": "Posterior"}})");
+                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
+                        shell_quoted((d / "out").string());
+               },
+               3, {"dataset.json", "the key '1' appears twice"}, {"out"}});
+  r.push_back({"ConvertIntoAMissingParentFolder",
+               [=](const fs::path& d) {
+                 msd_task(d, msd_json_head + R"("labels": {"0": "background", "1": "Anterior"}})");
+                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
+                        shell_quoted((d / "new" / "deeper" / "out").string());
+               },
+               0, {"class 'Anterior' is named 'hippocampus_anterior'"}, {}, 0, 4096, {"new/deeper/out/dataset.json"}});
+  // 9. Outputs never replace inputs, users' files or links (#35).
+  r.push_back({"OutputIsTheQueryFolder",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "qs");
+                 fs::copy_file(inputs().query, d / "qs" / "case.nii.gz");
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --reference " + shell_quoted(inputs().image) +
+                        " --reference-mask " + shell_quoted(inputs().mask) + " --query " + shell_quoted((d / "qs").string()) +
+                        " --output " + shell_quoted((d / "qs").string()) + " --overwrite";
+               },
+               3, {"case.nii.gz", "never replaces or joins its inputs"}, {}, 0, 4096, {"qs/case.nii.gz"},
+               [](const fs::path& d) {
+                 // Still the image, not a label map written over it.
+                 EXPECT_TRUE(iris::io::read_image((d / "qs" / "case.nii.gz").string()).voxels.max().item<double>() > 50);
+               }});
+  r.push_back({"OutputIsASymlink",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "store");
+                 std::ofstream(d / "store" / "mask.nii.gz") << "old";
+                 fs::create_symlink(d / "store" / "mask.nii.gz", d / "link.nii.gz");
+                 return one_shot(kDemoModel, inputs().query, (d / "link.nii.gz").string()) + " --overwrite";
+               },
+               0, {}, {}, 0, 4096, {"link.nii.gz", "store/mask.nii.gz"},
+               [](const fs::path& d) {
+                 EXPECT_TRUE(fs::is_symlink(d / "link.nii.gz")) << "the link was replaced by a file";
+                 EXPECT_GT(fs::file_size(d / "store" / "mask.nii.gz"), 100u) << "the mask did not go to the link's target";
+                 for (const auto& e : fs::directory_iterator(d / "store"))
+                   EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+               }});
+  r.push_back({"HtmlReportOverAFolderWithUsersFiles",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "report");
+                 std::ofstream(d / "report" / "index.html") << "<html>my own page</html>";
+                 std::ofstream(d / "report" / "notes.txt") << "my notes";
+                 return program("iris-eval") + " --reference " + shell_quoted(inputs().mask) + " --prediction " +
+                        shell_quoted(inputs().mask) + " --output " + shell_quoted((d / "summary.json").string()) +
+                        " --html " + shell_quoted((d / "report").string());
+               },
+               3, {"report", "not an iris report", "not replacing it"}, {}, 0, 4096,
+               {"report/notes.txt", "report/index.html"}});
+  r.push_back({"HtmlReportOverAnIrisReportWithAUserFileAdded",
+               [=](const fs::path& d) {
+                 const std::string eval = program("iris-eval") + " --reference " + shell_quoted(inputs().mask) +
+                                          " --prediction " + shell_quoted(inputs().mask) + " --output " +
+                                          shell_quoted((d / "summary.json").string()) + " --html " +
+                                          shell_quoted((d / "report").string());
+                 const auto first = iris::testing::run_program(eval, "", (d / "first.log").string());
+                 EXPECT_EQ(first.exit_code, 0) << first.output;
+                 std::ofstream(d / "report" / "notes.txt") << "my notes";
+                 return eval;
+               },
+               3, {"report", "did not write (notes.txt)"}, {}, 0, 4096, {"report/notes.txt"}});
+  r.push_back({"SecondTrainingRunIntoOneFolder",
+               [=](const fs::path& d) {
+                 const std::string config = train_config(d, (d / "run").string());
+                 fs::create_directories(d / "run");
+                 static std::unique_ptr<iris::FolderLock> held;  // the first run, still going
+                 held = std::make_unique<iris::FolderLock>((d / "run").string(), "test");
+                 return program("iris-train") + " " + shell_quoted(config);
+               },
+               3, {"run", "is in use by another run (process", "train.output_dir"}, {"run/split_blob.tsv", "run/model.iris"}});
+  r.push_back({"TrainingCaseMissing",
+               [=](const fs::path& d) {
+                 const std::string config = train_config(d, (d / "run").string());
+                 std::ifstream f(config);
+                 std::string text((std::istreambuf_iterator<char>(f)), {});
+                 text.replace(text.find("query.nii.gz|"), 13, "gone.nii.gz|");
+                 std::ofstream(config) << text;
+                 return program("iris-train") + " " + shell_quoted(config);
+               },
+               3, {"gone.nii.gz"}, {"run"}});
+  r.push_back({"NegativeSplitFraction",
+               [=](const fs::path& d) {
+                 const std::string config = train_config(d, (d / "run").string());
+                 std::ifstream f(config);
+                 std::string text((std::istreambuf_iterator<char>(f)), {});
+                 text.replace(text.find("split: [1, 0, 0]"), 16, "split: [1, -0.5, 0]");
+                 std::ofstream(config) << text;
+                 return program("iris-train") + " " + shell_quoted(config);
+               },
+               3, {"data.datasets.blob.split", "'-0.5' is not a fraction >= 0"}, {"run"}});
+  // 10. Models and tasks whose checksum holds but whose content is unusable (#35).
+  r.push_back({"ModelWithANanWeight",
+               [=](const fs::path& d) {
+                 const std::string model = model_variant(d, "nan.iris", [](iris::model::IrisModel& m) {
+                   torch::NoGradGuard no_grad;
+                   m.net->parameters()[3].view(-1)[0] = std::nanf("");
+                 });
+                 return one_shot(model, inputs().query, (d / "out.nii.gz").string());
+               },
+               3, {"nan.iris", "NaN or infinite value"}, {"out.nii.gz"}});
+  r.push_back({"TaskWithInfiniteTokens",
+               [=](const fs::path& d) {
+                 const std::string task = task_variant(d, "inf.task", [](iris::model::TaskEmbedding& t) {
+                   t.stages[0].view(-1)[5] = std::numeric_limits<float>::infinity();
+                 });
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --task " + shell_quoted(task) + " --query " +
+                        shell_quoted(inputs().query) + " --output " + shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"inf.task", "NaN or infinite value"}, {"out.nii.gz"}});
+  r.push_back({"TaskLabelMinus3",
+               [=](const fs::path& d) {
+                 const std::string task = task_variant(d, "minus.task", [](iris::model::TaskEmbedding& t) { t.labels = {-3}; });
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --task " + shell_quoted(task) + " --query " +
+                        shell_quoted(inputs().query) + " --output " + shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"minus.task", "label value -3"}, {"out.nii.gz"}});
+  r.push_back({"TaskLabelGivenTwice",
+               [=](const fs::path& d) {
+                 const std::string task = task_variant(d, "twice.task", [](iris::model::TaskEmbedding& t) {
+                   for (auto& s : t.stages) s = at::cat({s, s});
+                   t.labels = {2, 2};
+                 });
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --task " + shell_quoted(task) + " --query " +
+                        shell_quoted(inputs().query) + " --output " + shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"twice.task", "label value 2 is given twice"}, {"out.nii.gz"}});
+  r.push_back({"ModelHeaderWithAKeyTwice",
+               [=](const fs::path& d) {
+                 const std::string model = edited_header(kDemoModel, d / "twice.iris", [](std::string& h) {
+                   h.replace(0, 17, R"({"__metadata__":{"description":"from elsewhere",)");
+                 });
+                 return one_shot(model, inputs().query, (d / "out.nii.gz").string());
+               },
+               3, {"twice.iris", "the key 'description' appears twice"}, {"out.nii.gz"}});
+  r.push_back({"ModelConfigAskingForAMillionBankSlots",
+               [=](const fs::path& d) {
+                 const iris::TensorFile file = iris::TensorFile::load(kDemoModel, "", "model");
+                 iris::TensorFile edited(file.format());
+                 for (const auto& [k, v] : file.metadata()) edited.set(k, v);
+                 std::string config = file.meta("config");
+                 config.replace(config.find("memory_bank_size: 8"), 19, "memory_bank_size: 1000000");
+                 edited.set("config", config);
+                 for (const auto& [k, v] : file.tensors()) edited.put(k, v);
+                 edited.save((d / "huge.iris").string());
+                 return one_shot((d / "huge.iris").string(), inputs().query, (d / "out.nii.gz").string());
+               },
+               3, {"huge.iris", "memory_bank_size 1000000", "8 slots"}, {"out.nii.gz"}});
+  r.push_back({"ModelWithoutPreprocessing",
+               [=](const fs::path& d) {
+                 const std::string model = model_variant(d, "raw.iris", [](iris::model::IrisModel& m) { m.preprocess.clear(); });
+                 return one_shot(model, inputs().query, (d / "out.nii.gz").string());
+               },
+               3, {"raw.iris", "stores no preprocessing", "--preprocess none"}, {"out.nii.gz"}});
+  r.push_back({"ImportWithoutHeadDim",
+               [=](const fs::path& d) {
+                 return program("iris-import") + " " + shell_quoted(kRepo + "/tests/fixtures/mass_tiny/model.pt") +
+                        " --set mlp_ratio=2 --output " + shell_quoted((d / "model.iris").string());
+               },
+               3, {"model.pt", "head width", "head_dim"}, {"model.iris"}});
+  r.push_back({"ImageGivenAsReferenceMask",
+               [=](const fs::path& d) {
+                 const std::string ch2 = "/usr/share/mricron/templates/ch2.nii.gz";
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --reference " + ch2 + " --reference-mask " + ch2 +
+                        " --query " + shell_quoted(inputs().query) + " --output " + shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"ch2.nii.gz", "248 distinct label values", "at most 64", "--max-labels"}, {"out.nii.gz"}});
+  r.push_back({"TtaWithAModelTrainedWithoutMirroring",
+               [=](const fs::path& d) { return one_shot(kDemoModel, inputs().query, (d / "out.nii.gz").string()) + " --tta"; },
+               2, {"usage error: --tta", "not trained with mirror augmentation"}, {"out.nii.gz"}});
+  r.push_back({"MirrorAlongAnAxisThatIsNone",
+               [=](const fs::path& d) {
+                 return program("iris-train") + " " + shell_quoted(train_config(d, (d / "run").string())) +
+                        " --set train.augment_mirror=[x,w]";
+               },
+               3, {"train.augment_mirror", "'w' is not an axis"}, {"run"}});
+  // 12. One rule for exits in every program (docs/cli.md): a flag problem is 2.
+  r.push_back({"InferWithoutAModel",
+               [=](const fs::path& d) {
+                 return infer + " --reference " + shell_quoted(inputs().image) + " --reference-mask " +
+                        shell_quoted(inputs().mask) + " --query " + shell_quoted(inputs().query) + " --output " +
+                        shell_quoted((d / "out.nii.gz").string());
+               },
+               2, {"usage error: --model", "is required"}, {"out.nii.gz"}});
+  r.push_back({"EvalWithoutAPrediction",
+               [=](const fs::path&) { return program("iris-eval") + " --reference " + shell_quoted(inputs().mask); },
+               2, {"--prediction", "required"}, {}});
+  r.push_back({"RsnaPredictWithoutAModel",
+               [=](const fs::path& d) {
+                 return program("iris-rsna") + " predict --series " + shell_quoted(d.string()) + " --output " +
+                        shell_quoted((d / "submission.csv").string());
+               },
+               2, {"--model"}, {"submission.csv"}});
+  r.push_back({"ImportWithoutAnOutput",
+               [=](const fs::path&) {
+                 return program("iris-import") + " " + shell_quoted(kRepo + "/tests/fixtures/mass_tiny/model.pt");
+               },
+               2, {"--output"}, {}});
+  r.push_back({"InferPartOutOfRange",
+               [=](const fs::path& d) {
+                 return one_shot(kDemoModel, inputs().query, (d / "out.nii.gz").string()) + " --num-parts 2 --part-id 5";
+               },
+               2, {"usage error: --part-id"}, {"out.nii.gz"}});
+  // 11. Limits of the file system are errors or work, never a kill or a leftover (#35).
+  r.push_back({"FileSizeLimitMidWrite",
+               [=](const fs::path& d) {
+                 return "ulimit -f 200; " + program("iris-labels") + " resample --input /usr/share/mricron/templates/ch2.nii.gz" +
+                        " --like /usr/share/mricron/templates/ch2.nii.gz --output " + shell_quoted((d / "big.nii").string());
+               },
+               3, {"big.nii", "File too large", "nothing was written"}, {"big.nii"}, 0, 4096, {},
+               [](const fs::path& d) {
+                 for (const auto& e : fs::directory_iterator(d))
+                   EXPECT_EQ(e.path().filename().string().find(".tmp"), std::string::npos) << e.path();
+               }});
+  r.push_back({"OutputNameOf250Bytes",
+               [=](const fs::path& d) {
+                 return one_shot(kDemoModel, inputs().query, (d / (std::string(243, 'n') + ".nii.gz")).string());
+               },
+               0, {}, {}, 0, 4096, {std::string(243, 'n') + ".nii.gz"}});
+  r.push_back({"ContinueAfterKill9",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "qs");
+                 fs::create_directories(d / "out");
+                 fs::copy_file(inputs().query, d / "qs" / "a.nii.gz");
+                 fs::copy_file(inputs().query, d / "qs" / "b.nii.gz");
+                 iris::io::write_image(iris::io::read_labels(inputs().mask), (d / "out" / "a.nii.gz").string());
+                 // What a run killed while writing b leaves (pid 4194304 is above Linux's pid_max).
+                 std::ofstream(d / "out" / ".b.tmp4194304_0.nii.gz") << "half";
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --reference " + shell_quoted(inputs().image) +
+                        " --reference-mask " + shell_quoted(inputs().mask) + " --query " + shell_quoted((d / "qs").string()) +
+                        " --output " + shell_quoted((d / "out").string()) + " --continue";
+               },
+               0, {}, {"out/.b.tmp4194304_0.nii.gz"}, 0, 4096, {"out/a.nii.gz", "out/b.nii.gz"}});
+  r.push_back({"OutputFolderMissing",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "qs");
+                 fs::copy_file(inputs().query, d / "qs" / "a.nii.gz");
+                 fs::copy_file(inputs().query, d / "qs" / "b.nii.gz");
+                 return infer + " --model " + shell_quoted(kDemoModel) + " --reference " + shell_quoted(inputs().image) +
+                        " --reference-mask " + shell_quoted(inputs().mask) + " --query " + shell_quoted((d / "qs").string()) +
+                        " --output " + shell_quoted((d / "new" / "out").string());
+               },
+               0, {}, {}, 0, 4096, {"new/out/a.nii.gz", "new/out/b.nii.gz"}});
 #ifdef IRIS_HAVE_ITK
   // 4-5. DICOM: damaged slices are errors naming the slice; stray objects never abort.
   auto series_copy = [](const fs::path& d) {
@@ -337,6 +675,58 @@ std::vector<Row> rows() {
     return d / "series";
   };
   const std::string preprocess = program("iris-preprocess");
+  r.push_back({"MetaImageMissingHalfItsVoxels",
+               [=](const fs::path& d) {
+                 std::ofstream f(d / "half.mha", std::ios::binary);
+                 f << "ObjectType = Image\nNDims = 3\nDimSize = 32 32 24\nElementType = MET_FLOAT\n"
+                      "ElementSpacing = 2 2 2\nElementByteOrderMSB = False\nElementDataFile = LOCAL\n";
+                 f << std::string(32 * 32 * 24 * 4 / 2, '\x01');
+                 f.close();
+                 return one_shot(kDemoModel, (d / "half.mha").string(), (d / "out.nii.gz").string());
+               },
+               3, {"half.mha", "truncated", "98304 bytes of voxels"}, {"out.nii.gz"}});
+  r.push_back({"NrrdClaimingABillionVoxels",
+               [=](const fs::path& d) {
+                 std::ofstream f(d / "huge.nrrd", std::ios::binary);
+                 f << "NRRD0004\ntype: float\ndimension: 3\nsizes: 1000 1000 1000\nencoding: gzip\n"
+                      "space directions: (1,0,0) (0,1,0) (0,0,1)\nspace origin: (0,0,0)\n\n";
+                 f << std::string(470 * 1024, '\x1f');
+                 f.close();
+                 return one_shot(kDemoModel, (d / "huge.nrrd").string(), (d / "out.nii.gz").string());
+               },
+               3, {"huge.nrrd", "3814 MB of voxels", "the header is damaged"}, {"out.nii.gz"}});
+  r.push_back({"DicomSliceTwice",
+               [=](const fs::path& d) {
+                 const fs::path s = series_copy(d);
+                 fs::copy_file(s / "brain_005.dcm", s / "brain_005_copy.dcm");
+                 return preprocess + " --input " + shell_quoted(s.string()) + " --output " +
+                        shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"two slices at one position", "duplicated slice"}, {"out.nii.gz"}});
+  r.push_back({"DicomWithoutPixelSpacing",
+               [=](const fs::path& d) {
+                 const fs::path s = series_copy(d);
+                 std::ofstream(d / "strip.py") << "import sys, glob, pydicom\n"
+                                                  "for f in glob.glob(sys.argv[1] + '/*.dcm'):\n"
+                                                  "    x = pydicom.dcmread(f)\n"
+                                                  "    del x.PixelSpacing\n"
+                                                  "    x.save_as(f)\n";
+                 const auto r = iris::testing::run_program(iris::testing::kPython,
+                                                           shell_quoted((d / "strip.py").string()) + " " + shell_quoted(s.string()),
+                                                           (d / "strip.log").string());
+                 EXPECT_EQ(r.exit_code, 0) << r.output;
+                 return preprocess + " --input " + shell_quoted(s.string()) + " --output " +
+                        shell_quoted((d / "out.nii.gz").string());
+               },
+               3, {"has no PixelSpacing (0028,0030)", "iris does not guess 1 mm"}, {"out.nii.gz"}});
+  r.push_back({"OutputInsideTheQueryFolder",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "series");
+                 for (const auto& e : fs::directory_iterator(kObliqueMr)) fs::copy_file(e.path(), d / "series" / e.path().filename());
+                 return one_shot(kDemoModel, (d / "series").string(), (d / "series" / "mask.nii.gz").string());
+               },
+               3, {"mask.nii.gz", "lies inside the query folder", "never replaces or joins its inputs"},
+               {"series/mask.nii.gz"}});
   r.push_back({"DicomSliceCutInHalf",
                [=](const fs::path& d) {
                  const fs::path s = series_copy(d);
@@ -383,6 +773,8 @@ TEST_P(Catalogue, FailsCleanly) {
   EXPECT_EQ(r.output.find("terminate called"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("Aborted"), std::string::npos) << r.output;
   for (const auto& a : row.absent) EXPECT_FALSE(fs::exists(dir / a)) << a << " exists after " << row.name;
+  for (const auto& p : row.present) EXPECT_TRUE(fs::exists(dir / p)) << p << " is gone after " << row.name;
+  if (row.check) row.check(dir);
   if (disk)
     for (const auto& name : disk->listing()) {
       EXPECT_EQ(name.find(".tmp"), std::string::npos) << "temporary file left: " << name;

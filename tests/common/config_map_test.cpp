@@ -125,6 +125,35 @@ TEST(ConfigMap, IncludeLoadsTheNamedFilesFirstAndTheIncludingFileWins) {
             (std::map<std::string, std::string>{{"include", "[../base/a.yaml, ../base/b.yaml]"}}));
 }
 
+// A diamond is not a loop: a file included along several paths is read once.
+// Sixteen levels, each including the next twice, name 2^15 paths to the last
+// file; iris reads 16 files (more than 256 reads would be an error).
+TEST(ConfigMap, IncludeDiamondsReadEachFileOnce) {
+  const auto dir = iris::testing::temp_folder("config_include_diamond");
+  for (int i = 0; i < 15; ++i)
+    write_file(dir, "d" + std::to_string(i) + ".yaml",
+               "include: [d" + std::to_string(i + 1) + ".yaml, ./d" + std::to_string(i + 1) + ".yaml]\ntrain:\n  k" +
+                   std::to_string(i) + ": " + std::to_string(i) + "\n");
+  write_file(dir, "d15.yaml", "train:\n  leaf: 1\n");
+  const ConfigMap m = ConfigMap::load_yaml_file((dir / "d0.yaml").string());
+  EXPECT_EQ(m.entries().size(), 16u);
+  EXPECT_EQ(m.get("train.leaf"), "1");
+  EXPECT_EQ(m.get("train.k14"), "14");
+  // Many distinct files are still capped.
+  std::string list;
+  for (int i = 0; i < 300; ++i) {
+    write_file(dir, "many/f" + std::to_string(i) + ".yaml", "train:\n  f" + std::to_string(i) + ": 1\n");
+    list += (i ? ", " : "") + std::string("f") + std::to_string(i) + ".yaml";
+  }
+  const std::string top = write_file(dir, "many/top.yaml", "include: [" + list + "]\n");
+  try {
+    ConfigMap::load_yaml_file(top);
+    ADD_FAILURE() << "300 included files were read";
+  } catch (const iris::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 256 files"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ConfigMap, IncludeRefusesLoopsMissingFilesAndMaps) {
   const auto dir = iris::testing::temp_folder("config_include_bad");
   const std::string self = write_file(dir, "base/self.yaml", "include: self.yaml\ntrain:\n  lr: 1\n");

@@ -105,10 +105,15 @@ TEST_F(ReportFolder, ReplacesAnEarlierReportButNoOtherFolder) {
   ASSERT_TRUE(fs::exists(dir / "index.html"));
   for (const char* view : {"axial", "coronal", "sagittal"})
     EXPECT_TRUE(fs::exists(dir / (std::string("001_ref_") + view + ".png"))) << view;
-  std::ofstream(dir / "stale.txt") << "from the earlier run";
   write_html_report(summary(), dir.string() + "/");  // trailing slash, blank background
   EXPECT_TRUE(fs::exists(dir / "index.html"));
-  EXPECT_FALSE(fs::exists(dir / "stale.txt"));
+  EXPECT_TRUE(fs::exists(dir / ".iris-report")) << "the manifest of what iris wrote";
+  // A file the user put into the report folder is never deleted.
+  std::ofstream(dir / "notes.txt") << "mine";
+  EXPECT_THROW(write_html_report(summary(), dir.string()), Error);
+  EXPECT_TRUE(fs::exists(dir / "notes.txt"));
+  EXPECT_TRUE(fs::exists(dir / "index.html"));
+  fs::remove(dir / "notes.txt");
   // Only the report is left in the parent: no partial or old folders.
   int entries = 0;
   for (const auto& e : fs::directory_iterator(root)) entries += e.path().filename().string()[0] == '.';

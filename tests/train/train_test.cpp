@@ -251,6 +251,73 @@ TEST(Episodes, AreReproducibleAndKeepTheReferenceMask) {
       }
 }
 
+// train.augment_mirror: query patches are mirrored along the named axes (each
+// at 50 %), references never; without it no random number is drawn for it, so
+// every other episode is as before. The exported model records the axes.
+TEST(Episodes, MirrorAugmentationFlipsQueriesAlongItsAxesOnly) {
+  // One case whose intensity rises along x (by 1), y (by 100) and z (by
+  // 10000): the median step along an axis says whether a patch was mirrored.
+  data::LoadedDataset d;
+  d.name = "ramp";
+  const long n = 64;
+  auto r = torch::arange(n, torch::kFloat);
+  data::CaseVolume v;
+  v.name = "ramp";
+  v.image = r.view({1, 1, n}) + 100 * r.view({1, n, 1}) + 10000 * r.view({n, 1, 1});
+  v.labels = torch::zeros({n, n, n}, torch::kLong);
+  v.labels.slice(0, 24, 40).slice(1, 24, 40).slice(2, 24, 40).fill_(1);
+  v.classes = {1};
+  d.cases = {v, v};
+  d.class_ids = {{1, 0}};
+  data::EpisodeOptions o;
+  o.patch = 16;
+  o.max_classes = 1;
+  o.foreground_spread = 0;
+  o.augment.rotation_degrees = 0;
+  o.augment.scale_min = o.augment.scale_max = 1;
+  o.augment.intensity_probability = 0;
+  o.augment.blur_probability = 0;
+  o.augment.noise_std_max = 0;
+  o.augment.mirror_axes = "x";
+  const data::EpisodeSampler sampler({d}, o, 42);
+  auto step = [](const at::Tensor& q, long dim) { return (q.narrow(dim, 1, q.size(dim) - 1) - q.narrow(dim, 0, q.size(dim) - 1)).median().item<double>(); };
+  long x_flipped = 0;
+  for (long e = 0; e < 16; ++e) {
+    const auto b = sampler.sample(e, 1);
+    const at::Tensor q = b.query[0][0], ref = b.reference[0][0];
+    const double sx = step(q, 2), sy = step(q, 1), sz = step(q, 0);
+    EXPECT_NEAR(std::abs(sx), 1.0, 0.1) << e;
+    EXPECT_NEAR(sy, 100.0, 0.1) << e << ": y is not a mirror axis";
+    EXPECT_NEAR(sz, 10000.0, 5.0) << e << ": z is not a mirror axis";
+    x_flipped += sx < 0;
+    EXPECT_NEAR(step(ref, 2), 1.0, 0.1) << e << ": the reference is never mirrored";
+  }
+  EXPECT_GT(x_flipped, 2) << "no query was mirrored";
+  EXPECT_LT(x_flipped, 14) << "every query was mirrored";
+  // The trainer writes the axes into the model file; without the key none.
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  const fs::path dir = temp_dir("mirror_model");
+  train::TrainConfig c = tiny_train_config(dir);
+  c.iterations = 1;
+  c.episodes.augment.mirror_axes = "x";
+  train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                   std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
+  t.run(false);
+  EXPECT_EQ(model::load_model(t.final_model_path()).mirror_axes, "x");
+  ConfigMap bad;
+  bad.set("augment_mirror", "[x, w]");
+  try {
+    train::TrainConfig::from_config(bad);
+    ADD_FAILURE() << "an axis w was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'w' is not an axis"), std::string::npos) << e.what();
+  }
+  ConfigMap good;
+  good.set("augment_mirror", "[z, x]");
+  EXPECT_EQ(train::TrainConfig::from_config(good).episodes.augment.mirror_axes, "xz");
+  fs::remove_all(dir);
+}
+
 // A small structure must not always sit at the centre of the query patch:
 // then "a blob in the middle" solves every episode and the reference is never
 // read (what the first demo model learnt).

@@ -45,6 +45,8 @@ class OutputFile {
 // name ends with the final path's extension (so writers that pick a format by
 // extension, such as ITK's, still work), checks that it produced a non-empty
 // regular file, fsyncs it, renames it over `final_path` and fsyncs the folder.
+// A `final_path` that is a symbolic link is written through: its target is
+// replaced, the link stays.
 // On any exception the temporary file is removed and the exception
 // propagates (std::filesystem errors become iris::Error naming final_path).
 void write_atomically(const std::string& final_path,
@@ -61,6 +63,13 @@ void write_text_file(const std::string& final_path, const std::string& text);
 // Appends `text` to a log file (created if missing), every byte checked; a
 // full disk is an iris::Error naming the file.
 void append_text_file(const std::string& path, const std::string& text);
+
+// Signal handling for programs that write: SIGXFSZ is ignored (the write
+// then fails with a message), and SIGINT, SIGTERM, SIGHUP and SIGQUIT first
+// remove the temporary files being written, then end the process as the
+// signal would. Programs install it once at start (app::run_main); a handler
+// installed later (the trainer's SIGTERM) takes precedence.
+void install_write_signal_handlers();
 
 // Temporary files write_atomically leaves only when the process is killed
 // mid-write: ".NAME.tmpPID_N.EXT" in `folder`. Removes those whose process is

@@ -29,6 +29,12 @@ struct AugmentOptions {
   double noise_std_max = 0.02;
   double intensity_probability = 0.3;  // each intensity transform's chance
   double blur_probability = 0.2;
+  // Axes ("x", "xz": x = the last tensor dim of [Z, Y, X]) along which the
+  // query patch (image and masks) is mirrored, each with probability 0.5,
+  // independently of the reference: the network learns mirror invariance
+  // there (train.augment_mirror; iris-infer --tta uses it). "" = none, and no
+  // random numbers are drawn for it (runs repeat as before).
+  std::string mirror_axes;
 };
 
 struct EpisodeOptions {

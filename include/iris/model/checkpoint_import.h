@@ -16,6 +16,13 @@ namespace iris::model {
 ModelConfig infer_config_from_state_dict(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                          const std::string& source);
 
+// The architecture iris-import builds for `checkpoint`: everything its
+// tensors show (infer_config_from_state_dict), with the keys of `given` (a
+// config's model: keys and --set) on top; a given key never discards the
+// others. head_dim is not in any shape, so `given` must hold it: iris::Error
+// asking for it otherwise (no silent guess).
+ModelConfig import_config(const std::string& checkpoint, const ConfigMap& given, const std::string& prefer_key = "");
+
 struct ImportReport {
   std::string source_key;  // where the state dict sat ("" = bare, "model", "ema_model", ...)
   long tensors = 0;

@@ -22,6 +22,10 @@ struct IrisModel {
   // Preprocessing the network was trained with (io::PreprocessConfig keys as
   // "key: value" text); empty = feed voxels unchanged.
   std::string preprocess;
+  // Axes ("x", "xz", ...) along which training mirrored its queries
+  // (train.augment_mirror): iris-infer --tta flips only along these; empty =
+  // no mirroring learnt, --tta is refused.
+  std::string mirror_axes;
   // Skull stripping as the first preprocessing step (optional): a one-class
   // brain task of this network (iris-infer encode of a head MR and its brain
   // mask). Inference with the model's preprocessing first segments the brain

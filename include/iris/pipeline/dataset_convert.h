@@ -23,7 +23,7 @@ const std::vector<std::pair<std::string, std::string>>& dataset_formats();
 
 struct ConvertOptions {
   // The class vocabulary for names read from the source (MSD, AMOS,
-  // TotalSegmentator); "" = configs/classes.yaml of this source tree.
+  // TotalSegmentator); "" = the shipped configs/classes.yaml (common/shipped_data.h).
   std::string class_vocabulary;
   // Called with each note (skipped files, names left as they were).
   std::function<void(const std::string&)> note;
