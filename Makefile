@@ -18,7 +18,11 @@ TORCH_FLAGS = -DIRIS_REQUIRE_CUDA=$(REQUIRE_CUDA)
 # (CI) reuses the objects an earlier build on the machine compiled.
 export CCACHE_BASEDIR ?= $(CURDIR)
 
-.PHONY: setup build build-noitk test test-itk test-noitk demo bench clean
+# Where `make install` puts the programs (PREFIX/bin) and their data
+# (PREFIX/share/iris); no root needed. The tree may be moved afterwards.
+PREFIX ?= $(HOME)/.local
+
+.PHONY: setup build build-noitk test test-itk test-noitk demo bench install clean
 
 setup:
 	bash scripts/setup.sh
@@ -46,6 +50,10 @@ test-noitk: build-noitk
 
 demo: build
 	bash scripts/demo.sh $(BUILD)
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+	@echo "iris programs are in $(PREFIX)/bin; if that is not on your PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\""
 
 bench: build
 	$(BUILD)/iris-bench --preset tiny --patch 64 --output $(BUILD)/bench-tiny.json

@@ -36,6 +36,14 @@ function(iris_add_area name)
 endfunction()
 
 include(GNUInstallDirs)
+# An install keeps working after it is moved (mv PREFIX ELSEWHERE): iris'
+# own libraries are found relative to the programs, LibTorch and the other
+# libraries outside the build tree by the absolute paths they were linked
+# from (the .venv's torch wheel, the system's ITK).
+# (The .venv lies inside the source tree, which USE_LINK_PATH leaves out:
+# its torch/lib is named here.)
+set(CMAKE_INSTALL_RPATH "$ORIGIN/../${CMAKE_INSTALL_LIBDIR}" "${IRIS_TORCH_ROOT}/lib")
+set(CMAKE_INSTALL_RPATH_USE_LINK_PATH ON)
 
 # Base: errors, atomic writes, config text, compat, logging. Torch only.
 iris_add_area(common ${TORCH_LIBRARIES} Threads::Threads)
@@ -56,6 +64,10 @@ if(spdlog_FOUND)
   target_link_libraries(iris_common PRIVATE spdlog::spdlog)
 endif()
 target_compile_definitions(iris_common PUBLIC IRIS_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+# Only the shipped-data lookup knows the build folder (its programs read the
+# source tree; installed ones never do).
+set_source_files_properties(${PROJECT_SOURCE_DIR}/src/common/shipped_data.cpp PROPERTIES
+  COMPILE_DEFINITIONS "IRIS_BUILD_DIR=\"${PROJECT_BINARY_DIR}\"")
 if(IRIS_WITH_YAML)
   target_compile_definitions(iris_common PUBLIC IRIS_HAVE_YAML=1)
   target_link_libraries(iris_common PRIVATE yaml-cpp)
@@ -165,6 +177,10 @@ install(TARGETS ${IRIS_AREA_LIBS} iris_core ${IRIS_APP_TARGETS} EXPORT irisTarge
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/iris DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/configs/ DESTINATION ${CMAKE_INSTALL_DATADIR}/iris/configs)
+# The shipped demo model and its brain task, found by the installed programs
+# beside their bin/ (common/shipped_data.h).
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/models/ DESTINATION ${CMAKE_INSTALL_DATADIR}/iris/models
+  FILES_MATCHING PATTERN "*.iris" PATTERN "*.task" PATTERN "*.md")
 install(EXPORT irisTargets NAMESPACE iris:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/iris)
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/irisConfig.cmake.in
   ${PROJECT_BINARY_DIR}/irisConfig.cmake
