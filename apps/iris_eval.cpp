@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     int threads = 0;
     app.add_option("--reference", reference, "Reference label map, or folder of them");
     app.add_option("--prediction", prediction, "Predicted label map, or folder (matched by case name)");
-    app.add_option("--output", output, "summary.json to write (nnU-Net v2 schema + extra metrics)");
+    app.add_option("--output", output, "summary.json to write (nnU-Net v2 schema + extra metrics); without it, the console table alone");
     app.add_option("--csv", csv_path, "CSV with one row per case x label");
     auto* html_opt = app.add_option("--html", html_dir, "Folder for an HTML report (index.html + PNG slices)");
     app.add_option("--image", image, "Image under the report's outlines: file, or folder matched by case name")
@@ -108,8 +108,8 @@ int main(int argc, char** argv) {
       std::cout << iris::eval::rsna_console_table(score);
       return iris::app::kOk;
     }
-    if (reference.empty() || prediction.empty() || output.empty()) {
-      std::cerr << "iris-eval: --reference, --prediction and --output are required\n"
+    if (reference.empty() || prediction.empty()) {
+      std::cerr << "iris-eval: --reference and --prediction are required\n"
                 << app.help();
       return iris::app::kUsage;
     }
@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
     const auto summary = iris::eval::evaluate(pairs, options);
     // The report comes first: when it fails, no summary.json claims success.
     if (!html_dir.empty()) iris::eval::write_html_report(summary, html_dir, {image});
-    write_text(output, iris::eval::summary_json(summary));
+    if (!output.empty()) write_text(output, iris::eval::summary_json(summary));
     if (!csv_path.empty()) write_text(csv_path, iris::eval::metrics_csv(summary));
     std::cout << iris::eval::console_table(summary);
     return iris::app::kOk;

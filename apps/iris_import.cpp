@@ -12,6 +12,8 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/common/label_list.h"
+#include "iris/common/log.h"
+#include "iris/io/preprocess.h"
 #include "iris/model/checkpoint_import.h"
 #include "iris/model/model_file.h"
 #include "iris/model/task_embedding.h"
@@ -20,14 +22,18 @@ using namespace iris;
 
 int main(int argc, char** argv) {
   CLI::App cli{"iris-import: convert a MASS/IRIS PyTorch checkpoint into an iris model file"};
-  std::string checkpoint, output, config_path, key, names, skull_strip_task;
+  std::string checkpoint, output, config_path, key, names, skull_strip_task, preprocess_like;
   std::vector<std::string> overrides;
   bool trust_legacy = false;
   cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
   cli.add_option("--output", output, "iris model file to write (.iris)")->required();
   app::add_config_options(cli, config_path, overrides,
-                          "model config (default: the architecture read off the checkpoint; its model: keys)");
+                          "YAML with model: keys (on top of the architecture read off the checkpoint; head_dim is required) "
+                          "and preprocess: keys (stored for iris-infer)");
   cli.add_option("--state-dict-key", key, "take the weights from this entry (model, ema_model, ...)");
+  cli.add_option("--preprocess-like", preprocess_like,
+                 "store the preprocessing (spacing, orientation, intensity) of this iris model file; or give it as a "
+                 "preprocess: section of --config, or --set preprocess.KEY=VALUE");
   cli.add_option("--class-names", names, "comma-separated names of the memory-bank entries, in id order");
   cli.add_flag("--trust-legacy", trust_legacy,
                "CHECKPOINT is a .iris or .task file of iris' first format: convert it once (opening such a file can "
@@ -39,7 +45,8 @@ int main(int argc, char** argv) {
   IRIS_PARSE(cli, argc, argv);
   return app::run_main("iris-import", [&]() -> int {
     if (!skull_strip_task.empty()) {
-      if (trust_legacy || !config_path.empty() || !overrides.empty() || !key.empty() || !names.empty())
+      if (trust_legacy || !config_path.empty() || !overrides.empty() || !key.empty() || !names.empty() ||
+          !preprocess_like.empty())
         throw Error("--skull-strip-task", "changes an iris model file: --trust-legacy, --config, --set, "
                                           "--state-dict-key and --class-names do not apply");
       model::IrisModel m = model::load_model(checkpoint);
@@ -55,7 +62,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (trust_legacy) {
-      if (!config_path.empty() || !overrides.empty() || !key.empty() || !names.empty())
+      if (!config_path.empty() || !overrides.empty() || !key.empty() || !names.empty() || !preprocess_like.empty())
         throw Error("--trust-legacy", "converts a file as it is: --config, --set, --state-dict-key and --class-names do not apply");
       std::string kind;
       try {
@@ -81,25 +88,46 @@ int main(int argc, char** argv) {
                                   " file, not a PyTorch checkpoint: to convert one of iris' first format, add "
                                   "--trust-legacy (only for files you trust); to attach a skull-strip step to a model, "
                                   "--skull-strip-task");
-    std::optional<model::ModelConfig> config;
-    if (!config_path.empty() || !overrides.empty()) {
-      ConfigMap m;
-      if (!config_path.empty()) {
-        m = ConfigMap::load_yaml_file(config_path);
-        if (m.subtree("model").entries().size() > 0) m = m.subtree("model");
-      }
-      for (const auto& o : overrides) m.apply_override(o);
-      config = model::ModelConfig::from_config(m);
+    // A config holds model: and preprocess: sections (a training config
+    // does), or model keys alone; --set KEY (a model key), model.KEY or
+    // preprocess.KEY go on top.
+    ConfigMap model_keys, preprocess_keys;
+    if (!config_path.empty()) {
+      const ConfigMap file = ConfigMap::load_yaml_file(config_path);
+      const bool sections = !file.subtree("model").entries().empty() || !file.subtree("preprocess").entries().empty();
+      model_keys = sections ? file.subtree("model") : file;
+      preprocess_keys = file.subtree("preprocess");
     }
+    for (const auto& o : overrides) {
+      if (o.rfind("preprocess.", 0) == 0) preprocess_keys.apply_override(o.substr(11));
+      else model_keys.apply_override(o.rfind("model.", 0) == 0 ? o.substr(6) : o);
+    }
+    if (!preprocess_like.empty()) {
+      if (!preprocess_keys.entries().empty())
+        throw Error("--preprocess-like", "give the preprocessing once: from a model file or from --config/--set, not both");
+      const model::IrisModel like = model::load_model(preprocess_like);
+      if (like.preprocess.empty()) throw Error(preprocess_like, "stores no preprocessing to copy (--preprocess-like)");
+      preprocess_keys = ConfigMap::parse_text(like.preprocess, preprocess_like + " (preprocess)");
+    }
+    const model::ModelConfig config = model::import_config(checkpoint, model_keys, key);
     model::ImportReport report;
     model::IrisModel model = model::import_mass_checkpoint(checkpoint, config, &report, key);
     model.class_names = split_comma_list(names, /*keep_empty=*/true);
+    if (!preprocess_keys.entries().empty())
+      model.preprocess = io::PreprocessConfig::from_config(preprocess_keys).to_config().to_text();
     model::save_model(model, output);
     std::cout << "iris-import: " << report.tensors << " tensors"
               << (report.source_key.empty() ? "" : " from '" + report.source_key + "'") << ", "
               << model::count_parameters(*model.net) << " parameters -> " << output << " (fingerprint "
               << model.fingerprint << ")\n";
     std::cout << model.config.to_config().to_text();
+    if (model.preprocess.empty())
+      log::warn(output + " stores no preprocessing (spacing, orientation, intensity): iris-infer refuses it unless "
+                         "--preprocess none or an intensity scheme is given. Import it with the preprocessing it was "
+                         "trained with: --preprocess-like MODEL.iris, a preprocess: section in --config, or --set "
+                         "preprocess.KEY=VALUE");
+    else
+      std::cout << "preprocessing:\n" << model.preprocess;
     return 0;
   });
 }

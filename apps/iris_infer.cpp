@@ -10,6 +10,8 @@
 // program maps flags onto it. Window predictions are always blended in CPU
 // memory whatever --device is; --aggregate-on-cpu says so.
 #include <filesystem>
+#include <chrono>
+#include <cstdio>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -38,7 +40,6 @@ int main(int argc, char** argv) {
   std::string query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
   std::string similarity_name = "all-tokens";
   int threads = 0;
-  bool aggregate_on_cpu = true;
 
   auto add_reference_options = [&](CLI::App* app) {
     app->add_option("--model", model_paths, "iris model file (.iris), required; repeat for an ensemble of models");
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
                     "crop, intensity, inverted on output), or an intensity scheme only: " + schemes.substr(2))
         ->check(CLI::IsMember(allowed));
     app::add_device_option(*app, device_name);
-    app->add_option("--max-labels", task.max_labels, "refuse a reference mask with more distinct label values (default 255)")
+    app->add_option("--max-labels", task.max_labels, "refuse a reference mask with more distinct label values (default 64)")
         ->check(CLI::Range(1L, 100000L));
     app::add_threads_option(*app, threads);
     app::add_verbosity(*app);
@@ -97,16 +98,19 @@ int main(int argc, char** argv) {
   cli.add_option("--window-batch", opt.window_batch, "windows per network call, or auto (sized to the GPU's memory)")
       ->transform(CLI::Transformer({{"auto", "0"}}))->check(CLI::Range(0L, 4096L));
   cli.add_flag("--fast", opt.fast, "run at the coarser spacing the model stores (preprocess.fast_spacing)");
-  cli.add_flag("--no-skull-strip{false}", opt.skull_strip,
+  bool no_skull_strip = false;
+  cli.add_flag("--no-skull-strip", no_skull_strip,
                "skip the skull-strip step the model file stores (iris-import --skull-strip-task): for inputs "
                "already stripped");
   cli.add_option("--threshold", opt.threshold, "probability a class needs to claim a voxel")->check(app::number_in(0.0, 1.0));
   cli.add_flag("--keep-largest", opt.post.keep_largest, "keep only the largest connected component of each class");
   cli.add_option("--min-component-voxels", opt.post.min_component_voxels, "remove components with fewer voxels")
       ->check(CLI::NonNegativeNumber);
-  cli.add_flag("--aggregate-on-cpu,!--no-aggregate-on-cpu", aggregate_on_cpu,
+  bool aggregate_flag = false, no_aggregate = false;
+  cli.add_flag("--aggregate-on-cpu", aggregate_flag,
                "blend windows in CPU memory (always the case: only windows go to the device)");
-  cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation (8 flips)");
+  cli.add_flag("--no-aggregate-on-cpu", no_aggregate)->group("");  // refused below, with the reason
+  cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation along the axes the model was trained mirror-invariant on (train.augment_mirror; refused for a model without them)");
   cli.add_flag("--bf16", opt.bf16, "bf16 autocast of the network (A100/H100/H200; float32 weights)");
   cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "
                "(linear) instead of inverting the labels (nearest); more memory");
@@ -117,6 +121,33 @@ int main(int argc, char** argv) {
   cli.add_option("--part-id", plan.part_id, "the part this run takes, 0..num-parts-1")->check(CLI::NonNegativeNumber);
   cli.add_flag("--overwrite", plan.overwrite, "replace existing outputs of a folder or list of queries");
   cli.add_flag("--continue", plan.skip_finished, "skip queries whose outputs exist (a rerun after an interruption)");
+
+  // --help in groups, defaults shown, two examples at the end.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> groups{
+      {"Input", {"--query", "--series", "--series-filter", "--nan-as", "--query-modality", "--reference-modality"}},
+      {"Task", {"--model", "--reference", "--reference-mask", "--labels", "--max-labels", "--task", "--classes",
+                "--model-weights"}},
+      {"Strategy", {"--strategy", "--pool", "--similarity", "--seed", "--tune-steps", "--tune-lr", "--tune-adamw",
+                    "--tuned-task-out", "--classes-per-pass"}},
+      {"Preprocessing and windows", {"--preprocess", "--fast", "--no-skull-strip", "--window", "--overlap", "--tta",
+                                     "--threshold", "--keep-largest", "--min-component-voxels", "--smooth-labels"}},
+      {"Output", {"--output", "--probabilities", "--dicom-seg", "--report", "--statistics", "--overwrite", "--continue",
+                  "--num-parts", "--part-id"}},
+      {"Performance", {"--device", "--threads", "--window-batch", "--bf16", "--aggregate-on-cpu"}}};
+  for (CLI::Option* o : cli.get_options()) {
+    for (const auto& [group, names] : groups)
+      for (const auto& n : names)
+        if (o->check_lname(n.substr(2))) o->group(group);
+  }
+  for (const char* shown : {"--overlap", "--threshold", "--tune-steps", "--tune-lr", "--window-batch", "--max-labels",
+                            "--preprocess", "--device", "--similarity", "--seed"})
+    if (CLI::Option* o = cli.get_option_no_throw(shown)) o->capture_default_str();
+  cli.footer(
+      "Examples:\n"
+      "  iris-infer --model models/demo_brain.iris --reference ref.nii.gz --reference-mask ref_labels.nii.gz \\\n"
+      "             --query scan.nii.gz --output labels.nii.gz\n"
+      "  iris-infer --model liver.iris --task liver.task --query dicom_study/ --output out/ --dicom-seg segs/ \\\n"
+      "             --device cuda --bf16 --continue");
 
   CLI::App* encode = cli.add_subcommand("encode", "encode reference pairs into a stored task embedding");
   std::string encode_output, pool_output;
@@ -131,12 +162,13 @@ int main(int argc, char** argv) {
     app::configure_threads(threads);
     app::keep_freed_memory();
     if (model_paths.empty()) throw Error("--model", "is required");
-    if (!aggregate_on_cpu)
+    if (no_aggregate)
       throw Error("--no-aggregate-on-cpu", "not supported: window predictions are always blended on the CPU");
     task.classes = split_comma_list(classes_text);
     if (!labels_text.empty()) task.labels = parse_label_values(labels_text, "--labels");
     task.similarity = similarity_name == "foreground-token" ? infer::EmbeddingSimilarity::foreground_token
                                                            : infer::EmbeddingSimilarity::all_tokens;
+    opt.skull_strip = !no_skull_strip;
     opt.device = resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
     if (app::show_progress()) {
       opt.window_progress = [](long done, long total) {
@@ -175,9 +207,24 @@ int main(int argc, char** argv) {
     opt.statistics = !statistics_path.empty();
     opt.probabilities = !plan.probabilities.empty();
     infer::Segmenter segmenter(model_paths, task, opt, weights);
-    segmenter.segment_files(jobs, read, [](const infer::QueryJob& job) {
-      app::Info() << "iris-infer: " << job.input << " -> " << job.output
-                  << (job.dicom_seg.empty() ? "" : " and " + job.dicom_seg + " (DICOM-SEG)");
+    // One line per finished case; with several, its place, the rate and the
+    // time left (as iris-train reports its iterations).
+    const auto started = std::chrono::steady_clock::now();
+    long done = 0;
+    const long total = static_cast<long>(jobs.size());
+    segmenter.segment_files(jobs, read, [&](const infer::QueryJob& job) {
+      ++done;
+      app::Info line;
+      line << "iris-infer: ";
+      if (total > 1) {
+        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        const double per_case = elapsed / static_cast<double>(done);
+        char text[96];
+        std::snprintf(text, sizeof text, "case %ld/%ld (%.1f s/case, ETA %s) ", done, total, per_case,
+                      app::format_duration(per_case * static_cast<double>(total - done)).c_str());
+        line << text;
+      }
+      line << job.input << " -> " << job.output << (job.dicom_seg.empty() ? "" : " and " + job.dicom_seg + " (DICOM-SEG)");
     });
     if (!statistics_path.empty())
       write_text_file(statistics_path, statistics_format == ".csv"
@@ -193,7 +240,7 @@ int main(int argc, char** argv) {
       for (const auto& f : segmenter.failed()) log::warn("iris-infer: failed " + f.input + ": " + f.error);
       log::warn("iris-infer: " + std::to_string(segmenter.failed().size()) + " of " + std::to_string(jobs.size()) +
                 " queries failed; the others are done" + (report_path.empty() ? "" : " (listed in " + report_path + ")"));
-      return app::kFailure;
+      return app::kSomeFailed;
     }
     return 0;
   });

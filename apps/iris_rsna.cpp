@@ -108,6 +108,6 @@ int main(int argc, char** argv) {
     for (const auto& e : s.report["series"])
       if (e.contains("error")) log::warn("iris-rsna predict: " + e["series"].get<std::string>() + ": " +
                                          e["error"].get<std::string>());
-    return s.failed == s.series ? app::kFailure : app::kOk;
+    return s.failed == s.series ? app::kFailure : s.failed > 0 ? app::kSomeFailed : app::kOk;
   });
 }

@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <new>
 #include <thread>
 
 #if defined(__GLIBC__)
@@ -16,7 +18,9 @@
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 
+#include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 
 namespace iris::app {
 
@@ -30,13 +34,33 @@ void keep_freed_memory() {
 #endif
 }
 
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
+  const long s = static_cast<long>(seconds + 0.5);
+  char text[32];
+  if (s < 60) std::snprintf(text, sizeof text, "%ld s", s);
+  else if (s < 3600) std::snprintf(text, sizeof text, "%ld min %02ld s", s / 60, s % 60);
+  else std::snprintf(text, sizeof text, "%ld h %02ld min", s / 3600, (s % 3600) / 60);
+  return text;
+}
+
 int run_main(const std::string& program, const std::function<int()>& body) {
+  install_write_signal_handlers();
   try {
     return body();
   } catch (const CLI::ParseError& e) {
     std::cerr << program << ": usage error: " << e.what() << std::endl;
     return kUsage;
+  } catch (const iris::InternalError& e) {
+    std::cerr << program << ": error: " << e.what() << std::endl;
+    return kFailure;
   } catch (const iris::Error& e) {
+    // A flag that is missing, malformed or in conflict is a usage error,
+    // whichever check found it (CLI11's or the library's).
+    if (e.where().rfind("--", 0) == 0) {
+      std::cerr << program << ": usage error: " << e.what() << std::endl;
+      return kUsage;
+    }
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kBadInput;
   } catch (const std::filesystem::filesystem_error& e) {
@@ -47,7 +71,17 @@ int run_main(const std::string& program, const std::function<int()>& body) {
               << std::endl;
     return kBadInput;
   } catch (const c10::Error& e) {
-    std::cerr << program << ": error (torch): " << e.what_without_backtrace() << std::endl;
+    const std::string what = e.what_without_backtrace();
+    if (what.find("alloc_cpu") != std::string::npos || what.find("can't allocate memory") != std::string::npos ||
+        what.find("out of memory") != std::string::npos)
+      std::cerr << program << ": error: out of memory: " << what.substr(0, what.find('\n'))
+                << " (a smaller --window, --window-batch 1, or a machine with more memory)" << std::endl;
+    else
+      std::cerr << program << ": error (torch): " << what << std::endl;
+    return kFailure;
+  } catch (const std::bad_alloc&) {
+    std::cerr << program << ": error: out of memory (an input, model or setting asks for more memory than this "
+              << "machine allows)" << std::endl;
     return kFailure;
   } catch (const std::exception& e) {
     std::cerr << program << ": error: " << e.what() << std::endl;

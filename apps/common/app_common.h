@@ -14,7 +14,9 @@
 namespace iris::app {
 
 // Exit codes documented in docs/cli.md.
-enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kBadInput = 3, kPreempted = 124 };
+// kSomeFailed: several inputs, some could not be done (each named), the
+// others are done.
+enum ExitCode : int { kOk = 0, kFailure = 1, kUsage = 2, kBadInput = 3, kSomeFailed = 4, kPreempted = 124 };
 
 // Prints CLI11's message for a parse error (or the help) and returns the
 // exit code of docs/cli.md: 0 for --help, 2 for any usage error.
@@ -34,7 +36,9 @@ CLI::Validator number_in(double low, double high);  // finite, low <= x <= high
 CLI::Validator at_least(double low);                // finite, x >= low
 
 // Runs body(); catches iris::Error (bad input: exit 3, message names the
-// file), CLI errors (exit 2) and anything else (exit 1), printing one line.
+// file; an error about a flag, WHERE "--name": a usage error, exit 2; an
+// internal error: exit 1), CLI errors (exit 2) and anything else (exit 1),
+// printing one line.
 int run_main(const std::string& program, const std::function<int()>& body);
 
 // Torch intra-op threads (common/device.h).
@@ -76,6 +80,9 @@ class Info {
  private:
   std::ostringstream text_;
 };
+
+// "12 s", "3 min 05 s", "1 h 02 min": a time left for a progress line.
+std::string format_duration(double seconds);
 
 // Progress bars are drawn only at the info level (not with --quiet).
 inline bool show_progress() { return log::level() <= log::Level::kInfo; }

@@ -13,11 +13,13 @@
 #include <mutex>
 #include <random>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include <ATen/ATen.h>
 #include <torch/types.h>
 
+#include "iris/common/atomic_file.h"
 #include "iris/common/compat.h"
 #include "iris/common/config_map.h"
 #include "iris/common/device.h"
@@ -159,8 +161,33 @@ fs::path relative_folder(const io::DicomSeriesInfo& info, const std::string& stu
   return rel.empty() || rel == "." ? fs::path() : rel;
 }
 
+// A name from a file, fit for a message: control characters shown as '?'.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) out += (c < 0x20 || c == 0x7f) ? '?' : static_cast<char>(c);
+  return out;
+}
+
+// An output never replaces, or mixes with, the images it is made from.
+void check_outputs_apart_from_input(const QueryJob& job) {
+  for (const auto& o : {job.output, job.probabilities, job.dicom_seg}) {
+    if (o.empty()) continue;
+    std::error_code ec;
+    const bool same = fs::exists(o, ec) && fs::equivalent(o, job.input, ec);
+    if (same || (fs::is_directory(job.input) && lies_inside(job.input, o)))
+      throw Error(o, (same ? "is the query " + job.input + " itself" : "lies inside the query folder " + job.input) +
+                         ": an output never replaces or joins its inputs; choose an output outside them");
+  }
+}
+
+// The folder several outputs go into, created (with its parents) when it is
+// missing, as SLURM array jobs need; only an existing non-folder is refused.
 void require_folder(const std::string& path, const std::string& flag, const std::string& why) {
-  if (!fs::is_directory(path)) throw Error(flag, why + " need an existing folder; " + path + " is not");
+  std::error_code ec;
+  if (fs::exists(path) && !fs::is_directory(path))
+    throw Error(flag, why + " need a folder; " + path + " is a file");
+  fs::create_directories(path, ec);
+  if (ec) throw Error(flag, "cannot create the folder " + path + " for " + why + ": " + ec.message());
 }
 
 }  // namespace
@@ -195,20 +222,34 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
           require_folder(options.dicom_seg, "--dicom-seg", "the series of a DICOM study");
         if (skipped)
           for (const auto& f : stray) skipped->push_back({f.file, f.reason});
+        std::string excluded;  // for the error when none is left
         for (const auto& info : series) {
           const std::string why = series_excluded(info, options.series_filter);
           if (!why.empty()) {
             if (skipped) skipped->push_back({query + " series " + info.uid, why});
+            excluded += "\n  series " + printable(info.uid) + ": " + why;
             continue;
           }
+          // The UID comes from the files: it names an output only as one
+          // safe path component, and every output must lie in its folder.
           const fs::path rel = relative_folder(info, query);
-          QueryJob job{query, (fs::path(output) / rel / (info.uid + ".nii.gz")).string(), "", "", info.uid, info.uid};
-          if (!options.dicom_seg.empty()) job.dicom_seg = (fs::path(options.dicom_seg) / rel / (info.uid + ".dcm")).string();
+          const std::string name = safe_path_component(info.uid);
+          if (name != info.uid)
+            log::warn(query + ": series UID '" + printable(info.uid) + "' is not a safe file name; its outputs are named " + name);
+          QueryJob job{query, (fs::path(output) / rel / (name + ".nii.gz")).string(), "", "", info.uid, name};
+          if (!options.dicom_seg.empty()) job.dicom_seg = (fs::path(options.dicom_seg) / rel / (name + ".dcm")).string();
           if (!options.probabilities.empty())
-            job.probabilities = (fs::path(options.probabilities) / rel / (info.uid + ".nii.gz")).string();
+            job.probabilities = (fs::path(options.probabilities) / rel / (name + ".nii.gz")).string();
+          const std::vector<std::pair<std::string, std::string>> outputs{
+              {output, job.output}, {options.dicom_seg, job.dicom_seg}, {options.probabilities, job.probabilities}};
+          for (const auto& [folder, file] : outputs)
+            if (!file.empty() && !lies_inside(folder, file))
+              throw Error(query, "series " + printable(info.uid) + " would be written outside " + folder + " (" + file + ")");
           candidates.push_back(job);
         }
-        if (candidates.empty()) throw Error(query, "no series of the study is a query (see the skipped series)");
+        if (candidates.empty())
+          throw Error(query, "no series of the study is a query:" +
+                                 (excluded.empty() ? std::string(" it holds none") : excluded));
       }
     }
   } else if (fs::path(query).extension() == ".txt") {
@@ -225,7 +266,10 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
   }
   if (!options.dicom_seg.empty() && !fs::is_directory(candidates[0].input))
     throw Error("--dicom-seg", "needs --query to be DICOM (a series or study folder); " + query + " is not");
-  if (!several) return candidates;
+  if (!several) {
+    check_outputs_apart_from_input(candidates[0]);
+    return candidates;
+  }
 
   if (candidates[0].output.empty()) {  // image files: OUTPUT/CASE.nii.gz
     require_folder(output, "--output", "several queries");
@@ -246,11 +290,13 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
   std::vector<std::string> names;
   for (const auto& job : candidates) names.push_back(job.name);
   std::vector<QueryJob> jobs;
+  std::set<std::string> swept;
   for (size_t i : shard(names, options.num_parts, options.part_id)) {
     QueryJob job = candidates[i];
     std::vector<std::string> outputs{job.output};
     if (!job.probabilities.empty()) outputs.push_back(job.probabilities);
     if (!job.dicom_seg.empty()) outputs.push_back(job.dicom_seg);
+    check_outputs_apart_from_input(job);
     bool all_exist = true;
     std::string existing;
     for (const auto& o : outputs) {
@@ -266,8 +312,13 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
     }
     if (!options.overwrite && !options.skip_finished && !existing.empty())
       throw Error(existing, "exists: --overwrite replaces the outputs, --continue skips the finished cases");
-    // Studies mirror their folders: make the sub-folders.
-    for (const auto& o : outputs) fs::create_directories(fs::path(o).parent_path());
+    // Studies mirror their folders: make the sub-folders, and sweep the
+    // temporary files a killed run (kill -9) left there.
+    for (const auto& o : outputs) {
+      const fs::path folder = fs::path(o).parent_path();
+      fs::create_directories(folder);
+      if (swept.insert(fs::absolute(folder).string()).second) remove_stale_temporaries(folder.empty() ? "." : folder.string());
+    }
     jobs.push_back(job);
   }
   return jobs;
@@ -338,6 +389,7 @@ struct Segmenter::State {
     SlidingWindowOptions w = window;
     w.progress = nullptr;
     w.classes_per_pass = 0;
+    w.mirror_tta = false;  // the skull-strip step runs once, unmirrored
     if (w.batch <= 0) w.batch = 1;  // --window-batch auto is sized at the first query
     at::Tensor p;
     {
@@ -460,6 +512,7 @@ struct Segmenter::State {
     if (!spec.pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
     if (!spec.tuned_task_out.empty() && strategy != "tuning")
       throw Error("--tuned-task-out", "only with --strategy tuning");
+
   }
 
   void build_task() {
@@ -632,7 +685,12 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
   s.intensity = s.options.preprocess;
   if (s.options.preprocess == "model") {
     if (first.preprocess.empty()) {
-      s.intensity = "none";
+      // An imported model without its preprocessing scores near 0 on raw
+      // inputs and gives no other sign: run it only when asked to.
+      throw Error(s.members[0].path,
+                  "stores no preprocessing (spacing, orientation, intensity), so its inputs would go in raw: give "
+                  "--preprocess none (or an intensity scheme) to run it that way, or import it again with its "
+                  "preprocessing (iris-import --preprocess-like MODEL.iris, or preprocess: keys in --config)");
     } else {
       s.spatial = io::PreprocessConfig::from_config(
           ConfigMap::parse_text(first.preprocess, s.members[0].path + " (preprocess)"));
@@ -658,7 +716,22 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
   s.window.overlap = s.options.overlap;
   s.window.batch = s.options.window_batch;
   s.window.device = s.options.device;
+  // --tta flips the query only along the axes the model was trained to be
+  // mirror-invariant along (train.augment_mirror, stored in the model file):
+  // flipped along any other, a model reads an unknown anatomy (a model
+  // trained without mirroring scored 0.000 / 0.155 / 0.000 / 0.000 with all
+  // eight flips, against 0.751 / 0.699 / 0.683 / 0.708 without).
   s.window.mirror_tta = s.options.mirror_tta;
+  if (s.options.mirror_tta) {
+    s.window.mirror_axes = first.mirror_axes;
+    for (const auto& m : s.members)
+      if (m.model.mirror_axes.empty() || m.model.mirror_axes != first.mirror_axes)
+        throw Error("--tta", m.model.mirror_axes.empty()
+                                 ? m.path + " was not trained with mirror augmentation (train.augment_mirror), so "
+                                            "mirrored queries are not what it learned: run without --tta"
+                                 : m.path + " is mirror-invariant along '" + m.model.mirror_axes + "', " + s.members[0].path +
+                                       " along '" + first.mirror_axes + "': an ensemble with --tta needs one set of axes");
+  }
   s.window.classes_per_pass = s.options.classes_per_pass;
   s.window.progress = s.options.window_progress;
 

@@ -122,6 +122,15 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
       for (long x : window_starts(psize[2], win[2], o.overlap)) starts.push_back({z, y, x});
 
   model::TaskEmbedding task_dev = task.to(o.device);
+  // The tensor dims of the mirror axes ([n, 1, z, y, x]).
+  std::vector<int64_t> mirror_dims;
+  if (o.mirror_tta) {
+    for (char a : o.mirror_axes) {
+      if (a != 'x' && a != 'y' && a != 'z') internal_error("sliding_window_probabilities", "mirror axes are x, y, z");
+      mirror_dims.push_back(a == 'z' ? 2 : a == 'y' ? 3 : 4);
+    }
+    if (mirror_dims.empty()) internal_error("sliding_window_probabilities", "mirror TTA without axes");
+  }
   torch::NoGradGuard no_grad;
   using torch::indexing::Slice;
   const long total = static_cast<long>(starts.size());
@@ -136,13 +145,14 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
     at::Tensor batch = at::stack(windows).unsqueeze(1).to(o.device);  // [n, 1, d, h, w]
     at::Tensor probs = model::segment(net, batch, task_dev, o.classes_per_pass).sigmoid();
     if (o.mirror_tta) {
-      for (int mask = 1; mask < 8; ++mask) {
+      const int subsets = 1 << mirror_dims.size();
+      for (int mask = 1; mask < subsets; ++mask) {
         std::vector<int64_t> dims;
-        for (int a = 0; a < 3; ++a)
-          if (mask & (1 << a)) dims.push_back(2 + a);
+        for (size_t a = 0; a < mirror_dims.size(); ++a)
+          if (mask & (1 << a)) dims.push_back(mirror_dims[a]);
         probs = probs + model::segment(net, batch.flip(dims), task_dev, o.classes_per_pass).sigmoid().flip(dims);
       }
-      probs = probs / 8.0;
+      probs = probs / static_cast<double>(subsets);
     }
     probs = (probs * importance_dev).to(at::kCPU);
     for (long i = 0; i < n; ++i) {

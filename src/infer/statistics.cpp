@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include "iris/common/csv.h"
 #include "iris/common/error.h"
 #include "iris/common/mask_box.h"
 #include "iris/infer/connected_components.h"
@@ -110,12 +111,7 @@ std::string statistics_csv(const std::vector<std::pair<std::string, std::vector<
   std::ostringstream out;
   out << "case,label,name,voxels,volume_mm3,mean,std,median,p5,p95,centroid_x_mm,centroid_y_mm,centroid_z_mm,"
          "bbox_min_x,bbox_min_y,bbox_min_z,bbox_max_x,bbox_max_y,bbox_max_z,components\n";
-  auto field = [](const std::string& t) {
-    if (t.find_first_of(",\"\n") == std::string::npos) return t;
-    std::string q = "\"";
-    for (char c : t) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-    return q + "\"";
-  };
+  const auto field = csv_quoted;
   for (const auto& [name, classes] : cases)
     for (const auto& s : classes) {
       out << field(name) << ',' << s.label << ',' << field(s.name) << ',' << s.voxels << ',' << csv_number(s.volume_mm3);

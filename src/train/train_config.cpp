@@ -1,5 +1,6 @@
 #include "iris/train/train_config.h"
 
+#include <algorithm>
 #include <set>
 
 #include "iris/common/error.h"
@@ -12,7 +13,8 @@ const std::vector<std::string>& TrainConfig::known_keys() {
       "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
       "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
       "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "distributed_timeout_s", "micro_batch", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
-      "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max"};
+      "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max",
+      "augment_mirror"};
   return known;
 }
 
@@ -84,6 +86,20 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   d("augment_rotation_degrees", c.episodes.augment.rotation_degrees);
   d("augment_scale_min", c.episodes.augment.scale_min);
   d("augment_scale_max", c.episodes.augment.scale_max);
+  if (m.has("augment_mirror")) {
+    // Axes of the model space the query is mirrored along (each at 50 %):
+    // the model learns to be mirror-invariant there, and iris-infer --tta
+    // may flip along them (the model file records them).
+    std::string axes;
+    for (const auto& item : config_list_items(m.get("augment_mirror"))) {
+      if (item != "x" && item != "y" && item != "z")
+        throw Error("train.augment_mirror", "'" + item + "' is not an axis: give a list of x, y, z (e.g. [x])");
+      if (axes.find(item) != std::string::npos) throw Error("train.augment_mirror", "axis " + item + " is given twice");
+      axes += item;
+    }
+    std::sort(axes.begin(), axes.end());
+    c.episodes.augment.mirror_axes = axes;
+  }
   for (const auto& g : group_names) {
     ConfigMap gm = m.subtree("param_groups." + g);
     reject_unknown_keys(gm, {"pattern", "lr_scale", "weight_decay", "freeze"}, "param group '" + g + "'");

@@ -572,6 +572,7 @@ void Trainer::export_model() {
   out.class_names = class_names_;
   out.description = "trained with iris-train (" + config_.output_dir + ")";
   out.preprocess = resolved_.subtree("preprocess").to_text();
+  out.mirror_axes = config_.episodes.augment.enabled ? config_.episodes.augment.mirror_axes : "";
   model::save_model(out, final_model_path());
 }
 

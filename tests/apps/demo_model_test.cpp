@@ -177,5 +177,15 @@ TEST(DemoModel, ReadsFourStructuresInOnePass) {
     std::cout << names[k - 1] << " in one pass: Dice " << d << std::endl;
     EXPECT_GE(d, kOnePassAtLeast[k - 1]) << names[k - 1];
   }
+  // The shipped model was trained without mirroring: --tta is refused, with
+  // the reason (all eight flips once gave 0.000 / 0.155 / 0.000 / 0.000).
+  run = iris::testing::run_program(infer,
+                                   "--model " + kModel + " --reference " + kTemplates + "ch2.nii.gz --reference-mask " +
+                                       (dir / "colin_structures.nii.gz").string() + " --query " + kMni152 +
+                                       " --output " + (dir / "tta.nii.gz").string() + " --tta --quiet",
+                                   (dir / "tta.log").string());
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_NE(run.output.find("not trained with mirror augmentation"), std::string::npos) << run.output;
+  EXPECT_FALSE(fs::exists(dir / "tta.nii.gz"));
   fs::remove_all(dir);
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -99,6 +100,38 @@ TEST_F(IrisEvalCli, RealMapsGiveExitZeroAndTheInProcessSummary) {
   EXPECT_EQ(tp_json, tp);
   // Console table: one row per label.
   EXPECT_NE(r.output.find("45 "), std::string::npos) << r.output;
+}
+
+// The console table alone is a normal use: no --output needed. The HTML box
+// plot names its labels with --label-names.
+TEST_F(IrisEvalCli, TheConsoleTableAloneNeedsNoOutputAndThePlotNamesItsLabels) {
+  write(atlas, root / "gt" / "brain_01.nii.gz");
+  write(shifted(1, 0, 0), root / "pred" / "brain_01.nii.gz");
+  RunResult r = run("--reference " + shell_quoted(root / "gt") + " --prediction " + shell_quoted(root / "pred") +
+                        " --labels 1,2",
+                    root / "log.txt");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Dice"), std::string::npos) << r.output;
+  // stdout is the table alone, for pipes; log lines go to stderr.
+  const std::string split = eval_program() + " --reference " + shell_quoted(root / "gt") + " --prediction " +
+                            shell_quoted(root / "pred") + " --labels 1,2 > " + shell_quoted(root / "stdout.txt") +
+                            " 2> " + shell_quoted(root / "stderr.txt");
+  ASSERT_EQ(std::system(split.c_str()), 0);
+  std::ifstream out_file(root / "stdout.txt"), err_file(root / "stderr.txt");
+  const std::string out((std::istreambuf_iterator<char>(out_file)), {}), err((std::istreambuf_iterator<char>(err_file)), {});
+  EXPECT_NE(out.find("Dice"), std::string::npos) << out;
+  EXPECT_EQ(out.find("[info]"), std::string::npos) << out;
+  EXPECT_NE(err.find("[info]"), std::string::npos) << err;  // "evaluating 1 case(s)"
+  std::ofstream(root / "names.txt") << "1 Precentral_L\n2 Precentral_R\n";
+  r = run("--reference " + shell_quoted(root / "gt") + " --prediction " + shell_quoted(root / "pred") +
+              " --label-names " + shell_quoted(root / "names.txt") + " --html " + shell_quoted(root / "report"),
+          root / "log2.txt");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream html(root / "report" / "index.html");
+  const std::string text((std::istreambuf_iterator<char>(html)), {});
+  const std::string plot = text.substr(text.find("<svg"), text.find("</svg>") - text.find("<svg"));
+  EXPECT_NE(plot.find(">1 Precentral_L</text>"), std::string::npos) << plot;
+  EXPECT_NE(plot.find(">2 Precentral_R</text>"), std::string::npos) << plot;
 }
 
 TEST_F(IrisEvalCli, GeometryMismatchFailsNamingBothFilesAndWritesNothing) {

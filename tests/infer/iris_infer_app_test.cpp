@@ -15,6 +15,7 @@
 #include "infer/test_support.h"
 #include "iris/io/dicom_seg.h"
 #include "iris/io/image_io.h"
+#include "iris/model/model_file.h"
 #include "iris/model/task_embedding.h"
 
 using namespace iris;
@@ -205,7 +206,7 @@ TEST_F(App, BadInputIsRefusedWithAReason) {
   const std::string empty_path = temp_path("empty_mask.nii.gz");
   io::write_image(empty, empty_path);
   r = run(" --model " + model + " --reference " + references[0] + " --reference-mask " + empty_path + " --query " +
-          query + " --output " + temp_path("x.nii.gz") + " --quiet");
+          query + " --output " + temp_path("x.nii.gz") + " --preprocess zscore --quiet");
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
 
@@ -213,7 +214,7 @@ TEST_F(App, BadInputIsRefusedWithAReason) {
           " --output " + temp_path("x.nii.gz"));
   EXPECT_NE(r.exit_code, 0);
   r = run(" --model " + model + " --strategy retrieval --query " + query + " --output " + temp_path("x.nii.gz"));
-  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.exit_code, 2);  // a flag that needs another one
   EXPECT_NE(r.err.find("--pool"), std::string::npos) << r.err;
 }
 
@@ -293,7 +294,75 @@ TEST_F(App, AStudyFolderIsSplitIntoSeriesFilteredAndMirrored) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(nlohmann::json::parse(read_text(report))["skipped"].dump().find("finished"), std::string::npos);
 }
+
+// A SeriesInstanceUID is text from a file: one of "../../escape" names its
+// output inside --output (a safe stand-in, reported), never a path above it.
+TEST_F(App, ASeriesUidThatIsAPathStaysInsideTheOutputFolder) {
+  ASSERT_TRUE(fs::exists(kObliqueMr)) << "test data missing: run scripts/setup.sh";
+  const fs::path root = temp_path("uid_escape");
+  fs::remove_all(root);
+  const fs::path study = root / "study", out = root / "a" / "b" / "out";
+  fs::create_directories(study / "one");
+  fs::create_directories(study / "two");
+  fs::copy(kObliqueMr, study / "one", fs::copy_options::recursive);
+  fs::copy(kObliqueMr, study / "two", fs::copy_options::recursive);
+  std::ofstream(root / "edit.py") << "import sys, glob, pydicom\n"
+                                     "for f in glob.glob(sys.argv[1] + '/*.dcm'):\n"
+                                     "    d = pydicom.dcmread(f)\n"
+                                     "    d.SeriesInstanceUID = sys.argv[2]\n"
+                                     "    d.save_as(f)\n";
+  const auto edit = iris::testing::run_program(
+      iris::testing::kPython, (root / "edit.py").string() + " " + (study / "two").string() + " ../../escape",
+      (root / "edit.log").string());
+  ASSERT_EQ(edit.exit_code, 0) << edit.output;
+  const RunResult r = run(reference_args() + " --query " + study.string() + " --output " + out.string() +
+                          " --overlap 0 --verbose");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::vector<std::string> written;
+  for (const auto& e : fs::recursive_directory_iterator(root))
+    if (e.is_regular_file() && e.path().string().find(".nii.gz") != std::string::npos)
+      written.push_back(e.path().lexically_relative(root).string());
+  ASSERT_EQ(written.size(), 2u);
+  for (const auto& w : written) EXPECT_EQ(w.rfind("a/b/out/", 0), 0u) << w << " lies outside --output";
+  EXPECT_NE(r.err.find("is not a safe file name"), std::string::npos) << r.err;
+}
 #endif
+
+// A folder of queries into an output folder that does not exist yet (SLURM
+// array jobs): the folder is made, and each finished case says its place,
+// the rate and the time left.
+TEST_F(App, AFolderRunMakesItsOutputFolderAndCountsItsCases) {
+  const fs::path in = temp_path("count_in"), out = temp_path("count_out");
+  fs::remove_all(in);
+  fs::remove_all(out);
+  fs::create_directories(in);
+  fs::copy_file(query, in / "q1.nii.gz");
+  fs::copy_file(references[0], in / "q2.nii.gz");
+  const RunResult r = run(" --model " + model + " --reference " + references[0] + " --reference-mask " + masks[0] +
+                          " --preprocess zscore --window 32 --query " + in.string() + " --output " + (out / "a" / "b").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out / "a" / "b" / "q1.nii.gz"));
+  EXPECT_TRUE(fs::exists(out / "a" / "b" / "q2.nii.gz"));
+  for (const char* words : {"case 1/2 (", "case 2/2 (", "s/case, ETA "})
+    EXPECT_NE(r.err.find(words), std::string::npos) << words << " in\n" << r.err;
+}
+
+// --help: the ~50 flags in groups, defaults shown, examples at the end, no
+// parser artefacts.
+TEST_F(App, HelpGroupsTheFlagsAndShowsDefaults) {
+  const RunResult r = run("--help");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* words : {"Input:", "Task:", "Strategy:", "Preprocessing and windows:", "Output:", "Performance:",
+                            "Examples:", "--overlap FLOAT:[0 - 0.95]=0.5", "--threshold FLOAT:[0 - 1]=0.5",
+                            "--no-skull-strip", "--tune-steps"})
+    EXPECT_NE(r.err.find(words), std::string::npos) << words << " in\n" << r.err;
+  EXPECT_EQ(r.err.find("{false}"), std::string::npos) << r.err;
+  // Only help and verbosity are left outside the named groups.
+  const std::string general = r.err.substr(r.err.find("Options:"), r.err.find("Task:") - r.err.find("Options:"));
+  long flags = 0;
+  for (size_t at = general.find("\n  -"); at != std::string::npos; at = general.find("\n  -", at + 1)) ++flags;
+  EXPECT_EQ(flags, 3) << general;  // -h, --quiet, --verbose
+}
 
 TEST_F(App, ThresholdDecidesWhichVoxelsAClassClaims) {
   const std::string all = temp_path("t0.nii.gz"), none = temp_path("t1.nii.gz"), mid = temp_path("t5.nii.gz");
@@ -334,7 +403,7 @@ TEST_F(App, ProbabilitiesAreWrittenPerCaseAndAgreeWithTheLabels) {
   EXPECT_EQ(read_probabilities((pdir / "q1.nii.gz").string()).size(1), 30);
   EXPECT_EQ(read_probabilities((pdir / "q2.nii.gz").string()).size(1), 24);
   r = run(reference_args() + " --query " + in.string() + " --output " + out.string() + " --probabilities " + probs);
-  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.exit_code, 2);  // a file where a folder is needed: the flag
   EXPECT_NE(r.err.find("--probabilities"), std::string::npos) << r.err;
 }
 
@@ -352,7 +421,7 @@ TEST_F(App, ADamagedQueryIsReportedAndTheOthersAreDone) {
   const std::string report = temp_path("f_report.json");
   const RunResult r =
       run(reference_args() + " --query " + in.string() + " --window 32 --output " + out.string() + " --report " + report);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 4) << r.err;  // some failed, the rest done (docs/cli.md)
   EXPECT_NE(r.err.find("1 of 3 queries failed"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::exists(out / "a.nii.gz"));
   EXPECT_TRUE(fs::exists(out / "c.nii.gz"));
@@ -380,7 +449,7 @@ TEST_F(App, MemoryBankClassesByName) {
   EXPECT_EQ(json["strategy"], "memory-bank");
   EXPECT_EQ(json["classes"], 2);
   r = run(" --model " + named + " --classes liver --preprocess zscore --quiet --query " + query + " --output " + out);
-  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.exit_code, 2);  // --classes names a class the model lacks
   EXPECT_NE(r.err.find("liver"), std::string::npos) << r.err;
 }
 
@@ -388,8 +457,18 @@ TEST_F(App, MirroringChangesTheUntrainedModelsProbabilities) {
   const std::string plain = temp_path("m0.nii.gz"), tta = temp_path("m1.nii.gz");
   ASSERT_EQ(run(reference_args() + " --query " + query + " --window 32 --output " + temp_path("m.nii.gz") +
                 " --probabilities " + plain).exit_code, 0);
-  const RunResult r = run(reference_args() + " --query " + query + " --window 32 --tta --output " +
-                          temp_path("m2.nii.gz") + " --probabilities " + tta);
+  // A model trained without mirroring refuses --tta (exit 2, a flag that does not fit).
+  RunResult r = run(reference_args() + " --query " + query + " --window 32 --tta --output " + temp_path("m2.nii.gz"));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("not trained with mirror augmentation"), std::string::npos) << r.err;
+  // The same weights, recorded as trained mirror-invariant along x, y and z.
+  model::IrisModel m = model::load_model(model);
+  m.mirror_axes = "xyz";
+  const std::string mirrored = temp_path("tiny_mirrored.iris");
+  model::save_model(m, mirrored);
+  r = run(" --model " + mirrored + " --reference " + references[0] + " --reference-mask " + masks[0] +
+          " --preprocess zscore --quiet --query " + query + " --window 32 --tta --output " + temp_path("m2.nii.gz") +
+          " --probabilities " + tta);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // The arithmetic of mirroring is checked in segmenter_test; here the flag
   // must reach it.
@@ -409,7 +488,7 @@ TEST_F(App, WindowBatchTakesAutoAndFastNeedsAStoredFastSpacing) {
   EXPECT_NE(r.err.find("--window-batch"), std::string::npos) << r.err;
   // The test model stores no fast spacing.
   r = run(reference_args() + " --query " + query + " --fast --output " + temp_path("wb_fast.nii.gz"));
-  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;  // a flag the model cannot honour
   EXPECT_NE(r.err.find("--fast"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(temp_path("wb_fast.nii.gz")));
 }

@@ -218,9 +218,11 @@ TEST_F(SegmenterTest, AutoWindowBatchIsOneOnTheCpuAndSaysSo) {
       << report["window_batch_auto"];
 }
 
-TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {
+TEST_F(SegmenterTest, MirroringIsTheMeanOfTheMirroredPassesAlongTheModelsAxes) {
   // One 32^3 window covers the query, so mirroring the query mirrors the
   // window: the flipped passes are computed here without TTA and averaged.
+  // A model trained mirror-invariant along x, y and z (train.augment_mirror)
+  // gets all eight flips.
   auto [q, unused] = ball_and_box(32, 32, 32, 4);
   auto options = zscore(32);
   options.probabilities = true;
@@ -240,11 +242,38 @@ TEST_F(SegmenterTest, MirroringIsTheMeanOfTheEightMirroredPasses) {
   }
   mean /= 8;
   options.mirror_tta = true;
-  infer::Segmenter tta(model, one_shot(), options);
+  // Without mirroring in its training, a model refuses --tta.
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, one_shot(), options); }).find("not trained with mirror augmentation"),
+            std::string::npos);
+  model::IrisModel mirrored = model::load_model(model);
+  mirrored.mirror_axes = "xyz";
+  const std::string mirrored_path = temp_path("segmenter_mirrored.iris");
+  model::save_model(mirrored, mirrored_path);
+  infer::Segmenter tta(mirrored_path, one_shot(), options);
   const at::Tensor got = tta.segment(q).probabilities->voxels;
   EXPECT_LT((got - mean).abs().max().item<float>(), 1e-5);
   // The untrained model is not mirror-symmetric: TTA changes something.
   EXPECT_GT((got - plain.segment(q).probabilities->voxels).abs().max().item<float>(), 1e-4);
+}
+
+// Only the axes the model learnt: mirror-invariant along x alone, --tta is
+// the mean of the query and its x-flip (the last tensor axis).
+TEST_F(SegmenterTest, MirroringFlipsOnlyTheAxesTheModelLearnt) {
+  auto [q, unused] = ball_and_box(32, 32, 32, 5);
+  auto options = zscore(32);
+  options.probabilities = true;
+  infer::Segmenter plain(model, one_shot(), options);
+  io::Image flipped = q;
+  flipped.voxels = q.voxels.flip({2}).contiguous();
+  const at::Tensor mean =
+      (plain.segment(q).probabilities->voxels + plain.segment(flipped).probabilities->voxels.flip({3})) / 2;
+  model::IrisModel x_only = model::load_model(model);
+  x_only.mirror_axes = "x";
+  const std::string path = temp_path("segmenter_mirrored_x.iris");
+  model::save_model(x_only, path);
+  options.mirror_tta = true;
+  const at::Tensor got = infer::Segmenter(path, one_shot(), options).segment(q).probabilities->voxels;
+  EXPECT_LT((got - mean).abs().max().item<float>(), 1e-5);
 }
 
 TEST_F(SegmenterTest, Bf16AutocastIsNearFloat32AndRunsInBf16) {
@@ -305,10 +334,16 @@ TEST_F(SegmenterTest, PlansAndTaskSourcesAreCheckedBeforeAnyWork) {
   EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("")); }).find("case name 'a'"), std::string::npos);
   fs::remove(in / "a.nii");
   infer::PlanOptions plan;
+  fs::remove_all(temp_path("a_file.nii.gz"));
+  std::ofstream(temp_path("a_file.nii.gz")) << "a file, not a folder";
   plan.probabilities = temp_path("a_file.nii.gz");
   EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path(""), plan); }).find("--probabilities"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("not_there")); }).find("--output"),
+  // A missing output folder is made (SLURM array jobs); a file in its place is refused.
+  fs::remove_all(temp_path("not_there"));
+  EXPECT_EQ(infer::plan_queries(in.string(), temp_path("not_there") + "/deeper").size(), 1u);
+  EXPECT_TRUE(fs::is_directory(temp_path("not_there") + "/deeper"));
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("a_file.nii.gz")); }).find("--output"),
             std::string::npos);
   plan = {};
   plan.dicom_seg = "seg.dcm";

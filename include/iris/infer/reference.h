@@ -15,7 +15,7 @@ namespace iris::infer {
 // More than `max_labels` distinct non-zero values (a mask that is really an
 // image, say) is an iris::Error before anything per label is allocated.
 std::vector<long> reference_label_values(const Image& labels, const std::vector<long>& requested = {},
-                                         long max_labels = 255);
+                                         long max_labels = 64);
 
 // Encodes one reference pair: checks that image and labels share a grid,
 // normalises the image with `intensity` (io::normalise_intensity), crops a

@@ -52,7 +52,7 @@ struct TaskSpec {
   std::vector<std::string> classes;                      // --classes (memory bank)
   std::string pool_dir;                                  // --pool
   std::vector<long> labels;                              // --labels (empty: all of the first reference)
-  long max_labels = 255;                                 // --max-labels
+  long max_labels = 64;                                  // --max-labels
   std::string reference_modality;                        // --reference-modality ("" = DICOM tag or unknown)
   EmbeddingSimilarity similarity = EmbeddingSimilarity::all_tokens;  // --similarity
   unsigned seed = 0;                                     // --seed (retrieval's initial pool entry)

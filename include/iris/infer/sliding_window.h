@@ -5,6 +5,7 @@
 #include <array>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
@@ -23,7 +24,11 @@ struct SlidingWindowOptions {
   bool gaussian = true;     // Gaussian weighting (sigma = window / 8) vs flat
   long batch = 1;           // windows per network call; 0 = auto (auto_window_batch)
   c10::Device device = c10::Device(c10::kCPU);
-  bool mirror_tta = false;  // average over the 8 axis flips
+  // Average over the query flipped along every subset of `mirror_axes`
+  // ("x", "xz", "xyz": patient axes of the model space, x = tensor dim 2 of
+  // [Z, Y, X]), the same task for each: 2^n passes.
+  bool mirror_tta = false;
+  std::string mirror_axes;
   long classes_per_pass = 0;  // decode this many classes at a time (0 = all together)
   // Called after each batch of windows with (done, total), for progress bars.
   std::function<void(long, long)> progress;
