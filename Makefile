@@ -22,7 +22,7 @@ export CCACHE_BASEDIR ?= $(CURDIR)
 # (PREFIX/share/iris); no root needed. The tree may be moved afterwards.
 PREFIX ?= $(HOME)/.local
 
-.PHONY: setup build build-noitk test test-itk test-noitk demo bench install clean
+.PHONY: setup build build-noitk test test-itk test-noitk demo bench install container-check clean
 
 setup:
 	bash scripts/setup.sh
@@ -54,6 +54,12 @@ demo: build
 install: build
 	cmake --install $(BUILD) --prefix $(PREFIX)
 	@echo "iris programs are in $(PREFIX)/bin; if that is not on your PATH: export PATH=\"$(PREFIX)/bin:\$$PATH\""
+
+# containers/iris.def run for real without Apptainer (root, debootstrap,
+# network to deb.debian.org and PyPI; about as long as a cold build):
+# scripts/container_check.sh.
+container-check:
+	bash scripts/container_check.sh --ccache $${CCACHE_DIR:-$$HOME/.cache/ccache}
 
 bench: build
 	$(BUILD)/iris-bench --preset tiny --patch 64 --output $(BUILD)/bench-tiny.json

@@ -25,7 +25,8 @@ fi
 # The project's Python environment (never the system Python): the PyPI
 # packages whose real files the tests read or from which
 # tools/make_test_fixtures.py writes the fixtures no package ships as files.
-VENV=.venv
+# IRIS_VENV: another place for it (the container image keeps it outside the sources).
+VENV=${IRIS_VENV:-.venv}
 # LibTorch is PyPI's torch wheel (CUDA 13, the C++11 ABI like Debian's ITK):
 # the same PyTorch 2.x that GPU nodes run; CMake takes it from .venv.
 PY_PKGS=(torch==2.15.0 numpy==2.4.6 nibabel==5.4.2 pydicom==3.0.2)

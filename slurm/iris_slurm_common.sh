@@ -5,11 +5,10 @@
 # binds rank r to its own GPU when the config says train.device: cuda
 # (cuda:SLURM_LOCALID); nothing here touches the device, so a user's
 # --set train.device=cpu is passed through untouched.
-IRIS_BIN=${IRIS_BIN:-$IRIS_HOME/build}
-if [ ! -x "$IRIS_BIN/iris-train" ]; then
-  echo "iris: no iris-train in IRIS_BIN=$IRIS_BIN (build iris there, or export IRIS_BIN=/path/to/build)" >&2
-  exit 2
-fi
+# shellcheck source=iris_programs.sh
+source "$IRIS_HOME/slurm/iris_programs.sh"
+iris_program iris-train
+IRIS_TRAIN=("${IRIS_CMD[@]}")
 MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}
 export MASTER_ADDR
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
@@ -26,7 +25,7 @@ iris_run_training() {
   # SLURM signals the batch shell (B:USR1); pass it on to every rank, which
   # checkpoints at the end of its current iteration and exits with 124.
   trap 'echo "iris: pre-emption signal: asking ranks to checkpoint"; kill -USR1 "$srun_pid" 2>/dev/null || true' USR1 TERM
-  srun --kill-on-bad-exit=0 "$IRIS_BIN/iris-train" "$config" "$@" "${resume[@]}" &
+  srun --kill-on-bad-exit=0 "${IRIS_TRAIN[@]}" "$config" "$@" "${resume[@]}" &
   srun_pid=$!
   local rc=0
   wait "$srun_pid" || rc=$?

@@ -9,8 +9,17 @@
 namespace iris {
 namespace {
 
-void flatten(const YAML::Node& node, const std::string& prefix, const std::string& origin,
-             ConfigMap& out) {
+// A configuration has dozens of settings, never this many: YAML aliases
+// that expand into each other (a "billion laughs" file) are refused before
+// they take gigabytes.
+constexpr size_t kMaxSettings = 100000;
+constexpr int kMaxDepth = 32;
+
+void flatten(const YAML::Node& node, const std::string& prefix, const std::string& origin, ConfigMap& out,
+             size_t& visited, int depth = 0) {
+  if (++visited > kMaxSettings || depth > kMaxDepth)
+    throw Error(origin, "holds more than " + std::to_string(kMaxSettings) + " settings or nests deeper than " +
+                            std::to_string(kMaxDepth) + " levels (YAML aliases expanding into each other?)");
   if (node.IsMap()) {
     std::map<std::string, int> line_of;
     for (const auto& kv : node) {
@@ -24,10 +33,12 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
                                                              std::to_string(seen->second) + " and " +
                                                              std::to_string(line) + "); remove one");
       line_of[key] = line;
-      flatten(kv.second, full, origin, out);
+      flatten(kv.second, full, origin, out, visited, depth + 1);
     }
   } else if (node.IsSequence()) {
     std::string text = "[";
+    if (node.size() > kMaxSettings) throw Error(origin + ": " + prefix, "a list of more than " + std::to_string(kMaxSettings) + " values");
+    visited += node.size();
     for (size_t i = 0; i < node.size(); ++i) {
       if (!node[i].IsScalar())
         throw Error(origin + ": " + prefix, "only lists of scalars are supported");
@@ -55,7 +66,8 @@ ConfigMap ConfigMap::read_yaml_file(const std::string& path) {
   ConfigMap m;
   if (root.IsNull()) return m;
   if (!root.IsMap()) throw Error(path, "a configuration file must be a YAML mapping");
-  flatten(root, "", path, m);
+  size_t visited = 0;
+  flatten(root, "", path, m, visited);
   return m;
 }
 

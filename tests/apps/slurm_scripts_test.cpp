@@ -269,6 +269,46 @@ TEST_F(SlurmScripts, InferenceArraySegmentsEachCaseOnceAndARerunSkipsThem) {
   EXPECT_EQ(per_task[0] + per_task[1] + per_task[2], 7u);
   ASSERT_EQ(task(1, "again.log"), 0) << read_text(root / "again.log");
   EXPECT_NE(read_text(root / "again.log").find("already done (--continue)"), std::string::npos) << read_text(root / "again.log");
+  // IRIS_CONTAINER: the same task through Apptainer (a stub that records its
+  // arguments and runs the program as the image would, from its PATH); no
+  // IRIS_BIN is needed then.
+  write_script(root / "stubs" / "apptainer", R"(#!/bin/bash
+echo "apptainer $*" >> "$STUB_LOG"
+[ "$1" = exec ] || exit 9
+shift
+while [ "${1#--}" != "$1" ]; do shift; done
+shift
+PATH="$STUB_IMAGE_BIN:$PATH" exec "$@"
+)");
+  std::ofstream(root / "iris.sif") << "an image";
+  fs::remove_all(out);
+  fs::create_directories(out);
+  const std::string contained =
+      "cd " + iris::testing::shell_quoted((root / "work").string()) + " && PATH=" +
+      iris::testing::shell_quoted((root / "stubs").string()) + ":$PATH STUB_LOG=" +
+      iris::testing::shell_quoted((root / "stub.log").string()) + " STUB_IMAGE_BIN=" +
+      iris::testing::shell_quoted(bin_dir()) + " IRIS_CONTAINER=" + iris::testing::shell_quoted((root / "iris.sif").string()) +
+      " IRIS_BIN=/nowhere SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_COUNT=1 SLURM_CPUS_PER_TASK=1 SLURM_SUBMIT_DIR=" +
+      iris::testing::shell_quoted(fs::canonical(kRepo).string()) + " bash " + iris::testing::shell_quoted(spooled.string()) +
+      " --model " + iris::testing::shell_quoted((root / "tiny.iris").string()) + " --reference " +
+      iris::testing::shell_quoted((root / "ref.nii.gz").string()) + " --reference-mask " +
+      iris::testing::shell_quoted((root / "ref_mask.nii.gz").string()) + " --preprocess zscore --window 16 --query " +
+      iris::testing::shell_quoted(queries.string()) + " --output " + iris::testing::shell_quoted(out.string()) +
+      " --device cpu > " + iris::testing::shell_quoted((root / "contained.log").string()) + " 2>&1";
+  ASSERT_EQ(WEXITSTATUS(std::system(contained.c_str())), 0) << read_text(root / "contained.log");
+  for (int i = 0; i < 7; ++i) EXPECT_TRUE(fs::exists(out / ("case" + std::to_string(i) + ".nii.gz"))) << i;
+  EXPECT_NE(read_text(root / "stub.log").find("apptainer exec --nv " + (root / "iris.sif").string() + " iris-infer --model"),
+            std::string::npos)
+      << read_text(root / "stub.log");
+  // A missing image is named.
+  const std::string missing_image = "IRIS_CONTAINER=/nowhere/iris.sif SLURM_ARRAY_TASK_ID=0 SLURM_SUBMIT_DIR=" +
+                                    iris::testing::shell_quoted(fs::canonical(kRepo).string()) + " bash " +
+                                    iris::testing::shell_quoted(spooled.string()) + " > " +
+                                    iris::testing::shell_quoted((root / "no_image.log").string()) + " 2>&1";
+  EXPECT_EQ(WEXITSTATUS(std::system(missing_image.c_str())), 2);
+  EXPECT_NE(read_text(root / "no_image.log").find("IRIS_CONTAINER=/nowhere/iris.sif is not an image file"),
+            std::string::npos)
+      << read_text(root / "no_image.log");
   // Not an array task: a clear refusal.
   const std::string plain = "SLURM_SUBMIT_DIR=" + iris::testing::shell_quoted(fs::canonical(kRepo).string()) +
                             " IRIS_BIN=" + iris::testing::shell_quoted(bin_dir()) + " bash " +

@@ -667,6 +667,22 @@ std::vector<Row> rows() {
                         " --output " + shell_quoted((d / "new" / "out").string());
                },
                0, {}, {}, 0, 4096, {"new/out/a.nii.gz", "new/out/b.nii.gz"}});
+#if IRIS_HAVE_YAML
+  r.push_back({"YamlAliasBomb",
+               [=](const fs::path& d) {
+                 // Nine levels of ten aliases: 10^9 settings once expanded.
+                 std::ofstream f(d / "bomb.yaml");
+                 f << "bomb:\n  a0: &a0 {k0: 1, k1: 1, k2: 1, k3: 1, k4: 1, k5: 1, k6: 1, k7: 1, k8: 1, k9: 1}\n";
+                 for (int level = 1; level < 9; ++level) {
+                   f << "  a" << level << ": &a" << level << " {";
+                   for (int k = 0; k < 10; ++k) f << (k ? ", " : "") << "k" << k << ": *a" << level - 1;
+                   f << "}\n";
+                 }
+                 f.close();
+                 return "ulimit -v 4000000; " + program("iris-train") + " " + shell_quoted((d / "bomb.yaml").string());
+               },
+               3, {"bomb.yaml", "more than 100000 settings", "aliases"}, {}});
+#endif
 #ifdef IRIS_HAVE_ITK
   // 4-5. DICOM: damaged slices are errors naming the slice; stray objects never abort.
   auto series_copy = [](const fs::path& d) {
