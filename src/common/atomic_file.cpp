@@ -1,6 +1,7 @@
 #include "iris/common/atomic_file.h"
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -158,6 +159,9 @@ extern "C" void remove_temporaries_and_die(int signal_number) {
 std::string write_target(const std::string& final_path) {
   std::error_code ec;
   if (!fs::is_symlink(final_path, ec)) return final_path;
+  if (full_extension(final_path) == ".mhd")
+    throw Error(final_path, "is a symbolic link: a MetaImage header and its .raw data are written side by side, so "
+                            "give the real path (or write .mha, .nii.gz)");
   const fs::path target = fs::weakly_canonical(fs::absolute(final_path), ec);
   if (ec) throw Error(final_path, "is a symbolic link that cannot be followed: " + ec.message());
   if (fs::exists(target) && !fs::is_regular_file(target))
@@ -266,7 +270,7 @@ void install_write_signal_handlers() {
   }
 }
 
-int remove_stale_temporaries(const std::string& folder, bool all) {
+int remove_stale_temporaries(const std::string& folder, bool all, long min_age_seconds) {
   std::error_code ec;
   if (!fs::is_directory(folder, ec)) return 0;
   static const std::regex pattern(R"(^\..*\.tmp([0-9]+)_[0-9]+.*$)");
@@ -278,6 +282,11 @@ int remove_stale_temporaries(const std::string& folder, bool all) {
     const long pid = std::stol(m[1].str());
     const bool alive = !all && (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
     if (alive) continue;
+    if (min_age_seconds > 0) {
+      std::error_code age;
+      const auto changed = fs::last_write_time(entry.path(), age);
+      if (age || fs::file_time_type::clock::now() - changed < std::chrono::seconds(min_age_seconds)) continue;
+    }
     std::error_code rm;
     if (fs::remove_all(entry.path(), rm) > 0 && !rm) ++removed;
   }

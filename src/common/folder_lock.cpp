@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "iris/common/error.h"
+#include "iris/common/log.h"
 
 namespace iris {
 
@@ -27,6 +28,13 @@ FolderLock::FolderLock(const std::string& folder, const std::string& what) {
     if (err == EWOULDBLOCK)
       throw Error(folder, "is in use by another run (" + (who.empty() ? std::string("process unknown") : who) +
                               "): wait for it to end, or give " + what + " another folder");
+    if (err == ENOSYS || err == EOPNOTSUPP || err == ENOLCK || err == EINVAL) {
+      // A file system without flock (Lustre mounted noflock, some FUSE ones):
+      // run unguarded rather than not at all, and say so.
+      log::warn(folder + ": this file system cannot lock files (" + std::strerror(err) +
+                "); nothing stops a second run from writing into it too");
+      return;
+    }
     throw Error(path, std::string("cannot lock: ") + std::strerror(err));
   }
   char host[256] = {0};

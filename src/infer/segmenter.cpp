@@ -197,6 +197,14 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
   if (query.empty()) throw Error("--query", "is required");
   if (output.empty()) throw Error("--output", "is required");
   if (options.num_parts != 1 || options.part_id != 0) shard({}, options.num_parts, options.part_id);  // checks the flags
+  // An output inside a query folder would mix with (or replace) its inputs;
+  // checked before any folder is made.
+  if (fs::is_directory(query))
+    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--output", output},
+                                     {"--probabilities", options.probabilities}, {"--dicom-seg", options.dicom_seg}})
+      if (!path.empty() && lies_inside(query, path))
+        throw Error(flag, path + " lies inside the query folder " + query +
+                              ": an output never replaces or joins its inputs; choose an output outside them");
   std::vector<QueryJob> candidates;
   bool several = false;
   if (fs::is_directory(query)) {
@@ -317,7 +325,10 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
     for (const auto& o : outputs) {
       const fs::path folder = fs::path(o).parent_path();
       fs::create_directories(folder);
-      if (swept.insert(fs::absolute(folder).string()).second) remove_stale_temporaries(folder.empty() ? "." : folder.string());
+      // Array tasks on other nodes may be writing here: only files untouched
+      // for 10 minutes count as a killed run's.
+      if (swept.insert(fs::absolute(folder).string()).second)
+        remove_stale_temporaries(folder.empty() ? "." : folder.string(), false, 600);
     }
     jobs.push_back(job);
   }

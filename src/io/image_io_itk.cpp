@@ -92,6 +92,12 @@ uint64_t type_bytes(const std::string& type) {
   return 0;
 }
 
+// a * b, saturating at 2^62 (a header's claim, not a size to allocate).
+uint64_t times(uint64_t a, uint64_t b) {
+  const uint64_t cap = uint64_t{1} << 62;
+  return (a != 0 && b > cap / a) ? cap : std::min(cap, a * b);
+}
+
 // The product of the whole numbers of `text` ("1000 1000 1000").
 uint64_t product_of(const std::string& text) {
   std::istringstream in(text);
@@ -131,7 +137,7 @@ DataFile data_file_of(const std::string& path) {
     if (nrrd) {
       if (l.empty()) {  // the blank line ends an attached header
         if (!detached.empty()) break;
-        return {true, path, consumed, d.compressed, voxels * bytes_per_voxel};
+        return {true, path, consumed, d.compressed, times(voxels, bytes_per_voxel)};
       }
       if (l.rfind("sizes:", 0) == 0) voxels = product_of(l.substr(6));
       if (l.rfind("type:", 0) == 0) bytes_per_voxel = type_bytes(trimmed(l.substr(5)));
@@ -146,11 +152,12 @@ DataFile data_file_of(const std::string& path) {
       if (eq == std::string::npos) continue;
       const std::string key = trimmed(l.substr(0, eq)), value = trimmed(trimmed(line).substr(eq + 1));
       if (key == "compresseddata") d.compressed = lower(value) == "true";
+      if (key == "binarydata" && lower(value) == "false") return {};  // ASCII voxels: no byte count to hold
       if (key == "dimsize") voxels = product_of(value);
       if (key == "elementtype") bytes_per_voxel = type_bytes(lower(value).substr(lower(value).rfind("met_", 0) == 0 ? 4 : 0));
       if (key == "elementnumberofchannels") channels = std::max<uint64_t>(1, product_of(value));
       if (key == "elementdatafile") {  // the last header line
-        if (lower(value) == "local") return {true, path, consumed, d.compressed, voxels * bytes_per_voxel * channels};
+        if (lower(value) == "local") return {true, path, consumed, d.compressed, times(times(voxels, bytes_per_voxel), channels)};
         detached = value;
         break;
       }
@@ -160,7 +167,7 @@ DataFile data_file_of(const std::string& path) {
       detached.find(' ') != std::string::npos)
     return {};
   const fs::path file = fs::path(detached).is_absolute() ? fs::path(detached) : fs::path(path).parent_path() / detached;
-  return {true, file.string(), 0, d.compressed, voxels * bytes_per_voxel * channels};
+  return {true, file.string(), 0, d.compressed, times(times(voxels, bytes_per_voxel), channels)};
 }
 
 // Every voxel the header announces must be in the file before anything is

@@ -1,5 +1,7 @@
 #include "iris/model/model_file.h"
 
+#include <set>
+
 #include <cstdio>
 #include <cstring>
 
@@ -85,8 +87,8 @@ IrisModel load_model(const std::string& path) {
   model.description = file.meta_or("description", "");
   model.preprocess = file.meta_or("preprocess", "");
   model.mirror_axes = file.meta_or("mirror_axes", "");
-  if (model.mirror_axes.size() > 3 ||
-      model.mirror_axes.find_first_not_of("xyz") != std::string::npos)
+  if (model.mirror_axes.size() > 3 || model.mirror_axes.find_first_not_of("xyz") != std::string::npos ||
+      std::set<char>(model.mirror_axes.begin(), model.mirror_axes.end()).size() != model.mirror_axes.size())
     throw Error(path, "is damaged: mirror_axes '" + model.mirror_axes + "' is not a set of the axes x, y, z");
   // The tensors decide nothing: the config builds the network and every
   // tensor must be one of its parameters or buffers, with its shape. The

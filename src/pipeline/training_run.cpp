@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <random>
 #include <optional>
 #include <thread>
+
+#include <ATen/ATen.h>
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
@@ -308,12 +311,26 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   // Every case read and checked: only now does the run write anything, and
   // it holds its folder for its whole life (a second run there is refused).
   std::optional<FolderLock> lock;
+  std::exception_ptr refused;
   if (comm->rank() == 0) {
-    fs::create_directories(train_config.output_dir);
-    lock.emplace(train_config.output_dir, "train.output_dir");
-    for (const auto& d : datasets)
-      data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
+    try {
+      fs::create_directories(train_config.output_dir);
+      lock.emplace(train_config.output_dir, "train.output_dir");
+      for (const auto& d : datasets)
+        data::write_split(d, (fs::path(train_config.output_dir) / ("split_" + d.name + ".tsv")).string());
+    } catch (...) {
+      refused = std::current_exception();
+    }
   }
+  // Every rank learns whether rank 0 may write there: none waits at a
+  // collective for a rank that has stopped.
+  if (comm->size() > 1) {
+    at::Tensor stop = at::full({1}, refused ? 1.0 : 0.0, at::TensorOptions().dtype(at::kFloat).device(comm_options.device));
+    comm->allreduce_sum(stop);
+    if (!refused && stop.item<double>() > 0)
+      throw Error(train_config.output_dir, "rank 0 cannot start the run in this folder (its message says why)");
+  }
+  if (refused) std::rethrow_exception(refused);
   // What held_out_anatomy removed from the tasks, for the record.
   if (comm->rank() == 0)
     for (const auto& d : train_sets)

@@ -7,6 +7,7 @@
 // there alone.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -444,7 +445,7 @@ std::vector<Row> rows() {
                         " --reference-mask " + shell_quoted(inputs().mask) + " --query " + shell_quoted((d / "qs").string()) +
                         " --output " + shell_quoted((d / "qs").string()) + " --overwrite";
                },
-               3, {"case.nii.gz", "never replaces or joins its inputs"}, {}, 0, 4096, {"qs/case.nii.gz"},
+               2, {"usage error: --output", "lies inside the query folder"}, {}, 0, 4096, {"qs/case.nii.gz"},
                [](const fs::path& d) {
                  // Still the image, not a label map written over it.
                  EXPECT_TRUE(iris::io::read_image((d / "qs" / "case.nii.gz").string()).voxels.max().item<double>() > 50);
@@ -650,13 +651,19 @@ std::vector<Row> rows() {
                  fs::copy_file(inputs().query, d / "qs" / "a.nii.gz");
                  fs::copy_file(inputs().query, d / "qs" / "b.nii.gz");
                  iris::io::write_image(iris::io::read_labels(inputs().mask), (d / "out" / "a.nii.gz").string());
-                 // What a run killed while writing b leaves (pid 4194304 is above Linux's pid_max).
+                 // What a run killed while writing b left an hour ago (pid 4194304 is above Linux's
+                 // pid_max), and what an array task on another node is writing now (its pid means
+                 // nothing here, its file is fresh): only the first is swept.
                  std::ofstream(d / "out" / ".b.tmp4194304_0.nii.gz") << "half";
+                 fs::last_write_time(d / "out" / ".b.tmp4194304_0.nii.gz",
+                                     fs::file_time_type::clock::now() - std::chrono::hours(1));
+                 std::ofstream(d / "out" / ".c.tmp4194305_0.nii.gz") << "being written elsewhere";
                  return infer + " --model " + shell_quoted(kDemoModel) + " --reference " + shell_quoted(inputs().image) +
                         " --reference-mask " + shell_quoted(inputs().mask) + " --query " + shell_quoted((d / "qs").string()) +
                         " --output " + shell_quoted((d / "out").string()) + " --continue";
                },
-               0, {}, {"out/.b.tmp4194304_0.nii.gz"}, 0, 4096, {"out/a.nii.gz", "out/b.nii.gz"}});
+               0, {}, {"out/.b.tmp4194304_0.nii.gz"}, 0, 4096,
+               {"out/a.nii.gz", "out/b.nii.gz", "out/.c.tmp4194305_0.nii.gz"}});
   r.push_back({"OutputFolderMissing",
                [=](const fs::path& d) {
                  fs::create_directories(d / "qs");
@@ -741,8 +748,7 @@ std::vector<Row> rows() {
                  for (const auto& e : fs::directory_iterator(kObliqueMr)) fs::copy_file(e.path(), d / "series" / e.path().filename());
                  return one_shot(kDemoModel, (d / "series").string(), (d / "series" / "mask.nii.gz").string());
                },
-               3, {"mask.nii.gz", "lies inside the query folder", "never replaces or joins its inputs"},
-               {"series/mask.nii.gz"}});
+               2, {"usage error: --output", "mask.nii.gz", "lies inside the query folder"}, {"series/mask.nii.gz"}});
   r.push_back({"DicomSliceCutInHalf",
                [=](const fs::path& d) {
                  const fs::path s = series_copy(d);

@@ -74,7 +74,10 @@ void install_write_signal_handlers();
 // Temporary files write_atomically leaves only when the process is killed
 // mid-write: ".NAME.tmpPID_N.EXT" in `folder`. Removes those whose process is
 // no longer running (or all of them when `all` is set) and returns how many.
-int remove_stale_temporaries(const std::string& folder, bool all = false);
+// `min_age_seconds` > 0 also spares files changed more recently: in a folder
+// that processes on other machines write into (SLURM array tasks), a process
+// id says nothing, but a file nobody has written to for that long is dead.
+int remove_stale_temporaries(const std::string& folder, bool all = false, long min_age_seconds = 0);
 
 // The extension of a path including compound ones: ".nii.gz", ".mha", "".
 std::string full_extension(const std::string& path);
