@@ -1,5 +1,7 @@
 #include "iris/common/label_list.h"
 
+#include "iris/common/text.h"
+
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -10,11 +12,6 @@ namespace iris {
 
 namespace {
 
-std::string trim(const std::string& s) {
-  const auto b = s.find_first_not_of(" \t");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t") - b + 1);
-}
 
 long whole(const std::string& text, const std::string& item, const std::string& where) {
   if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)

@@ -12,6 +12,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/text.h"
 #include "image_checks.h"
 #include "itk_bridge.h"
 #include "nifti.h"
@@ -113,57 +114,47 @@ uint64_t product_of(const std::string& text) {
   return any ? total : 0;
 }
 
-std::string lower(std::string t) {
-  std::transform(t.begin(), t.end(), t.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return t;
-}
-
-std::string trimmed(const std::string& t) {
-  const auto b = t.find_first_not_of(" \t\r"), e = t.find_last_not_of(" \t\r");
-  return b == std::string::npos ? "" : t.substr(b, e - b + 1);
-}
-
 DataFile data_file_of(const std::string& path) {
   DataFile d;
   std::ifstream in(path, std::ios::binary);
-  const bool nrrd = lower(fs::path(path).extension().string()) == ".nrrd" || lower(fs::path(path).extension().string()) == ".nhdr";
+  const bool nrrd = to_lower(fs::path(path).extension().string()) == ".nrrd" || to_lower(fs::path(path).extension().string()) == ".nhdr";
   std::string line;
   uint64_t consumed = 0;
   std::string detached;
   uint64_t voxels = 0, bytes_per_voxel = 0, channels = 1;
   for (int n = 0; n < 4096 && std::getline(in, line); ++n) {
     consumed += line.size() + 1;
-    const std::string l = lower(trimmed(line));
+    const std::string l = to_lower(trim(line));
     if (nrrd) {
       if (l.empty()) {  // the blank line ends an attached header
         if (!detached.empty()) break;
         return {true, path, consumed, d.compressed, times(voxels, bytes_per_voxel)};
       }
       if (l.rfind("sizes:", 0) == 0) voxels = product_of(l.substr(6));
-      if (l.rfind("type:", 0) == 0) bytes_per_voxel = type_bytes(trimmed(l.substr(5)));
+      if (l.rfind("type:", 0) == 0) bytes_per_voxel = type_bytes(trim(l.substr(5)));
       if (l.rfind("encoding:", 0) == 0) {
-        const std::string e = trimmed(l.substr(9));
+        const std::string e = trim(l.substr(9));
         d.compressed = e != "raw";  // gzip, bzip2: compressed; ascii/text/hex: longer than raw
       }
       for (const char* key : {"data file:", "datafile:"})
-        if (l.rfind(key, 0) == 0) detached = trimmed(trimmed(line).substr(std::string(key).size()));
+        if (l.rfind(key, 0) == 0) detached = trim(trim(line).substr(std::string(key).size()));
     } else {
       const auto eq = l.find('=');
       if (eq == std::string::npos) continue;
-      const std::string key = trimmed(l.substr(0, eq)), value = trimmed(trimmed(line).substr(eq + 1));
-      if (key == "compresseddata") d.compressed = lower(value) == "true";
-      if (key == "binarydata" && lower(value) == "false") return {};  // ASCII voxels: no byte count to hold
+      const std::string key = trim(l.substr(0, eq)), value = trim(trim(line).substr(eq + 1));
+      if (key == "compresseddata") d.compressed = to_lower(value) == "true";
+      if (key == "binarydata" && to_lower(value) == "false") return {};  // ASCII voxels: no byte count to hold
       if (key == "dimsize") voxels = product_of(value);
-      if (key == "elementtype") bytes_per_voxel = type_bytes(lower(value).substr(lower(value).rfind("met_", 0) == 0 ? 4 : 0));
+      if (key == "elementtype") bytes_per_voxel = type_bytes(to_lower(value).substr(to_lower(value).rfind("met_", 0) == 0 ? 4 : 0));
       if (key == "elementnumberofchannels") channels = std::max<uint64_t>(1, product_of(value));
       if (key == "elementdatafile") {  // the last header line
-        if (lower(value) == "local") return {true, path, consumed, d.compressed, times(times(voxels, bytes_per_voxel), channels)};
+        if (to_lower(value) == "local") return {true, path, consumed, d.compressed, times(times(voxels, bytes_per_voxel), channels)};
         detached = value;
         break;
       }
     }
   }
-  if (detached.empty() || lower(detached).rfind("list", 0) == 0 || detached.find('%') != std::string::npos ||
+  if (detached.empty() || to_lower(detached).rfind("list", 0) == 0 || detached.find('%') != std::string::npos ||
       detached.find(' ') != std::string::npos)
     return {};
   const fs::path file = fs::path(detached).is_absolute() ? fs::path(detached) : fs::path(path).parent_path() / detached;

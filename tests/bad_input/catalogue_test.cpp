@@ -398,18 +398,20 @@ std::vector<Row> rows() {
   const std::string msd_json_head =
       R"({"name": "Hippocampus", "modality": {"0": "MRI"}, "training": [{"image": "./imagesTr/hippocampus_001.nii.gz", )"
       R"("label": "./labelsTr/hippocampus_001.nii.gz"}], "test": [], )";
+  // iris-data convert msd of the task msd_task wrote in `d`, into `to` (relative to d).
+  auto convert_msd = [=](const fs::path& d, const fs::path& to) {
+    return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " + shell_quoted((d / to).string());
+  };
   r.push_back({"MsdNegativeLabelKey",
                [=](const fs::path& d) {
                  msd_task(d, msd_json_head + R"("labels": {"0": "background", "-3": "Anterior"}})");
-                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
-                        shell_quoted((d / "out").string());
+                 return convert_msd(d, "out");
                },
                3, {"dataset.json", "label key '-3'"}, {"out"}});
   r.push_back({"MsdLabelKeyOf2To40",
                [=](const fs::path& d) {
                  msd_task(d, msd_json_head + R"("labels": {"0": "background", "1099511627776": "Anterior"}})");
-                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
-                        shell_quoted((d / "out").string());
+                 return convert_msd(d, "out");
                },
                3, {"dataset.json", "label key '1099511627776'", "0 to 65535"}, {"out"}});
   r.push_back({"MsdImageOutsideItsTaskFolder",
@@ -418,22 +420,19 @@ std::vector<Row> rows() {
                  fs::copy_file(inputs().image, d / "elsewhere" / "secret.nii.gz");
                  msd_task(d, R"({"name": "H", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior"},)"
                              R"( "training": [{"image": "../elsewhere/secret.nii.gz", "label": "./labelsTr/hippocampus_001.nii.gz"}]})");
-                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
-                        shell_quoted((d / "out").string());
+                 return convert_msd(d, "out");
                },
                3, {"../elsewhere/secret.nii.gz", "outside the task folder"}, {"out"}});
   r.push_back({"MsdLabelKeyTwice",
                [=](const fs::path& d) {
                  msd_task(d, msd_json_head + R"("labels": {"0": "background", "1": "Anterior", "1": "Posterior"}})");
-                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
-                        shell_quoted((d / "out").string());
+                 return convert_msd(d, "out");
                },
                3, {"dataset.json", "the key '1' appears twice"}, {"out"}});
   r.push_back({"ConvertIntoAMissingParentFolder",
                [=](const fs::path& d) {
                  msd_task(d, msd_json_head + R"("labels": {"0": "background", "1": "Anterior"}})");
-                 return data + " convert msd " + shell_quoted((d / "Task04_Hippocampus").string()) + " " +
-                        shell_quoted((d / "new" / "deeper" / "out").string());
+                 return convert_msd(d, fs::path("new") / "deeper" / "out");
                },
                0, {"class 'Anterior' is named 'hippocampus_anterior'"}, {}, 0, 4096, {"new/deeper/out/dataset.json"}});
   // 9. Outputs never replace inputs, users' files or links (#35).
