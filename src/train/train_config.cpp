@@ -1,6 +1,7 @@
 #include "iris/train/train_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "iris/common/error.h"
@@ -10,7 +11,7 @@ namespace iris::train {
 const std::vector<std::string>& TrainConfig::known_keys() {
   static const std::vector<std::string> known{
       "iterations", "batch", "patch", "max_classes", "optimizer", "optimizer_eps", "lr", "warmup", "schedule", "final_lr_ratio",
-      "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "dice_weight", "bce_weight",
+      "weight_decay", "grad_clip", "weight_ema", "update_memory_bank", "loss", "dice_weight", "bce_weight",
       "checkpoint_every", "keep_checkpoints", "validate_every", "validation_episodes", "log_every", "output_dir", "init_from",
       "seed", "device", "bf16", "activation_checkpointing", "loader_workers", "prefetch", "tensorboard", "distributed", "distributed_timeout_s", "micro_batch", "threads", "foreground_oversample", "foreground_spread", "perturb_reference", "augment",
       "augment_intensity_probability", "augment_rotation_degrees", "augment_scale_min", "augment_scale_max",
@@ -56,8 +57,15 @@ TrainConfig TrainConfig::from_config(const ConfigMap& m) {
   d("grad_clip", c.grad_clip);
   d("weight_ema", c.weight_ema);
   b("update_memory_bank", c.update_memory_bank);
+  if (m.has("loss")) c.loss = model::parse_region_loss(m.get("loss"), "train.loss");
   d("dice_weight", c.dice_weight);
   d("bce_weight", c.bce_weight);
+  for (const auto& [key, weight] : {std::pair<const char*, double>{"train.dice_weight", c.dice_weight},
+                                    {"train.bce_weight", c.bce_weight}})
+    if (!std::isfinite(weight) || weight < 0)
+      throw Error(key, "must be a finite number >= 0 (it is " + std::to_string(weight) + ")");
+  if (c.dice_weight == 0 && c.bce_weight == 0)
+    throw Error("train.dice_weight", "dice_weight and bce_weight are both 0: the loss would be 0 and nothing would train");
   i("checkpoint_every", c.checkpoint_every);
   i("keep_checkpoints", c.keep_checkpoints);
   i("validate_every", c.validate_every);

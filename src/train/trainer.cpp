@@ -7,7 +7,6 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <regex>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -27,6 +26,7 @@
 #include "iris/train/optimizer.h"
 #include "iris/train/schedule.h"
 #include "iris/train/tensorboard.h"
+#include "iris/train/training_step.h"
 
 namespace fs = std::filesystem;
 
@@ -158,43 +158,10 @@ void Trainer::load_initial_weights() {
 }
 
 void Trainer::build_optimizer() {
-  std::vector<std::regex> patterns;
-  auto rules = config_.param_groups;
-  std::sort(rules.begin(), rules.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  for (const auto& r : rules) {
-    try {
-      patterns.emplace_back(r.pattern);
-    } catch (const std::regex_error&) {
-      throw Error("train.param_groups." + r.name + ".pattern", "not a valid regular expression: " + r.pattern);
-    }
-  }
-  std::vector<ParamGroup> groups(rules.size() + 1);
-  groups.back().name = "default";
-  groups.back().weight_decay = config_.weight_decay;
-  for (size_t i = 0; i < rules.size(); ++i) {
-    groups[i].name = rules[i].name;
-    groups[i].lr_scale = rules[i].lr_scale;
-    groups[i].weight_decay = rules[i].weight_decay >= 0 ? rules[i].weight_decay : config_.weight_decay;
-  }
   opt_ = std::make_unique<OptimizerHolder>();
-  for (auto& p : net_->named_parameters()) {
-    size_t g = rules.size();
-    for (size_t i = 0; i < rules.size(); ++i)
-      if (std::regex_search(p.key(), patterns[i])) {
-        g = i;
-        break;
-      }
-    if (g < rules.size() && rules[g].freeze) {
-      p.value().set_requires_grad(false);
-      continue;
-    }
-    groups[g].params.push_back(p.value());
-    groups[g].param_names.push_back(p.key());
-    opt_->trainable.push_back(p.value());
-  }
-  std::vector<ParamGroup> nonempty;
-  for (auto& g : groups)
-    if (!g.params.empty()) nonempty.push_back(std::move(g));
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (auto& p : net_->named_parameters()) named.emplace_back(p.key(), p.value());
+  std::vector<ParamGroup> nonempty = make_param_groups(named, config_.param_groups, config_.weight_decay, &opt_->trainable);
   OptimizerOptions o;
   o.kind = config_.optimizer;
   o.eps = config_.optimizer_eps;
@@ -243,20 +210,10 @@ StepMetrics Trainer::step(long iteration) {
     at::Tensor q = b.query.narrow(0, first, n).to(device), qm = b.query_masks.narrow(0, first, n).to(device);
     at::Tensor r = b.reference.narrow(0, first, n).to(device), rm = b.reference_masks.narrow(0, first, n).to(device);
     at::Tensor valid = valid_all.narrow(0, first, n);
-    std::vector<at::Tensor> tokens;
-    at::Tensor logits;
-    {
-      // Only the forward pass runs in bf16; loss and backward stay float32.
-      compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
-      auto ref_features = net_->encode_image(r);
-      tokens = net_->encode_task_tokens(ref_features, rm);
-      logits = net_->decode(net_->encode_image(q), tokens);
-    }
-    logits = logits.to(at::kFloat);
-    model::LossWeights w;
-    w.dice = config_.dice_weight;
-    w.bce = config_.bce_weight;
-    model::LossTerms terms = model::dice_bce_loss(logits, qm, valid, w);
+    EpisodeForward forward = episode_forward(*net_, q, r, rm, config_.bf16);
+    const std::vector<at::Tensor>& tokens = forward.tokens;
+    const at::Tensor& logits = forward.logits;
+    model::LossTerms terms = model::dice_bce_loss(logits, qm, valid, loss_weights(config_));
     const double part_valid = std::max(1.0, valid.sum().item<double>());
     // dice_bce_loss averages over this pass's valid classes; rescale to the global count.
     at::Tensor loss = terms.total * (part_valid / global_valid) * comm_.size();
@@ -301,8 +258,9 @@ StepMetrics Trainer::step(long iteration) {
   {
     at::NoGradGuard no_grad;
     if (!ema_.empty()) {
-      size_t i = 0;
-      for (const auto& p : net_->named_parameters()) ema_[i++].second.mul_(config_.weight_ema).add_(p.value(), 1 - config_.weight_ema);
+      std::vector<at::Tensor> shadow;
+      for (auto& [name, t] : ema_) shadow.push_back(t);  // same storage
+      update_weight_ema(shadow, net_->parameters(), config_.weight_ema);
     }
     if (config_.update_memory_bank) {
       // Gather every rank's tokens and ids so all ranks apply the same
@@ -350,10 +308,9 @@ long Trainer::probe_micro_batch() {
     data::EpisodeBatch b = train_sampler_.sample(-1 - size, size);
     net_->train();
     opt_->sync->set_accumulating(true);
-    compat::AutocastGuard autocast(device.type(), at::kBFloat16, config_.bf16);
-    auto tokens = net_->encode_task_tokens(net_->encode_image(b.reference.to(device)), b.reference_masks.to(device));
-    at::Tensor logits = net_->decode(net_->encode_image(b.query.to(device)), tokens).to(at::kFloat);
-    model::LossTerms terms = model::dice_bce_loss(logits, b.query_masks.to(device), b.valid.to(device), model::LossWeights{});
+    const at::Tensor logits =
+        episode_forward(*net_, b.query.to(device), b.reference.to(device), b.reference_masks.to(device), config_.bf16).logits;
+    model::LossTerms terms = model::dice_bce_loss(logits, b.query_masks.to(device), b.valid.to(device), loss_weights(config_));
     terms.total.backward();
     opt_->optimizer->zero_grad();
   };

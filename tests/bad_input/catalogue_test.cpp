@@ -515,6 +515,26 @@ std::vector<Row> rows() {
                  return program("iris-train") + " " + shell_quoted(config);
                },
                3, {"data.datasets.blob.split", "'-0.5' is not a fraction >= 0"}, {"run"}});
+  // Loss settings (#39) are refused before anything runs, naming the key.
+  r.push_back({"UnknownLossName",
+               [=](const fs::path& d) {
+                 return program("iris-train") + " " +
+                        shell_quoted(train_config(d, (d / "run").string(), "  loss: focal\n")) + " --dump-config";
+               },
+               3, {"train.loss", "unknown loss 'focal'", "soft_dice, adaptive_tversky"}, {"run"}});
+  r.push_back({"NegativeLossWeight",
+               [=](const fs::path& d) {
+                 return program("iris-train") + " " +
+                        shell_quoted(train_config(d, (d / "run").string(), "  bce_weight: -1\n")) + " --dump-config";
+               },
+               3, {"train.bce_weight", "must be a finite number >= 0"}, {"run"}});
+  r.push_back({"AllLossWeightsZero",
+               [=](const fs::path& d) {
+                 return program("iris-train") + " " +
+                        shell_quoted(train_config(d, (d / "run").string(), "  dice_weight: 0\n  bce_weight: 0\n")) +
+                        " --dump-config";
+               },
+               3, {"train.dice_weight", "both 0"}, {"run"}});
   // 10. Models and tasks whose checksum holds but whose content is unusable (#35).
   r.push_back({"ModelWithANanWeight",
                [=](const fs::path& d) {

@@ -20,6 +20,7 @@
 #include "iris/model/task_embedding.h"
 #include "iris/train/communicator.h"
 #include "iris/train/trainer.h"
+#include "support/mass_train_step.h"
 #include "support/test_support.h"
 
 namespace fs = std::filesystem;
@@ -142,6 +143,17 @@ TEST(OnDevice, AuthorsModelInFloat32AndBf16) {
               device.str().c_str(), mean_error, scale, agree);
   EXPECT_LE(mean_error, 0.03);
   EXPECT_GE(agree, 0.99);
+}
+
+// The whole training step with bf16 autocast (forward, adaptive Tversky + BCE,
+// backward, clipping, Lamb, EMA) on the device, against the author's float32
+// step: within the author's own bf16 distance from it (tests/train/mass_train_step_test.cpp
+// runs the same on the CPU).
+TEST(OnDevice, Bf16TrainingStepWithinTheAuthorsOwnBf16Distance) {
+  const c10::Device device = test_device();
+  IRIS_REQUIRE_DEVICE(device);
+  iris_test::expect_bf16_step_within_the_authors(
+      iris_test::iris_step(iris_test::Precision::bf16, iris_test::paper_config(), device), device.str().c_str());
 }
 
 TEST(OnDevice, SlidingWindowEqualsTheCpu) {

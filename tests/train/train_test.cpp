@@ -193,6 +193,25 @@ TEST(Loss, DiceAndBceOfKnownValues) {
   EXPECT_NEAR(half.bce.item<float>(), std::log(2.0), 1e-4);
 }
 
+TEST(Loss, AdaptiveTverskyOfKnownValues) {
+  // All-zero logits: p = 0.5. A mask of 8 of 64 voxels: TP = 4, FP = 28, FN = 4;
+  // alpha = 28 / 32 = 0.875 is clamped to 0.8 (beta 0.2):
+  // 1 - 4 / (4 + 0.8 * 28 + 0.2 * 4) = 1 - 4 / 27.2. Unclamped it would be 1 - 4 / 29.
+  at::Tensor t = torch::zeros({1, 2, 4, 4, 4});
+  t[0][0][0].narrow(0, 0, 2).fill_(1);
+  t[0][1].narrow(0, 0, 2).fill_(1);  // 32 of 64: alpha = 0.5, 1 - 16 / (16 + 8 + 8) = 0.5
+  model::LossWeights w;
+  w.region = model::RegionLoss::adaptive_tversky;
+  auto terms = model::dice_bce_loss(torch::zeros_like(t), t, {}, w);
+  EXPECT_NEAR(terms.dice_per_class[0][0].item<double>(), 1 - 4 / 27.2, 1e-6);
+  EXPECT_NEAR(terms.dice_per_class[0][1].item<double>(), 0.5, 1e-6);
+  // A padding slot weighs 0.
+  auto padded = model::dice_bce_loss(torch::zeros_like(t), t, torch::tensor({{0.0f, 1.0f}}), w);
+  EXPECT_NEAR(padded.dice.item<double>(), 0.5, 1e-6);
+  EXPECT_EQ(model::parse_region_loss("adaptive_tversky", "train.loss"), model::RegionLoss::adaptive_tversky);
+  EXPECT_THROW(model::parse_region_loss("dice", "train.loss"), Error);
+}
+
 TEST(Datasets, ReadsAnNnUNetRawFolderAndSplitsReproducibly) {
   fs::path root = temp_dir("nnunet") / "Dataset001_Brain";
   fs::create_directories(root / "imagesTr");

@@ -1,25 +1,42 @@
 #pragma once
-// Segmentation loss of IRIS training: soft Dice + binary cross-entropy per
-// class (one sigmoid per class), averaged over the valid classes.
+// Segmentation loss of IRIS training: a region term (soft Dice, or the
+// author's adaptive Tversky form) + binary cross-entropy per class (one
+// sigmoid per class), averaged over the valid classes.
+#include <string>
+
 #include <ATen/Tensor.h>
 
 namespace iris::model {
 
+enum class RegionLoss {
+  // 1 - (2 TP + s) / (sum p + sum y + s), s = 1e-5 (the paper's "Dice").
+  soft_dice,
+  // The author's code (Stanford-AIMI/MASS metrics/losses.py, BinaryDiceLoss):
+  // alpha = FP / (FP + FN + 1e-6) clamped to [0.2, 0.8], beta = 1 - alpha,
+  // 1 - TP / (TP + alpha FP + beta FN + 1e-6), with alpha inside the graph.
+  adaptive_tversky,
+};
+
+// "soft_dice" | "adaptive_tversky"; iris::Error naming `setting` otherwise.
+RegionLoss parse_region_loss(const std::string& name, const std::string& setting);
+const char* region_loss_name(RegionLoss region);
+
 struct LossWeights {
-  double dice = 1.0;
+  RegionLoss region = RegionLoss::soft_dice;
+  double dice = 1.0;     // weight of the region term, whichever it is
   double bce = 1.0;
-  double smooth = 1e-5;  // keeps the Dice of an empty class finite
+  double smooth = 1e-5;  // soft Dice only: keeps the Dice of an empty class finite
 };
 
 struct LossTerms {
-  at::Tensor total, dice, bce;  // scalars
-  at::Tensor dice_per_class;    // [B, K] Dice loss of each (item, class), detached; padding slots too
+  at::Tensor total, dice, bce;  // scalars; `dice` is the region term
+  at::Tensor dice_per_class;    // [B, K] region loss of each (item, class), detached; padding slots too
 };
 
 // logits, targets [B, K, D, H, W]; valid [B, K] (1 = real class, 0 = padding
-// slot; undefined = all valid). Dice is computed per (item, class) over the
-// volume; BCE is the voxel mean per (item, class); both then averaged over
-// valid slots.
+// slot; undefined = all valid). The region term is computed per (item,
+// class) over the volume; BCE is the voxel mean per (item, class); both are
+// then averaged over valid slots (padding weighs 0).
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid = {},
                         const LossWeights& weights = {});
 

@@ -7,6 +7,7 @@
 
 #include "iris/common/config_map.h"
 #include "iris/data/episodes.h"
+#include "iris/model/losses.h"
 
 namespace iris::train {
 
@@ -39,6 +40,9 @@ struct TrainConfig {
   double grad_clip = 1.0;
   double weight_ema = 0.99;  // 0 disables the EMA copy of the weights
   bool update_memory_bank = true;
+  // train.loss: the region term added to BCE (losses.h); dice_weight weighs
+  // it, whichever it is. See docs/training.md for the choice of default.
+  model::RegionLoss loss = model::RegionLoss::soft_dice;
   double dice_weight = 1.0, bce_weight = 1.0;
   long checkpoint_every = 1000;
   long keep_checkpoints = 3;
