@@ -210,7 +210,14 @@ void make_split(DatasetSpec& d) {
   const size_t n = cases.size();
   size_t n_val = static_cast<size_t>(std::round(n * d.split[1] / total));
   size_t n_test = static_cast<size_t>(std::round(n * d.split[2] / total));
-  if (n_val + n_test >= n) n_val = n_test = 0;  // tiny datasets: everything trains
+  if (d.split[0] == 0) {
+    // No training fraction (held-out cases, a validation-only dataset): none
+    // of its cases trains, whatever the rounding.
+    n_val = std::min(n_val, n);
+    n_test = n - n_val;
+  } else if (n_val + n_test >= n) {
+    n_val = n_test = 0;  // tiny datasets: everything trains
+  }
   d.train.assign(cases.begin(), cases.end() - n_val - n_test);
   d.val.assign(cases.end() - n_val - n_test, cases.end() - n_test);
   d.test.assign(cases.end() - n_test, cases.end());

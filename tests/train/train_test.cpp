@@ -212,6 +212,26 @@ TEST(Loss, AdaptiveTverskyOfKnownValues) {
   EXPECT_THROW(model::parse_region_loss("dice", "train.loss"), Error);
 }
 
+TEST(Datasets, AZeroTrainFractionTrainsOnNoCase) {
+  // A validation-only dataset (split [0, 1, 0]) once trained on both of its
+  // cases: the tiny-dataset rule (everything trains) overrode the user's 0.
+  data::DatasetSpec d;
+  d.name = "held_out";
+  d.cases = {{"kmeans", "k.nii.gz", "kb.nii.gz"}, {"colin", "c.nii.gz", "cb.nii.gz"}};
+  d.split = {0, 1, 0};
+  data::make_split(d);
+  EXPECT_TRUE(d.train.empty());
+  EXPECT_EQ(d.val.size(), 2u);
+  d.split = {0, 0.5, 0.5};
+  data::make_split(d);
+  EXPECT_TRUE(d.train.empty());
+  EXPECT_EQ(d.val.size() + d.test.size(), 2u);
+  // A training fraction too small for two cases still trains on both.
+  d.split = {0.1, 0.9, 0};
+  data::make_split(d);
+  EXPECT_EQ(d.train.size(), 2u);
+}
+
 TEST(Datasets, ReadsAnNnUNetRawFolderAndSplitsReproducibly) {
   fs::path root = temp_dir("nnunet") / "Dataset001_Brain";
   fs::create_directories(root / "imagesTr");
