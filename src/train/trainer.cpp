@@ -172,9 +172,19 @@ void Trainer::build_optimizer() {
 std::string Trainer::last_checkpoint() const { return (fs::path(config_.output_dir) / "checkpoints" / "last.ckpt").string(); }
 std::string Trainer::final_model_path() const { return (fs::path(config_.output_dir) / "model.iris").string(); }
 
+// What the passes of one step add up to on this rank.
+struct Trainer::Passes {
+  double loss_sum = 0, dice_sum = 0, bce_sum = 0, valid_sum = 0;
+  double last[3] = {0, 0, 0};  // the last pass's loss, region and BCE terms
+  int count = 0;
+  std::vector<at::Tensor> tokens;  // task tokens of every episode (memory bank), float32
+  // Per dataset (columns): region-loss sum over valid classes (row 0) and
+  // their count (row 1), on the device; one copy back per step.
+  at::Tensor by_dataset;
+};
+
 StepMetrics Trainer::step(long iteration) {
   const auto t0 = std::chrono::steady_clock::now();
-  const c10::Device device(config_.device);
   // This rank's share of the global batch: episodes are numbered globally so
   // that N ranks see exactly the episodes one process would.
   if (!loader_) {
@@ -182,10 +192,27 @@ StepMetrics Trainer::step(long iteration) {
         [this](long it) { return train_sampler_.sample(it * comm_.size() + comm_.rank(), local_batch_); },
         config_.loader_workers, config_.prefetch);
   }
-  data::EpisodeBatch b = loader_->get(iteration);
+  const data::EpisodeBatch b = loader_->get(iteration);
   const double data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  at::Tensor valid_all = b.valid.to(device);
 
+  const Passes passes = forward_backward(b);
+  StepMetrics m;
+  m.iteration = iteration;
+  apply_update(iteration, m);
+  if (config_.update_memory_bank) update_memory_bank(b, passes.tokens);
+  if (!dataset_names_.empty()) add_dataset_losses(passes.by_dataset);
+  // Means over this rank's valid classes (one pass: exactly that pass's terms).
+  m.loss = passes.count == 1 ? passes.last[0] : passes.loss_sum / passes.valid_sum;
+  m.dice_loss = passes.count == 1 ? passes.last[1] : passes.dice_sum / passes.valid_sum;
+  m.bce_loss = passes.count == 1 ? passes.last[2] : passes.bce_sum / passes.valid_sum;
+  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  m.data_seconds = data_seconds;
+  return m;
+}
+
+Trainer::Passes Trainer::forward_backward(const data::EpisodeBatch& b) {
+  const c10::Device device(config_.device);
+  const at::Tensor valid_all = b.valid.to(device);
   // Normalise by the global number of valid classes so the all-reduced mean
   // of gradients equals the single-process gradient. Every tensor handed to a
   // collective lives on the training device (NCCL takes nothing else).
@@ -196,13 +223,9 @@ StepMetrics Trainer::step(long iteration) {
   // Micro-batches: gradients of all but the last pass accumulate in .grad;
   // the last pass sends the sum (GradientSynchronizer).
   const long B = local_batch_;
-  std::vector<at::Tensor> token_parts;
-  double loss_sum = 0, dice_sum = 0, bce_sum = 0, valid_sum = 0, one[3] = {0, 0, 0};
-  // Per dataset (columns): Dice-loss sum over valid classes (row 0) and
-  // their count (row 1), accumulated on the device; one copy back per step.
   const long D = static_cast<long>(dataset_names_.size());
-  at::Tensor by_dataset = at::zeros({2, D}, at::TensorOptions().device(device).dtype(at::kFloat));
-  int passes = 0;
+  Passes p;
+  p.by_dataset = at::zeros({2, D}, at::TensorOptions().device(device).dtype(at::kFloat));
   for (long first = 0; first < B; first += micro_batch_) {
     const long n = std::min(micro_batch_, B - first);
     const bool last = first + n >= B;
@@ -210,41 +233,40 @@ StepMetrics Trainer::step(long iteration) {
     at::Tensor q = b.query.narrow(0, first, n).to(device), qm = b.query_masks.narrow(0, first, n).to(device);
     at::Tensor r = b.reference.narrow(0, first, n).to(device), rm = b.reference_masks.narrow(0, first, n).to(device);
     at::Tensor valid = valid_all.narrow(0, first, n);
-    EpisodeForward forward = episode_forward(*net_, q, r, rm, config_.bf16);
-    const std::vector<at::Tensor>& tokens = forward.tokens;
-    const at::Tensor& logits = forward.logits;
-    model::LossTerms terms = model::dice_bce_loss(logits, qm, valid, loss_weights(config_));
+    const EpisodeForward forward = episode_forward(*net_, q, r, rm, config_.bf16);
+    const model::LossTerms terms = model::dice_bce_loss(forward.logits, qm, valid, loss_weights(config_));
     const double part_valid = std::max(1.0, valid.sum().item<double>());
     // dice_bce_loss averages over this pass's valid classes; rescale to the global count.
     at::Tensor loss = terms.total * (part_valid / global_valid) * comm_.size();
     loss.backward();
-    one[0] = terms.total.item<double>();
-    one[1] = terms.dice.item<double>();
-    one[2] = terms.bce.item<double>();
+    p.last[0] = terms.total.item<double>();
+    p.last[1] = terms.dice.item<double>();
+    p.last[2] = terms.bce.item<double>();
     if (D > 0) {
       const at::Tensor item_dataset =
           at::tensor(std::vector<long>(b.dataset.begin() + first, b.dataset.begin() + first + n)).to(device);
       const at::Tensor v = valid.to(at::kFloat);
-      by_dataset[0].index_add_(0, item_dataset, (terms.dice_per_class.to(at::kFloat) * v).sum(1));
-      by_dataset[1].index_add_(0, item_dataset, v.sum(1));
+      p.by_dataset[0].index_add_(0, item_dataset, (terms.dice_per_class.to(at::kFloat) * v).sum(1));
+      p.by_dataset[1].index_add_(0, item_dataset, v.sum(1));
     }
-    loss_sum += one[0] * part_valid;
-    dice_sum += one[1] * part_valid;
-    bce_sum += one[2] * part_valid;
-    valid_sum += part_valid;
-    ++passes;
+    p.loss_sum += p.last[0] * part_valid;
+    p.dice_sum += p.last[1] * part_valid;
+    p.bce_sum += p.last[2] * part_valid;
+    p.valid_sum += part_valid;
+    ++p.count;
     if (config_.update_memory_bank) {
-      if (token_parts.empty()) token_parts.resize(tokens.size());
-      for (size_t i = 0; i < tokens.size(); ++i) {
-        at::Tensor t = tokens[i].detach().to(at::kFloat);
-        token_parts[i] = token_parts[i].defined() ? at::cat({token_parts[i], t}) : t;
+      if (p.tokens.empty()) p.tokens.resize(forward.tokens.size());
+      for (size_t i = 0; i < forward.tokens.size(); ++i) {
+        at::Tensor t = forward.tokens[i].detach().to(at::kFloat);
+        p.tokens[i] = p.tokens[i].defined() ? at::cat({p.tokens[i], t}) : t;
       }
     }
   }
   opt_->sync->finish();
+  return p;
+}
 
-  StepMetrics m;
-  m.iteration = iteration;
+void Trainer::apply_update(long iteration, StepMetrics& m) {
   m.grad_norm = clip_grad_norm(opt_->optimizer->groups(), config_.grad_clip);
   ScheduleOptions s;
   s.kind = config_.schedule;
@@ -254,48 +276,42 @@ StepMetrics Trainer::step(long iteration) {
   s.final_ratio = config_.final_lr_ratio;
   m.lr = learning_rate(s, iteration);
   opt_->optimizer->step(m.lr);
-
-  {
-    at::NoGradGuard no_grad;
-    if (!ema_.empty()) {
-      std::vector<at::Tensor> shadow;
-      for (auto& [name, t] : ema_) shadow.push_back(t);  // same storage
-      update_weight_ema(shadow, net_->parameters(), config_.weight_ema);
-    }
-    if (config_.update_memory_bank) {
-      // Gather every rank's tokens and ids so all ranks apply the same
-      // updates in the same (global episode) order.
-      const long GB = config_.batch, K = b.class_ids.size(1), off = comm_.rank() * local_batch_;
-      const auto on_device = at::TensorOptions().device(device);
-      at::Tensor ids = at::zeros({GB, K}, on_device.dtype(at::kFloat));
-      ids.narrow(0, off, local_batch_).copy_((b.class_ids + 1).to(device, at::kFloat));
-      std::vector<at::Tensor> gathered;
-      for (auto& t : token_parts) {
-        at::Tensor full = at::zeros({GB, t.size(1), t.size(2), t.size(3)}, on_device.dtype(at::kFloat));
-        full.narrow(0, off, local_batch_).copy_(t);
-        gathered.push_back(full);
-      }
-      comm_.allreduce_sum(ids);
-      for (auto& g : gathered) comm_.allreduce_sum(g);
-      net_->update_memory_bank(gathered, ids.round().to(at::kLong) - 1);
-    }
-    if (D > 0) {
-      comm_.allreduce_sum(by_dataset);
-      const at::Tensor h = by_dataset.to(at::kDouble).cpu().contiguous();
-      const auto a = h.accessor<double, 2>();
-      for (long i = 0; i < D; ++i) {
-        dataset_dice_sum_[i] += a[0][i];
-        dataset_classes_[i] += a[1][i];
-      }
-    }
+  if (!ema_.empty()) {
+    std::vector<at::Tensor> shadow;
+    for (auto& [name, t] : ema_) shadow.push_back(t);  // same storage
+    update_weight_ema(shadow, net_->parameters(), config_.weight_ema);
   }
-  // Means over this rank's valid classes (one pass: exactly that pass's terms).
-  m.loss = passes == 1 ? one[0] : loss_sum / valid_sum;
-  m.dice_loss = passes == 1 ? one[1] : dice_sum / valid_sum;
-  m.bce_loss = passes == 1 ? one[2] : bce_sum / valid_sum;
-  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  m.data_seconds = data_seconds;
-  return m;
+}
+
+void Trainer::update_memory_bank(const data::EpisodeBatch& b, const std::vector<at::Tensor>& tokens) {
+  at::NoGradGuard no_grad;
+  // Gather every rank's tokens and ids so all ranks apply the same updates in
+  // the same (global episode) order.
+  const c10::Device device(config_.device);
+  const long GB = config_.batch, K = b.class_ids.size(1), off = comm_.rank() * local_batch_;
+  const auto on_device = at::TensorOptions().device(device);
+  at::Tensor ids = at::zeros({GB, K}, on_device.dtype(at::kFloat));
+  ids.narrow(0, off, local_batch_).copy_((b.class_ids + 1).to(device, at::kFloat));
+  std::vector<at::Tensor> gathered;
+  for (const auto& t : tokens) {
+    at::Tensor full = at::zeros({GB, t.size(1), t.size(2), t.size(3)}, on_device.dtype(at::kFloat));
+    full.narrow(0, off, local_batch_).copy_(t);
+    gathered.push_back(full);
+  }
+  comm_.allreduce_sum(ids);
+  for (auto& g : gathered) comm_.allreduce_sum(g);
+  net_->update_memory_bank(gathered, ids.round().to(at::kLong) - 1);
+}
+
+void Trainer::add_dataset_losses(const at::Tensor& by_dataset) {
+  at::Tensor all = by_dataset.clone();
+  comm_.allreduce_sum(all);
+  const at::Tensor h = all.to(at::kDouble).cpu().contiguous();
+  const auto a = h.accessor<double, 2>();
+  for (long i = 0; i < static_cast<long>(dataset_names_.size()); ++i) {
+    dataset_dice_sum_[i] += a[0][i];
+    dataset_classes_[i] += a[1][i];
+  }
 }
 
 long Trainer::probe_micro_batch() {

@@ -92,7 +92,15 @@ class Trainer {
  private:
   void build_optimizer();
   void load_initial_weights();  // train.init_from
+  // One step, in named parts: forward and backward over the micro-batches,
+  // then clipping, schedule, optimiser and weight EMA, then the memory bank
+  // and the per-dataset losses (each all-reduced across ranks).
+  struct Passes;
   StepMetrics step(long iteration);
+  Passes forward_backward(const data::EpisodeBatch& batch);
+  void apply_update(long iteration, StepMetrics& metrics);
+  void update_memory_bank(const data::EpisodeBatch& batch, const std::vector<at::Tensor>& tokens);
+  void add_dataset_losses(const at::Tensor& by_dataset);
   long probe_micro_batch();
   void save_checkpoint(long next_iteration, bool final_copy);
   std::string choose_checkpoint(ResumeMode mode) const;
