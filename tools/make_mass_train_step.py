@@ -18,7 +18,8 @@ the weight EMA with decay 0.99 (the EMA model starts as a copy of the model).
 The step runs three times: in float32; with torch.autocast("cpu", bfloat16) around
 forward and loss as MASS's trainer does on CUDA (the author's own distance from
 float32, the tolerance iris's bf16 step is held to); and in float64, where
-rounding cannot hide or fake a difference in the algorithm.
+rounding cannot hide or fake a difference in the algorithm (BinaryDiceLoss
+still casts its TP/FP/FN sums to float32: the float64 run rounds there).
 
 Writes to --out:
   query_image.bin, query_masks.bin, reference_image.bin, reference_masks.bin

@@ -215,8 +215,10 @@ void make_split(DatasetSpec& d) {
     // of its cases trains, whatever the rounding.
     n_val = std::min(n_val, n);
     n_test = n - n_val;
-  } else if (n_val + n_test >= n) {
-    n_val = n_test = 0;  // tiny datasets: everything trains
+  } else if (n > 0 && n_val + n_test >= n) {
+    // Rounding left no training case: one case trains, validation and test
+    // give up the rest (the larger share first).
+    while (n_val + n_test > n - 1) (n_val >= n_test ? n_val : n_test) -= 1;
   }
   d.train.assign(cases.begin(), cases.end() - n_val - n_test);
   d.val.assign(cases.end() - n_val - n_test, cases.end() - n_test);

@@ -30,8 +30,10 @@ LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, con
   at::Tensor region;
   if (w.region == RegionLoss::adaptive_tversky) {
     constexpr double kSmooth = 1e-6;  // the author's constant
-    at::Tensor fp = p.sum(-1) - tp;   // sum p (1 - y)
-    at::Tensor fn = y.sum(-1) - tp;   // sum (1 - p) y
+    // As the author sums them: sum(p) - TP would round below 0 for a class
+    // predicted almost perfectly and send alpha to the wrong end of the clamp.
+    at::Tensor fp = (p * (1.0 - y)).sum(-1);
+    at::Tensor fn = ((1.0 - p) * y).sum(-1);
     at::Tensor alpha = (fp / (fp + fn + kSmooth)).clamp(0.2, 0.8);
     region = 1.0 - tp / (tp + alpha * fp + (1.0 - alpha) * fn + kSmooth);
   } else {

@@ -212,7 +212,7 @@ TEST(Loss, AdaptiveTverskyOfKnownValues) {
   EXPECT_THROW(model::parse_region_loss("dice", "train.loss"), Error);
 }
 
-TEST(Datasets, AZeroTrainFractionTrainsOnNoCase) {
+TEST(Datasets, TheSplitHonoursZeroAndSmallTrainFractions) {
   // A validation-only dataset (split [0, 1, 0]) once trained on both of its
   // cases: the tiny-dataset rule (everything trains) overrode the user's 0.
   data::DatasetSpec d;
@@ -226,10 +226,17 @@ TEST(Datasets, AZeroTrainFractionTrainsOnNoCase) {
   data::make_split(d);
   EXPECT_TRUE(d.train.empty());
   EXPECT_EQ(d.val.size() + d.test.size(), 2u);
-  // A training fraction too small for two cases still trains on both.
+  // A training fraction too small for two cases: one trains, one validates
+  // (it used to be both training, the validation case included).
   d.split = {0.1, 0.9, 0};
   data::make_split(d);
-  EXPECT_EQ(d.train.size(), 2u);
+  EXPECT_EQ(d.train.size(), 1u);
+  EXPECT_EQ(d.val.size(), 1u);
+  // One case and a validation fraction: it trains.
+  d.cases.resize(1);
+  d.split = {0.5, 0.5, 0};
+  data::make_split(d);
+  EXPECT_EQ(d.train.size(), 1u);
 }
 
 TEST(Datasets, ReadsAnNnUNetRawFolderAndSplitsReproducibly) {

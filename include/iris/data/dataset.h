@@ -82,7 +82,8 @@ const std::vector<std::string>& dataset_keys();
 
 // Deterministic split by seed (sorted case names, shuffled with the seed).
 // A dataset whose train fraction is 0 trains on none of its cases; one whose
-// rounding would leave no training case (a tiny dataset) trains on all.
+// rounding would leave no training case (a tiny dataset) trains on one, and
+// validation and test share the rest.
 void make_split(DatasetSpec& d);
 // Writes the split as text (one "subset<TAB>case" per line) for auditing.
 void write_split(const DatasetSpec& d, const std::string& path);
