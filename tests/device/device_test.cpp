@@ -17,6 +17,7 @@
 #include "iris/data/episodes.h"
 #include "iris/infer/sliding_window.h"
 #include "iris/model/checkpoint_import.h"
+#include "support/float_file.h"
 #include "iris/model/task_embedding.h"
 #include "iris/train/communicator.h"
 #include "iris/train/trainer.h"
@@ -57,12 +58,7 @@ std::string unavailable(const c10::Device& device) {
   } while (0)
 
 at::Tensor load_bin(const std::string& name, std::vector<int64_t> shape) {
-  std::ifstream f(kFixtures + name, std::ios::binary);
-  if (!f) throw std::runtime_error("missing fixture " + kFixtures + name);
-  at::Tensor t = torch::empty(shape, torch::kFloat);
-  f.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
-  if (f.gcount() != t.numel() * 4) throw std::runtime_error("short fixture " + name);
-  return t;
+  return iris_test::read_float32_file(kFixtures + name, std::move(shape));
 }
 
 std::vector<data::LoadedDataset> synthetic_datasets() {

@@ -10,6 +10,7 @@
 
 #include "iris/common/error.h"
 #include "iris/model/checkpoint_import.h"
+#include "support/float_file.h"
 #include "iris/model/task_embedding.h"
 
 using namespace iris::model;
@@ -19,12 +20,7 @@ namespace {
 const std::string kDir = std::string(IRIS_TEST_DATA_DIR) + "/fixtures/mass_tiny/";
 
 at::Tensor load_bin(const std::string& name, std::vector<int64_t> shape) {
-  std::ifstream f(kDir + name, std::ios::binary);
-  if (!f) throw std::runtime_error("missing fixture " + kDir + name);
-  at::Tensor t = torch::empty(shape, torch::kFloat);
-  f.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
-  if (f.gcount() != t.numel() * 4) throw std::runtime_error("short fixture " + name);
-  return t;
+  return iris_test::read_float32_file(kDir + name, std::move(shape));
 }
 
 float max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<float>(); }

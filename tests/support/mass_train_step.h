@@ -29,6 +29,7 @@
 #include "iris/train/optimizer.h"
 #include "iris/train/train_config.h"
 #include "iris/train/training_step.h"
+#include "support/float_file.h"
 
 namespace iris_test {
 
@@ -40,12 +41,7 @@ const std::string kPaperConfig = std::string(IRIS_SOURCE_DIR) + "/configs/train/
 constexpr long kFullLimit = 64, kSketchRows = 32;
 
 inline at::Tensor load_bin(const std::string& name, std::vector<int64_t> shape) {
-  std::ifstream f(kDir + name, std::ios::binary);
-  if (!f) throw std::runtime_error("missing fixture " + kDir + name);
-  at::Tensor t = at::empty(shape, at::kFloat);
-  f.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
-  if (f.gcount() != t.numel() * 4) throw std::runtime_error("short fixture " + name);
-  return t;
+  return read_float32_file(kDir + name, std::move(shape));
 }
 
 inline uint64_t splitmix64(uint64_t x) {
