@@ -13,10 +13,6 @@ RegionLoss parse_region_loss(const std::string& name, const std::string& setting
   throw Error(setting, "unknown loss '" + name + "' (known: soft_dice, adaptive_tversky; each is added to BCE)");
 }
 
-const char* region_loss_name(RegionLoss region) {
-  return region == RegionLoss::adaptive_tversky ? "adaptive_tversky" : "soft_dice";
-}
-
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid,
                         const LossWeights& w) {
   if (logits.sizes() != targets.sizes()) internal_error("loss", "logits and targets differ in shape");

@@ -19,7 +19,6 @@ enum class RegionLoss {
 
 // "soft_dice" | "adaptive_tversky"; iris::Error naming `setting` otherwise.
 RegionLoss parse_region_loss(const std::string& name, const std::string& setting);
-const char* region_loss_name(RegionLoss region);
 
 struct LossWeights {
   RegionLoss region = RegionLoss::soft_dice;
