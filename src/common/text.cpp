@@ -17,4 +17,9 @@ std::string to_lower(std::string text) {
   return text;
 }
 
+std::string to_upper(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+  return text;
+}
+
 }  // namespace iris

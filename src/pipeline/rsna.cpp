@@ -17,6 +17,7 @@
 #include "iris/common/csv.h"
 #include "iris/common/error.h"
 #include "iris/common/file_names.h"
+#include "iris/common/text.h"
 #include "iris/data/dataset.h"
 #include "iris/eval/rsna.h"
 #include "iris/io/dicom.h"
@@ -52,9 +53,7 @@ long location_of(const std::string& name, const std::string& where) {
 }
 
 bool is_ct(const std::string& modality) {
-  std::string m = modality;
-  std::transform(m.begin(), m.end(), m.begin(), ::toupper);
-  return m.rfind("CT", 0) == 0;
+  return to_upper(modality).rfind("CT", 0) == 0;
 }
 
 // Continuous voxel index (x, y, z) of patient point `p` on `g`.

@@ -11,4 +11,7 @@ std::string trim(const std::string& text);
 // `text` in ASCII lower case.
 std::string to_lower(std::string text);
 
+// `text` in ASCII upper case.
+std::string to_upper(std::string text);
+
 }  // namespace iris
