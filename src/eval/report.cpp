@@ -27,14 +27,12 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-struct Rgb {
-  uint8_t r, g, b;
-};
-constexpr Rgb kReferenceColour{0, 230, 0};
-constexpr Rgb kPredictionColour{255, 0, 0};
-constexpr Rgb kBothColour{255, 230, 0};  // outlines on the same pixel
-constexpr Rgb kMarkerColour{0, 200, 255};
+constexpr LabelColour kMarkerColour{0, 200, 255};
 constexpr uint8_t kBlankGrey = 20;
+using Rgb = LabelColour;
+
+// The prediction's fill over the grey image: this share of the class colour.
+constexpr double kFillOpacity = 0.4;
 
 struct RgbPicture {
   int64_t width = 0, height = 0;
@@ -116,7 +114,9 @@ std::pair<double, double> percentile_window(const at::Tensor& voxels) {
 // Voxel count along voxel axis x=0, y=1, z=2 of a [Z,Y,X] tensor.
 int64_t size_along(const at::Tensor& t, int voxel_axis) { return t.size(2 - voxel_axis); }
 
-RgbPicture render_slice(const CaseVolumes& volumes, View view, const std::array<int64_t, 3>& zyx) {
+// `shown` gains the labels drawn in the picture (for the case's legend).
+RgbPicture render_slice(const CaseVolumes& volumes, View view, const std::array<int64_t, 3>& zyx,
+                        std::set<int32_t>* shown) {
   const AxisMap axes = axis_map_of(volumes.geometry);
   const ViewAxes va = view_axes(view);
   const int normal_axis = axes.voxel_axis[va.normal];
@@ -172,8 +172,24 @@ RgbPicture render_slice(const CaseVolumes& volumes, View view, const std::array<
         pic.set(c, r, {grey, grey, grey});
       }
     }
-  // Outlines at display resolution (one pixel wide): a labelled pixel with a
-  // 4-neighbour of another label; outside the picture counts as background.
+  // The prediction: each class filled in its colour, translucent over the image.
+  int32_t last_shown = 0;
+  for (int64_t r = 0; r < pic.height; ++r)
+    for (int64_t c = 0; c < pic.width; ++c) {
+      const int32_t v = pred_px[r * pic.width + c];
+      if (v == 0) continue;
+      const LabelColour colour = label_colour(v);
+      uint8_t* p = &pic.rgb[3 * (r * pic.width + c)];
+      for (int k = 0; k < 3; ++k) {
+        const uint8_t channel = k == 0 ? colour.r : k == 1 ? colour.g : colour.b;
+        p[k] = static_cast<uint8_t>(std::lround((1 - kFillOpacity) * p[k] + kFillOpacity * channel));
+      }
+      if (v != last_shown) shown->insert(v), last_shown = v;
+    }
+  // The reference: each class outlined in its colour, at display resolution
+  // (one pixel wide): a labelled pixel with a 4-neighbour of another label;
+  // outside the picture counts as background, so neighbouring structures of
+  // a multi-label map are separated too.
   auto is_outline = [&](const std::vector<int32_t>& px, int64_t r, int64_t c) {
     const int32_t v = px[r * pic.width + c];
     if (v == 0) return false;
@@ -186,12 +202,12 @@ RgbPicture render_slice(const CaseVolumes& volumes, View view, const std::array<
     return false;
   };
   for (int64_t r = 0; r < pic.height; ++r)
-    for (int64_t c = 0; c < pic.width; ++c) {
-      const bool in_ref = is_outline(ref_px, r, c), in_pred = is_outline(pred_px, r, c);
-      if (in_ref && in_pred) pic.set(c, r, kBothColour);
-      else if (in_ref) pic.set(c, r, kReferenceColour);
-      else if (in_pred) pic.set(c, r, kPredictionColour);
-    }
+    for (int64_t c = 0; c < pic.width; ++c)
+      if (is_outline(ref_px, r, c)) {
+        const int32_t v = ref_px[r * pic.width + c];
+        pic.set(c, r, label_colour(v));
+        shown->insert(v);
+      }
   // Ticks on the picture edges point at the largest error without hiding it.
   auto first_pixel_of = [](const std::vector<int64_t>& voxel_at, int64_t voxel) {
     for (size_t p = 0; p < voxel_at.size(); ++p)
@@ -394,8 +410,9 @@ void build_report(const EvaluationSummary& summary, const fs::path& dir,
                << html_escape(c.files.prediction_file) << "<br>"
                << (has_error ? "slices through the largest error" : "no error: central slices")
                << " at voxel (x, y, z) = (" << zyx[2] << ", " << zyx[1] << ", " << zyx[0] << ")</p>\n<div class=\"slices\">";
+    std::set<int32_t> shown;
     for (View view : {View::kAxial, View::kCoronal, View::kSagittal}) {
-      const RgbPicture pic = render_slice(volumes, view, zyx);
+      const RgbPicture pic = render_slice(volumes, view, zyx, &shown);
       const std::string png = stem + "_" + view_name(view) + ".png";
       write_png(pic, (dir / png).string());
       cases_html << "<figure><img src=\"" << html_escape(png) << "\" width=\"" << pic.width
@@ -403,7 +420,12 @@ void build_report(const EvaluationSummary& summary, const fs::path& dir,
                  << html_escape(c.files.case_name) << "\"><figcaption>" << view_name(view)
                  << "</figcaption></figure>";
     }
-    cases_html << "</div></section>\n";
+    cases_html << "</div>\n<p class=\"legend\">";
+    if (shown.empty()) cases_html << "no structure in these slices";
+    for (int32_t label : shown)
+      cases_html << "<span class=\"swatch\" style=\"background:" << colour_hex(label_colour(label))
+                 << "\"></span>" << html_escape(label_title(summary, label));
+    cases_html << "</p></section>\n";
   }
 
   std::ostringstream html;
@@ -415,7 +437,8 @@ void build_report(const EvaluationSummary& summary, const fs::path& dir,
           "th{background:#f0f0f0}\n.muted{color:#666;font-size:12px;font-weight:normal}\n"
           ".slices{display:flex;flex-wrap:wrap;gap:8px}\nfigure{margin:0}\n"
           "figcaption{font-size:12px;text-align:center}\n"
-          ".legend span{display:inline-block;width:14px;height:4px;margin:0 4px 2px 10px}\n"
+          ".legend{font-size:12px}\n"
+          ".legend .swatch{display:inline-block;width:12px;height:12px;margin:0 4px -2px 10px}\n"
           "</style></head><body>\n<h1>iris-eval report</h1>\n";
   html << "<p>" << summary.cases.size() << " case(s), " << summary.labels.size()
        << " label(s); NSD tolerance " << number(summary.tolerance_mm, 2)
@@ -423,11 +446,10 @@ void build_report(const EvaluationSummary& summary, const fs::path& dir,
   // Many labels make a wide plot: it scrolls instead of widening the page.
   html << "<h2>Dice per label</h2>\n<div style=\"overflow-x:auto\">" << dice_box_plot_svg(summary)
        << "</div>\n";
-  html << "<h2>Cases, worst first</h2>\n<p class=\"legend\">outlines:"
-          "<span style=\"background:#00e600\"></span>reference"
-          "<span style=\"background:#ff0000\"></span>prediction"
-          "<span style=\"background:#ffe600\"></span>both"
-          "<span style=\"background:#00c8ff\"></span>largest error (edge ticks)</p>\n"
+  html << "<h2>Cases, worst first</h2>\n<p class=\"legend\">Each class has its own colour (the legend under "
+          "each case): the reference is its outline, the prediction its translucent fill; "
+          "<span class=\"swatch\" style=\"background:" << colour_hex(kMarkerColour)
+       << "\"></span>ticks on the edges point at the largest error.</p>\n"
        << cases_html.str();
   html << "<h2>Mean ± std per label</h2>\n" << mean_table_html(summary);
   html << "<h2>Per case and label</h2>\n" << case_table_html(summary, order);
@@ -436,6 +458,23 @@ void build_report(const EvaluationSummary& summary, const fs::path& dir,
 }
 
 }  // namespace
+
+LabelColour label_colour(int32_t label) {
+  // 18 of Sasha Trubetzkoy's distinct colours (no white, black, grey or the
+  // cyan of the error ticks), cycled: label 1 red, 2 green, 3 yellow, 4 blue...
+  static constexpr LabelColour kPalette[] = {
+      {230, 25, 75},   {60, 180, 75},  {255, 225, 25}, {0, 130, 200},   {245, 130, 48},  {145, 30, 180},
+      {240, 50, 230},  {210, 245, 60}, {250, 190, 212}, {0, 128, 128},  {220, 190, 255}, {170, 110, 40},
+      {255, 250, 200}, {128, 0, 0},    {170, 255, 195}, {128, 128, 0},  {255, 215, 180}, {0, 0, 128}};
+  constexpr int64_t n = sizeof kPalette / sizeof kPalette[0];
+  return kPalette[((static_cast<int64_t>(label) - 1) % n + n) % n];
+}
+
+std::string colour_hex(LabelColour c) {
+  char text[8];
+  std::snprintf(text, sizeof text, "#%02x%02x%02x", c.r, c.g, c.b);
+  return text;
+}
 
 std::map<std::string, std::string> match_images(const std::string& image,
                                                 const std::vector<CasePair>& pairs) {

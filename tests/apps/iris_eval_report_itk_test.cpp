@@ -1,15 +1,20 @@
 // iris-eval --html on real label maps (the AAL atlas against shifted and
 // damaged copies, over the ch2 T1 template), then the report rendered by
-// headless Chromium: the screenshot must show the outlines, and every <img>
-// of the page must be a PNG that exists.
+// headless Chromium: the screenshot must show the outlines in the legend's
+// colours and the fills, and every <img> of the page must be a PNG that
+// exists. A two-label case checks each label's colour against its legend.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -66,7 +71,8 @@ class IrisEvalReport : public ::testing::Test {
 
 struct ScreenshotColours {
   std::set<uint32_t> distinct;
-  int64_t red = 0, green = 0, grey = 0, total = 0;
+  std::map<uint32_t, int64_t> counts;
+  int64_t tinted = 0, grey = 0, total = 0;  // tinted: neither grey nor white-ish
 };
 
 ScreenshotColours colours_of_png(const fs::path& png) {
@@ -84,11 +90,79 @@ ScreenshotColours colours_of_png(const fs::path& png) {
   for (int64_t i = 0; i < c.total; ++i) {
     const int r = p[i][0], g = p[i][1], b = p[i][2];
     c.distinct.insert((r << 16) | (g << 8) | b);
-    if (r > 200 && g < 60 && b < 60) ++c.red;
-    if (g > 200 && r < 60 && b < 60) ++c.green;
+    ++c.counts[(r << 16) | (g << 8) | b];
+    if (std::max({r, g, b}) - std::min({r, g, b}) > 40) ++c.tinted;
     if (r == g && g == b && r > 30 && r < 225) ++c.grey;
   }
   return c;
+}
+
+// The legend's swatches of a report page: label title -> "#rrggbb".
+std::map<std::string, std::string> legend_colours(const std::string& html) {
+  const std::regex swatch("<span class=\"swatch\" style=\"background:(#[0-9a-f]{6})\"></span>([^<]*)");
+  std::map<std::string, std::string> out;
+  for (auto it = std::sregex_iterator(html.begin(), html.end(), swatch); it != std::sregex_iterator(); ++it)
+    out[(*it)[2].str()] = (*it)[1].str();
+  return out;
+}
+
+std::array<int, 3> rgb_of_hex(const std::string& hex) {
+  const long v = std::stol(hex.substr(1), nullptr, 16);
+  return {static_cast<int>(v >> 16), static_cast<int>((v >> 8) & 255), static_cast<int>(v & 255)};
+}
+
+// Pixels of a PNG of exactly this colour.
+int64_t pixels_of_colour(const fs::path& png, const std::array<int, 3>& rgb) {
+  using Pixel = itk::RGBAPixel<unsigned char>;
+  auto reader = itk::ImageFileReader<itk::Image<Pixel, 2>>::New();
+  reader->SetImageIO(itk::PNGImageIO::New());
+  reader->SetFileName(png.string());
+  reader->Update();
+  const auto size = reader->GetOutput()->GetLargestPossibleRegion().GetSize();
+  const Pixel* p = reader->GetOutput()->GetBufferPointer();
+  int64_t n = 0;
+  for (size_t i = 0; i < size[0] * size[1]; ++i) n += p[i][0] == rgb[0] && p[i][1] == rgb[1] && p[i][2] == rgb[2];
+  return n;
+}
+
+TEST_F(IrisEvalReport, EachLabelInItsLegendColourAndAMissedLabelIsAnOutlineWithoutFill) {
+  // Two boxes on a 1 mm grid without an image (blank background, grey 20):
+  // label 1 predicted exactly, label 2 missed by the prediction.
+  iris::io::Image reference;
+  reference.voxels = at::zeros({40, 48, 48}, at::kShort);
+  reference.geometry.size = {48, 48, 40};
+  reference.voxels.slice(0, 10, 30).slice(1, 6, 22).slice(2, 6, 22).fill_(1);
+  reference.voxels.slice(0, 10, 30).slice(1, 28, 42).slice(2, 28, 42).fill_(2);
+  iris::io::Image prediction = reference;
+  prediction.voxels = reference.voxels.masked_fill(reference.voxels.eq(2), 0);
+  for (const char* sub : {"gt", "pred"}) fs::create_directories(root / sub);
+  iris::io::write_image(reference, (root / "gt" / "two.nii.gz").string());
+  iris::io::write_image(prediction, (root / "pred" / "two.nii.gz").string());
+  const fs::path report = root / "report";
+  ASSERT_EQ(exit_code_of(eval_program() + " --reference " + shell_quoted(root / "gt") + " --prediction " +
+                         shell_quoted(root / "pred") + " --html " + shell_quoted(report) + " > " +
+                         shell_quoted(root / "eval.log") + " 2>&1"),
+            0)
+      << read_text(root / "eval.log");
+
+  const auto legend = legend_colours(read_text(report / "index.html"));
+  ASSERT_EQ(legend.count("1"), 1u) << read_text(report / "index.html");
+  ASSERT_EQ(legend.count("2"), 1u);
+  EXPECT_NE(legend.at("1"), legend.at("2")) << "each label its own colour";
+  // The axial slice through label 2's error crosses both boxes.
+  const fs::path axial = report / "001_two_axial.png";
+  ASSERT_TRUE(fs::is_regular_file(axial));
+  const auto one = rgb_of_hex(legend.at("1")), two = rgb_of_hex(legend.at("2"));
+  EXPECT_GT(pixels_of_colour(axial, one), 100) << "label 1's reference outline in its legend colour";
+  EXPECT_GT(pixels_of_colour(axial, two), 100) << "label 2's reference outline in its legend colour";
+  // The prediction's fill: 40 % of the label's colour over the grey 20.
+  auto fill = [](const std::array<int, 3>& c) {
+    std::array<int, 3> f{};
+    for (int k = 0; k < 3; ++k) f[k] = static_cast<int>(std::lround(0.6 * 20 + 0.4 * c[k]));
+    return f;
+  };
+  EXPECT_GT(pixels_of_colour(axial, fill(one)), 1000) << "label 1 predicted: filled";
+  EXPECT_EQ(pixels_of_colour(axial, fill(two)), 0) << "label 2 missed: an outline with no fill";
 }
 
 TEST_F(IrisEvalReport, ChromiumShowsOutlinesAndEveryImageExists) {
@@ -153,8 +227,23 @@ TEST_F(IrisEvalReport, ChromiumShowsOutlinesAndEveryImageExists) {
   const ScreenshotColours c = colours_of_png(screenshot);
   EXPECT_EQ(c.total, 1200 * 2000);
   EXPECT_GT(c.distinct.size(), 100u) << "a blank page has a handful of colours";
-  EXPECT_GT(c.red, 200) << "prediction outlines visible";
-  EXPECT_GT(c.green, 200) << "reference outlines visible";
+  // Outlines in the legends' colours (the error ticks' swatch included).
+  // (within 6 levels per channel: a browser may round colours.)
+  int64_t outlined = 0;
+  const auto legend = legend_colours(html);
+  EXPECT_GT(legend.size(), 10u) << "the legends list the AAL labels in the slices";
+  for (const auto& [packed, count] : c.counts) {
+    const int r = static_cast<int>(packed >> 16), g = static_cast<int>((packed >> 8) & 255), b = static_cast<int>(packed & 255);
+    for (const auto& [title, hex] : legend) {
+      const auto rgb = rgb_of_hex(hex);
+      if (std::abs(r - rgb[0]) <= 6 && std::abs(g - rgb[1]) <= 6 && std::abs(b - rgb[2]) <= 6) {
+        outlined += count;
+        break;
+      }
+    }
+  }
+  EXPECT_GT(outlined, 200) << "reference outlines visible in the legend colours";
+  EXPECT_GT(c.tinted, 2000) << "prediction fills visible";
   EXPECT_GT(c.grey, 20000) << "the T1 image under the outlines";
 }
 

@@ -1,9 +1,9 @@
 #pragma once
 // Self-contained HTML report of an evaluation (iris-eval --html DIR): metric
 // tables, a Dice box plot per label (inline SVG) and, per case, axial /
-// coronal / sagittal PNG slices through the largest error with the reference
-// (green) and prediction (red) outlines. Layout and conventions:
-// docs/evaluation.md.
+// coronal / sagittal PNG slices through the largest error, each class in its
+// own colour (reference outlined, prediction filled, translucent) with a
+// legend. Layout and conventions: docs/evaluation.md.
 #include <array>
 #include <cstdint>
 #include <map>
@@ -43,6 +43,14 @@ struct BoxStatistics {
   std::vector<double> outliers;
 };
 BoxStatistics box_statistics(const std::vector<double>& values);
+
+// The colour of a label value in the slices and legends: 18 distinct colours,
+// cycled (label 1 and 19 share one), and its "#rrggbb" for HTML.
+struct LabelColour {
+  uint8_t r, g, b;
+};
+LabelColour label_colour(int32_t label);
+std::string colour_hex(LabelColour colour);
 
 // Case indices sorted worst first: by the mean Dice over labels (NaN Dice
 // skipped), ascending; cases without any defined Dice last, ties by name.
