@@ -99,6 +99,12 @@ endif()
 if(IRIS_WITH_ITK)
   iris_add_area(io iris_common ${ITK_LIBRARIES})
   target_link_libraries(iris_io PRIVATE DCMTK::dcmseg DCMTK::dcmfg DCMTK::dcmiod DCMTK::dcmdata DCMTK::oflog DCMTK::ofstd)
+  # GDCM's message switches (src/io/toolkit_messages_itk.cpp); ITK's GDCM
+  # module normally loads the target already.
+  if(NOT TARGET gdcmCommon)
+    find_package(GDCM REQUIRED CONFIG)
+  endif()
+  target_link_libraries(iris_io PRIVATE gdcmCommon)
 else()
   iris_add_area(io iris_common)
 endif()

@@ -26,6 +26,7 @@
 #include "dicom_slices.h"
 #include "image_checks.h"
 #include "itk_bridge.h"
+#include "toolkit_messages.h"
 
 namespace fs = std::filesystem;
 
@@ -484,6 +485,7 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
     throw Error(source, note.str() + "; missing slices? refusing to build a volume");
 
   using Volume = itk::Image<float, 3>;
+  const detail::ToolkitMessages messages;
   auto reader = itk::ImageSeriesReader<Volume>::New();
   auto io = itk::GDCMImageIO::New();
   reader->SetImageIO(io);
@@ -508,6 +510,8 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
   if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
   detail::check_geometry(out.geometry, source);
   detail::check_finite(out.voxels, source, kNaN, nullptr);
+  const std::string noise = messages.summary("series " + chosen.uid);
+  if (!noise.empty()) out.warnings.push_back(noise);
   return out;
 }
 

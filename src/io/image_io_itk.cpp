@@ -15,6 +15,7 @@
 #include "iris/common/text.h"
 #include "image_checks.h"
 #include "itk_bridge.h"
+#include "toolkit_messages.h"
 #include "nifti.h"
 
 namespace fs = std::filesystem;
@@ -285,11 +286,16 @@ void write_by_dtype(const at::Tensor& voxels, const Geometry& g, const std::stri
 Image read_with_itk(const std::string& path, bool as_labels) {
   // ITK 5.2 reads a cut-off .gz without complaint, padding with garbage.
   if (path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0) check_gzip_complete(path);
+  const ToolkitMessages messages;
   auto io = open_3d_image(path);
   // Small integer types convert to int32 exactly, straight from the file;
   // anything else goes through double and is checked by the caller.
-  if (as_labels) return fits_int32_exactly(io->GetComponentType()) ? read_as<int32_t>(io, path) : read_as<double>(io, path);
-  return read_as<float>(io, path);
+  Image image = !as_labels                               ? read_as<float>(io, path)
+                : fits_int32_exactly(io->GetComponentType()) ? read_as<int32_t>(io, path)
+                                                             : read_as<double>(io, path);
+  const std::string noise = messages.summary(path);
+  if (!noise.empty()) image.warnings.push_back(noise);
+  return image;
 }
 
 void write_with_itk(const at::Tensor& voxels, const Geometry& g, const std::string& path) {
