@@ -7,8 +7,7 @@
 //   iris-infer --model M.iris --strategy retrieval --pool DIR --query IMG --output OUT
 //   iris-infer --model M.iris --strategy tuning --tune-steps 100 --reference ... --query ... --output ...
 // The pipeline is infer::Segmenter (include/iris/infer/segmenter.h); this
-// program maps flags onto it. Window predictions are always blended in CPU
-// memory whatever --device is; --aggregate-on-cpu says so.
+// program maps flags onto it.
 #include <filesystem>
 #include <chrono>
 #include <cstdio>
@@ -106,10 +105,12 @@ int main(int argc, char** argv) {
   cli.add_flag("--keep-largest", opt.post.keep_largest, "keep only the largest connected component of each class");
   cli.add_option("--min-component-voxels", opt.post.min_component_voxels, "remove components with fewer voxels")
       ->check(CLI::NonNegativeNumber);
-  bool aggregate_flag = false, no_aggregate = false;
-  cli.add_flag("--aggregate-on-cpu", aggregate_flag,
-               "blend windows in CPU memory (always the case: only windows go to the device)");
-  cli.add_flag("--no-aggregate-on-cpu", no_aggregate)->group("");  // refused below, with the reason
+  bool aggregate_on_cpu = false, aggregate_on_device = false;
+  cli.add_flag("--aggregate-on-cpu", aggregate_on_cpu,
+               "blend the windows in host memory (default: on a GPU --device when the sums fit in a quarter of its "
+               "memory, else in host memory)");
+  cli.add_flag("--no-aggregate-on-cpu", aggregate_on_device, "blend the windows on the GPU --device, however large")
+      ->excludes("--aggregate-on-cpu");
   cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation along the axes the model was trained mirror-invariant on (train.augment_mirror; refused for a model without them)");
   cli.add_flag("--bf16", opt.bf16, "bf16 autocast of the network (A100/H100/H200; float32 weights)");
   cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "
@@ -133,7 +134,8 @@ int main(int argc, char** argv) {
                                      "--threshold", "--keep-largest", "--min-component-voxels", "--smooth-labels"}},
       {"Output", {"--output", "--probabilities", "--dicom-seg", "--report", "--statistics", "--overwrite", "--continue",
                   "--num-parts", "--part-id"}},
-      {"Performance", {"--device", "--threads", "--window-batch", "--bf16", "--aggregate-on-cpu"}}};
+      {"Performance", {"--device", "--threads", "--window-batch", "--bf16", "--aggregate-on-cpu",
+                       "--no-aggregate-on-cpu"}}};
   for (CLI::Option* o : cli.get_options()) {
     for (const auto& [group, names] : groups)
       for (const auto& n : names)
@@ -162,14 +164,18 @@ int main(int argc, char** argv) {
     app::configure_threads(threads);
     app::keep_freed_memory();
     if (model_paths.empty()) throw Error("--model", "is required");
-    if (no_aggregate)
-      throw Error("--no-aggregate-on-cpu", "not supported: window predictions are always blended on the CPU");
     task.classes = split_comma_list(classes_text);
     if (!labels_text.empty()) task.labels = parse_label_values(labels_text, "--labels");
     task.similarity = similarity_name == "foreground-token" ? infer::EmbeddingSimilarity::foreground_token
                                                            : infer::EmbeddingSimilarity::all_tokens;
     opt.skull_strip = !no_skull_strip;
     opt.device = resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
+    if (aggregate_on_device && !opt.device.is_cuda())
+      throw Error("--no-aggregate-on-cpu", "blends on a GPU: it needs --device cuda (the device is " +
+                                                         opt.device.str() + ")");
+    opt.stitching = aggregate_on_cpu      ? infer::Stitching::host
+                    : aggregate_on_device ? infer::Stitching::device
+                                          : infer::Stitching::automatic;
     if (app::show_progress()) {
       opt.window_progress = [](long done, long total) {
         std::cerr << "\r  windows " << done << "/" << total << (done == total ? "\n" : "") << std::flush;

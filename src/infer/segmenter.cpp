@@ -123,6 +123,7 @@ void Segmenter::State::configure_window() {
   window.overlap = options.overlap;
   window.batch = options.window_batch;
   window.device = options.device;
+  window.stitching = options.stitching;
   // --tta flips the query only along the axes the model was trained to be
   // mirror-invariant along (train.augment_mirror, stored in the model file):
   // flipped along any other, a model reads an unknown anatomy (docs/inference.md).
@@ -286,6 +287,9 @@ Json Segmenter::report() const {
                  {"classes", K},
                  {"classes_per_pass", s.options.classes_per_pass > 0 ? std::min(s.options.classes_per_pass, K) : K},
                  {"window_batch", s.window.batch},
+                 {"stitching", s.options.stitching == Stitching::host     ? "host"
+                               : s.options.stitching == Stitching::device ? "device"
+                                                                          : "auto"},
                  {"fast", s.options.fast},
                  {"skull_strip", s.strip},
                  {"peak_rss_bytes", peak_rss_bytes()}};

@@ -103,58 +103,69 @@ long auto_window_batch(model::IrisNetImpl& net, const model::TaskEmbedding& task
   return batch;
 }
 
-at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
-                                        const model::TaskEmbedding& task, const SlidingWindowOptions& o) {
-  if (volume.dim() != 3) internal_error("sliding_window_probabilities", "the query must be a 3-D volume [Z, Y, X]");
+bool stitch_on_device(const SlidingWindowOptions& o, long classes, long long voxels) {
+  if (o.stitching == Stitching::host || !o.device.is_cuda()) return false;
+  if (o.stitching == Stitching::device) return true;
+  const int index = o.device.has_index() ? o.device.index() : 0;
+  const long long bytes = (static_cast<long long>(classes) + 1) * voxels * static_cast<long long>(sizeof(float));
+  return bytes <= compat::cuda_total_memory(index) / 4;
+}
+
+at::Tensor sliding_window_inference(const at::Tensor& volume, long K, const WindowPredictor& predict,
+                                    const SlidingWindowOptions& o) {
+  if (volume.dim() != 3) internal_error("sliding_window_inference", "the query must be a 3-D volume [Z, Y, X]");
+  if (o.batch < 1) internal_error("sliding_window_inference", "the batch must be sized (>= 1)");
   const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
   const auto win = window_shape(size, o.window);
   at::Tensor padded = pad_to(volume.to(at::kFloat), win);
-  const long K = task.num_classes();
   const std::array<long, 3> psize{padded.size(0), padded.size(1), padded.size(2)};
-  at::Tensor sum = at::zeros({K, psize[0], psize[1], psize[2]}, at::kFloat);
-  at::Tensor weight = at::zeros({psize[0], psize[1], psize[2]}, at::kFloat);
-  at::Tensor importance = o.gaussian ? gaussian_importance(win) : at::ones({win[0], win[1], win[2]}, at::kFloat);
-  at::Tensor importance_dev = importance.to(o.device);
+  const c10::Device stitch = stitch_on_device(o, K, padded.numel()) ? o.device : c10::Device(c10::kCPU);
+  const auto on_stitch = at::TensorOptions().dtype(at::kFloat).device(stitch);
+  at::Tensor sum = at::zeros({K, psize[0], psize[1], psize[2]}, on_stitch);
+  at::Tensor weight = at::zeros({psize[0], psize[1], psize[2]}, on_stitch);
+  const at::Tensor importance =
+      (o.gaussian ? gaussian_importance(win) : at::ones({win[0], win[1], win[2]}, at::kFloat)).to(stitch);
+  const at::Tensor importance_dev = importance.to(o.device);
 
   std::vector<std::array<long, 3>> starts;
   for (long z : window_starts(psize[0], win[0], o.overlap))
     for (long y : window_starts(psize[1], win[1], o.overlap))
       for (long x : window_starts(psize[2], win[2], o.overlap)) starts.push_back({z, y, x});
 
-  model::TaskEmbedding task_dev = task.to(o.device);
   // The tensor dims of the mirror axes ([n, 1, z, y, x]).
   std::vector<int64_t> mirror_dims;
   if (o.mirror_tta) {
     for (char a : o.mirror_axes) {
-      if (a != 'x' && a != 'y' && a != 'z') internal_error("sliding_window_probabilities", "mirror axes are x, y, z");
+      if (a != 'x' && a != 'y' && a != 'z') internal_error("sliding_window_inference", "mirror axes are x, y, z");
       mirror_dims.push_back(a == 'z' ? 2 : a == 'y' ? 3 : 4);
     }
-    if (mirror_dims.empty()) internal_error("sliding_window_probabilities", "mirror TTA without axes");
+    if (mirror_dims.empty()) internal_error("sliding_window_inference", "mirror TTA without axes");
   }
   torch::NoGradGuard no_grad;
   using torch::indexing::Slice;
   const long total = static_cast<long>(starts.size());
-  const long per_call = o.batch > 0 ? o.batch : auto_window_batch(net, task_dev, win, o, total);
-  for (long first = 0; first < total; first += per_call) {
-    const long n = std::min(per_call, total - first);
+  for (long first = 0; first < total; first += o.batch) {
+    const long n = std::min(o.batch, total - first);
     std::vector<at::Tensor> windows;
     for (long i = 0; i < n; ++i) {
       const auto& s = starts[first + i];
       windows.push_back(padded.index({Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])}));
     }
-    at::Tensor batch = at::stack(windows).unsqueeze(1).to(o.device);  // [n, 1, d, h, w]
-    at::Tensor probs = model::segment(net, batch, task_dev, o.classes_per_pass).sigmoid();
+    const at::Tensor batch = at::stack(windows).unsqueeze(1).to(o.device);  // [n, 1, d, h, w]
+    at::Tensor probs = predict(batch).to(o.device, at::kFloat);
+    if (probs.dim() != 5 || probs.size(0) != n || probs.size(1) != K)
+      internal_error("sliding_window_inference", "the predictor must give [n, K, d, h, w] for n windows");
     if (o.mirror_tta) {
       const int subsets = 1 << mirror_dims.size();
       for (int mask = 1; mask < subsets; ++mask) {
         std::vector<int64_t> dims;
         for (size_t a = 0; a < mirror_dims.size(); ++a)
           if (mask & (1 << a)) dims.push_back(mirror_dims[a]);
-        probs = probs + model::segment(net, batch.flip(dims), task_dev, o.classes_per_pass).sigmoid().flip(dims);
+        probs = probs + predict(batch.flip(dims)).to(o.device, at::kFloat).flip(dims);
       }
       probs = probs / static_cast<double>(subsets);
     }
-    probs = (probs * importance_dev).to(at::kCPU);
+    probs = (probs * importance_dev).to(stitch);
     for (long i = 0; i < n; ++i) {
       const auto& s = starts[first + i];
       sum.index({Slice(), Slice(s[0], s[0] + win[0]), Slice(s[1], s[1] + win[1]), Slice(s[2], s[2] + win[2])})
@@ -164,8 +175,26 @@ at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tenso
     }
     if (o.progress) o.progress(first + n, total);
   }
-  at::Tensor result = sum / weight.unsqueeze(0);
-  return result.index({Slice(), Slice(0, size[0]), Slice(0, size[1]), Slice(0, size[2])}).contiguous();
+  sum.div_(weight.unsqueeze(0));
+  return sum.index({Slice(), Slice(0, size[0]), Slice(0, size[1]), Slice(0, size[2])}).to(at::kCPU).contiguous();
+}
+
+at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
+                                        const model::TaskEmbedding& task, const SlidingWindowOptions& o) {
+  if (volume.dim() != 3) internal_error("sliding_window_probabilities", "the query must be a 3-D volume [Z, Y, X]");
+  const model::TaskEmbedding task_dev = task.to(o.device);
+  SlidingWindowOptions sized = o;
+  if (sized.batch <= 0) {  // auto: at most every window in one call
+    const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
+    const auto win = window_shape(size, o.window);
+    long windows = 1;
+    for (int a = 0; a < 3; ++a) windows *= static_cast<long>(window_starts(std::max(size[a], win[a]), win[a], o.overlap).size());
+    sized.batch = auto_window_batch(net, task_dev, win, o, windows);
+  }
+  return sliding_window_inference(
+      volume, task.num_classes(),
+      [&](const at::Tensor& windows) { return model::segment(net, windows, task_dev, o.classes_per_pass).sigmoid(); },
+      sized);
 }
 
 at::Tensor labels_from_probabilities(const at::Tensor& probabilities, const std::vector<long>& labels,

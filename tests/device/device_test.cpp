@@ -170,10 +170,17 @@ TEST(OnDevice, SlidingWindowEqualsTheCpu) {
   const at::Tensor on_cpu = infer::sliding_window_probabilities(*net, volume, task, o);
   net->to(device);
   o.device = device;
-  const at::Tensor on_device = infer::sliding_window_probabilities(*net, volume, task.to(device), o);
-  EXPECT_EQ(on_device.device().type(), c10::kCPU);  // blended on the host
-  ASSERT_EQ(on_device.sizes(), on_cpu.sizes());
-  EXPECT_LE((on_device - on_cpu).abs().max().item<float>(), device.is_cuda() ? 1e-3 : 0.0);
+  // Blended on the device (automatic: the sums fit), then in host memory:
+  // both give the CPU's probabilities, on the host.
+  for (const auto stitching : {infer::Stitching::automatic, infer::Stitching::host}) {
+    o.stitching = stitching;
+    EXPECT_EQ(infer::stitch_on_device(o, task.num_classes(), volume.numel()),
+              device.is_cuda() && stitching == infer::Stitching::automatic);
+    const at::Tensor on_device = infer::sliding_window_probabilities(*net, volume, task.to(device), o);
+    EXPECT_EQ(on_device.device().type(), c10::kCPU);
+    ASSERT_EQ(on_device.sizes(), on_cpu.sizes());
+    EXPECT_LE((on_device - on_cpu).abs().max().item<float>(), device.is_cuda() ? 1e-3 : 0.0);
+  }
 }
 
 TEST(OnDevice, TrainingStepsAndACheckpointRoundTrip) {

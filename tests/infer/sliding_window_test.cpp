@@ -109,3 +109,46 @@ TEST_F(Window, AVolumeSmallerThanTheWindowIsPaddedWithZerosAndCropped) {
   ASSERT_EQ(got.sizes(), expected.sizes());
   EXPECT_LT((got - expected).abs().max().item<float>(), 2e-6);
 }
+
+// Any predictor, not only the network (as MONAI's sliding window takes one):
+// a voxel-wise predictor must come back voxel for voxel, whatever the
+// windows, their overlap, the batch, the padding of a volume smaller than a
+// window along an axis, or mirroring (a voxel-wise function commutes with
+// flips), because every voxel's result is a weighted mean of equal values.
+TEST(SlidingWindowInference, AVoxelWisePredictorComesBackVoxelForVoxel) {
+  torch::manual_seed(5);
+  const at::Tensor volume = torch::rand({37, 20, 45});  // 20 < the 32-voxel window along y
+  const auto predictor = [](const at::Tensor& windows) {
+    return at::cat({windows.gt(0.5).to(at::kFloat), windows * windows, 1 - windows}, 1);  // [n, 3, d, h, w]
+  };
+  const at::Tensor expected = at::stack({volume.gt(0.5).to(at::kFloat), volume * volume, 1 - volume});
+  for (const long batch : {1L, 3L})
+    for (const bool mirror : {false, true}) {
+      infer::SlidingWindowOptions o;
+      o.window = 32;
+      o.overlap = 0.4;
+      o.batch = batch;
+      o.mirror_tta = mirror;
+      o.mirror_axes = "xz";
+      long calls = 0;
+      const at::Tensor got = infer::sliding_window_inference(
+          volume, 3,
+          [&](const at::Tensor& w) {
+            ++calls;
+            return predictor(w);
+          },
+          o);
+      ASSERT_EQ(got.sizes(), expected.sizes());
+      EXPECT_LE((got - expected).abs().max().item<float>(), 1e-6) << "batch " << batch << " mirror " << mirror;
+      // z: 37 -> 2 windows, y: 1 (20 padded to 32), x: 45 -> 2 windows (step 19); 4 flips with "xz".
+      EXPECT_EQ(calls, (4 + batch - 1) / batch * (mirror ? 4 : 1)) << "batch " << batch;
+    }
+}
+
+TEST(SlidingWindowInference, APredictorOfTheWrongShapeIsAnInternalError) {
+  infer::SlidingWindowOptions o;
+  o.window = 16;
+  const auto two_classes = [](const at::Tensor& w) { return at::cat({w, w}, 1); };
+  EXPECT_ANY_THROW(infer::sliding_window_inference(torch::rand({16, 16, 16}), 3, two_classes, o));
+  EXPECT_NO_THROW(infer::sliding_window_inference(torch::rand({16, 16, 16}), 2, two_classes, o));
+}

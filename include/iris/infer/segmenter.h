@@ -28,6 +28,7 @@
 #include "iris/infer/connected_components.h"
 #include "iris/infer/query_plan.h"
 #include "iris/infer/retrieval.h"
+#include "iris/infer/sliding_window.h"
 #include "iris/infer/statistics.h"
 #include "iris/infer/tuning.h"
 #include "iris/model/task_embedding.h"
@@ -69,6 +70,9 @@ struct SegmenterOptions {
   long window = 0;           // 0: the model's max patch size
   double overlap = 0.5;
   long window_batch = 1;      // windows per network call; 0 = auto (sized to the device's memory on the first query)
+  // Where the windows are blended (sliding_window.h): automatic = on a GPU
+  // --device when the sums fit in a quarter of its memory, else host memory.
+  Stitching stitching = Stitching::automatic;
   // Run at the coarser spacing the model file stores (preprocess.fast_spacing);
   // an iris::Error naming --fast when it stores none.
   bool fast = false;

@@ -1,7 +1,10 @@
 #pragma once
-// Whole-volume inference with overlapping windows: volumes of any size are
-// padded to whole windows, every window is segmented with one task, and the
-// per-class sigmoid maps are blended with Gaussian importance weights.
+// Whole-volume inference with overlapping windows, as MONAI's
+// sliding_window_inference: volumes of any size are padded to whole windows,
+// any predictor (a callable from windows to class probabilities) segments
+// them, and the maps are blended with Gaussian importance weights, on the
+// device when they fit there. sliding_window_probabilities is the predictor
+// "the IRIS network with one task".
 #include <array>
 #include <functional>
 #include <string>
@@ -18,6 +21,11 @@ class IrisNetImpl;
 
 namespace iris::infer {
 
+// Where the blended sums live. `automatic`: on the device when it is a GPU
+// and the sums (classes + 1 float volumes of the padded query) take at most a
+// quarter of its memory, else in host memory; the result is always on the host.
+enum class Stitching { automatic, host, device };
+
 struct SlidingWindowOptions {
   long window = 128;        // cubic window edge, voxels (<= the model's max patch)
   double overlap = 0.5;     // fraction of the window shared by neighbours
@@ -30,6 +38,7 @@ struct SlidingWindowOptions {
   bool mirror_tta = false;
   std::string mirror_axes;
   long classes_per_pass = 0;  // decode this many classes at a time (0 = all together)
+  Stitching stitching = Stitching::automatic;
   // Called after each batch of windows with (done, total), for progress bars.
   std::function<void(long, long)> progress;
 };
@@ -54,7 +63,23 @@ std::vector<long> window_starts(long size, long w, double overlap);
 // Separable Gaussian importance map [D, H, W], max 1, sigma = edge / 8.
 at::Tensor gaussian_importance(const std::array<long, 3>& shape);
 
-// volume [Z, Y, X] (float, CPU) -> probabilities [K, Z, Y, X] (float, CPU).
+// A batch of windows [n, 1, d, h, w] (float, on options.device) -> their
+// class probabilities [n, K, d, h, w] (any float type, on any device).
+using WindowPredictor = std::function<at::Tensor(const at::Tensor& windows)>;
+
+// volume [Z, Y, X] (float, CPU) -> probabilities [K, Z, Y, X] (float, CPU),
+// `classes` = K, from any predictor; options.batch must be >= 1 (auto is
+// the network's: sliding_window_probabilities). With options.mirror_tta the
+// predictor also sees the windows mirrored and its outputs are flipped back
+// and averaged.
+at::Tensor sliding_window_inference(const at::Tensor& volume, long classes, const WindowPredictor& predictor,
+                                    const SlidingWindowOptions& options);
+
+// Whether the sums of a padded volume of `voxels` and `classes` are kept on
+// options.device (Stitching::automatic decided as above).
+bool stitch_on_device(const SlidingWindowOptions& options, long classes, long long voxels);
+
+// The IRIS network with one task as the predictor (sigmoid of its logits).
 at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
                                         const model::TaskEmbedding& task, const SlidingWindowOptions& options);
 
