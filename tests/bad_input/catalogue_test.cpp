@@ -515,6 +515,13 @@ std::vector<Row> rows() {
                  return program("iris-train") + " " + shell_quoted(config);
                },
                3, {"data.datasets.blob.split", "'-0.5' is not a fraction >= 0"}, {"run"}});
+  // Blending on the GPU asked for with no GPU: a flag problem, before any work.
+  r.push_back({"BlendOnTheGpuWithoutOne",
+               [=](const fs::path& d) {
+                 return one_shot(kDemoModel, inputs().query, (d / "out.nii.gz").string()) +
+                        " --no-aggregate-on-cpu --device cpu";
+               },
+               2, {"--no-aggregate-on-cpu", "needs --device cuda"}, {"out.nii.gz"}});
   // Loss settings (#39) are refused before anything runs, naming the key.
   r.push_back({"UnknownLossName",
                [=](const fs::path& d) {
