@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/app_common.h"
+#include "common/segmenter_options.h"
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
@@ -36,37 +37,19 @@ int main(int argc, char** argv) {
   infer::PlanOptions plan;
   infer::QueryReadOptions read;
   std::vector<std::string> model_paths;
-  std::string query, output, labels_text, classes_text, device_name = "cpu", report_path, statistics_path;
+  std::vector<double> weights;
+  app::SegmenterFlags flags{&model_paths, &task, &opt, &weights};
+  std::string query, output, classes_text, report_path, statistics_path;
   std::string similarity_name = "all-tokens";
-  int threads = 0;
 
   auto add_reference_options = [&](CLI::App* app) {
-    app->add_option("--model", model_paths, "iris model file (.iris), required; repeat for an ensemble of models");
-    app->add_option("--reference", task.references, "reference image (repeat for a context ensemble)");
-    app->add_option("--reference-mask", task.reference_masks, "reference label map, one per --reference");
-    app->add_option("--labels", labels_text, "label values to segment, e.g. 1,3 (default: all in the reference)");
-    auto allowed = io::intensity_schemes();
-    std::string schemes;
-    for (const auto& scheme : allowed) schemes += ", " + scheme;
-    allowed.push_back("model");
-    app->add_option("--preprocess", opt.preprocess, "model (the model file's stored preprocessing: reorient, resample, "
-                    "crop, intensity, inverted on output), or an intensity scheme only: " + schemes.substr(2))
-        ->check(CLI::IsMember(allowed));
-    app::add_device_option(*app, device_name);
-    app->add_option("--max-labels", task.max_labels, "refuse a reference mask with more distinct label values (default 64)")
-        ->check(CLI::Range(1L, 100000L));
-    app::add_threads_option(*app, threads);
+    app::add_model_and_reference_options(*app, flags);
     app::add_verbosity(*app);
-    app->add_option("--classes-per-pass", opt.classes_per_pass, "encode (each group from its own reference window) and "
-                    "segment this many classes at a time (default: all together)")->check(CLI::NonNegativeNumber);
   };
   add_reference_options(&cli);
+  app::add_window_options(cli, flags);
   cli.add_option("--strategy", task.strategy, "one-shot, ensemble, memory-bank, retrieval, image-retrieval or tuning "
                  "(default: from the inputs)")->check(CLI::IsMember(infer::strategy_names()));
-  std::vector<double> weights;
-  cli.add_option("--model-weights", weights, "weights of the ensemble's models, e.g. 2,1 (default: equal)")
-      ->delimiter(',')->check(app::finite_number());
-  cli.add_option("--task", task.task_file, "stored task embedding (from iris-infer encode)");
   cli.add_option("--classes", classes_text, "memory-bank class names, e.g. brain,ventricles");
   cli.add_option("--pool", task.pool_dir, "folder of encoded references for retrieval (from iris-infer pool)");
   cli.add_option("--similarity", similarity_name, "object retrieval compares all-tokens or foreground-token")
@@ -92,10 +75,6 @@ int main(int argc, char** argv) {
                  "folder for several queries)");
   cli.add_option("--dicom-seg", plan.dicom_seg, "also write a DICOM-SEG referencing the query series (query: one "
                  "DICOM folder)");
-  cli.add_option("--overlap", opt.overlap, "sliding-window overlap")->check(app::number_in(0.0, 0.95));
-  cli.add_option("--window", opt.window, "sliding-window edge (default: the model's patch size)")->check(CLI::NonNegativeNumber);
-  cli.add_option("--window-batch", opt.window_batch, "windows per network call, or auto (sized to the GPU's memory)")
-      ->transform(CLI::Transformer({{"auto", "0"}}))->check(CLI::Range(0L, 4096L));
   cli.add_flag("--fast", opt.fast, "run at the coarser spacing the model stores (preprocess.fast_spacing)");
   bool no_skull_strip = false;
   cli.add_flag("--no-skull-strip", no_skull_strip,
@@ -112,7 +91,6 @@ int main(int argc, char** argv) {
   cli.add_flag("--no-aggregate-on-cpu", aggregate_on_device, "blend the windows on the GPU --device, however large")
       ->excludes("--aggregate-on-cpu");
   cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation along the axes the model was trained mirror-invariant on (train.augment_mirror; refused for a model without them)");
-  cli.add_flag("--bf16", opt.bf16, "bf16 autocast of the network (A100/H100/H200; float32 weights)");
   cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "
                "(linear) instead of inverting the labels (nearest); more memory");
   cli.add_option("--report", report_path, "write a JSON run report (timings, memory, choices)");
@@ -141,8 +119,7 @@ int main(int argc, char** argv) {
       for (const auto& n : names)
         if (o->check_lname(n.substr(2))) o->group(group);
   }
-  for (const char* shown : {"--overlap", "--threshold", "--tune-steps", "--tune-lr", "--window-batch", "--max-labels",
-                            "--preprocess", "--device", "--similarity", "--seed"})
+  for (const char* shown : {"--threshold", "--tune-steps", "--tune-lr", "--similarity", "--seed"})
     if (CLI::Option* o = cli.get_option_no_throw(shown)) o->capture_default_str();
   cli.footer(
       "Examples:\n"
@@ -161,15 +138,12 @@ int main(int argc, char** argv) {
   IRIS_PARSE(cli, argc, argv);
 
   return app::run_main("iris-infer", [&]() -> int {
-    app::configure_threads(threads);
+    app::apply_segmenter_options(flags);
     app::keep_freed_memory();
-    if (model_paths.empty()) throw Error("--model", "is required");
     task.classes = split_comma_list(classes_text);
-    if (!labels_text.empty()) task.labels = parse_label_values(labels_text, "--labels");
     task.similarity = similarity_name == "foreground-token" ? infer::EmbeddingSimilarity::foreground_token
                                                            : infer::EmbeddingSimilarity::all_tokens;
     opt.skull_strip = !no_skull_strip;
-    opt.device = resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
     if (aggregate_on_device && !opt.device.is_cuda())
       throw Error("--no-aggregate-on-cpu", "blends on a GPU: it needs --device cuda (the device is " +
                                                          opt.device.str() + ")");

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/app_common.h"
+#include "common/segmenter_options.h"
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/common/label_list.h"
@@ -35,15 +36,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0L, 1L));
 
   pipeline::RsnaPredictOptions pred;
-  std::string series, output, report_path, device_name = "cpu", labels_text;
-  int threads = 0;
+  std::string series, output, report_path;
+  app::SegmenterFlags flags{&pred.models, &pred.task, &pred.segmenter, &pred.model_weights};
   auto* predict = cli.add_subcommand("predict", "series folders -> the submission CSV (one row per series)");
-  predict->add_option("--model", pred.models, "iris model file (.iris); repeat for an ensemble")->required();
-  predict->add_option("--model-weights", pred.model_weights, "weights of the ensemble's models");
-  predict->add_option("--task", pred.task.task_file, "stored task embedding (label v = location v)");
-  predict->add_option("--reference", pred.task.references, "reference image (repeat for several)");
-  predict->add_option("--reference-mask", pred.task.reference_masks, "its aneurysm spheres (from prepare)");
-  predict->add_option("--labels", labels_text, "locations (label values 1-13) to segment (default: all of the reference)");
+  app::add_model_and_reference_options(*predict, flags, "its aneurysm spheres (from prepare); label v = location v");
+  app::add_window_options(*predict, flags);
   predict->add_option("--series", series, "folder of series folders (DATA/series)")->required();
   predict->add_option("--output", output, "the submission CSV to write")->required();
   predict->add_option("--train-csv", pred.train_csv, "train.csv: its column means are the priors of locations the task "
@@ -54,16 +51,10 @@ int main(int argc, char** argv) {
       ->check(app::number_in(1e-6, 1.0));
   predict->add_option("--present", pred.scoring.present, "'Aneurysm Present' from the locations")
       ->check(CLI::IsMember({"max", "noisy-or", "mean"}));
-  predict->add_option("--preprocess", pred.segmenter.preprocess, "model, or an intensity scheme");
-  predict->add_option("--window-batch", pred.segmenter.window_batch, "windows per network call")
-      ->check(CLI::Range(1L, 4096L));
-  predict->add_option("--overlap", pred.segmenter.overlap, "sliding-window overlap")->check(app::number_in(0.0, 0.95));
   predict->add_option("--num-parts", pred.num_parts, "split the series into this many parts (array jobs)")
       ->check(CLI::Range(1L, 100000L));
   predict->add_option("--part-id", pred.part_id, "the part this run takes")->check(CLI::NonNegativeNumber);
   predict->add_option("--report", report_path, "write a JSON report (per series: seconds, numbers or the error)");
-  app::add_device_option(*predict, device_name);
-  app::add_threads_option(*predict, threads);
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
 
@@ -92,10 +83,7 @@ int main(int argc, char** argv) {
     });
 
   return app::run_main("iris-rsna", [&]() -> int {
-    app::configure_threads(threads);
-    if (!labels_text.empty()) pred.task.labels = parse_label_values(labels_text, "--labels");
-    pred.segmenter.device =
-        resolve_device(device_name, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
+    app::apply_segmenter_options(flags);
     if (app::show_progress())
       pred.progress = [](long done, long total, const std::string& s, double left) {
         std::cerr << "\r  series " << done << "/" << total << " " << s << "  ETA " << static_cast<long>(left) << " s"

@@ -38,6 +38,13 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+// What a command prints (stdout and stderr).
+std::string read_text_of_command(const std::string& command) {
+  const std::string out = temp_path("command_output.txt");
+  std::system((command + " > " + out + " 2>&1").c_str());
+  return read_text(out);
+}
+
 struct RunResult {
   int exit_code;
   std::string err;
@@ -491,4 +498,32 @@ TEST_F(App, WindowBatchTakesAutoAndFastNeedsAStoredFastSpacing) {
   EXPECT_EQ(r.exit_code, 2) << r.err;  // a flag the model cannot honour
   EXPECT_NE(r.err.find("--fast"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(temp_path("wb_fast.nii.gz")));
+}
+
+// The Segmenter's flags are declared once (apps/common/segmenter_options.h):
+// iris-infer and iris-rsna predict describe and check each of them alike.
+TEST(SegmenterFlags, IrisInferAndIrisRsnaPredictDeclareThemAlike) {
+  const std::string rsna = binary().substr(0, binary().size() - std::string("iris-infer").size()) + "iris-rsna";
+  const std::string infer_help = read_text_of_command(binary() + " --help");
+  const std::string rsna_help = read_text_of_command(rsna + " predict --help");
+  // An option's help entry: from its name to the next option.
+  auto entry = [](const std::string& help, const std::string& flag) {
+    const size_t at = help.find("  " + flag + " ");
+    if (at == std::string::npos) return std::string("(missing)");
+    const size_t next = help.find("\n  --", at + 1);
+    return help.substr(at, next == std::string::npos ? std::string::npos : next - at);
+  };
+  for (const char* flag : {"--model", "--reference", "--labels", "--max-labels", "--preprocess", "--classes-per-pass",
+                           "--device", "--threads", "--task", "--model-weights", "--window", "--overlap",
+                           "--window-batch", "--bf16"}) {
+    EXPECT_NE(entry(infer_help, flag), "(missing)") << flag;
+    EXPECT_EQ(entry(infer_help, flag), entry(rsna_help, flag)) << flag;
+  }
+  // One check for each: --window-batch auto and a bad --preprocess alike.
+  for (const std::string& program : {binary(), rsna + " predict --series x --output y.csv"}) {
+    const int bad = std::system((program + " --model m.iris --preprocess nonsense > /dev/null 2>&1").c_str());
+    EXPECT_EQ(WEXITSTATUS(bad), 2) << program;
+    const int negative = std::system((program + " --model m.iris --window-batch -1 > /dev/null 2>&1").c_str());
+    EXPECT_EQ(WEXITSTATUS(negative), 2) << program;
+  }
 }
