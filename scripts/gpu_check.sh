@@ -57,12 +57,12 @@
 #             own reference, cells 1, 4, 7 and 10 (iris-labels, iris-infer,
 #             iris-eval). A model that ignores the reference scores ~0.15; two
 #             CPU cores reached 0.39 (3,000 it. of batch 2) and 0.44 (750 of
-#             batch 8), docs/demo.md. Nothing to carry. First GPU session:
+#             batch 8), docs/log/demo_model_2026-12.md. Nothing to carry. First GPU session:
 #               run(command="bash scripts/gpu_check.sh $OUT --steps build,toy",
 #                   carry=[".gpu_carry"], timeout_s=600)
 #             then on the warm machine --skip-build --steps demo (above), best
 #             with --demo-init on the toy model that came back (OUT/toy/model.iris,
-#             carried): from it the atlas regions are learnt faster (docs/demo.md),
+#             carried): from it the atlas regions are learnt faster (docs/log/demo_model_2026-12.md),
 #             and with --demo-config configs/train/demo_brain_toymix.yaml, which
 #             keeps the toy cases in the mix (the demo step generates them).
 # --device cpu --preset tiny --skip-build is the part that runs on any machine;

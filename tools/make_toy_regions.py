@@ -11,7 +11,7 @@ random intensity in [0.2, 1] plus noise (sd 0.05). Seeds and intensities
 differ per case (seed = N), so a label value means nothing across cases:
 a network trained on configs/train/toy_regions.yaml (tasks: regions, query
 and reference the same case) can only segment a cell by reading the
-reference. docs/demo.md ("Does the network learn to read the reference?")
+reference. docs/log/demo_model_2026-12.md ("Does the network learn to read the reference?")
 uses it. Needs numpy; writes NIfTI-1 with the standard library.
 """
 import argparse

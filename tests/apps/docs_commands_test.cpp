@@ -102,3 +102,28 @@ TEST(DocsCommands, EveryFlagOfEveryDocumentedCommandExists) {
   EXPECT_GT(checked, 50) << "the docs' commands were not found";
   EXPECT_EQ(problems, "");
 }
+
+// Every relative link of the README and docs/ (the dated logs included)
+// names a file that exists: moving or renaming a page fails here.
+TEST(DocsCommands, EveryRelativeLinkNamesAFileThatExists) {
+  const fs::path root = fs::path(IRIS_TEST_DATA_DIR) / "..";
+  std::vector<fs::path> files{root / "README.md"};
+  for (const auto& e : fs::recursive_directory_iterator(root / "docs"))
+    if (e.path().extension() == ".md") files.push_back(e.path());
+  const std::regex link_re(R"(\]\(([^)#\s]+)(#[^)]*)?\))");
+  long checked = 0;
+  std::string problems;
+  for (const auto& file : files) {
+    std::ifstream in(file);
+    const std::string text{std::istreambuf_iterator<char>(in), {}};
+    for (std::sregex_iterator m(text.begin(), text.end(), link_re), end; m != end; ++m) {
+      const std::string target = (*m)[1];
+      if (target.rfind("http", 0) == 0 || target.rfind("mailto:", 0) == 0) continue;
+      ++checked;
+      if (!fs::exists(file.parent_path() / target))
+        problems += file.lexically_relative(root).string() + ": " + target + "\n";
+    }
+  }
+  EXPECT_GT(checked, 20);
+  EXPECT_TRUE(problems.empty()) << "links to nothing:\n" << problems;
+}
