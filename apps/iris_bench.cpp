@@ -22,12 +22,15 @@ int main(int argc, char** argv) {
   cli.add_option("--classes", o.classes, "classes per episode / task")->check(CLI::Range(1, 4096));
   cli.add_option("--queries", o.queries, "queries segmented with one encoded task (inference workload)")
       ->check(CLI::Range(1, 100000));
-  cli.add_option("--warmup", o.warmup)->check(CLI::Range(0, 100000));
-  cli.add_option("--repeats", o.repeats)->check(CLI::Range(1, 100000));
+  cli.add_option("--warmup", o.warmup, "untimed runs before the timed ones")->check(CLI::Range(0, 100000))
+      ->capture_default_str();
+  cli.add_option("--repeats", o.repeats, "timed runs (the median is reported)")->check(CLI::Range(1, 100000))
+      ->capture_default_str();
   app::add_device_option(cli, o.device);
   app::add_threads_option(cli, threads);
-  cli.add_flag("!--no-backward", o.backward, "skip the forward+backward measurement");
-  cli.add_flag("!--no-forward", o.forward, "skip the plain forward measurement");
+  bool no_backward = false, no_forward = false;
+  cli.add_flag("--no-backward", no_backward, "skip the forward+backward measurement");
+  cli.add_flag("--no-forward", no_forward, "skip the plain forward measurement");
   cli.add_flag("--stages", o.stages, "time the one-shot workload stage by stage (encoder, task encoding, fusion "
                "attention, upsampling, decoder convolutions, head)");
   cli.add_flag("--bf16", o.bf16, "bf16 autocast of the forward passes (as train.bf16)");
@@ -48,6 +51,8 @@ int main(int argc, char** argv) {
   cli.add_option("--output", output, "write the JSON here as well as to stdout");
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
+  o.backward = !no_backward;
+  o.forward = !no_forward;
 
   return app::run_main("iris-bench", [&]() -> int {
     configure_threads(threads);

@@ -67,11 +67,11 @@ int main(int argc, char** argv) {
     app.add_option("--prediction", prediction, "Predicted label map, or folder (matched by case name)");
     app.add_option("--output", output, "summary.json to write (nnU-Net v2 schema + extra metrics); without it, the console table alone");
     app.add_option("--csv", csv_path, "CSV with one row per case x label");
-    auto* html_opt = app.add_option("--html", html_dir, "Folder for an HTML report (index.html + PNG slices)");
-    app.add_option("--image", image, "Image under the report's outlines: file, or folder matched by case name")
-        ->needs(html_opt);
-    auto* labels_opt = app.add_option("--labels", labels_text, "Labels to evaluate, e.g. 1,2,3 (default: all found)");
-    app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines")->excludes(labels_opt);
+    app.add_option("--html", html_dir, "Folder for an HTML report (index.html + PNG slices)");
+    app.add_option("--image", image, "Image under the report's outlines (with --html): file, or folder matched by case "
+                   "name");
+    app.add_option("--labels", labels_text, "Labels to evaluate, e.g. 1,2,3 (default: all found)");
+    app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines (instead of --labels)");
     app.add_option("--tolerance-mm", tolerance_mm, "Tolerance of the normalised surface Dice (mm)")
         ->check(iris::app::number_in(0, 1e6));
     iris::app::add_threads_option(app, threads);
@@ -95,6 +95,10 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       return app.exit(e) == 0 ? 0 : iris::app::kUsage;
     }
+    if (!image.empty() && html_dir.empty())
+      throw iris::Error("--image", "goes under the outlines of the HTML report: it needs --html");
+    if (!label_names_path.empty() && !labels_text.empty())
+      throw iris::Error("--label-names", "names the labels to evaluate: give it or --labels, not both");
     iris::app::configure_threads(threads);
     if (bench->parsed()) {
       run_benchmark(bx, by, bz, blabels);

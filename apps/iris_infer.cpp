@@ -88,8 +88,7 @@ int main(int argc, char** argv) {
   cli.add_flag("--aggregate-on-cpu", aggregate_on_cpu,
                "blend the windows in host memory (default: on a GPU --device when the sums fit in a quarter of its "
                "memory, else in host memory)");
-  cli.add_flag("--no-aggregate-on-cpu", aggregate_on_device, "blend the windows on the GPU --device, however large")
-      ->excludes("--aggregate-on-cpu");
+  cli.add_flag("--no-aggregate-on-cpu", aggregate_on_device, "blend the windows on the GPU --device, however large");
   cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation along the axes the model was trained mirror-invariant on (train.augment_mirror; refused for a model without them)");
   cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "
                "(linear) instead of inverting the labels (nearest); more memory");
@@ -144,6 +143,8 @@ int main(int argc, char** argv) {
     task.similarity = similarity_name == "foreground-token" ? infer::EmbeddingSimilarity::foreground_token
                                                            : infer::EmbeddingSimilarity::all_tokens;
     opt.skull_strip = !no_skull_strip;
+    if (aggregate_on_device && aggregate_on_cpu)
+      throw Error("--no-aggregate-on-cpu", "contradicts --aggregate-on-cpu: give one");
     if (aggregate_on_device && !opt.device.is_cuda())
       throw Error("--no-aggregate-on-cpu", "blends on a GPU: it needs --device cuda (the device is " +
                                                          opt.device.str() + ")");

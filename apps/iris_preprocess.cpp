@@ -73,12 +73,12 @@ int main(int argc, char** argv) {
     iris::app::add_config_options(app, config_path, overrides, "preprocessing config (its preprocess: keys, or flat keys)");
     app.add_flag("--inverse-check", inverse_check,
                  "Map the result back onto the input grid and check geometry (and labels)");
-    auto* strip = app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
-                                 "segmentation with this model (e.g. models/demo_brain.iris)");
+    app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
+                   "segmentation with this model (e.g. models/demo_brain.iris)");
     app.add_option("--skull-strip-task", strip_task, "The stored brain task for --skull-strip (e.g. "
-                   "models/demo_brain.task; default: the one the model file stores, if any)")->needs(strip);
+                   "models/demo_brain.task; default: the one the model file stores, if any)");
     app.add_option("--brain-mask-output", brain_mask_output, "Write the brain mask of --skull-strip (on the input's "
-                   "grid)")->needs(strip);
+                   "grid)");
     iris::app::add_device_option(app, device_name);
     iris::app::add_threads_option(app, threads);
     iris::app::add_verbosity(app);
@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       return app.exit(e) == 0 ? 0 : iris::app::kUsage;
     }
+    for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--skull-strip-task", &strip_task},
+                                      {"--brain-mask-output", &brain_mask_output}})
+      if (!value->empty() && strip_model.empty()) throw iris::Error(flag, "belongs to --skull-strip: it needs --skull-strip MODEL");
     iris::app::configure_threads(threads);
     const auto config = iris::io::PreprocessConfig::from_config(load_config(config_path, overrides));
 

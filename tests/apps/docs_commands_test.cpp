@@ -5,6 +5,10 @@
 // until the docs follow.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -126,4 +130,20 @@ TEST(DocsCommands, EveryRelativeLinkNamesAFileThatExists) {
   }
   EXPECT_GT(checked, 20);
   EXPECT_TRUE(problems.empty()) << "links to nothing:\n" << problems;
+}
+
+// docs/cli.md ends with every program's and subcommand's --help, generated
+// by tools/make_cli_reference.py: a flag added, removed or reworded without
+// rerunning it fails here, with the difference.
+TEST(DocsCommands, TheFlagReferenceInCliMdIsWhatTheProgramsPrint) {
+  const fs::path root = fs::path(IRIS_TEST_DATA_DIR) / "..";
+  const fs::path log = fs::temp_directory_path() / ("iris_cli_reference_" + std::to_string(::getpid()) + ".txt");
+  const std::string bin = fs::path(iris::testing::program_path("iris-infer")).parent_path().string();
+  const std::string command = "python3 '" + (root / "tools" / "make_cli_reference.py").string() + "' --check '" + bin +
+                              "' '" + (root / "docs" / "cli.md").string() + "' > '" + log.string() + "' 2>&1";
+  const int status = std::system(command.c_str());
+  std::ifstream in(log);
+  const std::string output{std::istreambuf_iterator<char>(in), {}};
+  fs::remove(log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << output;
 }
