@@ -515,6 +515,21 @@ std::vector<Row> rows() {
                  return program("iris-train") + " " + shell_quoted(config);
                },
                3, {"data.datasets.blob.split", "'-0.5' is not a fraction >= 0"}, {"run"}});
+  // Flags that belong together, checked after parsing (no CLI11 "Needs:" in --help).
+  r.push_back({"ReportImageWithoutAReport",
+               [=](const fs::path& d) {
+                 return program("iris-eval") + " --reference " + shell_quoted(inputs().mask) + " --prediction " +
+                        shell_quoted(inputs().mask) + " --output " + shell_quoted((d / "summary.json").string()) +
+                        " --image " + shell_quoted(inputs().image);
+               },
+               2, {"--image", "needs --html"}, {"summary.json"}});
+  r.push_back({"SkullStripTaskWithoutSkullStrip",
+               [=](const fs::path& d) {
+                 return program("iris-preprocess") + " --input " + shell_quoted(inputs().image) + " --output " +
+                        shell_quoted((d / "pre.nii.gz").string()) + " --skull-strip-task " +
+                        shell_quoted((d / "brain.task").string());
+               },
+               2, {"--skull-strip-task", "needs --skull-strip"}, {"pre.nii.gz"}});
   // Blending on the GPU asked for with no GPU: a flag problem, before any work.
   r.push_back({"BlendOnTheGpuWithoutOne",
                [=](const fs::path& d) {
