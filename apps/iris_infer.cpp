@@ -86,8 +86,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   bool aggregate_on_cpu = false, aggregate_on_device = false;
   cli.add_flag("--aggregate-on-cpu", aggregate_on_cpu,
-               "blend the windows in host memory (default: on a GPU --device when the sums fit in a quarter of its "
-               "memory, else in host memory)");
+               "blend the windows in host memory (default: on a GPU --device when the sums fit beside the windows, "
+               "docs/inference.md)");
   cli.add_flag("--no-aggregate-on-cpu", aggregate_on_device, "blend the windows on the GPU --device, however large");
   cli.add_flag("--tta", opt.mirror_tta, "mirroring test-time augmentation along the axes the model was trained mirror-invariant on (train.augment_mirror; refused for a model without them)");
   cli.add_flag("--smooth-labels", opt.smooth_labels, "label the probabilities inverted onto the query's grid "

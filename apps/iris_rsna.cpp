@@ -39,7 +39,10 @@ int main(int argc, char** argv) {
   std::string series, output, report_path;
   app::SegmenterFlags flags{&pred.models, &pred.task, &pred.segmenter, &pred.model_weights};
   auto* predict = cli.add_subcommand("predict", "series folders -> the submission CSV (one row per series)");
-  app::add_model_and_reference_options(*predict, flags, "its aneurysm spheres (from prepare); label v = location v");
+  flags.reference_mask_help = "its aneurysm spheres (from prepare); label v = location v";
+  flags.labels_help = "locations (label values 1-13) to segment (default: all of the reference)";
+  flags.task_help = "stored task embedding (label v = location v)";
+  app::add_model_and_reference_options(*predict, flags);
   app::add_window_options(*predict, flags);
   predict->add_option("--series", series, "folder of series folders (DATA/series)")->required();
   predict->add_option("--output", output, "the submission CSV to write")->required();

@@ -7,11 +7,11 @@
 
 namespace iris::app {
 
-void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags, const std::string& reference_mask_help) {
+void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags) {
   app.add_option("--model", *flags.models, "iris model file (.iris), required; repeat for an ensemble of models");
   app.add_option("--reference", flags.task->references, "reference image (repeat for a context ensemble)");
-  app.add_option("--reference-mask", flags.task->reference_masks, reference_mask_help);
-  app.add_option("--labels", flags.labels, "label values to segment, e.g. 1,3 (default: all in the reference)");
+  app.add_option("--reference-mask", flags.task->reference_masks, flags.reference_mask_help);
+  app.add_option("--labels", flags.labels, flags.labels_help);
   app.add_option("--max-labels", flags.task->max_labels,
                  "refuse a reference mask with more distinct label values")
       ->check(CLI::Range(1L, 100000L))
@@ -35,7 +35,7 @@ void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags, const
 }
 
 void add_window_options(CLI::App& app, SegmenterFlags& flags) {
-  app.add_option("--task", flags.task->task_file, "stored task embedding (from iris-infer encode)");
+  app.add_option("--task", flags.task->task_file, flags.task_help);
   app.add_option("--model-weights", *flags.model_weights, "weights of the ensemble's models, e.g. 2,1 (default: equal)")
       ->delimiter(',')
       ->check(finite_number());

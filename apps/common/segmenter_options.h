@@ -22,13 +22,16 @@ struct SegmenterFlags {
   std::string labels;                            // --labels, e.g. 1,3
   std::string device = "cpu";                    // --device
   int threads = 0;                               // --threads
+  // What the task's flags mean for this program (iris-rsna: label v = location v).
+  std::string reference_mask_help = "reference label map, one per --reference";
+  std::string labels_help = "label values to segment, e.g. 1,3 (default: all in the reference)";
+  std::string task_help = "stored task embedding (from iris-infer encode)";
 };
 
 // --model, --reference, --reference-mask, --labels, --max-labels,
 // --preprocess, --classes-per-pass, --device, --threads: what encoding a task
-// needs. `reference_mask_help` says what a reference mask is for this program.
-void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags,
-                                     const std::string& reference_mask_help = "reference label map, one per --reference");
+// needs.
+void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags);
 
 // --task, --model-weights, --window, --overlap, --window-batch (a number or
 // auto), --bf16: what segmenting queries adds.

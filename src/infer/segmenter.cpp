@@ -189,6 +189,12 @@ at::Tensor Segmenter::State::ensemble_probabilities(const at::Tensor& volume, mo
                                                     std::vector<std::string>* picked) {
   at::Tensor probs;
   double total_weight = 0;
+  {
+    const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
+    const bool on_device = stitch_on_device(window, members[0].task.num_classes(), padded_voxels(size, window.window));
+    std::lock_guard<std::mutex> lock(report_mutex);
+    stitched_on.insert(on_device ? "device" : "host");
+  }
   for (auto& m : members) {
     const model::TaskEmbedding member_task = task_for(m, volume, picked);
     const auto t = Clock::now();
@@ -296,6 +302,7 @@ Json Segmenter::report() const {
   if (!s.window_batch_notes.empty()) report["window_batch_auto"] = s.window_batch_notes;
   {
     std::lock_guard<std::mutex> lock(s.report_mutex);
+    report["stitched_on"] = std::vector<std::string>(s.stitched_on.begin(), s.stitched_on.end());
     report["warnings"] = s.warnings;
     report["failed"] = Json::array();
     for (const auto& f : s.failed) report["failed"].push_back({{"input", f.input}, {"case", f.name}, {"error", f.error}});

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -92,6 +93,7 @@ struct Segmenter::State {
   model::TaskEmbedding brain;  // its task, on the device
   SlidingWindowOptions window;
   std::vector<std::string> window_batch_notes;  // how --window-batch auto chose
+  std::set<std::string> stitched_on;             // where the windows were blended: "host", "device"
   std::vector<long> labels;                     // label values of the task
   std::string reference_modality;
   segmenter_detail::Timings timings;

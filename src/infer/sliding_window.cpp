@@ -103,12 +103,22 @@ long auto_window_batch(model::IrisNetImpl& net, const model::TaskEmbedding& task
   return batch;
 }
 
+long long padded_voxels(const std::array<long, 3>& volume, long window) {
+  const auto win = window_shape(volume, window);
+  long long n = 1;
+  for (int a = 0; a < 3; ++a) n *= std::max(volume[a], win[a]);
+  return n;
+}
+
 bool stitch_on_device(const SlidingWindowOptions& o, long classes, long long voxels) {
   if (o.stitching == Stitching::host || !o.device.is_cuda()) return false;
   if (o.stitching == Stitching::device) return true;
+  // Beside a batch sized by auto_window_batch (75 % of the memory, the
+  // models included): at most a tenth of the device's memory, and at most
+  // half of what is free now (another process may hold the rest).
   const int index = o.device.has_index() ? o.device.index() : 0;
   const long long bytes = (static_cast<long long>(classes) + 1) * voxels * static_cast<long long>(sizeof(float));
-  return bytes <= compat::cuda_total_memory(index) / 4;
+  return bytes <= compat::cuda_total_memory(index) / 10 && bytes <= compat::cuda_free_memory(index) / 2;
 }
 
 at::Tensor sliding_window_inference(const at::Tensor& volume, long K, const WindowPredictor& predict,

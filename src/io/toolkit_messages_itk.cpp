@@ -15,9 +15,10 @@ namespace {
 // Every message the toolkits print ends here: counted, the first kept.
 class MessageSink {
  public:
+  // Never destroyed: GDCM and ITK may still print while static objects go.
   static MessageSink& instance() {
-    static MessageSink sink;
-    return sink;
+    static MessageSink* sink = new MessageSink;
+    return *sink;
   }
   // One message (GDCM: "Error: In FILE, line N, function F\nTEXT\n\n";
   // ITK: "WARNING: In FILE, line N\nCLASS (ADDRESS): TEXT\n\n").
@@ -65,31 +66,37 @@ class MessageSink {
 };
 
 // GDCM writes each message whole, then a newline (std::endl): the buffer
-// gathers until the blank line that ends a message.
+// gathers until the blank line that ends a message. A message longer than
+// the kept text still ends at its blank line.
 class GdcmBuffer : public std::streambuf {
  protected:
   int overflow(int c) override {
-    if (c != traits_type::eof()) put(static_cast<char>(c));
-    return c == traits_type::eof() ? 0 : c;
+    if (c == traits_type::eof()) return 0;
+    std::lock_guard<std::mutex> lock(mutex_);
+    put(static_cast<char>(c));
+    return c;
   }
   std::streamsize xsputn(const char* s, std::streamsize n) override {
+    std::lock_guard<std::mutex> lock(mutex_);  // one message at a time, whole
     for (std::streamsize i = 0; i < n; ++i) put(s[i]);
     return n;
   }
 
  private:
   void put(char c) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (c == '\n' && !text_.empty() && text_.back() == '\n') {
+    if (c == '\n' && text_.empty()) return;  // the endl after a message, or blank lines
+    if (c == '\n' && previous_ == '\n') {
       MessageSink::instance().add(text_);
       text_.clear();
+      previous_ = 0;
       return;
     }
-    if (c == '\n' && text_.empty()) return;  // the endl after a message
+    previous_ = c;
     if (text_.size() < 4096) text_ += c;
   }
   std::mutex mutex_;
   std::string text_;
+  char previous_ = 0;
 };
 
 class QuietOutputWindow : public itk::OutputWindow {
@@ -106,9 +113,10 @@ class QuietOutputWindow : public itk::OutputWindow {
 
 void install_quiet_sinks() {
   static const bool once = [] {
-    static GdcmBuffer buffer;
-    static std::ostream stream(&buffer);
-    gdcm::Trace::SetStream(stream);
+    // Never destroyed, like the sink: GDCM keeps a pointer to the stream.
+    auto* buffer = new GdcmBuffer;
+    auto* stream = new std::ostream(buffer);
+    gdcm::Trace::SetStream(*stream);
     gdcm::Trace::WarningOff();
     gdcm::Trace::DebugOff();
     gdcm::Trace::ErrorOn();

@@ -12,7 +12,7 @@
 
 #include <torch/torch.h>
 
-#include "infer/test_support.h"
+#include "support/inference_helpers.h"
 #include "iris/io/dicom_seg.h"
 #include "iris/io/image_io.h"
 #include "iris/model/model_file.h"
@@ -513,9 +513,9 @@ TEST(SegmenterFlags, IrisInferAndIrisRsnaPredictDeclareThemAlike) {
     const size_t next = help.find("\n  --", at + 1);
     return help.substr(at, next == std::string::npos ? std::string::npos : next - at);
   };
-  for (const char* flag : {"--model", "--reference", "--labels", "--max-labels", "--preprocess", "--classes-per-pass",
-                           "--device", "--threads", "--task", "--model-weights", "--window", "--overlap",
-                           "--window-batch", "--bf16"}) {
+  // (--reference-mask, --labels and --task say what a label means in each program.)
+  for (const char* flag : {"--model", "--reference", "--max-labels", "--preprocess", "--classes-per-pass", "--device",
+                           "--threads", "--model-weights", "--window", "--overlap", "--window-batch", "--bf16"}) {
     EXPECT_NE(entry(infer_help, flag), "(missing)") << flag;
     EXPECT_EQ(entry(infer_help, flag), entry(rsna_help, flag)) << flag;
   }

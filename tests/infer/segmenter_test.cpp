@@ -11,7 +11,7 @@
 
 #include <torch/torch.h>
 
-#include "infer/test_support.h"
+#include "support/inference_helpers.h"
 #include "support/test_support.h"
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
@@ -216,6 +216,9 @@ TEST_F(SegmenterTest, AutoWindowBatchIsOneOnTheCpuAndSaysSo) {
   ASSERT_TRUE(report.contains("window_batch_auto"));
   EXPECT_NE(report["window_batch_auto"][0].get<std::string>().find("1 window per call on cpu"), std::string::npos)
       << report["window_batch_auto"];
+  // Blended in host memory on the CPU, whatever was asked.
+  EXPECT_EQ(report["stitching"], "auto");
+  EXPECT_EQ(report["stitched_on"], Json::array({"host"}));
 }
 
 TEST_F(SegmenterTest, MirroringIsTheMeanOfTheMirroredPassesAlongTheModelsAxes) {

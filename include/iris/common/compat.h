@@ -25,6 +25,8 @@ inline bool cuda_available() {
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #endif
 
 namespace iris::compat {
@@ -68,6 +70,20 @@ inline void cuda_empty_cache() {
 inline long long cuda_total_memory(int device) {
 #ifdef IRIS_HAVE_CUDA
   return static_cast<long long>(at::cuda::getDeviceProperties(device)->totalGlobalMem);
+#else
+  (void)device;
+  return 0;
+#endif
+}
+
+// Memory the driver reports free on a CUDA device, in bytes (0 without CUDA).
+// The caching allocator's cached blocks count as used.
+inline long long cuda_free_memory(int device) {
+#ifdef IRIS_HAVE_CUDA
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return 0;
+  return static_cast<long long>(free);
 #else
   (void)device;
   return 0;

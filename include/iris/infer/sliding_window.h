@@ -23,7 +23,8 @@ namespace iris::infer {
 
 // Where the blended sums live. `automatic`: on the device when it is a GPU
 // and the sums (classes + 1 float volumes of the padded query) take at most a
-// quarter of its memory, else in host memory; the result is always on the host.
+// tenth of its memory and half of its free memory, else in host memory; the
+// result is always on the host.
 enum class Stitching { automatic, host, device };
 
 struct SlidingWindowOptions {
@@ -78,6 +79,9 @@ at::Tensor sliding_window_inference(const at::Tensor& volume, long classes, cons
 // Whether the sums of a padded volume of `voxels` and `classes` are kept on
 // options.device (Stitching::automatic decided as above).
 bool stitch_on_device(const SlidingWindowOptions& options, long classes, long long voxels);
+
+// Voxels of `volume` ([Z, Y, X] sizes) padded to whole windows of `window`.
+long long padded_voxels(const std::array<long, 3>& volume, long window);
 
 // The IRIS network with one task as the predictor (sigmoid of its logits).
 at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
