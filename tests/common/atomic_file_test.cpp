@@ -1,5 +1,9 @@
 // Writes are checked, durable and atomic: a full disk is an error that says
 // so, and nothing is left under the final name or as a temporary file.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -99,4 +103,48 @@ TEST(AtomicFile, AppendingToALogOnAFullDiskIsAnError) {
   const std::string log = (disk.path() / "metrics.jsonl").string();
   const std::string msg = error_of([&] { iris::append_text_file(log, std::string(32 * 1024, 'm')); });
   EXPECT_NE(msg.find("no space left"), std::string::npos) << msg;
+}
+
+// SIGTERM or SIGINT in the middle of a write (a job cancelled, Ctrl-C): the
+// process still dies of the signal, as without iris' handler, and leaves
+// neither the target nor its temporary file.
+TEST(AtomicFile, ASignalMidWriteLeavesNeitherTheFileNorItsTemporary) {
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const fs::path dir = temp_folder("signal_mid_write");
+    const fs::path target = dir / "labels.nii";
+    int half_written[2];
+    ASSERT_EQ(::pipe(half_written), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      ::close(half_written[0]);
+      iris::install_write_signal_handlers();
+      try {
+        iris::write_file_atomically(
+            target.string(),
+            [&](iris::OutputFile& f) {
+              f.write(std::string(1 << 20, 'x'));
+              const char c = 'h';
+              if (::write(half_written[1], &c, 1) != 1) ::_exit(3);
+              ::pause();  // the signal comes here
+            },
+            2 << 20);
+      } catch (...) {
+      }
+      ::_exit(0);  // not reached: the signal ends the process
+    }
+    ::close(half_written[1]);
+    char c = 0;
+    ASSERT_EQ(::read(half_written[0], &c, 1), 1);
+    ::close(half_written[0]);
+    long entries = std::distance(fs::directory_iterator(dir), fs::directory_iterator());
+    EXPECT_EQ(entries, 1) << "the temporary file, half written";
+    ::kill(child, sig);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "status " << status;
+    EXPECT_FALSE(fs::exists(target));
+    entries = std::distance(fs::directory_iterator(dir), fs::directory_iterator());
+    EXPECT_EQ(entries, 0) << "a temporary file was left";
+  }
 }

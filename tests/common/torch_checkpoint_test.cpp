@@ -3,6 +3,7 @@
 #include "iris/common/torch_checkpoint.h"
 
 #include "iris/common/error.h"
+#include "support/test_support.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -105,9 +106,7 @@ std::string error_of(const std::string& path, const std::string& prefer = "") {
   return "";
 }
 
-std::string temp_path(const std::string& name) {
-  return std::string(IRIS_BINARY_DIR) + "/torch_checkpoint_test_" + name;
-}
+using iris::testing::temp_path;
 
 TEST(TorchCheckpoint, BareStateDictHasEveryDtypeAndValue) {
   const auto checkpoint = iris::read_torch_checkpoint(kDir + "bare_state_dict.pt");

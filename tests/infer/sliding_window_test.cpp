@@ -9,7 +9,7 @@
 
 #include <torch/torch.h>
 
-#include "infer/test_support.h"
+#include "support/inference_helpers.h"
 #include "iris/infer/reference.h"
 #include "iris/infer/sliding_window.h"
 #include "iris/model/task_embedding.h"

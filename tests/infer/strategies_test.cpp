@@ -6,7 +6,7 @@
 
 #include <torch/torch.h>
 
-#include "infer/test_support.h"
+#include "support/inference_helpers.h"
 #include "support/test_support.h"
 #include "iris/common/error.h"
 #include "iris/infer/connected_components.h"

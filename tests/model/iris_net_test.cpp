@@ -17,6 +17,7 @@
 #include "iris/model/model_file.h"
 #include "iris/model/stage_timer.h"
 #include "iris/model/task_embedding.h"
+#include "support/test_support.h"
 
 using namespace iris::model;
 namespace fs = std::filesystem;
@@ -36,9 +37,7 @@ std::pair<at::Tensor, at::Tensor> sphere_volume(long size, double cx, double rad
   return {image.view({1, 1, size, size, size}), mask.view({1, 1, size, size, size})};
 }
 
-std::string temp_path(const std::string& name) {
-  return (fs::temp_directory_path() / ("iris_model_test_" + std::to_string(::getpid()) + "_" + name)).string();
-}
+using iris::testing::temp_path;
 
 struct TinyNet : ::testing::Test {
   void SetUp() override {

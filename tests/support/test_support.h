@@ -100,6 +100,14 @@ inline std::filesystem::path temp_folder(const std::string& name) {
   return dir;
 }
 
+// A path `name` inside one fresh folder of this test process (removed at
+// exit like temp_folder's), for tests that write a few files.
+inline std::string temp_path(const std::string& name) {
+  static const std::filesystem::path dir = temp_folder("test");
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
 // A TCP port nobody listens on now, chosen by the kernel (bind to port 0).
 inline int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);

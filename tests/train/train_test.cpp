@@ -40,12 +40,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("iris_train_test_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path temp_dir(const std::string& name) { return iris::testing::temp_folder("train_" + name); }
 
 // Two synthetic "subjects": a bright ellipsoid (class 1) with a darker core
 // (class 2) at different places, so episodes have a real task to learn.
