@@ -48,13 +48,12 @@ using iris::peak_rss_bytes;
 
 // Keeps freed memory in the process (glibc: no mmap per large block, no trim)
 // so that a CPU forward pass does not page-fault its activations in anew on
-// every call: 4x faster one-shot inference at 128^3 on one thread, measured
-// (docs/inference.md). Memory once used stays with the process until it
-// exits: for programs whose peak is their working set (iris-infer,
-// iris-bench, iris-train: the training loader maps cached cases from
-// data.cache instead of allocating them, so its heap holds only per-episode
-// transients and its RSS still follows data.cache_memory_gb; 5x more
-// episodes per second where page faults are dear, docs/training.md).
+// every call (the timings: docs/inference.md, docs/training.md). Memory
+// once used stays with the process until it exits: for programs whose peak
+// is their working set (iris-infer, iris-bench, iris-train: the training
+// loader maps cached cases from data.cache instead of allocating them, so
+// its heap holds only per-episode transients and its RSS still follows
+// data.cache_memory_gb).
 void keep_freed_memory();
 
 // The options every program spells the same way.

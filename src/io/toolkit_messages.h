@@ -1,8 +1,8 @@
 #pragma once
 // Private to src/io (ITK build): GDCM's and ITK's own messages kept off the
 // terminal. Left alone, GDCM prints every warning to stderr, several lines
-// each: one DICOM file with 2.5 MB of trailing padding made 3.1 million
-// lines (156 MB) and tripled the read time, whatever --quiet said.
+// each, whatever --quiet says: a DICOM file with trailing padding makes
+// millions of lines (docs/inference.md, "DICOM studies").
 // GDCM's warnings and debug output are switched off (building them is what
 // costs the time); its errors and ITK's warnings are counted, and a read
 // reports them as one line, through the image's warnings.

@@ -22,8 +22,8 @@ struct TuningExample {
 };
 
 struct TuningOptions {
-  // Defaults chosen on the demo model; docs/demo.md holds the measured Dice
-  // before and after tuning (20 steps at 1e-2 barely moved the loss).
+  // Defaults chosen on the demo model (the measured Dice before and after
+  // tuning: docs/log/demo_model_2026-12.md).
   long steps = 100;
   double learning_rate = 0.1;
   bool adamw = false;          // AdamW (decoupled weight decay) instead of Adam

@@ -44,8 +44,8 @@ class IrisNetImpl : public torch::nn::Module {
   const ModelConfig& config() const { return config_; }
 
   // Stores conv weights (and feeds images) in channels-last 3-D layout, which
-  // lets LibTorch take the oneDNN convolution kernels on CPU (about 3x faster
-  // on Debian's LibTorch 1.13) and cuDNN's NDHWC kernels on GPU.
+  // lets LibTorch take the oneDNN convolution kernels on CPU and cuDNN's
+  // NDHWC kernels on GPU (timings: docs/inference.md).
   void set_channels_last(bool enabled);
   bool channels_last() const { return channels_last_; }
 
