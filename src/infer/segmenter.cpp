@@ -141,6 +141,10 @@ void Segmenter::State::configure_window() {
   }
   window.classes_per_pass = options.classes_per_pass;
   window.progress = options.window_progress;
+  window.stitched = [this](bool on_device) {
+    std::lock_guard<std::mutex> lock(report_mutex);
+    stitched_on.insert(on_device ? "device" : "host");
+  };
 }
 
 // The skull-strip step stored in the model file, with its preprocessing.
@@ -189,12 +193,6 @@ at::Tensor Segmenter::State::ensemble_probabilities(const at::Tensor& volume, mo
                                                     std::vector<std::string>* picked) {
   at::Tensor probs;
   double total_weight = 0;
-  {
-    const std::array<long, 3> size{volume.size(0), volume.size(1), volume.size(2)};
-    const bool on_device = stitch_on_device(window, members[0].task.num_classes(), padded_voxels(size, window.window));
-    std::lock_guard<std::mutex> lock(report_mutex);
-    stitched_on.insert(on_device ? "device" : "host");
-  }
   for (auto& m : members) {
     const model::TaskEmbedding member_task = task_for(m, volume, picked);
     const auto t = Clock::now();

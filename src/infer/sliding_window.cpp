@@ -103,13 +103,6 @@ long auto_window_batch(model::IrisNetImpl& net, const model::TaskEmbedding& task
   return batch;
 }
 
-long long padded_voxels(const std::array<long, 3>& volume, long window) {
-  const auto win = window_shape(volume, window);
-  long long n = 1;
-  for (int a = 0; a < 3; ++a) n *= std::max(volume[a], win[a]);
-  return n;
-}
-
 bool stitch_on_device(const SlidingWindowOptions& o, long classes, long long voxels) {
   if (o.stitching == Stitching::host || !o.device.is_cuda()) return false;
   if (o.stitching == Stitching::device) return true;
@@ -129,7 +122,9 @@ at::Tensor sliding_window_inference(const at::Tensor& volume, long K, const Wind
   const auto win = window_shape(size, o.window);
   at::Tensor padded = pad_to(volume.to(at::kFloat), win);
   const std::array<long, 3> psize{padded.size(0), padded.size(1), padded.size(2)};
-  const c10::Device stitch = stitch_on_device(o, K, padded.numel()) ? o.device : c10::Device(c10::kCPU);
+  const bool on_device = stitch_on_device(o, K, padded.numel());
+  if (o.stitched) o.stitched(on_device);
+  const c10::Device stitch = on_device ? o.device : c10::Device(c10::kCPU);
   const auto on_stitch = at::TensorOptions().dtype(at::kFloat).device(stitch);
   at::Tensor sum = at::zeros({K, psize[0], psize[1], psize[2]}, on_stitch);
   at::Tensor weight = at::zeros({psize[0], psize[1], psize[2]}, on_stitch);

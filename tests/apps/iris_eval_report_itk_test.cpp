@@ -113,16 +113,9 @@ std::array<int, 3> rgb_of_hex(const std::string& hex) {
 
 // Pixels of a PNG of exactly this colour.
 int64_t pixels_of_colour(const fs::path& png, const std::array<int, 3>& rgb) {
-  using Pixel = itk::RGBAPixel<unsigned char>;
-  auto reader = itk::ImageFileReader<itk::Image<Pixel, 2>>::New();
-  reader->SetImageIO(itk::PNGImageIO::New());
-  reader->SetFileName(png.string());
-  reader->Update();
-  const auto size = reader->GetOutput()->GetLargestPossibleRegion().GetSize();
-  const Pixel* p = reader->GetOutput()->GetBufferPointer();
-  int64_t n = 0;
-  for (size_t i = 0; i < size[0] * size[1]; ++i) n += p[i][0] == rgb[0] && p[i][1] == rgb[1] && p[i][2] == rgb[2];
-  return n;
+  const auto counts = colours_of_png(png).counts;
+  const auto found = counts.find(static_cast<uint32_t>((rgb[0] << 16) | (rgb[1] << 8) | rgb[2]));
+  return found == counts.end() ? 0 : found->second;
 }
 
 TEST_F(IrisEvalReport, EachLabelInItsLegendColourAndAMissedLabelIsAnOutlineWithoutFill) {

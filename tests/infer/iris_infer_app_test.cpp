@@ -38,13 +38,6 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// What a command prints (stdout and stderr).
-std::string read_text_of_command(const std::string& command) {
-  const std::string out = temp_path("command_output.txt");
-  std::system((command + " > " + out + " 2>&1").c_str());
-  return read_text(out);
-}
-
 struct RunResult {
   int exit_code;
   std::string err;
@@ -504,8 +497,8 @@ TEST_F(App, WindowBatchTakesAutoAndFastNeedsAStoredFastSpacing) {
 // iris-infer and iris-rsna predict describe and check each of them alike.
 TEST(SegmenterFlags, IrisInferAndIrisRsnaPredictDeclareThemAlike) {
   const std::string rsna = binary().substr(0, binary().size() - std::string("iris-infer").size()) + "iris-rsna";
-  const std::string infer_help = read_text_of_command(binary() + " --help");
-  const std::string rsna_help = read_text_of_command(rsna + " predict --help");
+  const std::string infer_help = iris::testing::run_program(binary(), "--help", temp_path("infer_help.txt")).output;
+  const std::string rsna_help = iris::testing::run_program(rsna, "predict --help", temp_path("rsna_help.txt")).output;
   // An option's help entry: from its name to the next option.
   auto entry = [](const std::string& help, const std::string& flag) {
     const size_t at = help.find("  " + flag + " ");

@@ -42,6 +42,8 @@ struct SlidingWindowOptions {
   Stitching stitching = Stitching::automatic;
   // Called after each batch of windows with (done, total), for progress bars.
   std::function<void(long, long)> progress;
+  // Called once per volume with where its windows are blended (true: on the device).
+  std::function<void(bool)> stitched;
 };
 
 // Window edge per axis for a volume: the configured window, shrunk (in steps
@@ -79,9 +81,6 @@ at::Tensor sliding_window_inference(const at::Tensor& volume, long classes, cons
 // Whether the sums of a padded volume of `voxels` and `classes` are kept on
 // options.device (Stitching::automatic decided as above).
 bool stitch_on_device(const SlidingWindowOptions& options, long classes, long long voxels);
-
-// Voxels of `volume` ([Z, Y, X] sizes) padded to whole windows of `window`.
-long long padded_voxels(const std::array<long, 3>& volume, long window);
 
 // The IRIS network with one task as the predictor (sigmoid of its logits).
 at::Tensor sliding_window_probabilities(model::IrisNetImpl& net, const at::Tensor& volume,
