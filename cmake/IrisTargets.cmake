@@ -148,6 +148,13 @@ if(IRIS_BUILD_TESTS)
   # Tests of what only the ITK build reads or writes (DICOM, NRRD, MetaImage,
   # N4, agreement with ITK) are named *_itk_test.cpp and registered only there.
   set(IRIS_TEST_AREAS common model data train io eval infer apps bad_input device)
+  if(NOT IRIS_WITH_ITK)
+    if(IRIS_ITK_BUILD_DIR)
+      message(STATUS "iris: Flavours.* holds this build's masks to the ITK build in ${IRIS_ITK_BUILD_DIR}")
+    else()
+      message(STATUS "iris: no IRIS_ITK_BUILD_DIR, so no test holds this build's masks to the ITK build's (make test passes it)")
+    endif()
+  endif()
   foreach(area ${IRIS_TEST_AREAS})
     file(GLOB srcs CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/tests/${area}/*_test.cpp)
     if(NOT IRIS_WITH_ITK)
@@ -163,6 +170,9 @@ if(IRIS_BUILD_TESTS)
     target_compile_definitions(iris_${area}_tests PRIVATE
       IRIS_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests"
       IRIS_BINARY_DIR="${PROJECT_BINARY_DIR}")
+    if(area STREQUAL "apps" AND NOT IRIS_WITH_ITK AND IRIS_ITK_BUILD_DIR)
+      target_compile_definitions(iris_apps_tests PRIVATE IRIS_ITK_BUILD_DIR="${IRIS_ITK_BUILD_DIR}")
+    endif()
     if(IRIS_WITH_ITK AND (area STREQUAL "io" OR area STREQUAL "apps"))
       target_link_libraries(iris_${area}_tests PRIVATE DCMTK::dcmdata)  # tests write and edit DICOM files with it
     endif()

@@ -26,6 +26,9 @@ if [ ! -f "$MODEL" ]; then
   MODEL="$OUT/train/model.iris"
 fi
 
+# The HTML reports are this script's own: iris-eval replaces an iris report but
+# refuses any other folder, such as one an older iris wrote (no .iris-report).
+rm -rf "$OUT/report_brain" "$OUT/report_structures" "$OUT/report_structures_one_pass" "$OUT/report_heldout"
 mkdir -p "$OUT/pred/brain" "$OUT/gt/brain" "$OUT/pred/structures" "$OUT/gt/structures" \
          "$OUT/one_pass/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
          "$OUT/baseline_world/brain" "$OUT/baseline_otsu/brain" "$OUT/baseline_world/structures" "$OUT/img/brain" "$OUT/img/structures" \

@@ -216,11 +216,13 @@ Geometry grid_with_spacing(const Geometry& g, const std::array<double, 3>& targe
 
 namespace {
 
-// One 3-D float32 or int32 volume: ITK's resampler in the ITK build
-// (resample_itk.cpp), iris' own nearest/linear otherwise (resample_noitk.cpp).
+// One 3-D float32 or int32 volume. Nearest and linear are iris' own in both
+// builds, so that they segment a NIfTI file alike; B-spline is ITK's
+// (resample_itk.cpp), refused without ITK (resample_noitk.cpp).
 at::Tensor resample_one(const at::Tensor& voxels, const Geometry& from, const Geometry& onto,
                         Interpolation interpolation) {
-  return detail::resample_scalar(voxels.contiguous(), from, onto, interpolation);
+  if (interpolation == Interpolation::kBSpline) return detail::resample_bspline(voxels.contiguous(), from, onto);
+  return detail::resample_native(voxels.contiguous(), from, onto, interpolation);
 }
 
 // Each label's mask is interpolated linearly and the most covered label wins:

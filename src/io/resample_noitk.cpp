@@ -1,5 +1,4 @@
-// Resampling and N4 without ITK: iris' own nearest and linear; B-spline and
-// N4 need the ITK build and say so.
+// B-spline resampling and N4 without ITK: both need the ITK build and say so.
 #include "iris/common/error.h"
 #include "resample_detail.h"
 
@@ -7,11 +6,8 @@ namespace iris::io {
 
 namespace detail {
 
-at::Tensor resample_scalar(const at::Tensor& voxels, const Geometry& from, const Geometry& onto,
-                           Interpolation interpolation) {
-  if (interpolation == Interpolation::kBSpline)
-    throw Error("preprocess.interpolation", "bspline needs the ITK build of iris; use linear");
-  return resample_native(voxels, from, onto, interpolation);
+at::Tensor resample_bspline(const at::Tensor&, const Geometry&, const Geometry&) {
+  throw Error("preprocess.interpolation", "bspline needs the ITK build of iris; use linear");
 }
 
 }  // namespace detail

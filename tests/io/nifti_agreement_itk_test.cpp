@@ -183,7 +183,7 @@ TEST(ResampleAgreement, OwnLinearAndNearestMatchItk) {
   onto.origin[2] -= 11.1;
   const at::Tensor labels = (ch2.voxels > ch2.voxels.mean()).to(at::kInt) + (ch2.voxels > 2 * ch2.voxels.mean()).to(at::kInt);
   for (auto interpolation : {iris::io::Interpolation::kLinear, iris::io::Interpolation::kNearest}) {
-    const at::Tensor itk = iris::io::detail::resample_scalar(ch2.voxels.contiguous(), ch2.geometry, onto, interpolation);
+    const at::Tensor itk = iris::io::detail::resample_with_itk(ch2.voxels.contiguous(), ch2.geometry, onto, interpolation);
     const at::Tensor own = iris::io::detail::resample_native(ch2.voxels.contiguous(), ch2.geometry, onto, interpolation);
     ASSERT_EQ(own.sizes(), itk.sizes());
     const at::Tensor differs = (own - itk).abs() > 1e-3 * (1 + itk.abs());
@@ -193,7 +193,7 @@ TEST(ResampleAgreement, OwnLinearAndNearestMatchItk) {
     EXPECT_LT(fraction, 1e-3) << iris::io::interpolation_name(interpolation);
     EXPECT_GT(itk.abs().sum().item<double>(), 0);
   }
-  const at::Tensor itk = iris::io::detail::resample_scalar(labels.contiguous(), ch2.geometry, onto, iris::io::Interpolation::kNearest);
+  const at::Tensor itk = iris::io::detail::resample_with_itk(labels.contiguous(), ch2.geometry, onto, iris::io::Interpolation::kNearest);
   const at::Tensor own = iris::io::detail::resample_native(labels.contiguous(), ch2.geometry, onto, iris::io::Interpolation::kNearest);
   EXPECT_EQ(own.scalar_type(), at::kInt);
   EXPECT_LT(own.ne(itk).to(at::kDouble).mean().item<double>(), 1e-3);
