@@ -278,7 +278,8 @@ int remove_stale_temporaries(const std::string& folder, bool all, long min_age_s
   for (const auto& entry : fs::directory_iterator(folder, ec)) {
     const std::string name = entry.path().filename().string();
     std::smatch m;
-    if (!std::regex_match(name, m, pattern)) continue;
+    // Not one of ours when its "pid" has more digits than any pid can.
+    if (!std::regex_match(name, m, pattern) || m[1].length() > 9) continue;
     const long pid = std::stol(m[1].str());
     const bool alive = !all && (pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
     if (alive) continue;

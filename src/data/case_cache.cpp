@@ -9,6 +9,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/file_names.h"
 #include "iris/common/label_list.h"
 
 namespace fs = std::filesystem;
@@ -201,7 +202,7 @@ std::optional<RecordedDataset> CaseCache::recorded_dataset(const std::string& da
     std::stringstream s(line);
     for (std::string col; std::getline(s, col, '\t');) cols.push_back(col);
     if (cols.size() == 3 && cols[0] == "class") {
-      r.class_names[std::stol(cols[1])] = cols[2];
+      r.class_names[parse_label_key(cols[1], path + ": line " + std::to_string(n))] = cols[2];
     } else if (cols.size() == 4 && cols[0] == "case") {
       r.cases.push_back({cols[1], cols[2], cols[3]});
     } else {

@@ -245,10 +245,17 @@ ConvertSummary msd(const std::string& src, const std::string& dst, const Convert
   const Json doc = read_json(root / "dataset.json");
   if (!doc.contains("modality") || !doc.contains("labels") || !doc.contains("training"))
     throw Error((root / "dataset.json").string(), "is not an MSD dataset.json (needs modality, labels, training)");
+  if (!doc["training"].is_array() || !doc["labels"].is_object() || !doc["modality"].is_object())
+    throw Error((root / "dataset.json").string(), "is not an MSD dataset.json (training is a list, labels and modality "
+                                                  "are tables)");
   std::vector<std::string> channels;
-  for (long c = 0; doc["modality"].contains(std::to_string(c)); ++c) channels.push_back(doc["modality"][std::to_string(c)]);
-  std::map<long, std::string> names;
   const std::string json_file = (root / "dataset.json").string();
+  for (long c = 0; doc["modality"].contains(std::to_string(c)); ++c) {
+    const Json& name = doc["modality"][std::to_string(c)];
+    if (!name.is_string()) throw Error(json_file, "modality: channel " + std::to_string(c) + " is not named by a string");
+    channels.push_back(name.get<std::string>());
+  }
+  std::map<long, std::string> names;
   for (const auto& [k, v] : doc["labels"].items()) {
     if (!v.is_string()) throw Error(json_file, "labels: the name of label " + k + " is not a string");
     names[parse_label_key(k, json_file + ": labels")] = v.get<std::string>();

@@ -423,6 +423,13 @@ std::vector<Row> rows() {
                  return convert_msd(d, "out");
                },
                3, {"../elsewhere/secret.nii.gz", "outside the task folder"}, {"out"}});
+  r.push_back({"MsdChannelNamedByANumber",
+               [=](const fs::path& d) {
+                 msd_task(d, R"({"name": "H", "modality": {"0": 7}, "labels": {"0": "background", "1": "Anterior"},)"
+                             R"( "training": [{"image": "./imagesTr/hippocampus_001.nii.gz", "label": "./labelsTr/hippocampus_001.nii.gz"}]})");
+                 return convert_msd(d, "out");
+               },
+               3, {"dataset.json", "modality: channel 0 is not named by a string"}, {"out"}});
   r.push_back({"MsdLabelKeyTwice",
                [=](const fs::path& d) {
                  msd_task(d, msd_json_head + R"("labels": {"0": "background", "1": "Anterior", "1": "Posterior"}})");
@@ -705,6 +712,17 @@ std::vector<Row> rows() {
                },
                0, {}, {"out/.b.tmp4194304_0.nii.gz"}, 0, 4096,
                {"out/a.nii.gz", "out/b.nii.gz", "out/.c.tmp4194305_0.nii.gz"}});
+  // A file that looks like a temporary name but whose "pid" no pid can be:
+  // not iris', so kept (its 20 digits used to end the run with "stol").
+  r.push_back({"TemporaryLookalikeWithA20DigitPid",
+               [=](const fs::path& d) {
+                 fs::create_directories(d / "qs");
+                 fs::create_directories(d / "out");
+                 fs::copy_file(inputs().query, d / "qs" / "a.nii.gz");
+                 std::ofstream(d / "out" / ".x.tmp99999999999999999999_0.nii.gz") << "not ours";
+                 return one_shot(kDemoModel, (d / "qs").string(), (d / "out").string());
+               },
+               0, {}, {}, 0, 4096, {"out/a.nii.gz", "out/.x.tmp99999999999999999999_0.nii.gz"}});
   r.push_back({"OutputFolderMissing",
                [=](const fs::path& d) {
                  fs::create_directories(d / "qs");

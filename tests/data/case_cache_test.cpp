@@ -171,6 +171,11 @@ TEST_F(CaseCacheTest, RecordedCaseListsStandInForAMissingDatasetRoot) {
   const std::string message = error_of([&] { cache.recorded_dataset("Dataset001_Toy"); });
   EXPECT_NE(message.find("Dataset001_Toy.tsv"), std::string::npos) << message;
   EXPECT_NE(message.find("line 5"), std::string::npos) << message;
+  // So does a class value that is no number (it used to be std::stol's "stol").
+  std::ofstream(dir_ / "cache" / "datasets" / "Dataset001_Toy.tsv") << "class\tx1\tliver\n";
+  const std::string bad_class = error_of([&] { cache.recorded_dataset("Dataset001_Toy"); });
+  EXPECT_NE(bad_class.find("Dataset001_Toy.tsv: line 1"), std::string::npos) << bad_class;
+  EXPECT_NE(bad_class.find("'x1'"), std::string::npos) << bad_class;
 }
 
 namespace {
