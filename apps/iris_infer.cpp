@@ -59,6 +59,10 @@ int main(int argc, char** argv) {
                  "--classes-per-pass)")->check(CLI::NonNegativeNumber);
   cli.add_option("--tune-lr", task.tuning.learning_rate, "in-context tuning: learning rate")->check(app::number_in(1e-12, 1e6));
   cli.add_flag("--tune-adamw", task.tuning.adamw, "in-context tuning with AdamW instead of Adam");
+  std::string tune_loss;
+  cli.add_option("--tune-loss", tune_loss, "in-context tuning: the region term added to BCE, soft_dice or "
+                 "adaptive_tversky (default: the loss the model was trained with, as its file records; soft_dice "
+                 "where it records none)")->check(CLI::IsMember({"soft_dice", "adaptive_tversky"}));
   cli.add_option("--tuned-task-out", task.tuned_task_out, "store the tuned task embedding here");
   cli.add_option("--query", query, "image file, DICOM folder, folder of images or .txt list");
   cli.add_option("--nan-as", read.nan_as, "replace NaN and infinite voxels of queries by this value (default: refuse "
@@ -106,7 +110,7 @@ int main(int argc, char** argv) {
       {"Task", {"--model", "--reference", "--reference-mask", "--labels", "--max-labels", "--task", "--classes",
                 "--model-weights"}},
       {"Strategy", {"--strategy", "--pool", "--similarity", "--seed", "--tune-steps", "--tune-lr", "--tune-adamw",
-                    "--tuned-task-out", "--classes-per-pass"}},
+                    "--tune-loss", "--tuned-task-out", "--classes-per-pass"}},
       {"Preprocessing and windows", {"--preprocess", "--fast", "--no-skull-strip", "--window", "--overlap", "--tta",
                                      "--threshold", "--keep-largest", "--min-component-voxels", "--smooth-labels"}},
       {"Output", {"--output", "--probabilities", "--dicom-seg", "--report", "--statistics", "--overwrite", "--continue",
@@ -143,6 +147,7 @@ int main(int argc, char** argv) {
     task.similarity = similarity_name == "foreground-token" ? infer::EmbeddingSimilarity::foreground_token
                                                            : infer::EmbeddingSimilarity::all_tokens;
     opt.skull_strip = !no_skull_strip;
+    if (!tune_loss.empty()) task.tune_loss = model::parse_region_loss(tune_loss, "--tune-loss");
     if (aggregate_on_device && aggregate_on_cpu)
       throw Error("--no-aggregate-on-cpu", "contradicts --aggregate-on-cpu: give one");
     if (aggregate_on_device && !opt.device.is_cuda())

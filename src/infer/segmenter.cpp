@@ -308,6 +308,7 @@ Json Segmenter::report() const {
   }
   report["seconds"] = s.timings.to_json();
   if (!s.members[0].tuning_losses.empty()) {
+    report["tuning_loss"] = s.members[0].tuning_loss;
     report["tuning_losses"] = Json::array();
     for (double l : s.members[0].tuning_losses) report["tuning_losses"].push_back(number(l));
   }

@@ -80,6 +80,7 @@ struct Segmenter::State {
     model::TaskEmbedding task;
     EmbeddingPool pool;
     std::vector<double> tuning_losses;
+    std::string tuning_loss;  // the loss tuning optimised, for the report
   };
 
   TaskSpec spec;

@@ -102,6 +102,7 @@ void Segmenter::State::choose_strategy() {
     throw Error("--strategy tuning", "needs labelled examples: --reference/--reference-mask");
   if (!spec.pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
   if (!spec.tuned_task_out.empty() && strategy != "tuning") throw Error("--tuned-task-out", "only with --strategy tuning");
+  if (spec.tune_loss && strategy != "tuning") throw Error("--tune-loss", "only with --strategy tuning");
 }
 
 void Segmenter::State::build_task(Member& member) {
@@ -139,6 +140,14 @@ void Segmenter::State::build_tuned_task(Member& member) {
     throw Error("--task", "the stored task has " + std::to_string(member.task.num_classes()) +
                               " classes but the references give " + std::to_string(labels.size()));
   TuningOptions tuning = spec.tuning;
+  // The loss the model was trained with, as the method tunes (IRIS-SPEC).
+  tuning.loss = member.model.loss.value_or(model::LossWeights{});
+  std::string source = member.model.loss ? "the model file" : "default: the model file records none";
+  if (spec.tune_loss) {
+    tuning.loss.region = *spec.tune_loss;
+    source = "--tune-loss";
+  }
+  member.tuning_loss = model::region_loss_name(tuning.loss.region) + " + BCE (" + source + ")";
   tuning.device = options.device;
   tuning.classes_per_pass = options.classes_per_pass;
   if (options.tuning_progress) tuning.progress = options.tuning_progress;

@@ -85,6 +85,9 @@ IrisModel import_mass_checkpoint(const std::string& checkpoint, const std::optio
   model.config = config ? *config : infer_config_from_state_dict(ckpt.tensors, checkpoint);
   model.net = IrisNet(model.config);
   model.description = "imported from " + checkpoint + (ckpt.source_key.empty() ? "" : " [" + ckpt.source_key + "]");
+  // The author's trainer has one loss: adaptive Tversky + BCE, 1:1
+  // (IRIS-SPEC); in-context tuning of the import optimises the same.
+  model.loss = LossWeights{RegionLoss::adaptive_tversky, 1.0, 1.0};
 
   std::map<std::string, at::Tensor> source(ckpt.tensors.begin(), ckpt.tensors.end());
   std::vector<std::string> missing, mismatched;

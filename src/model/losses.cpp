@@ -1,7 +1,12 @@
 #include "iris/model/losses.h"
 
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
 #include <ATen/ATen.h>
 
+#include "iris/common/config_map.h"
 #include "iris/common/error.h"
 #include "iris/common/internal_error.h"
 
@@ -11,6 +16,41 @@ RegionLoss parse_region_loss(const std::string& name, const std::string& setting
   if (name == "soft_dice") return RegionLoss::soft_dice;
   if (name == "adaptive_tversky") return RegionLoss::adaptive_tversky;
   throw Error(setting, "unknown loss '" + name + "' (known: soft_dice, adaptive_tversky; each is added to BCE)");
+}
+
+std::string region_loss_name(RegionLoss loss) {
+  switch (loss) {
+    case RegionLoss::soft_dice: return "soft_dice";
+    case RegionLoss::adaptive_tversky: return "adaptive_tversky";
+  }
+  internal_error("loss", "unknown region loss");
+}
+
+std::string loss_weights_to_text(const LossWeights& w) {
+  ConfigMap m;
+  m.set("loss", region_loss_name(w.region));
+  std::ostringstream dice, bce;
+  dice << std::setprecision(17) << w.dice;
+  bce << std::setprecision(17) << w.bce;
+  m.set("dice_weight", dice.str());
+  m.set("bce_weight", bce.str());
+  return m.to_text();
+}
+
+LossWeights loss_weights_from_text(const std::string& text, const std::string& origin) {
+  const ConfigMap m = ConfigMap::parse_text(text, origin);
+  reject_unknown_keys(m, {"loss", "dice_weight", "bce_weight"}, origin);
+  for (const char* key : {"loss", "dice_weight", "bce_weight"})
+    if (!m.has(key)) throw Error(origin, std::string("has no ") + key);
+  LossWeights w;
+  w.region = parse_region_loss(config_string(m, "loss"), origin + ": loss");
+  w.dice = config_double(m, "dice_weight");
+  w.bce = config_double(m, "bce_weight");
+  for (const auto& [key, value] : {std::pair<const char*, double>{"dice_weight", w.dice}, {"bce_weight", w.bce}})
+    if (!std::isfinite(value) || value < 0)
+      throw Error(origin, std::string(key) + " must be a finite number >= 0, not " + std::to_string(value));
+  if (w.dice == 0 && w.bce == 0) throw Error(origin, "dice_weight and bce_weight are both 0");
+  return w;
 }
 
 LossTerms dice_bce_loss(const at::Tensor& logits, const at::Tensor& targets, const at::Tensor& valid,

@@ -66,6 +66,7 @@ void save_model(IrisModel& model, const std::string& path) {
   file.set("description", model.description);
   file.set("preprocess", model.preprocess);
   if (!model.mirror_axes.empty()) file.set("mirror_axes", model.mirror_axes);
+  if (model.loss) file.set("loss", loss_weights_to_text(*model.loss));
   torch::NoGradGuard no_grad;
   for (const auto& p : model.net->named_parameters()) file.put("param/" + p.key(), p.value());
   for (const auto& b : model.net->named_buffers()) file.put("buffer/" + b.key(), b.value());
@@ -90,6 +91,7 @@ IrisModel load_model(const std::string& path) {
   if (model.mirror_axes.size() > 3 || model.mirror_axes.find_first_not_of("xyz") != std::string::npos ||
       std::set<char>(model.mirror_axes.begin(), model.mirror_axes.end()).size() != model.mirror_axes.size())
     throw Error(path, "is damaged: mirror_axes '" + model.mirror_axes + "' is not a set of the axes x, y, z");
+  if (file.has_meta("loss")) model.loss = loss_weights_from_text(file.meta("loss"), path + " (its training loss)");
   // The tensors decide nothing: the config builds the network and every
   // tensor must be one of its parameters or buffers, with its shape. The
   // memory bank is checked first: an edited config must not allocate

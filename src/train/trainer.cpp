@@ -546,6 +546,7 @@ void Trainer::export_model() {
   out.description = "trained with iris-train (" + config_.output_dir + ")";
   out.preprocess = resolved_.subtree("preprocess").to_text();
   out.mirror_axes = config_.episodes.augment.enabled ? config_.episodes.augment.mirror_axes : "";
+  out.loss = loss_weights(config_);
   model::save_model(out, final_model_path());
 }
 

@@ -279,6 +279,40 @@ TEST_F(SegmenterTest, MirroringFlipsOnlyTheAxesTheModelLearnt) {
   EXPECT_LT((got - mean).abs().max().item<float>(), 1e-5);
 }
 
+// In-context tuning optimises the loss the model file records (the author's
+// adaptive Tversky here), soft Dice where it records none, and --tune-loss
+// overrides it: same weights and examples, so the first step's loss tells.
+TEST_F(SegmenterTest, TuningOptimisesTheLossTheModelWasTrainedWith) {
+  model::IrisModel tversky = model::load_model(model);
+  ASSERT_FALSE(tversky.loss.has_value());
+  tversky.loss = model::LossWeights{model::RegionLoss::adaptive_tversky, 1.0, 1.0};
+  const std::string tversky_path = temp_path("segmenter_tversky.iris");
+  model::save_model(tversky, tversky_path);
+  infer::TaskSpec spec = one_shot();
+  spec.strategy = "tuning";
+  spec.tuning.steps = 1;
+  spec.tuning.learning_rate = 0.01;
+  auto first_loss = [&](const std::string& path, const infer::TaskSpec& t, std::string* which) {
+    const Json report = infer::Segmenter(path, t, zscore(32)).report();
+    *which = report.at("tuning_loss").get<std::string>();
+    return report.at("tuning_losses").at(0).get<double>();
+  };
+  std::string plain_loss, model_loss, forced_loss;
+  const double plain = first_loss(model, spec, &plain_loss);
+  const double recorded = first_loss(tversky_path, spec, &model_loss);
+  spec.tune_loss = model::RegionLoss::soft_dice;
+  const double forced = first_loss(tversky_path, spec, &forced_loss);
+  EXPECT_EQ(plain_loss, "soft_dice + BCE (default: the model file records none)");
+  EXPECT_EQ(model_loss, "adaptive_tversky + BCE (the model file)");
+  EXPECT_EQ(forced_loss, "soft_dice + BCE (--tune-loss)");
+  EXPECT_GT(std::abs(recorded - plain), 1e-4) << "the model's adaptive Tversky loss was not the one tuned";
+  EXPECT_EQ(forced, plain);
+  infer::TaskSpec one = one_shot();
+  one.tune_loss = model::RegionLoss::adaptive_tversky;
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, one, zscore(32)); }).find("--tune-loss: only with --strategy tuning"),
+            std::string::npos);
+}
+
 TEST_F(SegmenterTest, Bf16AutocastIsNearFloat32AndRunsInBf16) {
   auto [q, unused] = ball_and_box(32, 40, 36, 6);
   auto options = zscore(32);

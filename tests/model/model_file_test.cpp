@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "iris/common/tensor_file.h"
 #include "iris/model/model_file.h"
 #include "iris/model/task_embedding.h"
 #include "support/test_support.h"
@@ -108,4 +109,41 @@ torch.jit.save(torch.jit.script(Evil()), sys.argv[1])
   EXPECT_NE(msg.find("iris-import --trust-legacy"), std::string::npos) << msg;
   EXPECT_FALSE(fs::exists(marker)) << "opening the file ran its code";
   fs::remove_all(dir);
+}
+
+// The loss a model was trained with travels in its file (in-context tuning
+// optimises the same); an edited record is refused naming the file.
+TEST(ModelFile, TheTrainingLossTravelsWithTheModelAndAnEditedOneIsRefused) {
+  const fs::path dir = temp_folder("model_loss");
+  iris::model::IrisModel m;
+  m.config = iris::model::preset("tiny");
+  m.net = iris::model::IrisNet(m.config);
+  const std::string plain = (dir / "plain.iris").string(), tversky = (dir / "tversky.iris").string();
+  iris::model::save_model(m, plain);
+  EXPECT_FALSE(iris::model::load_model(plain).loss.has_value()) << "a file that records no loss read as one";
+  m.loss = iris::model::LossWeights{iris::model::RegionLoss::adaptive_tversky, 0.5, 2.0};
+  iris::model::save_model(m, tversky);
+  const auto loaded = iris::model::load_model(tversky).loss;
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_EQ(loaded->region, iris::model::RegionLoss::adaptive_tversky);
+  EXPECT_EQ(loaded->dice, 0.5);
+  EXPECT_EQ(loaded->bce, 2.0);
+
+  const std::pair<std::string, std::string> edits[] = {
+      {"loss: focal\ndice_weight: 1\nbce_weight: 1\n", "focal"},
+      {"loss: soft_dice\ndice_weight: -1\nbce_weight: 1\n", "dice_weight"},
+      {"loss: soft_dice\ndice_weight: nan\nbce_weight: 1\n", "dice_weight"},
+      {"loss: soft_dice\ndice_weight: 0\nbce_weight: 0\n", "both 0"},
+      {"loss: soft_dice\ndice_weight: 1\n", "bce_weight"},
+      {"loss: soft_dice\ndice_weight: 1\nbce_weight: 1\ngamma: 2\n", "gamma"}};
+  int i = 0;
+  for (const auto& [text, named] : edits) {
+    iris::TensorFile file = iris::TensorFile::load(tversky, "iris-model-v2", "iris model file");
+    file.set("loss", text);
+    const std::string edited = (dir / ("edited" + std::to_string(i++) + ".iris")).string();
+    file.save(edited);
+    const std::string msg = error_of([&] { iris::model::load_model(edited); });
+    EXPECT_NE(msg.find(edited), std::string::npos) << msg;
+    EXPECT_NE(msg.find(named), std::string::npos) << text << " -> " << msg;
+  }
 }

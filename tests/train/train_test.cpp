@@ -341,10 +341,17 @@ TEST(Episodes, MirrorAugmentationFlipsQueriesAlongItsAxesOnly) {
   train::TrainConfig c = tiny_train_config(dir);
   c.iterations = 1;
   c.episodes.augment.mirror_axes = "x";
+  c.loss = model::RegionLoss::adaptive_tversky;  // and the loss it trained with, for in-context tuning
+  c.dice_weight = 0.75;
   train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
                    std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
   t.run(false);
-  EXPECT_EQ(model::load_model(t.final_model_path()).mirror_axes, "x");
+  const model::IrisModel written = model::load_model(t.final_model_path());
+  EXPECT_EQ(written.mirror_axes, "x");
+  ASSERT_TRUE(written.loss.has_value());
+  EXPECT_EQ(written.loss->region, model::RegionLoss::adaptive_tversky);
+  EXPECT_EQ(written.loss->dice, 0.75);
+  EXPECT_EQ(written.loss->bce, 1.0);
   ConfigMap bad;
   bad.set("augment_mirror", "[x, w]");
   try {

@@ -58,7 +58,11 @@ struct TaskSpec {
   std::string reference_modality;                        // --reference-modality ("" = DICOM tag or unknown)
   EmbeddingSimilarity similarity = EmbeddingSimilarity::all_tokens;  // --similarity
   unsigned seed = 0;                                     // --seed (retrieval's initial pool entry)
-  TuningOptions tuning;                                  // --tune-* (device and groups come from the options)
+  // --tune-*; device and groups come from the options, the loss from the
+  // model file (IrisModel::loss; soft Dice + BCE where it records none)
+  // unless tune_loss names the region term.
+  TuningOptions tuning;
+  std::optional<model::RegionLoss> tune_loss;            // --tune-loss
   std::string tuned_task_out;                            // --tuned-task-out
 };
 
@@ -71,7 +75,8 @@ struct SegmenterOptions {
   double overlap = 0.5;
   long window_batch = 1;      // windows per network call; 0 = auto (sized to the device's memory on the first query)
   // Where the windows are blended (sliding_window.h): automatic = on a GPU
-  // --device when the sums fit in a quarter of its memory, else host memory.
+  // --device when the sums take at most a tenth of its memory and half of
+  // what is free, else host memory.
   Stitching stitching = Stitching::automatic;
   // Run at the coarser spacing the model file stores (preprocess.fast_spacing);
   // an iris::Error naming --fast when it stores none.

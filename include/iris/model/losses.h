@@ -19,6 +19,7 @@ enum class RegionLoss {
 
 // "soft_dice" | "adaptive_tversky"; iris::Error naming `setting` otherwise.
 RegionLoss parse_region_loss(const std::string& name, const std::string& setting);
+std::string region_loss_name(RegionLoss loss);
 
 struct LossWeights {
   RegionLoss region = RegionLoss::soft_dice;
@@ -26,6 +27,13 @@ struct LossWeights {
   double bce = 1.0;
   double smooth = 1e-5;  // soft Dice only: keeps the Dice of an empty class finite
 };
+
+// The region term and the two weights as "key: value" text (the train.*
+// keys loss, dice_weight, bce_weight), as a model file records them; and
+// back, with an iris::Error naming `origin` for an unknown loss, a missing or
+// unknown key, a weight that is not finite and >= 0, or two zero weights.
+std::string loss_weights_to_text(const LossWeights& weights);
+LossWeights loss_weights_from_text(const std::string& text, const std::string& origin);
 
 struct LossTerms {
   at::Tensor total, dice, bce;  // scalars; `dice` is the region term

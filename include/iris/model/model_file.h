@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "iris/model/iris_net.h"
+#include "iris/model/losses.h"
 #include "iris/model/task_embedding.h"
 
 namespace iris::model {
@@ -26,6 +27,11 @@ struct IrisModel {
   // (train.augment_mirror): iris-infer --tta flips only along these; empty =
   // no mirroring learnt, --tta is refused.
   std::string mirror_axes;
+  // The loss the network was trained with (train.loss, dice_weight,
+  // bce_weight): in-context tuning optimises the same unless told otherwise
+  // (iris-infer --tune-loss). Unset in files written before it was recorded
+  // and in imports; tuning then uses soft Dice + BCE, 1:1.
+  std::optional<LossWeights> loss;
   // Skull stripping as the first preprocessing step (optional): a one-class
   // brain task of this network (iris-infer encode of a head MR and its brain
   // mask). Inference with the model's preprocessing first segments the brain
