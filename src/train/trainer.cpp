@@ -102,8 +102,11 @@ Trainer::Trainer(TrainConfig config, model::ModelConfig model_config, ConfigMap 
   for (auto& b : net_->buffers()) state.push_back(b);
   comm_.broadcast(state);
   build_optimizer();
-  if (config_.weight_ema > 0)
+  if (config_.weight_ema > 0) {
     for (const auto& p : net_->named_parameters()) ema_.emplace_back(p.key(), p.value().detach().clone());
+    for (const auto& b : net_->named_buffers())
+      if (at::isFloatingType(b.value().scalar_type())) ema_buffers_.emplace_back(b.key(), b.value().detach().clone());
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -200,6 +203,13 @@ StepMetrics Trainer::step(long iteration) {
   m.iteration = iteration;
   apply_update(iteration, m);
   if (config_.update_memory_bank) update_memory_bank(b, passes.tokens);
+  if (!ema_buffers_.empty()) {
+    // After the bank's own update, as the author's EMA follows the forward
+    // pass that updated it.
+    at::NoGradGuard no_grad;
+    auto live = net_->named_buffers();
+    for (auto& [name, shadow] : ema_buffers_) shadow.mul_(config_.weight_ema).add_(live[name], 1 - config_.weight_ema);
+  }
   if (!dataset_names_.empty()) add_dataset_losses(passes.by_dataset);
   // Means over this rank's valid classes (one pass: exactly that pass's terms).
   m.loss = passes.count == 1 ? passes.last[0] : passes.loss_sum / passes.valid_sum;
@@ -374,22 +384,31 @@ ValidationResult Trainer::validate() {
   // Score the weights that export_model() would ship: swap the EMA shadow
   // in, and the live weights and training mode back whatever happens.
   std::vector<at::Tensor> live;
+  std::vector<std::pair<std::string, at::Tensor>> live_buffers;
   struct Restore {
     model::IrisNet& net;
     std::vector<at::Tensor>& live;
+    std::vector<std::pair<std::string, at::Tensor>>& live_buffers;
     ~Restore() {
       at::NoGradGuard no_grad;
       size_t i = 0;
       if (!live.empty())
         for (auto& p : net->parameters()) p.detach().copy_(live[i++]);
+      auto buffers = net->named_buffers();
+      for (const auto& [name, value] : live_buffers) buffers[name].copy_(value);
       net->train();
     }
-  } restore{net_, live};
+  } restore{net_, live, live_buffers};
   if (!ema_.empty()) {
     size_t i = 0;
     for (auto& p : net_->parameters()) {
       live.push_back(p.detach().clone());
       p.detach().copy_(ema_[i++].second);
+    }
+    auto buffers = net_->named_buffers();
+    for (const auto& [name, shadow] : ema_buffers_) {
+      live_buffers.emplace_back(name, buffers[name].clone());
+      buffers[name].copy_(shadow);
     }
   }
   net_->eval();
@@ -440,6 +459,7 @@ void Trainer::save_checkpoint(long next_iteration, bool final_copy) {
   for (const auto& p : net_->named_parameters()) a.put("param/" + p.key(), p.value());
   for (const auto& b : net_->named_buffers()) a.put("buffer/" + b.key(), b.value());
   for (const auto& [k, v] : ema_) a.put("ema/" + k, v);
+  for (const auto& [k, v] : ema_buffers_) a.put("ema_buffer/" + k, v);
   opt_->optimizer->save(a, "optim/");
   a.put("rng/torch", at::detail::getDefaultCPUGenerator().get_state());
   // The per-dataset Dice sums since the last log line (already over all
@@ -508,6 +528,19 @@ long Trainer::load_checkpoint(const std::string& path) {
     if (!a.has("ema/" + k)) throw Error(path, "EMA weights missing (was weight_ema 0 in that run?)");
     restore("ema/" + k, t);
   }
+  // Checkpoints written before buffers were averaged hold none: the average
+  // starts again from the live buffer.
+  bool buffers_missing = false;
+  for (auto& [k, t] : ema_buffers_) {
+    if (a.has("ema_buffer/" + k)) {
+      restore("ema_buffer/" + k, t);
+    } else {
+      t.copy_(net_->named_buffers()[k]);
+      buffers_missing = true;
+    }
+  }
+  if (buffers_missing && comm_.rank() == 0)
+    log::warn(path + " holds no EMA of the memory bank (an older iris wrote it): the average starts from the bank now");
   opt_->optimizer->load(a, "optim/");
   if (a.has("rng/torch")) {
     at::Generator gen = at::detail::getDefaultCPUGenerator();
@@ -542,6 +575,7 @@ void Trainer::export_model() {
   }
   auto src_buffers = net_->named_buffers();
   for (auto& b : out.net->named_buffers()) b.value().copy_(src_buffers[b.key()]);
+  for (const auto& [name, shadow] : ema_buffers_) out.net->named_buffers()[name].copy_(shadow);
   out.class_names = class_names_;
   out.description = "trained with iris-train (" + config_.output_dir + ")";
   out.preprocess = resolved_.subtree("preprocess").to_text();

@@ -20,6 +20,7 @@
 #include "iris/common/compat.h"
 #include "iris/common/error.h"
 #include "iris/common/json.h"
+#include "iris/common/tensor_file.h"
 #include "iris/data/dataset.h"
 #include "iris/data/episodes.h"
 #include "iris/io/image_io.h"
@@ -970,6 +971,44 @@ TEST(Trainer, ReportsTheDiceLossOfEachDataset) {
     EXPECT_NEAR(logged[k], mean, 1e-5) << "line " << k;
   }
   fs::remove_all(dir2);
+}
+
+// The weight EMA also averages the memory bank, as the author's trainers
+// average model.buffers(): after each step the shadow bank is
+// decay * shadow + (1 - decay) * the live bank, read here from the numbered
+// checkpoints of three steps, and the exported model ships the shadow.
+TEST(Trainer, TheWeightEmaAlsoAveragesTheMemoryBank) {
+  auto comm = train::make_communicator({}, train::CommunicatorOptions{"none"});
+  const fs::path dir = temp_dir("buffer_ema");
+  train::TrainConfig c = tiny_train_config(dir);
+  c.iterations = 3;
+  c.checkpoint_every = 1;
+  c.keep_checkpoints = 3;
+  c.weight_ema = 0.6;
+  ASSERT_TRUE(c.update_memory_bank);
+  train::Trainer t(c, tiny_model(), ConfigMap{}, data::EpisodeSampler(synthetic_datasets(), c.episodes, c.seed),
+                   std::nullopt, std::vector<std::string>{"outer", "core"}, *comm);
+  t.run(false);
+  const long stages = tiny_model().prior_stages;
+  ASSERT_GT(stages, 0);
+  std::vector<TensorFile> steps;
+  for (int k = 1; k <= 3; ++k)
+    steps.push_back(TensorFile::load((dir / "checkpoints" / ("iter_000000" + std::to_string(k) + ".ckpt")).string(),
+                                     "iris-checkpoint-v2", "checkpoint"));
+  const model::IrisModel exported = model::load_model(t.final_model_path());
+  for (long i = 0; i < stages; ++i) {
+    const std::string bank = "task_prior_" + std::to_string(i);
+    for (int k = 1; k < 3; ++k) {
+      const at::Tensor before = steps[k - 1].get("ema_buffer/" + bank), live = steps[k].get("buffer/" + bank);
+      const at::Tensor expected = 0.6 * before + 0.4 * live;
+      EXPECT_TRUE(at::allclose(steps[k].get("ema_buffer/" + bank), expected, 1e-5, 1e-6)) << bank << " step " << k + 1;
+      EXPECT_GT((live - before).abs().max().item<double>(), 1e-4) << bank << ": the bank did not move";
+    }
+    const at::Tensor shadow = steps[2].get("ema_buffer/" + bank);
+    EXPECT_TRUE(at::equal(exported.net->named_buffers()[bank], shadow)) << bank << ": the export is not the shadow bank";
+    EXPECT_GT((shadow - steps[2].get("buffer/" + bank)).abs().max().item<double>(), 1e-4)
+        << bank << ": shadow and live bank agree, so the test cannot tell them apart";
+  }
 }
 
 // Validation scores the weights that are shipped (the EMA shadow), overall

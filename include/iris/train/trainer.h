@@ -117,6 +117,10 @@ class Trainer {
   Communicator& comm_;
   model::IrisNet net_{nullptr};
   std::vector<std::pair<std::string, at::Tensor>> ema_;  // name -> shadow weights
+  // name -> shadow of each floating-point buffer (the memory bank), averaged
+  // with the same decay after each step, as the author's trainers average
+  // model.buffers(); empty when train.weight_ema is 0.
+  std::vector<std::pair<std::string, at::Tensor>> ema_buffers_;
   struct OptimizerHolder;
   std::unique_ptr<OptimizerHolder> opt_;
   std::vector<StepMetrics> history_;
