@@ -35,7 +35,7 @@ build: setup
 # same masks (Flavours.*, #34 item 8).
 build-noitk: setup
 	cmake -S . -B $(BUILD_NOITK) -G Ninja $(CMAKE_FLAGS) $(TORCH_FLAGS) -DIRIS_WITH_ITK=OFF -DIRIS_WITH_YAML=OFF \
-	  -DIRIS_ITK_BUILD_DIR=$$(test -x $(BUILD)/iris-infer && cd $(BUILD) && pwd)
+	  -DIRIS_ITK_BUILD_DIR="$(if $(wildcard $(BUILD)/iris-infer),$(abspath $(BUILD)))"
 	cmake --build $(BUILD_NOITK) -j $(JOBS)
 
 test: test-itk test-noitk

@@ -314,8 +314,10 @@ Json Segmenter::report() const {
   }
   if (s.members.size() > 1) {
     report["models"] = Json::array();
-    for (const auto& m : s.members)
+    for (const auto& m : s.members) {
       report["models"].push_back({{"path", m.path}, {"fingerprint", m.model.fingerprint}, {"weight", number(m.weight)}});
+      if (!m.tuning_loss.empty()) report["models"].back()["tuning_loss"] = m.tuning_loss;
+    }
   }
   return report;
 }

@@ -10,6 +10,7 @@
 // Each member of a model ensemble builds its own task the same way.
 #include <algorithm>
 #include <random>
+#include <sstream>
 
 #include <ATen/ATen.h>
 
@@ -147,7 +148,9 @@ void Segmenter::State::build_tuned_task(Member& member) {
     tuning.loss.region = *spec.tune_loss;
     source = "--tune-loss";
   }
-  member.tuning_loss = model::region_loss_name(tuning.loss.region) + " + BCE (" + source + ")";
+  std::ostringstream weights;
+  weights << tuning.loss.dice << ":" << tuning.loss.bce;
+  member.tuning_loss = model::region_loss_name(tuning.loss.region) + " + BCE, " + weights.str() + " (" + source + ")";
   tuning.device = options.device;
   tuning.classes_per_pass = options.classes_per_pass;
   if (options.tuning_progress) tuning.progress = options.tuning_progress;

@@ -31,8 +31,9 @@ at::Tensor resample_native(const at::Tensor& voxels, const Geometry& from, const
   }
   const long nx = onto.size[0], ny = onto.size[1], nz = onto.size[2];
   const long sx = from.size[0], sy = from.size[1], sz = from.size[2];
-  const at::Tensor src = voxels.contiguous().reshape({-1});
-  const at::Tensor source = integral ? src : src.to(at::kDouble);
+  // The source stays in its own type: only the gathered values become
+  // double, so a large volume is not copied whole.
+  const at::Tensor source = voxels.contiguous().reshape({-1});
   at::Tensor out = at::zeros({nz, ny, nx}, voxels.options());
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   const at::Tensor xs = at::arange(nx, f64).view({1, 1, nx});
@@ -66,7 +67,7 @@ at::Tensor resample_native(const at::Tensor& voxels, const Geometry& from, const
         const at::Tensor& iy = corner & 2 ? hi[1] : lo[1];
         const at::Tensor& iz = corner & 4 ? hi[2] : lo[2];
         const at::Tensor w = (corner & 1 ? t[0] : 1 - t[0]) * (corner & 2 ? t[1] : 1 - t[1]) * (corner & 4 ? t[2] : 1 - t[2]);
-        value += w * source.index_select(0, ((iz * sy + iy) * sx + ix).reshape({-1})).view({n, ny, nx});
+        value += w * source.index_select(0, ((iz * sy + iy) * sx + ix).reshape({-1})).view({n, ny, nx}).to(at::kDouble);
       }
     }
     out.narrow(0, z0, n).copy_(at::where(inside, value, at::zeros_like(value)).to(voxels.scalar_type()));

@@ -302,9 +302,9 @@ TEST_F(SegmenterTest, TuningOptimisesTheLossTheModelWasTrainedWith) {
   const double recorded = first_loss(tversky_path, spec, &model_loss);
   spec.tune_loss = model::RegionLoss::soft_dice;
   const double forced = first_loss(tversky_path, spec, &forced_loss);
-  EXPECT_EQ(plain_loss, "soft_dice + BCE (default: the model file records none)");
-  EXPECT_EQ(model_loss, "adaptive_tversky + BCE (the model file)");
-  EXPECT_EQ(forced_loss, "soft_dice + BCE (--tune-loss)");
+  EXPECT_EQ(plain_loss, "soft_dice + BCE, 1:1 (default: the model file records none)");
+  EXPECT_EQ(model_loss, "adaptive_tversky + BCE, 1:1 (the model file)");
+  EXPECT_EQ(forced_loss, "soft_dice + BCE, 1:1 (--tune-loss)");
   EXPECT_GT(std::abs(recorded - plain), 1e-4) << "the model's adaptive Tversky loss was not the one tuned";
   EXPECT_EQ(forced, plain);
   infer::TaskSpec one = one_shot();

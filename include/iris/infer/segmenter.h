@@ -58,9 +58,9 @@ struct TaskSpec {
   std::string reference_modality;                        // --reference-modality ("" = DICOM tag or unknown)
   EmbeddingSimilarity similarity = EmbeddingSimilarity::all_tokens;  // --similarity
   unsigned seed = 0;                                     // --seed (retrieval's initial pool entry)
-  // --tune-*; device and groups come from the options, the loss from the
-  // model file (IrisModel::loss; soft Dice + BCE where it records none)
-  // unless tune_loss names the region term.
+  // --tune-*; device and groups come from the options. The loss comes from
+  // each model file (IrisModel::loss; soft Dice + BCE, 1:1, where it records
+  // none), so tuning.loss is not read; tune_loss replaces the region term.
   TuningOptions tuning;
   std::optional<model::RegionLoss> tune_loss;            // --tune-loss
   std::string tuned_task_out;                            // --tuned-task-out

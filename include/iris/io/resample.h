@@ -1,8 +1,9 @@
 #pragma once
 // Spatial preprocessing steps, each with an exact inverse: reorientation to
 // the canonical (LPS-aligned) frame, foreground crop, resampling to a target
-// spacing, and optional N4 bias-field correction. ITK does the interpolation
-// behind this header; callers only see tensors and Geometry.
+// spacing, and optional N4 bias-field correction. Nearest and linear
+// interpolation are iris' own in every build; B-spline and N4 are ITK's (ITK
+// build only). Callers only see tensors and Geometry.
 //
 // Tensors are [Z,Y,X] or [C,Z,Y,X] as in image.h; Geometry axes are x, y, z.
 #include <array>

@@ -29,8 +29,10 @@ struct IrisModel {
   std::string mirror_axes;
   // The loss the network was trained with (train.loss, dice_weight,
   // bce_weight): in-context tuning optimises the same unless told otherwise
-  // (iris-infer --tune-loss). Unset in files written before it was recorded
-  // and in imports; tuning then uses soft Dice + BCE, 1:1.
+  // (iris-infer --tune-loss). An import of the author's checkpoint records
+  // their adaptive Tversky + BCE, 1:1. Unset in files written before it was
+  // recorded and in converted first-format files; tuning then uses soft
+  // Dice + BCE, 1:1.
   std::optional<LossWeights> loss;
   // Skull stripping as the first preprocessing step (optional): a one-class
   // brain task of this network (iris-infer encode of a head MR and its brain
