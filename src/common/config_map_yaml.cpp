@@ -14,9 +14,23 @@ namespace {
 // they take gigabytes.
 constexpr size_t kMaxSettings = 100000;
 constexpr int kMaxDepth = 32;
+// Nor this much text: an alias repeats a long value without growing the
+// file (a 4 MB string aliased 2,000 times is 8 GB of settings).
+constexpr size_t kMaxBytes = size_t(64) << 20;
+
+struct Budget {
+  size_t settings = 0, bytes = 0;
+  void add_bytes(size_t n, const std::string& origin) {
+    bytes += n;
+    if (bytes > kMaxBytes)
+      throw Error(origin, "holds more than " + std::to_string(kMaxBytes >> 20) +
+                              " MB of settings (YAML aliases repeating a long value?)");
+  }
+};
 
 void flatten(const YAML::Node& node, const std::string& prefix, const std::string& origin, ConfigMap& out,
-             size_t& visited, int depth = 0) {
+             Budget& budget, int depth = 0) {
+  size_t& visited = budget.settings;
   if (++visited > kMaxSettings || depth > kMaxDepth)
     throw Error(origin, "holds more than " + std::to_string(kMaxSettings) + " settings or nests deeper than " +
                             std::to_string(kMaxDepth) + " levels (YAML aliases expanding into each other?)");
@@ -33,7 +47,7 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
                                                              std::to_string(seen->second) + " and " +
                                                              std::to_string(line) + "); remove one");
       line_of[key] = line;
-      flatten(kv.second, full, origin, out, visited, depth + 1);
+      flatten(kv.second, full, origin, out, budget, depth + 1);
     }
   } else if (node.IsSequence()) {
     std::string text = "[";
@@ -42,11 +56,15 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
     for (size_t i = 0; i < node.size(); ++i) {
       if (!node[i].IsScalar())
         throw Error(origin + ": " + prefix, "only lists of scalars are supported");
-      text += (i ? ", " : "") + node[i].as<std::string>();
+      const std::string value = node[i].as<std::string>();
+      budget.add_bytes(value.size() + 2, origin);
+      text += (i ? ", " : "") + value;
     }
     out.set(prefix, text + "]", origin);
   } else if (node.IsScalar()) {
-    out.set(prefix, node.as<std::string>(), origin);
+    const std::string value = node.as<std::string>();
+    budget.add_bytes(value.size() + prefix.size(), origin);
+    out.set(prefix, value, origin);
   } else if (node.IsNull()) {
     out.set(prefix, "", origin);
   }
@@ -66,8 +84,8 @@ ConfigMap ConfigMap::read_yaml_file(const std::string& path) {
   ConfigMap m;
   if (root.IsNull()) return m;
   if (!root.IsMap()) throw Error(path, "a configuration file must be a YAML mapping");
-  size_t visited = 0;
-  flatten(root, "", path, m, visited);
+  Budget budget;
+  flatten(root, "", path, m, budget);
   return m;
 }
 

@@ -748,6 +748,19 @@ std::vector<Row> rows() {
                  return "ulimit -v 4000000; " + program("iris-train") + " " + shell_quoted((d / "bomb.yaml").string());
                },
                3, {"bomb.yaml", "more than 100000 settings", "aliases"}, {}});
+  r.push_back({"YamlAliasRepeatingALongValue",
+               [=](const fs::path& d) {
+                 // One 4 MB string, aliased 2,000 times in a list and 2,000 times as values:
+                 // 16 GB of settings from an 8 MB file.
+                 std::ofstream f(d / "long.yaml");
+                 f << "train:\n  note: &s \"" << std::string(4 << 20, 'x') << "\"\n  notes: [";
+                 for (int i = 0; i < 2000; ++i) f << (i ? ", " : "") << "*s";
+                 f << "]\nmore:\n";
+                 for (int i = 0; i < 2000; ++i) f << "  k" << i << ": *s\n";
+                 f.close();
+                 return "ulimit -v 4000000; " + program("iris-train") + " " + shell_quoted((d / "long.yaml").string());
+               },
+               3, {"long.yaml", "more than 64 MB of settings", "aliases"}, {}});
 #endif
 #ifdef IRIS_HAVE_ITK
   // 4-5. DICOM: damaged slices are errors naming the slice; stray objects never abort.
