@@ -115,10 +115,13 @@ namespace {
 fs::path temporary_name(const std::string& final_path) {
   static std::atomic<unsigned> counter{0};
   const fs::path target(final_path);
-  const std::string ext = full_extension(final_path);
+  std::string ext = full_extension(final_path);
   std::string stem = target.filename().string();
-  // A legal 255-byte name must not fail through its longer temporary name.
+  // A legal 255-byte name must not fail through its longer temporary name:
+  // the stem is cut to 120 bytes, and an extension longer than any format's
+  // (which no writer chooses a format by) is left off.
   stem = stem.substr(0, std::min<size_t>(stem.size() - ext.size(), 120));
+  if (ext.size() > 32) ext.clear();
   return folder_of(final_path) /
          ("." + stem + ".tmp" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ext);
 }

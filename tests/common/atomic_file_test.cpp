@@ -81,6 +81,23 @@ TEST(AtomicFile, AFailingWriterLeavesNothing) {
   fs::remove_all(dir);
 }
 
+// A legal 255-byte name is written, whether its length is in the stem or in
+// the extension (a long extension used to make the temporary name too long).
+TEST(AtomicFile, ALegal255ByteNameIsWrittenWhereverItsLengthLies) {
+  const fs::path dir = temp_folder("long_names");
+  for (const std::string name : {std::string(248, 's') + ".nii.gz", "a." + std::string(253, 'e')}) {
+    ASSERT_EQ(name.size(), 255u);
+    iris::write_text_file((dir / name).string(), "content");
+    std::ifstream in(dir / name);
+    std::string text;
+    std::getline(in, text);
+    EXPECT_EQ(text, "content") << name.substr(0, 20);
+  }
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) files += !e.path().empty();
+  EXPECT_EQ(files, 2u) << "a temporary file was left behind";
+}
+
 TEST(AtomicFile, StaleTemporariesOfDeadProcessesAreRemoved) {
   const fs::path dir = temp_folder("stale");
   // pid 1 never runs iris; a pid far beyond pid_max is never alive.
