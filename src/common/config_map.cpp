@@ -345,6 +345,13 @@ std::string format_int_list(const std::vector<long>& values) {
   return s + "]";
 }
 
+std::string format_exact_number(double value) {
+  std::ostringstream s;
+  s.precision(17);
+  s << value;
+  return s.str();
+}
+
 std::string nearest_word(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_distance = std::max<size_t>(3, word.size() / 3) + 1;

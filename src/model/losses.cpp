@@ -1,8 +1,6 @@
 #include "iris/model/losses.h"
 
 #include <cmath>
-#include <iomanip>
-#include <sstream>
 
 #include <ATen/ATen.h>
 
@@ -29,11 +27,8 @@ std::string region_loss_name(RegionLoss loss) {
 std::string loss_weights_to_text(const LossWeights& w) {
   ConfigMap m;
   m.set("loss", region_loss_name(w.region));
-  std::ostringstream dice, bce;
-  dice << std::setprecision(17) << w.dice;
-  bce << std::setprecision(17) << w.bce;
-  m.set("dice_weight", dice.str());
-  m.set("bce_weight", bce.str());
+  m.set("dice_weight", format_exact_number(w.dice));
+  m.set("bce_weight", format_exact_number(w.bce));
   return m.to_text();
 }
 

@@ -60,19 +60,11 @@ ConfigMap ModelConfig::to_config() const {
   m.set("mlp_ratio", std::to_string(mlp_ratio));
   m.set("attention_blocks", std::to_string(attention_blocks));
   m.set("memory_bank_size", std::to_string(memory_bank_size));
-  std::ostringstream ema;
-  ema.precision(17);
-  ema << ema_momentum;
-  m.set("ema_momentum", ema.str());
+  m.set("ema_momentum", format_exact_number(ema_momentum));
   m.set("max_patch_size", std::to_string(max_patch_size));
   m.set("foreground_token_in_attention", foreground_token_in_attention ? "true" : "false");
   // Written only when used, so that models without it keep their fingerprints.
-  if (dropout > 0) {
-    std::ostringstream d;
-    d.precision(17);
-    d << dropout;
-    m.set("dropout", d.str());
-  }
+  if (dropout > 0) m.set("dropout", format_exact_number(dropout));
   return m;
 }
 

@@ -206,9 +206,13 @@ StepMetrics Trainer::step(long iteration) {
   if (!ema_buffers_.empty()) {
     // After the bank's own update, as the author's EMA follows the forward
     // pass that updated it.
-    at::NoGradGuard no_grad;
-    auto live = net_->named_buffers();
-    for (auto& [name, shadow] : ema_buffers_) shadow.mul_(config_.weight_ema).add_(live[name], 1 - config_.weight_ema);
+    const auto live = net_->named_buffers();
+    std::vector<at::Tensor> shadows, buffers;
+    for (auto& [name, shadow] : ema_buffers_) {
+      shadows.push_back(shadow);  // same storage
+      buffers.push_back(live[name]);
+    }
+    update_weight_ema(shadows, buffers, config_.weight_ema);
   }
   if (!dataset_names_.empty()) add_dataset_losses(passes.by_dataset);
   // Means over this rank's valid classes (one pass: exactly that pass's terms).

@@ -70,6 +70,8 @@ void reject_unknown_keys(const ConfigMap& m, const std::vector<std::string>& kno
 std::string nearest_word(const std::string& word, const std::vector<std::string>& candidates);
 
 std::string format_int_list(const std::vector<long>& values);
+// A number as config text that reads back to the same double (17 digits).
+std::string format_exact_number(double value);
 
 // The items of a list value as configs write it: "[a, 'b', \"c d\"]" (or
 // without brackets) -> {"a", "b", "c d"}; quotes and blanks around items
