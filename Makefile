@@ -12,7 +12,8 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 # compiles and links every CUDA/NCCL path (no GPU is needed for that).
 CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
 export PATH := $(if $(CUDA_HOME),$(CUDA_HOME)/bin:)$(PATH)
-REQUIRE_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),ON,OFF)
+# Without the toolkit, scripts/setup.sh installs PyPI's nvcc (.venv/cuda).
+REQUIRE_CUDA ?= $(if $(or $(shell command -v nvcc 2>/dev/null),$(wildcard .venv/cuda/bin/nvcc)),ON,OFF)
 TORCH_FLAGS = -DIRIS_REQUIRE_CUDA=$(REQUIRE_CUDA)
 # ccache keys on paths relative to the checkout, so a fresh clone elsewhere
 # (CI) reuses the objects an earlier build on the machine compiled.

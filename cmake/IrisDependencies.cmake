@@ -26,6 +26,17 @@ if(EXISTS "${IRIS_PYTHON}")
     endforeach()
   endif()
 endif()
+# No CUDA toolkit on the machine (no nvcc on PATH nor in /usr/local/cuda, and
+# none named): scripts/setup.sh put PyPI's nvcc and the wheel's CUDA at
+# VENV/cuda, which TorchConfig's CUDA search then takes.
+get_filename_component(IRIS_VENV_DIR "${IRIS_PYTHON}" DIRECTORY)
+get_filename_component(IRIS_VENV_DIR "${IRIS_VENV_DIR}" DIRECTORY)
+find_program(IRIS_SYSTEM_NVCC nvcc PATHS /usr/local/cuda/bin)
+if(NOT IRIS_SYSTEM_NVCC AND NOT CUDA_TOOLKIT_ROOT_DIR AND NOT CMAKE_CUDA_COMPILER AND
+   NOT DEFINED ENV{CUDACXX} AND EXISTS "${IRIS_VENV_DIR}/cuda/bin/nvcc")
+  set(CUDA_TOOLKIT_ROOT_DIR "${IRIS_VENV_DIR}/cuda" CACHE PATH "The CUDA toolkit (scripts/setup.sh: PyPI's)")
+  set(CMAKE_CUDA_COMPILER "${IRIS_VENV_DIR}/cuda/bin/nvcc" CACHE FILEPATH "")
+endif()
 # 2.4 is the oldest LibTorch the sources are written for (README: LibTorch).
 find_package(Torch 2.4 REQUIRED)
 get_filename_component(IRIS_TORCH_ROOT "${TORCH_INSTALL_PREFIX}" ABSOLUTE)
