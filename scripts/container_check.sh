@@ -66,6 +66,15 @@ for m in proc sys dev dev/pts; do
   mounted+=("$ROOT/$m")
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# The build host's own certificate authorities (a network that inspects TLS
+# has its CA there): %post's ca-certificates adds them to the root's bundle,
+# and pip is told to use that bundle rather than its built-in one.
+env_tls=()
+if compgen -G "/usr/local/share/ca-certificates/*.crt" > /dev/null; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  env_tls=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt)
+fi
 env_ccache=()
 if [ -n "$CCACHE_HOST" ]; then
   mkdir -p "$ROOT/var/cache/iris-ccache"
@@ -78,7 +87,7 @@ fi
 step "%post"
 section post > "$ROOT/.iris-post.sh"
 t1=$(date +%s)
-chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "${env_ccache[@]}" \
+chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "${env_ccache[@]}" "${env_tls[@]}" \
   /bin/bash -euxo pipefail /.iris-post.sh > "$ROOT.post.log" 2>&1 || {
   rc=$?
   tail -n 20 "$ROOT.post.log" >&2
