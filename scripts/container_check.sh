@@ -65,7 +65,10 @@ for m in proc sys dev dev/pts; do
   mount --bind "/$m" "$ROOT/$m"
   mounted+=("$ROOT/$m")
 done
+# As Apptainer binds them into %post: without /etc/hosts, "localhost" does not
+# resolve and the two-rank (Gloo) tests of %post's ctest wait forever.
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+cp /etc/hosts "$ROOT/etc/hosts"
 # The build host's own certificate authorities (a network that inspects TLS
 # has its CA there): %post's ca-certificates adds them to the root's bundle,
 # and pip is told to use that bundle rather than its built-in one.
