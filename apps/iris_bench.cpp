@@ -49,6 +49,9 @@ int main(int argc, char** argv) {
   cli.add_flag("--activation-checkpointing", o.activation_checkpointing,
                "recompute encoder stages and decoder up-steps in the backward (forward+backward only)");
   cli.add_option("--output", output, "write the JSON here as well as to stdout");
+  app::name_settings({{"preset", "--preset"}, {"shape", "--loader-shape"}});
+  app::name_memory_settings("--patch, --batch, --classes and the model's widths (--config, --set); "
+                            "--loader: --loader-shape and --loader-memory-gb");
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
   o.backward = !no_backward;

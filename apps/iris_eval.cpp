@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
     app.add_option("--image", image, "Image under the report's outlines (with --html): file, or folder matched by case "
                    "name");
     app.add_option("--labels", labels_text, "Labels to evaluate, e.g. 1,2,3 (default: all found)");
+    iris::app::name_settings({{"html", "--html"}, {"image", "--image"}, {"labels", "--labels"}});
     app.add_option("--label-names", label_names_path, "File of '<value> <name>' lines (instead of --labels)");
     app.add_option("--tolerance-mm", tolerance_mm, "Tolerance of the normalised surface Dice (mm)")
         ->check(iris::app::number_in(0, 1e6));

@@ -103,6 +103,17 @@ int main(int argc, char** argv) {
   cli.add_option("--part-id", plan.part_id, "the part this run takes, 0..num-parts-1")->check(CLI::NonNegativeNumber);
   cli.add_flag("--overwrite", plan.overwrite, "replace existing outputs of a folder or list of queries");
   cli.add_flag("--continue", plan.skip_finished, "skip queries whose outputs exist (a rerun after an interruption)");
+  app::name_settings({{"strategy", "--strategy"},       {"classes", "--classes"},
+                      {"pool_dir", "--pool"},           {"tuned_task_out", "--tuned-task-out"},
+                      {"tune_loss", "--tune-loss"},     {"fast", "--fast"},
+                      {"mirror_tta", "--tta"},          {"no_skull_strip", "--no-skull-strip"},
+                      {"query", "--query"},             {"output", "--output"},
+                      {"probabilities", "--probabilities"}, {"dicom_seg", "--dicom-seg"},
+                      {"num_parts", "--num-parts"},     {"part_id", "--part-id"},
+                      {"overwrite", "--overwrite"},     {"skip_finished", "--continue"},
+                      {"series", "--series"}});
+  app::name_memory_settings("--window, --window-batch and --classes-per-pass (stitching on the GPU: "
+                            "--aggregate-on-cpu), and the query's size");
 
   // --help in groups, defaults shown, two examples at the end.
   const std::vector<std::pair<std::string, std::vector<std::string>>> groups{

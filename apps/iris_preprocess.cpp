@@ -75,6 +75,7 @@ int main(int argc, char** argv) {
                  "Map the result back onto the input grid and check geometry (and labels)");
     app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
                    "segmentation with this model (e.g. models/demo_brain.iris)");
+    iris::app::name_settings({{"skull_strip_task", "--skull-strip-task"}});
     app.add_option("--skull-strip-task", strip_task, "The stored brain task for --skull-strip (e.g. "
                    "models/demo_brain.task; default: the one the model file stores, if any)");
     app.add_option("--brain-mask-output", brain_mask_output, "Write the brain mask of --skull-strip (on the input's "

@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1L, 100000L));
   predict->add_option("--part-id", pred.part_id, "the part this run takes")->check(CLI::NonNegativeNumber);
   predict->add_option("--report", report_path, "write a JSON report (per series: seconds, numbers or the error)");
+  app::name_settings({{"radius_mm", "--radius-mm"}, {"series", "--series"},     {"output", "--output"},
+                      {"smoothing", "--smoothing"}, {"quantile", "--quantile"}, {"present", "--present"},
+                      {"num_parts", "--num-parts"}, {"part_id", "--part-id"}});
+  app::name_memory_settings("--window, --window-batch and --classes-per-pass, and the series' size");
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
 

@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
           ->check(CLI::IsMember({"", "last", "auto"}));
   cli.add_flag("--fill-cache", fill_cache,
                "preprocess every train/val case into data.cache and exit (for a build without ITK to train from)");
+  app::name_settings({{"overrides", "--set"}, {"resume", "--resume"}, {"fill_cache_only", "--fill-cache"}});
+  app::name_memory_settings("train.batch, train.patch and model.* (train.micro_batch splits a batch; "
+                            "train.activation_checkpointing trades time for memory), and data.cache_memory_gb");
   app::add_verbosity(cli);
   IRIS_PARSE(cli, argc, argv);
 

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <map>
+#include <regex>
 #include <new>
 #include <thread>
 
@@ -21,6 +23,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
 #include "iris/common/internal_error.h"
+#include "iris/common/setting_error.h"
 
 namespace iris::app {
 
@@ -44,6 +47,43 @@ std::string format_duration(double seconds) {
   return text;
 }
 
+namespace {
+std::map<std::string, std::string>& setting_flags() {
+  static std::map<std::string, std::string> flags;
+  return flags;
+}
+}  // namespace
+
+void name_settings(std::initializer_list<std::pair<const char*, const char*>> pairs) {
+  for (const auto& [setting, flag] : pairs) setting_flags()[setting] = flag;
+}
+
+std::string flag_of(const std::string& setting) {
+  const auto it = setting_flags().find(setting);
+  return it == setting_flags().end() ? setting : it->second;
+}
+
+namespace {
+std::string& memory_settings() {
+  static std::string settings;
+  return settings;
+}
+
+// "you tried to allocate 4294967296 bytes" (CPU), "Tried to allocate 2.00 GiB" (CUDA): the size asked, as "4.3 GB".
+std::string size_asked(const std::string& what) {
+  std::smatch m;
+  if (std::regex_search(what, m, std::regex(R"(allocate (\d+) bytes)"))) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f GB", std::stod(m[1].str()) / 1e9);
+    return text;
+  }
+  if (std::regex_search(what, m, std::regex(R"([Tt]ried to allocate ([0-9.]+ [KMGT]i?B))"))) return m[1].str();
+  return "";
+}
+}  // namespace
+
+void name_memory_settings(const std::string& settings) { memory_settings() = settings; }
+
 int run_main(const std::string& program, const std::function<int()>& body) {
   install_write_signal_handlers();
   try {
@@ -54,6 +94,13 @@ int run_main(const std::string& program, const std::function<int()>& body) {
   } catch (const iris::InternalError& e) {
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kFailure;
+  } catch (const iris::SettingsNamingError& e) {
+    // A setting is this program's flag: a usage error. A file: bad input.
+    const std::string where = e.about_setting() ? flag_of(e.where()) : e.where();
+    const std::string reason = e.reason_naming(flag_of);
+    std::cerr << program << (e.about_setting() ? ": usage error: " : ": error: ")
+              << (where.empty() ? reason : where + ": " + reason) << std::endl;
+    return e.about_setting() ? kUsage : kBadInput;
   } catch (const iris::Error& e) {
     // A flag that is missing, malformed or in conflict is a usage error,
     // whichever check found it (CLI11's or the library's).
@@ -73,10 +120,16 @@ int run_main(const std::string& program, const std::function<int()>& body) {
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     if (what.find("alloc_cpu") != std::string::npos || what.find("can't allocate memory") != std::string::npos ||
-        what.find("out of memory") != std::string::npos)
-      std::cerr << program << ": error: out of memory: " << what.substr(0, what.find('\n'))
-                << " (a smaller --window, --window-batch 1, or a machine with more memory)" << std::endl;
-    else
+        what.find("out of memory") != std::string::npos) {
+      // The allocator's text names no setting: say what this program's memory grows with.
+      const std::string size = size_asked(what);
+      std::cerr << program << ": error: out of memory"
+                << (size.empty() ? std::string() : ": " + size + " asked for and refused") << "; "
+                << (memory_settings().empty() ? std::string("the inputs are too large for this machine")
+                                              : "the memory grows with " + memory_settings())
+                << std::endl;
+      log::debug(what);
+    } else
       std::cerr << program << ": error (torch): " << what << std::endl;
     return kFailure;
   } catch (const std::bad_alloc&) {
@@ -145,6 +198,7 @@ CLI::Validator at_least(double low) {
 void add_device_option(CLI::App& app, std::string& device) {
   app.add_option("--device", device,
                  "cpu, cuda (this process's own GPU: cuda:LOCAL_RANK under torchrun or srun) or cuda:N");
+  name_settings({{"device", "--device"}});
 }
 
 void add_threads_option(CLI::App& app, int& threads) {
@@ -155,6 +209,7 @@ void add_config_options(CLI::App& app, std::string& config, std::vector<std::str
                         const std::string& what) {
   app.add_option("--config", config, what + " (YAML)");
   app.add_option("--set", overrides, "override a key of it: --set key=value (repeatable)");
+  name_settings({{"config", "--config"}, {"overrides", "--set"}});
 }
 
 void add_verbosity(CLI::App& app) {

@@ -2,6 +2,8 @@
 // What every iris program shares: one place that maps errors to exit codes,
 // sets up logging and torch threads.
 #include <functional>
+#include <initializer_list>
+#include <utility>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -36,10 +38,25 @@ CLI::Validator number_in(double low, double high);  // finite, low <= x <= high
 CLI::Validator at_least(double low);                // finite, x >= low
 
 // Runs body(); catches iris::Error (bad input: exit 3, message names the
-// file; an error about a flag, WHERE "--name": a usage error, exit 2; an
-// internal error: exit 1), CLI errors (exit 2) and anything else (exit 1),
-// printing one line.
+// file; an error about a flag, WHERE "--name", or about a setting, an
+// iris::SettingError: a usage error, exit 2; an internal error: exit 1), CLI
+// errors (exit 2) and anything else (exit 1), printing one line. Settings
+// are shown as this program's flags (name_settings).
 int run_main(const std::string& program, const std::function<int()>& body);
+
+// The library's errors name settings (iris/common/setting_error.h), the
+// program's messages name its flags: {"pool_dir", "--pool"} makes
+// "pool_dir: only with strategy retrieval" read "--pool: only with
+// --strategy retrieval". Declared next to the flags; a setting this program
+// has no flag for keeps its name.
+void name_settings(std::initializer_list<std::pair<const char*, const char*>> setting_flags);
+// The flag for `setting` in this program, or the setting's name.
+std::string flag_of(const std::string& setting);
+
+// What decides this program's memory, for the message when an allocation is
+// refused ("--window, --window-batch and --classes-per-pass"): the
+// allocator's own text names no setting.
+void name_memory_settings(const std::string& settings);
 
 // Torch intra-op threads (common/device.h).
 using iris::configure_threads;

@@ -32,6 +32,13 @@ void add_model_and_reference_options(CLI::App& app, SegmenterFlags& flags) {
   add_device_option(app, flags.device);
   app.get_option("--device")->capture_default_str();
   add_threads_option(app, flags.threads);
+  name_settings({{"models", "--model"},
+                 {"references", "--reference"},
+                 {"reference_masks", "--reference-mask"},
+                 {"labels", "--labels"},
+                 {"max_labels", "--max-labels"},
+                 {"preprocess", "--preprocess"},
+                 {"classes_per_pass", "--classes-per-pass"}});
 }
 
 void add_window_options(CLI::App& app, SegmenterFlags& flags) {
@@ -50,6 +57,12 @@ void add_window_options(CLI::App& app, SegmenterFlags& flags) {
       ->check(CLI::Range(0L, 4096L))
       ->capture_default_str();
   app.add_flag("--bf16", flags.options->bf16, "bf16 autocast of the network (A100/H100/H200; float32 weights)");
+  name_settings({{"task_file", "--task"},
+                 {"model_weights", "--model-weights"},
+                 {"window", "--window"},
+                 {"overlap", "--overlap"},
+                 {"window_batch", "--window-batch"},
+                 {"bf16", "--bf16"}});
 }
 
 void apply_segmenter_options(SegmenterFlags& flags) {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/text.h"
 
 namespace iris {
@@ -21,9 +22,11 @@ std::string unquote(const std::string& s) {
   return s;
 }
 
-std::string describe_origin(const ConfigMap& m, const std::string& key) {
+// A bad value of `key`: named with where it came from.
+[[noreturn]] void bad_value(const ConfigMap& m, const std::string& key, const std::string& reason) {
   const std::string& o = m.origin(key);
-  return o.empty() ? key : o + ": " + key;
+  if (o.empty()) throw Error(key, reason);
+  throw_at_origin(o, key + ": " + reason);
 }
 
 }  // namespace
@@ -90,8 +93,8 @@ ConfigMap ConfigMap::parse_text(const std::string& text, const std::string& orig
 void ConfigMap::apply_override(const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
-    throw Error("--set " + assignment, "expected key=value");
-  set(trim(assignment.substr(0, eq)), unquote(trim(assignment.substr(eq + 1))), "--set");
+    throw SettingError("overrides", "'" + assignment + "': expected key=value");
+  set(trim(assignment.substr(0, eq)), unquote(trim(assignment.substr(eq + 1))), "{overrides}");
 }
 
 namespace {
@@ -265,8 +268,8 @@ ConfigMap load_with_includes(const std::string& path, std::vector<std::string>& 
   }
   for (const auto& [k, v] : own.entries())
     if (k.rfind("include.", 0) == 0)
-      throw Error(own.origin(k).empty() ? path : own.origin(k),
-                  "include: expected a file or a list of files, got a map ('" + k + "')");
+      throw_at_origin(own.origin(k).empty() ? path : own.origin(k),
+                      "include: expected a file or a list of files, got a map ('" + k + "')");
   out.merge(own);
   loaded.files[here] = out;
   return out;
@@ -292,7 +295,7 @@ long config_int(const ConfigMap& m, const std::string& key) {
     if (used != v.size()) throw std::invalid_argument(v);
     return x;
   } catch (const std::exception&) {
-    throw Error(describe_origin(m, key), "expected an integer, got '" + v + "'");
+    bad_value(m, key, "expected an integer, got '" + v + "'");
   }
 }
 
@@ -304,7 +307,7 @@ double config_double(const ConfigMap& m, const std::string& key) {
     if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(v);
     return x;
   } catch (const std::exception&) {
-    throw Error(describe_origin(m, key), "expected a finite number, got '" + v + "'");
+    bad_value(m, key, "expected a finite number, got '" + v + "'");
   }
 }
 
@@ -313,13 +316,13 @@ bool config_bool(const ConfigMap& m, const std::string& key) {
   std::transform(v.begin(), v.end(), v.begin(), ::tolower);
   if (v == "true" || v == "yes" || v == "on" || v == "1") return true;
   if (v == "false" || v == "no" || v == "off" || v == "0") return false;
-  throw Error(describe_origin(m, key), "expected true or false, got '" + v + "'");
+  bad_value(m, key, "expected true or false, got '" + v + "'");
 }
 
 std::vector<long> config_int_list(const ConfigMap& m, const std::string& key) {
   std::string v = trim(m.get(key));
   if (v.size() < 2 || v.front() != '[' || v.back() != ']')
-    throw Error(describe_origin(m, key), "expected a list like [32, 64], got '" + v + "'");
+    bad_value(m, key, "expected a list like [32, 64], got '" + v + "'");
   std::vector<long> out;
   std::stringstream ss(v.substr(1, v.size() - 2));
   std::string item;
@@ -331,7 +334,7 @@ std::vector<long> config_int_list(const ConfigMap& m, const std::string& key) {
       out.push_back(std::stol(item, &used));
       if (used != item.size()) throw std::invalid_argument(item);
     } catch (const std::exception&) {
-      throw Error(describe_origin(m, key), "list item '" + item + "' is not an integer");
+      bad_value(m, key, "list item '" + item + "' is not an integer");
     }
   }
   return out;
@@ -379,7 +382,7 @@ void reject_unknown_keys(const ConfigMap& m, const std::vector<std::string>& kno
     std::string msg = "unknown " + what + " key '" + k + "'";
     const std::string hint = nearest_word(k, known);
     if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
-    throw Error(m.origin(k).empty() ? k : m.origin(k), msg);
+    throw_at_origin(m.origin(k).empty() ? k : m.origin(k), msg);
   }
 }
 

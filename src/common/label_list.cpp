@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 
 namespace iris {
 
@@ -15,7 +16,7 @@ namespace {
 
 long whole(const std::string& text, const std::string& item, const std::string& where) {
   if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 9)
-    throw Error(where, "'" + item + "' is not a label value or range (whole numbers >= 0, e.g. 1,3,5-7)");
+    throw SettingError(where, "'" + item + "' is not a label value or range (whole numbers >= 0, e.g. 1,3,5-7)");
   return std::stol(text);
 }
 
@@ -24,7 +25,7 @@ std::pair<long, long> range(const std::string& item, const std::string& where) {
   const auto dash = t.find('-', 1);
   const long low = whole(trim(t.substr(0, dash)), item, where);
   const long high = dash == std::string::npos ? low : whole(trim(t.substr(dash + 1)), item, where);
-  if (high < low) throw Error(where, "range " + t + " is empty (write LO-HI with LO <= HI)");
+  if (high < low) throw SettingError(where, "range " + t + " is empty (write LO-HI with LO <= HI)");
   return {low, high};
 }
 
@@ -50,10 +51,10 @@ std::vector<long> parse_label_values(const std::string& text, const std::string&
   std::string item;
   while (std::getline(in, item, ',')) {
     const auto [low, high] = range(item, where);
-    if (high - low > 100000) throw Error(where, "range " + trim(item) + " is too long");
+    if (high - low > 100000) throw SettingError(where, "range " + trim(item) + " is too long");
     for (long v = low; v <= high; ++v) out.push_back(v);
   }
-  if (out.empty()) throw Error(where, "no label values given");
+  if (out.empty()) throw SettingError(where, "no label values given");
   return out;
 }
 
@@ -63,11 +64,11 @@ std::vector<LabelMapping> parse_label_mapping(const std::string& text, const std
   std::string item;
   while (std::getline(in, item, ',')) {
     const auto colon = item.find(':');
-    if (colon == std::string::npos) throw Error(where, "expected LO-HI:NEW or V:NEW, got '" + item + "'");
+    if (colon == std::string::npos) throw SettingError(where, "expected LO-HI:NEW or V:NEW, got '" + item + "'");
     const auto [low, high] = range(item.substr(0, colon), where);
     out.push_back({low, high, whole(trim(item.substr(colon + 1)), item, where)});
   }
-  if (out.empty()) throw Error(where, "no mapping given");
+  if (out.empty()) throw SettingError(where, "no mapping given");
   return out;
 }
 

@@ -12,6 +12,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/csv.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/common/label_list.h"
 #include "iris/common/json.h"
@@ -315,7 +316,7 @@ std::string console_table(const EvaluationSummary& summary) {
 
 std::vector<int32_t> parse_label_list(const std::string& text) {
   std::vector<int32_t> labels;
-  for (long v : parse_label_values(text, "--labels")) labels.push_back(static_cast<int32_t>(v));
+  for (long v : parse_label_values(text, "labels")) labels.push_back(static_cast<int32_t>(v));
   return labels;
 }
 

@@ -16,6 +16,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/io/image_io.h"
 #include "iris/io/png.h"
@@ -480,11 +481,11 @@ std::map<std::string, std::string> match_images(const std::string& image,
                                                 const std::vector<CasePair>& pairs) {
   std::map<std::string, std::string> out;
   if (image.empty()) return out;
-  if (!fs::exists(image)) throw Error(image, "--image does not exist");
+  if (!fs::exists(image)) throw InputError(image, setting_ref("image") + " does not exist");
   if (!fs::is_directory(image)) {
     if (pairs.size() != 1)
-      throw Error(image, "one --image file given for " + std::to_string(pairs.size()) +
-                             " cases; pass a folder matched by case name");
+      throw InputError(image, "one " + setting_ref("image") + " file given for " + std::to_string(pairs.size()) +
+                                  " cases; pass a folder matched by case name");
     out[pairs[0].case_name] = image;
     return out;
   }
@@ -574,7 +575,7 @@ void write_html_report(const EvaluationSummary& summary, const std::string& dir,
   // An earlier report is replaced only when it holds nothing but what iris
   // wrote there (its manifest's files): a user's own files are never deleted.
   if (fs::exists(final_dir)) {
-    if (!fs::is_directory(final_dir)) throw Error(dir, "--html needs a folder, but this is a file");
+    if (!fs::is_directory(final_dir)) throw InputError(dir, setting_ref("html") + " needs a folder, but this is a file");
     if (!fs::is_empty(final_dir)) {
       std::set<std::string> listed;
       std::ifstream manifest(final_dir / kManifest);

@@ -9,6 +9,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/common/label_list.h"
 #include "iris/common/log.h"
@@ -20,9 +21,10 @@ namespace iris::infer {
 namespace fs = std::filesystem;
 
 std::vector<size_t> shard(const std::vector<std::string>& names, long num_parts, long part_id) {
-  if (num_parts < 1) throw Error("--num-parts", "must be at least 1");
+  if (num_parts < 1) throw SettingError("num_parts", "must be at least 1");
   if (part_id < 0 || part_id >= num_parts)
-    throw Error("--part-id", "must be in 0.." + std::to_string(num_parts - 1) + " (it is " + std::to_string(part_id) + ")");
+    throw SettingError("part_id",
+                       "must be in 0.." + std::to_string(num_parts - 1) + " (it is " + std::to_string(part_id) + ")");
   std::vector<size_t> mine;
   for (size_t i = 0; i < names.size(); ++i) {
     uint64_t h = 1469598103934665603ull;  // FNV-1a: the same on every machine and build
@@ -103,28 +105,28 @@ void check_outputs_apart_from_input(const QueryJob& job) {
 
 // The folder several outputs go into, created (with its parents) when it is
 // missing, as SLURM array jobs need; only an existing non-folder is refused.
-void require_folder(const std::string& path, const std::string& flag, const std::string& why) {
+void require_folder(const std::string& path, const std::string& setting, const std::string& why) {
   std::error_code ec;
   if (fs::exists(path) && !fs::is_directory(path))
-    throw Error(flag, why + " need a folder; " + path + " is a file");
+    throw SettingError(setting, why + " need a folder; " + path + " is a file");
   fs::create_directories(path, ec);
-  if (ec) throw Error(flag, "cannot create the folder " + path + " for " + why + ": " + ec.message());
+  if (ec) throw SettingError(setting, "cannot create the folder " + path + " for " + why + ": " + ec.message());
 }
 
 }  // namespace
 
 std::vector<QueryJob> plan_queries(const std::string& query, const std::string& output, const PlanOptions& options,
                                    std::vector<SkippedQuery>* skipped) {
-  if (query.empty()) throw Error("--query", "is required");
-  if (output.empty()) throw Error("--output", "is required");
-  if (options.num_parts != 1 || options.part_id != 0) shard({}, options.num_parts, options.part_id);  // checks the flags
+  if (query.empty()) throw SettingError("query", "is required");
+  if (output.empty()) throw SettingError("output", "is required");
+  if (options.num_parts != 1 || options.part_id != 0) shard({}, options.num_parts, options.part_id);  // checks the settings
   // An output inside a query folder would mix with (or replace) its inputs;
   // checked before any folder is made.
   if (fs::is_directory(query))
-    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--output", output},
-                                     {"--probabilities", options.probabilities}, {"--dicom-seg", options.dicom_seg}})
+    for (const auto& [setting, path] : {std::pair<std::string, std::string>{"output", output},
+                                        {"probabilities", options.probabilities}, {"dicom_seg", options.dicom_seg}})
       if (!path.empty() && lies_inside(query, path))
-        throw Error(flag, path + " lies inside the query folder " + query +
+        throw SettingError(setting, path + " lies inside the query folder " + query +
                               ": an output never replaces or joins its inputs; choose an output outside them");
   std::vector<QueryJob> candidates;
   bool several = false;
@@ -146,9 +148,9 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
         candidates.push_back({query, output, options.probabilities, options.dicom_seg, "", case_name(query)});
       } else {
         several = true;
-        require_folder(output, "--output", "the " + std::to_string(series.size()) + " series of a DICOM study");
+        require_folder(output, "output", "the " + std::to_string(series.size()) + " series of a DICOM study");
         if (!options.dicom_seg.empty())
-          require_folder(options.dicom_seg, "--dicom-seg", "the series of a DICOM study");
+          require_folder(options.dicom_seg, "dicom_seg", "the series of a DICOM study");
         if (skipped)
           for (const auto& f : stray) skipped->push_back({f.file, f.reason});
         std::string excluded;  // for the error when none is left
@@ -194,16 +196,16 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
     candidates.push_back({query, output, options.probabilities, options.dicom_seg, "", case_name(query)});
   }
   if (!options.dicom_seg.empty() && !fs::is_directory(candidates[0].input))
-    throw Error("--dicom-seg", "needs --query to be DICOM (a series or study folder); " + query + " is not");
+    throw SettingError("dicom_seg", "needs " + setting_ref("query") + " to be DICOM (a series or study folder); " + query + " is not");
   if (!several) {
     check_outputs_apart_from_input(candidates[0]);
     return candidates;
   }
 
   if (candidates[0].output.empty()) {  // image files: OUTPUT/CASE.nii.gz
-    require_folder(output, "--output", "several queries");
-    if (!options.probabilities.empty()) require_folder(options.probabilities, "--probabilities", "several queries");
-    if (!options.dicom_seg.empty()) throw Error("--dicom-seg", "needs DICOM queries, not image files");
+    require_folder(output, "output", "several queries");
+    if (!options.probabilities.empty()) require_folder(options.probabilities, "probabilities", "several queries");
+    if (!options.dicom_seg.empty()) throw SettingError("dicom_seg", "needs DICOM queries, not image files");
     std::vector<std::string> seen;
     for (auto& job : candidates) {
       // Two inputs with one case name would write one file twice.
@@ -214,7 +216,7 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
       if (!options.probabilities.empty()) job.probabilities = (fs::path(options.probabilities) / (job.name + ".nii.gz")).string();
     }
   } else if (!options.probabilities.empty()) {
-    require_folder(options.probabilities, "--probabilities", "the series of a DICOM study");
+    require_folder(options.probabilities, "probabilities", "the series of a DICOM study");
   }
   std::vector<std::string> names;
   for (const auto& job : candidates) names.push_back(job.name);
@@ -236,11 +238,11 @@ std::vector<QueryJob> plan_queries(const std::string& query, const std::string& 
       }
     }
     if (options.skip_finished && all_exist) {
-      if (skipped) skipped->push_back({job.name, "finished: its outputs exist (--continue)"});
+      if (skipped) skipped->push_back({job.name, "finished: its outputs exist"});
       continue;
     }
     if (!options.overwrite && !options.skip_finished && !existing.empty())
-      throw Error(existing, "exists: --overwrite replaces the outputs, --continue skips the finished cases");
+      throw InputError(existing, "exists: " + setting_ref("overwrite") + " replaces the outputs, " + setting_ref("skip_finished") + " skips the finished cases");
     // Studies mirror their folders: make the sub-folders, and sweep the
     // temporary files a killed run (kill -9) left there.
     for (const auto& o : outputs) {

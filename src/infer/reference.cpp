@@ -8,6 +8,7 @@
 #include <torch/utils.h>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/mask_box.h"
 #include "iris/io/intensity.h"
 #include "iris/io/image_io.h"
@@ -20,10 +21,10 @@ std::vector<long> reference_label_values(const Image& labels, const std::vector<
   at::Tensor unique = std::get<0>(at::_unique(labels.voxels.reshape({-1}), /*sorted=*/true));
   const long nonzero = unique.numel() - (unique.numel() > 0 && unique[0].item<long>() == 0 ? 1 : 0);
   if (nonzero > max_labels)
-    throw Error(labels.source, "has " + std::to_string(nonzero) + " distinct label values; at most " +
+    throw InputError(labels.source, "has " + std::to_string(nonzero) + " distinct label values; at most " +
                                    std::to_string(max_labels) +
                                    " are segmented in one run (each becomes a class): is it an image rather than a "
-                                   "label map? (--max-labels raises the limit)");
+                                   "label map? (" + setting_ref("max_labels") + " raises the limit)");
   std::vector<long> present;
   for (long i = 0; i < unique.numel(); ++i) {
     const long v = unique[i].item<long>();

@@ -9,6 +9,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/tensor_file.h"
 #include "iris/io/intensity.h"
 #include "iris/infer/reference.h"
@@ -215,7 +216,7 @@ long nearest_image(const at::Tensor& query_features, const EmbeddingPool& pool, 
       best_entry = static_cast<long>(e);
     }
   }
-  if (best_entry < 0) throw Error("--pool", "no pool entry has image features (.features files next to its .task files)");
+  if (best_entry < 0) throw SettingError("pool_dir", "no pool entry has image features (.features files next to its .task files)");
   if (similarity_out) *similarity_out = best;
   return best_entry;
 }

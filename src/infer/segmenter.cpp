@@ -12,6 +12,7 @@
 #include "iris/common/config_map.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/common/text.h"
 #include "iris/io/intensity.h"
@@ -30,17 +31,17 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
   State& s = *s_;
   s.spec = std::move(task);
   s.options = std::move(options);
-  if (model_paths.empty()) throw Error("--model", "is required");
+  if (model_paths.empty()) throw SettingError("models", "is required");
   if (!weights.empty() && weights.size() != model_paths.size())
-    throw Error("--model-weights", "give one weight per --model (" + std::to_string(model_paths.size()) + " models, " +
+    throw SettingError("model_weights", "give one weight per model (" + std::to_string(model_paths.size()) + " models, " +
                                        std::to_string(weights.size()) + " weights)");
   for (double w : weights)
-    if (!(w > 0) || !std::isfinite(w)) throw Error("--model-weights", "weights must be positive numbers");
+    if (!(w > 0) || !std::isfinite(w)) throw SettingError("model_weights", "weights must be positive numbers");
   if (model_paths.size() > 1) {
     // Stored tasks and pools belong to the model that made them.
-    if (s.stored_task()) throw Error("--task", "a stored task belongs to one model: give reference pairs to an ensemble of models");
-    if (!s.spec.pool_dir.empty()) throw Error("--pool", "a stored pool belongs to one model: give reference pairs to an ensemble of models");
-    if (!s.spec.tuned_task_out.empty()) throw Error("--tuned-task-out", "an ensemble of models tunes one task per model");
+    if (s.stored_task()) throw SettingError("task_file", "a stored task belongs to one model: give reference pairs to an ensemble of models");
+    if (!s.spec.pool_dir.empty()) throw SettingError("pool_dir", "a stored pool belongs to one model: give reference pairs to an ensemble of models");
+    if (!s.spec.tuned_task_out.empty()) throw SettingError("tuned_task_out", "an ensemble of models tunes one task per model");
   }
   s.choose_strategy();
   if (s.options.preprocess != "model") {
@@ -48,7 +49,7 @@ Segmenter::Segmenter(const std::vector<std::string>& model_paths, TaskSpec task,
     if (std::find(schemes.begin(), schemes.end(), s.options.preprocess) == schemes.end()) {
       std::string known = "model";
       for (const auto& scheme : schemes) known += ", " + scheme;
-      throw Error("--preprocess", "unknown value '" + s.options.preprocess + "' (known: " + known + ")");
+      throw SettingError("preprocess", "unknown value '" + s.options.preprocess + "' (known: " + known + ")");
     }
   }
   s.load_models(model_paths, weights);
@@ -78,8 +79,8 @@ void Segmenter::State::load_models(const std::vector<std::string>& paths, const 
     m.model.net->eval();
     timings.add("load_model", t);
     if (options.preprocess == "model" && m.model.preprocess != members[0].model.preprocess)
-      throw Error(m.path, "stores other preprocessing than " + members[0].path +
-                              ": an ensemble needs one (or --preprocess with an intensity scheme)");
+      throw InputError(m.path, "stores other preprocessing than " + members[0].path +
+                                   ": an ensemble needs one (or " + setting_ref("preprocess") + " with an intensity scheme)");
   }
 }
 
@@ -92,9 +93,9 @@ void Segmenter::State::choose_preprocessing() {
     if (first.preprocess.empty()) {
       // An imported model without its preprocessing scores near 0 on raw
       // inputs and gives no other sign: run it only when asked to.
-      throw Error(members[0].path,
-                  "stores no preprocessing (spacing, orientation, intensity), so its inputs would go in raw: give "
-                  "--preprocess none (or an intensity scheme) to run it that way, or import it again with its "
+      throw InputError(members[0].path,
+                       std::string("stores no preprocessing (spacing, orientation, intensity), so its inputs would go in raw: give ") +
+                           setting_ref("preprocess") + " none (or an intensity scheme) to run it that way, or import it again with its "
                   "preprocessing (iris-import --preprocess-like MODEL.iris, or preprocess: keys in --config)");
     }
     spatial = io::PreprocessConfig::from_config(ConfigMap::parse_text(first.preprocess, members[0].path + " (preprocess)"));
@@ -103,12 +104,12 @@ void Segmenter::State::choose_preprocessing() {
   }
   if (options.fast) {
     if (!spatial)
-      throw Error("--fast", options.preprocess != "model"
-                                ? "runs at the model's stored fast spacing: it needs --preprocess model"
-                                : members[0].path + " stores no preprocessing, so no fast spacing");
+      throw SettingError("fast", options.preprocess != "model"
+                                     ? "runs at the model's stored fast spacing: it needs " + setting_ref("preprocess") + " model"
+                                     : members[0].path + " stores no preprocessing, so no fast spacing");
     if (!spatial->fast_spacing)
-      throw Error("--fast", members[0].path + " stores no preprocess.fast_spacing (train it with one, e.g. "
-                                              "preprocess.fast_spacing: [3, 3, 3], to allow --fast)");
+      throw SettingError("fast", members[0].path + " stores no preprocess.fast_spacing (train it with one, e.g. "
+                                                   "preprocess.fast_spacing: [3, 3, 3], to allow " + setting_ref("fast") + ")");
     spatial->spacing = spatial->fast_spacing;
   }
 }
@@ -119,7 +120,7 @@ void Segmenter::State::configure_window() {
   for (const auto& m : members) max_patch = std::min(max_patch, m.model.config.max_patch_size);
   window.window = options.window > 0 ? options.window : max_patch;
   if (window.window % 16 != 0 || window.window > max_patch)
-    throw Error("--window", "must be a multiple of 16 and at most the model's patch size " + std::to_string(max_patch));
+    throw SettingError("window", "must be a multiple of 16 and at most the model's patch size " + std::to_string(max_patch));
   window.overlap = options.overlap;
   window.batch = options.window_batch;
   window.device = options.device;
@@ -132,12 +133,13 @@ void Segmenter::State::configure_window() {
     window.mirror_axes = first.mirror_axes;
     for (const auto& m : members)
       if (m.model.mirror_axes.empty() || m.model.mirror_axes != first.mirror_axes)
-        throw Error("--tta", m.model.mirror_axes.empty()
-                                 ? m.path + " was not trained with mirror augmentation (train.augment_mirror), so "
-                                            "mirrored queries are not what it learned: run without --tta"
-                                 : m.path + " is mirror-invariant along '" + m.model.mirror_axes + "', " +
-                                       members[0].path + " along '" + first.mirror_axes +
-                                       "': an ensemble with --tta needs one set of axes");
+        throw SettingError("mirror_tta",
+                           m.model.mirror_axes.empty()
+                               ? m.path + " was not trained with mirror augmentation (train.augment_mirror), so "
+                                          "mirrored queries are not what it learned: run without " + setting_ref("mirror_tta")
+                               : m.path + " is mirror-invariant along '" + m.model.mirror_axes + "', " +
+                                     members[0].path + " along '" + first.mirror_axes +
+                                     "': an ensemble with " + setting_ref("mirror_tta") + " needs one set of axes");
   }
   window.classes_per_pass = options.classes_per_pass;
   window.progress = options.window_progress;
@@ -157,9 +159,10 @@ void Segmenter::State::configure_skull_strip() {
   }
   for (const auto& m : members)
     if (m.model.skull_strip.has_value() != first.skull_strip.has_value())
-      throw Error(m.path, std::string(m.model.skull_strip ? "stores" : "does not store") + " a skull-strip step and " +
-                              members[0].path + (first.skull_strip ? " does" : " does not") +
-                              ": an ensemble needs one preprocessing (or --preprocess with an intensity scheme)");
+      throw InputError(m.path, std::string(m.model.skull_strip ? "stores" : "does not store") +
+                                   " a skull-strip step and " + members[0].path +
+                                   (first.skull_strip ? " does" : " does not") +
+                                   ": an ensemble needs one preprocessing (or " + setting_ref("preprocess") + " with an intensity scheme)");
 }
 
 Segmenter::~Segmenter() = default;

@@ -6,6 +6,7 @@
 
 #include "iris/common/compat.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/log.h"
 #include "iris/common/text.h"
 #include "iris/infer/connected_components.h"
@@ -76,7 +77,7 @@ Image Segmenter::State::strip_skull(const Image& image) {
   if (pre) labels = io::invert_to_source(labels, *pre, true).voxels;
   Image out = strip_with_labels(image, labels,
                                 "the skull-strip step of " + members[0].path +
-                                    " found no brain (is it a head MR? --no-skull-strip skips the step)")
+                                    " found no brain (is it a head MR? " + setting_ref("no_skull_strip") + " skips the step)")
                   .image;
   timings.add("skull_strip", t);
   return out;

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/io/image_io.h"
 #include "iris/io/intensity.h"
@@ -77,33 +78,33 @@ void Segmenter::State::choose_strategy() {
   }
   const auto& known = strategy_names();
   if (std::find(known.begin(), known.end(), strategy) == known.end())
-    throw Error("--strategy", "unknown strategy '" + strategy + "'");
+    throw SettingError("strategy", "unknown strategy '" + strategy + "'");
   const bool retrieval = strategy == "retrieval" || strategy == "image-retrieval";
   if (spec.references.size() != spec.reference_masks.size())
-    throw Error("--reference-mask", "give one --reference-mask per --reference (" +
-                                        std::to_string(spec.references.size()) + " images, " +
-                                        std::to_string(spec.reference_masks.size()) + " masks)");
+    throw SettingError("reference_masks", "give one " + setting_ref("reference_masks") + " per " + setting_ref("references") + " (" +
+                                              std::to_string(spec.references.size()) + " images, " +
+                                              std::to_string(spec.reference_masks.size()) + " masks)");
   if (strategy == "memory-bank") {
-    if (spec.classes.empty()) throw Error("--strategy memory-bank", "needs --classes");
+    if (spec.classes.empty()) throw SettingError("strategy", "memory-bank needs " + setting_ref("classes"));
     if (!spec.references.empty() || stored_task() || !spec.pool_dir.empty())
-      throw Error("--strategy memory-bank", "takes its task from --classes only");
+      throw SettingError("strategy", "memory-bank takes its task from " + setting_ref("classes") + " only");
   } else if (!spec.classes.empty()) {
-    throw Error("--classes", "only with --strategy memory-bank");
+    throw SettingError("classes", "only with " + setting_ref("strategy") + " memory-bank");
   }
   if (strategy == "one-shot" || strategy == "ensemble") {
-    if (!spec.task_file.empty() && spec.task) throw Error("--task", "give one stored task");
+    if (!spec.task_file.empty() && spec.task) throw SettingError("task_file", "give one stored task");
     if ((!spec.references.empty()) + stored_task() != 1)
-      throw Error("--reference", "give exactly one task source: --reference/--reference-mask, --task or --classes");
+      throw SettingError("references", "give exactly one task source: " + setting_ref("references") + "/" + setting_ref("reference_masks") + ", " + setting_ref("task_file") + " or " + setting_ref("classes"));
     if (strategy == "one-shot" && spec.references.size() > 1)
-      throw Error("--strategy one-shot", "takes one --reference (several make a context ensemble: --strategy ensemble)");
+      throw SettingError("strategy", "one-shot takes one reference (several make a context ensemble: " + setting_ref("strategy") + " ensemble)");
   }
   if (retrieval && spec.references.empty() && spec.pool_dir.empty())
-    throw Error("--strategy " + strategy, "needs --pool and/or reference pairs to choose from");
+    throw SettingError("strategy", strategy + " needs " + setting_ref("pool_dir") + " and/or reference pairs to choose from");
   if (strategy == "tuning" && spec.references.empty())
-    throw Error("--strategy tuning", "needs labelled examples: --reference/--reference-mask");
-  if (!spec.pool_dir.empty() && !retrieval) throw Error("--pool", "only with --strategy retrieval or image-retrieval");
-  if (!spec.tuned_task_out.empty() && strategy != "tuning") throw Error("--tuned-task-out", "only with --strategy tuning");
-  if (spec.tune_loss && strategy != "tuning") throw Error("--tune-loss", "only with --strategy tuning");
+    throw SettingError("strategy", "tuning needs labelled examples: " + setting_ref("references") + "/" + setting_ref("reference_masks"));
+  if (!spec.pool_dir.empty() && !retrieval) throw SettingError("pool_dir", "only with " + setting_ref("strategy") + " retrieval or image-retrieval");
+  if (!spec.tuned_task_out.empty() && strategy != "tuning") throw SettingError("tuned_task_out", "only with " + setting_ref("strategy") + " tuning");
+  if (spec.tune_loss && strategy != "tuning") throw SettingError("tune_loss", "only with " + setting_ref("strategy") + " tuning");
 }
 
 void Segmenter::State::build_task(Member& member) {
@@ -138,15 +139,15 @@ void Segmenter::State::build_tuned_task(Member& member) {
   }
   member.task = stored_task() ? load_task(member) : model::TaskEmbedding::mean(encoded);
   if (member.task.num_classes() != static_cast<long>(labels.size()))
-    throw Error("--task", "the stored task has " + std::to_string(member.task.num_classes()) +
-                              " classes but the references give " + std::to_string(labels.size()));
+    throw SettingError("task_file", "the stored task has " + std::to_string(member.task.num_classes()) +
+                                        " classes but the references give " + std::to_string(labels.size()));
   TuningOptions tuning = spec.tuning;
   // The loss the model was trained with, as the method tunes (IRIS-SPEC).
   tuning.loss = member.model.loss.value_or(model::LossWeights{});
   std::string source = member.model.loss ? "the model file" : "default: the model file records none";
   if (spec.tune_loss) {
     tuning.loss.region = *spec.tune_loss;
-    source = "--tune-loss";
+    source = "the tune_loss setting";
   }
   std::ostringstream weights;
   weights << tuning.loss.dice << ":" << tuning.loss.bce;
@@ -180,7 +181,7 @@ void Segmenter::State::build_retrieval_task(Member& member) {
   for (long r : spec.labels) {
     const auto it = std::find(member.task.labels.begin(), member.task.labels.end(), r);
     if (it == member.task.labels.end())
-      throw Error("--labels", "label value " + std::to_string(r) + " is not in the pool's initial entry");
+      throw SettingError("labels", "label value " + std::to_string(r) + " is not in the pool's initial entry");
     indices.push_back(static_cast<long>(it - member.task.labels.begin()));
   }
   member.task = member.task.select(indices);

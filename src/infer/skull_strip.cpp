@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/infer/connected_components.h"
 #include "iris/infer/segmenter.h"
 #include "iris/model/model_file.h"
@@ -37,8 +38,8 @@ SkullStripResult skull_strip(const Image& image, const std::string& model_path, 
   if (task_path.empty()) {
     model::IrisModel m = model::load_model(model_path);
     if (!m.skull_strip)
-      throw Error(model_path, "stores no skull-strip task: give one (--skull-strip-task), or attach one with "
-                              "iris-import MODEL --skull-strip-task TASK --output MODEL2");
+      throw InputError(model_path, "stores no skull-strip task: give one (" + setting_ref("skull_strip_task") + "), or attach one with "
+                                   "iris-import MODEL --skull-strip-task TASK --output MODEL2");
     task.task = *m.skull_strip;
   } else {
     task.task_file = task_path;
@@ -60,7 +61,7 @@ SkullStripResult skull_strip(const Image& image, const std::string& model_path, 
 
 SkullStripResult strip_with_labels(const Image& image, const at::Tensor& brain_labels, const std::string& no_brain) {
   const at::Tensor brain = fill_holes(brain_labels);
-  if (!brain.any().item<bool>()) throw Error(image.source.empty() ? "skull stripping" : image.source, no_brain);
+  if (!brain.any().item<bool>()) throw InputError(image.source.empty() ? "skull stripping" : image.source, no_brain);
   SkullStripResult r;
   r.mask.geometry = image.geometry;
   r.mask.voxels = brain;

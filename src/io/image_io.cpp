@@ -53,7 +53,7 @@ void check_finite(at::Tensor& voxels, const std::string& source, double nan_as, 
   voxels.masked_fill_(bad_mask, nan_as);
   if (warnings)
     warnings->push_back(std::to_string(bad) + " NaN or infinite voxel(s) replaced by " + std::to_string(nan_as) +
-                        " (--nan-as)");
+                        " (nan_as)");
 }
 
 }  // namespace detail

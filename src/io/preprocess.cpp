@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/io/intensity.h"
 
 namespace iris::io {
@@ -38,8 +39,11 @@ std::vector<double> parse_number_list(const ConfigMap& m, const std::string& key
       used = 0;
     }
     if (used != word.size() || !std::isfinite(v))
-      throw Error(key + (m.origin(key).empty() ? "" : " (" + m.origin(key) + ")"),
-                  "'" + m.get(key) + "' is not a number or list of numbers");
+    {
+      const std::string reason = "'" + m.get(key) + "' is not a number or list of numbers";
+      if (origin_is_setting(m.origin(key))) throw_at_origin(m.origin(key), key + ": " + reason);
+      throw Error(key + (m.origin(key).empty() ? "" : " (" + m.origin(key) + ")"), reason);
+    }
     values.push_back(v);
   }
   return values;

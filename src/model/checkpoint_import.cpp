@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/torch_checkpoint.h"
 
 namespace iris::model {
@@ -72,8 +73,8 @@ ModelConfig import_config(const std::string& checkpoint, const ConfigMap& given,
                               " (set single keys instead)");
   ConfigMap merged = infer_config_from_state_dict(ckpt.tensors, checkpoint).to_config();
   if (!given.has("head_dim"))
-    throw Error(checkpoint, "its head width cannot be read off its tensors: give it (--set head_dim=N, or head_dim in "
-                            "--config; the author's models use 32)");
+    throw InputError(checkpoint, "its head width cannot be read off its tensors: give it (" + setting_ref("overrides") + " head_dim=N, or "
+                                 "head_dim in " + setting_ref("config") + "; the author's models use 32)");
   for (const auto& [key, value] : given.entries()) merged.set(key, value, given.origin(key));
   return ModelConfig::from_config(merged);
 }

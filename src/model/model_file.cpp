@@ -9,6 +9,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/tensor_file.h"
 
 namespace iris::model {
@@ -214,8 +215,8 @@ long class_id(const IrisModel& model, const std::string& name) {
   std::string known;
   for (const auto& n : model.class_names)
     if (!n.empty()) known += (known.empty() ? "" : ", ") + n;
-  throw Error("--classes", "class '" + name + "' is not in the model's memory bank (known: " +
-                               (known.empty() ? "none" : known) + ")");
+  throw SettingError("classes", "class '" + name + "' is not in the model's memory bank (known: " +
+                                    (known.empty() ? "none" : known) + ")");
 }
 
 }  // namespace iris::model

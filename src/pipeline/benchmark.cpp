@@ -15,6 +15,7 @@
 #include "iris/common/config_map.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/data/case_cache.h"
 #include "iris/data/episodes.h"
 #include "iris/data/volume_cache.h"
@@ -62,13 +63,20 @@ Json measure(const std::function<void()>& step, int warmup, int repeats, const t
 
 Json benchmark(const BenchmarkOptions& o) {
   ConfigMap cfg;
-  cfg.set("preset", o.preset, "--preset");
+  cfg.set("preset", o.preset, "{preset}");
   if (!o.config_path.empty()) cfg.merge(ConfigMap::load_yaml_file(o.config_path).subtree("model"));
   for (const auto& assignment : o.overrides) cfg.apply_override(assignment);
   auto config = model::ModelConfig::from_config(cfg);
   const long patch = o.patch > 0 ? o.patch : config.max_patch_size;
-  const torch::Device device =
-      resolve_device(o.device, DistributedEnv::from_environment(), visible_cuda_devices(), "--device");
+  const torch::Device device = [&] {
+    try {
+      return resolve_device(o.device, DistributedEnv::from_environment(), visible_cuda_devices(), "device");
+    } catch (const SettingError&) {
+      throw;
+    } catch (const Error& e) {  // the device setting, not a file
+      throw SettingError("device", e.reason());
+    }
+  }();
   torch::manual_seed(0);
   model::IrisNet net(config);
   net->to(device);
@@ -205,7 +213,7 @@ Json benchmark(const BenchmarkOptions& o) {
 }
 
 Json loader_benchmark(const LoaderBenchmarkOptions& o) {
-  if (o.shape.size() != 3) throw Error("--loader-shape", "needs three sizes: z,y,x");
+  if (o.shape.size() != 3) throw SettingError("shape", "needs three sizes: z,y,x");
   const fs::path folder = fs::temp_directory_path() / ("iris_loader_bench_" + std::to_string(::getpid()));
   fs::create_directories(folder);
   struct Cleanup {

@@ -16,6 +16,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/csv.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/file_names.h"
 #include "iris/common/text.h"
 #include "iris/data/dataset.h"
@@ -187,7 +188,7 @@ std::vector<RsnaLocalizer> read_rsna_localizers(const std::string& csv_path) {
 }
 
 RsnaPrepareSummary rsna_prepare(const std::string& data, const std::string& output, const RsnaPrepareOptions& options) {
-  if (!(options.radius_mm > 0) || !std::isfinite(options.radius_mm)) throw Error("--radius-mm", "must be > 0");
+  if (!(options.radius_mm > 0) || !std::isfinite(options.radius_mm)) throw SettingError("radius_mm", "must be > 0");
   const fs::path root(data);
   if (!fs::is_directory(root)) throw Error(data, "folder not found");
   for (const char* need : {"train.csv", "train_localizers.csv"})
@@ -372,10 +373,10 @@ std::vector<double> rsna_series_scores(const infer::Segmentation& segmentation, 
                                        const std::vector<double>& priors) {
   const size_t n = eval::rsna_label_columns().size();
   if (priors.size() != n) throw Error("priors", "need " + std::to_string(n) + " values");
-  if (scoring.smoothing < 1 || scoring.smoothing % 2 == 0) throw Error("--smoothing", "must be an odd number >= 1");
-  if (!(scoring.quantile > 0 && scoring.quantile <= 1)) throw Error("--quantile", "must be in (0, 1]");
+  if (scoring.smoothing < 1 || scoring.smoothing % 2 == 0) throw SettingError("smoothing", "must be an odd number >= 1");
+  if (!(scoring.quantile > 0 && scoring.quantile <= 1)) throw SettingError("quantile", "must be in (0, 1]");
   if (scoring.present != "max" && scoring.present != "noisy-or" && scoring.present != "mean")
-    throw Error("--present", "'" + scoring.present + "' is not max, noisy-or or mean");
+    throw SettingError("present", "'" + scoring.present + "' is not max, noisy-or or mean");
   std::vector<double> out = priors;
   std::vector<double> found;
   if (!segmentation.probabilities) return out;
@@ -419,8 +420,8 @@ std::vector<double> rsna_series_scores(const infer::Segmentation& segmentation, 
 RsnaPredictSummary rsna_predict(const std::string& series_root, const std::string& output_csv,
                                 const RsnaPredictOptions& options) {
   const auto& columns = eval::rsna_label_columns();
-  if (!fs::is_directory(series_root)) throw Error(series_root, "folder not found (--series)");
-  if (output_csv.empty()) throw Error("--output", "is required");
+  if (!fs::is_directory(series_root)) throw InputError(series_root, "folder not found (" + setting_ref("series") + ")");
+  if (output_csv.empty()) throw SettingError("output", "is required");
   {
     const fs::path parent = fs::path(output_csv).parent_path();
     if (!parent.empty() && !fs::is_directory(parent)) throw Error(output_csv, "its folder does not exist");
@@ -456,7 +457,7 @@ RsnaPredictSummary rsna_predict(const std::string& series_root, const std::strin
 
   infer::SegmenterOptions so = options.segmenter;
   so.probabilities = true;
-  if (options.models.empty()) throw Error("--model", "is required");
+  if (options.models.empty()) throw SettingError("models", "is required");
   infer::Segmenter segmenter(options.models, options.task, so, options.model_weights);
 
   RsnaPredictSummary summary;

@@ -16,6 +16,7 @@
 #include "iris/common/atomic_file.h"
 #include "iris/common/device.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/common/folder_lock.h"
 #include "iris/common/log.h"
 #include "iris/data/case_cache.h"
@@ -182,7 +183,7 @@ ConfigMap load_training_config(const std::string& path, const std::vector<std::s
       std::string msg = "unknown top-level key '" + top + "' (known: model, train, data, preprocess)";
       const std::string hint = nearest_word(top, kTopLevel);
       if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
-      throw Error(config.origin(k).empty() ? k : config.origin(k), msg);
+      throw_at_origin(config.origin(k).empty() ? k : config.origin(k), msg);
     }
   }
   const ConfigMap data = config.subtree("data");
@@ -192,7 +193,7 @@ ConfigMap load_training_config(const std::string& path, const std::vector<std::s
       std::string msg = "unknown key (known under data: datasets, cache, cache_memory_gb, load_threads, class_vocabulary)";
       const std::string hint = nearest_word(k, data_keys);
       if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
-      throw Error(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
+      throw_at_origin(config.origin("data." + k).empty() ? "data." + k : config.origin("data." + k), msg);
     }
   const auto model_config = model::ModelConfig::from_config(config.subtree("model"));
   train::TrainConfig::from_config(config.subtree("train")).check_against(model_config.max_patch_size);
@@ -215,7 +216,7 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   // section as written, so every machine running this config agrees on it.
   std::optional<data::CaseCache> cache;
   if (data_config.has("cache")) cache.emplace(data_config.get("cache"), config.subtree("preprocess").to_text());
-  if (options.fill_cache_only && !cache) throw Error("--fill-cache", "needs data.cache (e.g. --set data.cache=cache/)");
+  if (options.fill_cache_only && !cache) throw SettingError("fill_cache_only", "needs data.cache (e.g. " + setting_ref("overrides") + " data.cache=cache/)");
   data::RecordedDatasets recorded;
   if (cache) recorded = [&](const std::string& name) { return cache->recorded_dataset(name); };
   std::vector<data::DatasetSpec> datasets = data::datasets_from_config(data_config, recorded);

@@ -21,6 +21,7 @@
 #include "iris/common/log.h"
 #include "iris/data/prefetcher.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/model/model_file.h"
 #include "iris/model/losses.h"
 #include "iris/train/optimizer.h"
@@ -497,7 +498,7 @@ std::string Trainer::choose_checkpoint(ResumeMode mode) const {
   for (const auto& p : numbered_checkpoints(dir)) candidates.push_back(p.string());
   if (candidates.empty()) {
     if (mode == ResumeMode::kAuto) return "";
-    throw Error(last, "--resume given but there is no checkpoint to resume from");
+    throw InputError(last, setting_ref("resume") + " given but there is no checkpoint to resume from");
   }
   std::string first_problem;
   for (const auto& c : candidates) {
@@ -512,8 +513,8 @@ std::string Trainer::choose_checkpoint(ResumeMode mode) const {
         log::warn(first_problem + "; resuming from " + c + " instead");
       return c;
     }
-    throw Error(last, "cannot resume from it (" + first_problem + "); " + c +
-                          " is intact: resume from it with --resume=auto");
+    throw InputError(last, "cannot resume from it (" + first_problem + "); " + c +
+                               " is intact: resume from it with " + setting_ref("resume") + "=auto");
   }
   throw Error(dir.string(), "no intact checkpoint to resume from (" + first_problem + ")");
 }

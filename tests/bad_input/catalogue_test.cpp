@@ -354,6 +354,29 @@ std::vector<Row> rows() {
                2, {"--above", "not a finite number"}, {"out.nii.gz"}});
   r.push_back({"NegativeQueries", [=](const fs::path&) { return program("iris-bench") + " --queries -1"; }, 2,
                {"--queries"}, {}});
+  // The library names settings; each program writes them as its flags (#37).
+  r.push_back({"LoaderShapeOfTwoSizes", [=](const fs::path&) { return program("iris-bench") + " --loader --loader-shape 8,8"; },
+               2, {"usage error: --loader-shape: needs three sizes"}, {}});
+  // The allocator's refusal names the settings the memory grows with (#35).
+  r.push_back({"AllocationRefused",
+               [=](const fs::path&) {
+                 return "ulimit -v 4000000; " + program("iris-bench") +
+                        " --preset tiny --patch 256 --batch 16 --no-backward --warmup 0 --repeats 1 --threads 1";
+               },
+               1, {"error: out of memory: ", "GB asked for and refused; the memory grows with --patch, --batch"}, {}});
+  r.push_back({"OverrideThatIsNoNumber",
+               [=](const fs::path& d) {
+                 return program("iris-train") + " " + shell_quoted(train_config(d, (d / "run").string())) +
+                        " --set train.lr=fast";
+               },
+               2, {"usage error: --set: lr: expected a finite number, got 'fast'"}, {"run"}});
+  r.push_back({"ReportImageThatIsMissing",
+               [=](const fs::path& d) {
+                 return program("iris-eval") + " --reference " + shell_quoted(inputs().mask) + " --prediction " +
+                        shell_quoted(inputs().mask) + " --html " + shell_quoted((d / "report").string()) +
+                        " --image " + shell_quoted((d / "missing.nii.gz").string());
+               },
+               3, {"missing.nii.gz: --image does not exist"}, {"report"}});
   r.push_back({"OverlapOutOfRange",
                [=](const fs::path& d) {
                  return one_shot(kDemoModel, inputs().query, (d / "out.nii.gz").string()) + " --overlap 2";

@@ -8,6 +8,7 @@
 
 #include "iris/common/config_map.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "support/test_support.h"
 
 using namespace iris;
@@ -16,10 +17,23 @@ TEST(ConfigMap, OverridesLayerOnTopAndNameTheirOrigin) {
   ConfigMap m = ConfigMap::parse_text("train.lr: 0.002\ntrain.batch: 32\n", "base.yaml");
   m.apply_override("train.lr=1e-3");
   EXPECT_EQ(m.get("train.lr"), "1e-3");
-  EXPECT_EQ(m.origin("train.lr"), "--set");
+  // An override is a setting ({overrides}: each program names its flag for it).
+  EXPECT_EQ(m.origin("train.lr"), "{overrides}");
   EXPECT_EQ(m.origin("train.batch"), "base.yaml");
   EXPECT_EQ(m.subtree("train").get("batch"), "32");
-  EXPECT_THROW(m.apply_override("novalue"), Error);
+  EXPECT_THROW(m.apply_override("novalue"), SettingError);
+  // A bad value names where it came from: the setting, or the file.
+  m.apply_override("train.lr=fast");
+  try {
+    config_double(m, "train.lr");
+    ADD_FAILURE() << "a word read as a number";
+  } catch (const SettingError& e) {
+    EXPECT_EQ(e.setting(), "overrides");
+    EXPECT_EQ(std::string(e.what()), "overrides: train.lr: expected a finite number, got 'fast'");
+  }
+  ConfigMap from_file = ConfigMap::parse_text("train.lr: fast\n", "base.yaml");
+  EXPECT_EQ(iris::testing::error_of([&] { config_double(from_file, "train.lr"); }),
+            "base.yaml: train.lr: expected a finite number, got 'fast'");
   EXPECT_EQ(nearest_word("spacng", {"spacing", "intensity"}), "spacing");
   EXPECT_EQ(nearest_word("zzzzzz", {"spacing", "intensity"}), "");
 }

@@ -188,13 +188,15 @@ TEST_F(SegmenterTest, FastRunsAtTheModelsStoredFastSpacingOrIsRefused) {
   EXPECT_GT(labelled(fast.labels), 0);
   EXPECT_GT(fast.labels.voxels.ne(slow.labels.voxels).sum().item<long>(), 0) << "--fast changed nothing";
   EXPECT_EQ(fast_segmenter.report()["fast"], true);
-  // A model without a fast spacing, and an intensity-only run, are refused naming --fast.
+  // A model without a fast spacing, and an intensity-only run, are refused
+  // naming the setting (the library names no program's flags).
   std::string e = error_of([&] { infer::Segmenter(at_3mm, one_shot(), options); });
-  EXPECT_NE(e.find("--fast"), std::string::npos) << e;
+  EXPECT_EQ(e.rfind("fast: ", 0), 0u) << e;
+  EXPECT_EQ(e.find("--"), std::string::npos) << e;
   EXPECT_NE(e.find("fast_spacing"), std::string::npos) << e;
   options.preprocess = "zscore";
   e = error_of([&] { infer::Segmenter(with_fast, one_shot(), options); });
-  EXPECT_NE(e.find("--fast"), std::string::npos) << e;
+  EXPECT_EQ(e, "fast: runs at the model's stored fast spacing: it needs preprocess model");
   // A fast spacing finer than the spacing is a config error.
   e = error_of([] {
     io::PreprocessConfig::from_config(ConfigMap::parse_text("spacing: 2\nfast_spacing: [3, 1, 3]\n", "test"));
@@ -304,12 +306,12 @@ TEST_F(SegmenterTest, TuningOptimisesTheLossTheModelWasTrainedWith) {
   const double forced = first_loss(tversky_path, spec, &forced_loss);
   EXPECT_EQ(plain_loss, "soft_dice + BCE, 1:1 (default: the model file records none)");
   EXPECT_EQ(model_loss, "adaptive_tversky + BCE, 1:1 (the model file)");
-  EXPECT_EQ(forced_loss, "soft_dice + BCE, 1:1 (--tune-loss)");
+  EXPECT_EQ(forced_loss, "soft_dice + BCE, 1:1 (the tune_loss setting)");
   EXPECT_GT(std::abs(recorded - plain), 1e-4) << "the model's adaptive Tversky loss was not the one tuned";
   EXPECT_EQ(forced, plain);
   infer::TaskSpec one = one_shot();
   one.tune_loss = model::RegionLoss::adaptive_tversky;
-  EXPECT_NE(error_of([&] { infer::Segmenter(model, one, zscore(32)); }).find("--tune-loss: only with --strategy tuning"),
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, one, zscore(32)); }).find("tune_loss: only with strategy tuning"),
             std::string::npos);
 }
 
@@ -374,18 +376,16 @@ TEST_F(SegmenterTest, PlansAndTaskSourcesAreCheckedBeforeAnyWork) {
   fs::remove_all(temp_path("a_file.nii.gz"));
   std::ofstream(temp_path("a_file.nii.gz")) << "a file, not a folder";
   plan.probabilities = temp_path("a_file.nii.gz");
-  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path(""), plan); }).find("--probabilities"),
-            std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::plan_queries(in.string(), temp_path(""), plan); }).rfind("probabilities: ", 0), 0u);
   // A missing output folder is made (SLURM array jobs); a file in its place is refused.
   fs::remove_all(temp_path("not_there"));
   EXPECT_EQ(infer::plan_queries(in.string(), temp_path("not_there") + "/deeper").size(), 1u);
   EXPECT_TRUE(fs::is_directory(temp_path("not_there") + "/deeper"));
-  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), temp_path("a_file.nii.gz")); }).find("--output"),
-            std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::plan_queries(in.string(), temp_path("a_file.nii.gz")); }).rfind("output: ", 0), 0u);
   plan = {};
   plan.dicom_seg = "seg.dcm";
-  EXPECT_NE(error_of([&] { infer::plan_queries((in / "a.nii.gz").string(), "x.nii.gz", plan); }).find("--dicom-seg"),
-            std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::plan_queries((in / "a.nii.gz").string(), "x.nii.gz", plan); }).rfind("dicom_seg: ", 0),
+            0u);
 
   infer::TaskSpec two_sources = one_shot();
   two_sources.task_file = temp_path("some.task");
@@ -395,12 +395,12 @@ TEST_F(SegmenterTest, PlansAndTaskSourcesAreCheckedBeforeAnyWork) {
   bank.classes = {"liver"};
   bank.references = {reference};
   bank.reference_masks = {mask};
-  EXPECT_NE(error_of([&] { infer::Segmenter(model, bank, zscore()); }).find("--classes only"), std::string::npos);
+  EXPECT_NE(error_of([&] { infer::Segmenter(model, bank, zscore()); }).find("classes only"), std::string::npos);
   auto bad = zscore();
   bad.preprocess = "mr-bogus";
-  EXPECT_NE(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).find("--preprocess"), std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).rfind("preprocess: ", 0), 0u);
   bad = zscore(40);  // not a multiple of 16
-  EXPECT_NE(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).find("--window"), std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::Segmenter(model, one_shot(), bad); }).rfind("window: ", 0), 0u);
 }
 
 TEST_F(SegmenterTest, PartsSplitTheCasesAndFinishedCasesAreSkippedOrRefused) {
@@ -435,19 +435,19 @@ TEST_F(SegmenterTest, PartsSplitTheCasesAndFinishedCasesAreSkippedOrRefused) {
   infer::PlanOptions bad;
   bad.num_parts = 3;
   bad.part_id = 3;
-  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string(), bad); }).find("--part-id"), std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::plan_queries(in.string(), out.string(), bad); }).rfind("part_id: ", 0), 0u);
 
   // One finished case: refused by default, skipped with skip_finished,
   // planned again with overwrite.
   io::write_image(q, (out / "case3.nii.gz").string());
-  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string()); }).find("--continue"), std::string::npos);
+  EXPECT_NE(error_of([&] { infer::plan_queries(in.string(), out.string()); }).find("skip_finished skips"), std::string::npos);
   infer::PlanOptions resume;
   resume.skip_finished = true;
   std::vector<infer::SkippedQuery> skipped;
   EXPECT_EQ(infer::plan_queries(in.string(), out.string(), resume, &skipped).size(), 19u);
   ASSERT_EQ(skipped.size(), 1u);
   EXPECT_EQ(skipped[0].input, "case3");
-  EXPECT_NE(skipped[0].reason.find("--continue"), std::string::npos);
+  EXPECT_EQ(skipped[0].reason, "finished: its outputs exist");
   infer::PlanOptions again;
   again.overwrite = true;
   EXPECT_EQ(infer::plan_queries(in.string(), out.string(), again).size(), 20u);
@@ -561,9 +561,9 @@ TEST_F(SegmenterTest, AnEnsembleOfModelsAveragesTheirProbabilities) {
   stored.references.clear();
   stored.reference_masks.clear();
   stored.task_file = temp_path("x.task");
-  EXPECT_NE(error_of([&] { infer::Segmenter({model, second}, stored, options); }).find("--task"), std::string::npos);
-  EXPECT_NE(error_of([&] { infer::Segmenter({model, second}, one_shot(), options, {1}); }).find("--model-weights"),
-            std::string::npos);
+  EXPECT_EQ(error_of([&] { infer::Segmenter({model, second}, stored, options); }).rfind("task_file: ", 0), 0u);
+  EXPECT_EQ(error_of([&] { infer::Segmenter({model, second}, one_shot(), options, {1}); }),
+            "model_weights: give one weight per model (2 models, 1 weights)");
   model::IrisModel other = model::load_model(second);
   other.preprocess = "spacing: [2, 2, 2]\n";
   const std::string resampling = temp_path("segmenter_other_pre.iris");

@@ -1296,7 +1296,7 @@ TEST(Trainer, ResumeFindsTheNewestIntactCheckpoint) {
   fs::resize_file(ckpt / "last.ckpt", fs::file_size(ckpt / "last.ckpt") / 2);
   std::string msg = iris::testing::error_of([&] { make()->run(train::ResumeMode::kLast); });
   EXPECT_NE(msg.find("last.ckpt"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("iter_0000002.ckpt is intact: resume from it with --resume=auto"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("iter_0000002.ckpt is intact: resume from it with resume=auto"), std::string::npos) << msg;
   auto resumed = make();
   ASSERT_EQ(resumed->run(train::ResumeMode::kAuto), train::TrainOutcome::kFinished);
   EXPECT_EQ(resumed->history().front().iteration, 2);

@@ -10,8 +10,9 @@
 namespace iris {
 
 // "1,3, 5-7" -> {1, 3, 5, 6, 7}: whole numbers >= 0, ranges LO-HI with
-// LO <= HI, spaces around items allowed. iris::Error naming `where` (a flag)
-// and the item for anything else ("5x", "-1", "5-1", "").
+// LO <= HI, spaces around items allowed. An iris::SettingError naming
+// `where` (the setting, or a program's own flag) and the item for anything
+// else ("5x", "-1", "5-1", "").
 std::vector<long> parse_label_values(const std::string& text, const std::string& where);
 
 struct LabelMapping {

@@ -42,7 +42,8 @@ namespace iris::infer {
 // The strategies, in the words of the command line.
 const std::vector<std::string>& strategy_names();
 
-// Where the task comes from. Errors name the command-line flag of a field.
+// Where the task comes from. Errors name a field as its setting
+// (iris::SettingError: "pool_dir"); the comments give iris-infer's flags.
 struct TaskSpec {
   // one-shot | ensemble | memory-bank | retrieval | image-retrieval | tuning;
   // "" = from the inputs (classes: memory-bank, pool: retrieval, several
@@ -79,7 +80,7 @@ struct SegmenterOptions {
   // what is free, else host memory.
   Stitching stitching = Stitching::automatic;
   // Run at the coarser spacing the model file stores (preprocess.fast_spacing);
-  // an iris::Error naming --fast when it stores none.
+  // an iris::SettingError naming fast when it stores none.
   bool fast = false;
   bool mirror_tta = false;
   // Run the model file's skull-strip step (model::IrisModel::skull_strip)
@@ -130,7 +131,7 @@ class Segmenter {
   // An ensemble of models: each encodes (or tunes, or retrieves) the task
   // itself, and the class probabilities are the mean of theirs weighted by
   // `weights` (empty: equal). One model gives exactly that model's result.
-  // The models must store the same preprocessing (or --preprocess names an
+  // The models must store the same preprocessing (or `preprocess` names an
   // intensity scheme); stored tasks and pools belong to one model and are
   // refused; the window is at most the smallest model's patch.
   Segmenter(const std::vector<std::string>& model_paths, TaskSpec task, SegmenterOptions options,

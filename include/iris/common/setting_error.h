@@ -1,0 +1,89 @@
+#pragma once
+// Errors that name the caller's settings (fields of infer::TaskSpec,
+// infer::SegmenterOptions, infer::PlanOptions, a pipeline's options), never a
+// program's flags. SettingError: a setting is missing, malformed or in
+// conflict, and where() is its name (the field's). InputError: a file cannot
+// be used as it is. Either reason may name settings with setting_ref(name).
+// Each program shows a setting as its own flag (apps/common: name_settings,
+// run_main); what() gives the settings' names:
+//   throw SettingError("pool_dir", "only with " + setting_ref("strategy") + " retrieval");
+//   what():     "pool_dir: only with strategy retrieval"
+//   iris-infer: "usage error: --pool: only with --strategy retrieval"
+#include <functional>
+#include <string>
+
+#include "iris/common/error.h"
+
+namespace iris {
+
+// A setting named inside an error's reason, marked so that no text of a
+// path or value (which may hold braces or words) is ever taken for one.
+inline std::string setting_ref(const std::string& name) { return '\x01' + name + '\x02'; }
+
+// An Error whose reason names settings (setting_ref); what() gives the bare
+// names.
+class SettingsNamingError : public Error {
+ public:
+  using Namer = std::function<std::string(const std::string&)>;
+
+  // The reason with each setting_ref(name) written as name_of(name).
+  std::string reason_naming(const Namer& name_of) const { return fill(template_, name_of); }
+  // True when where() is a setting (a usage error), false when it is a file.
+  bool about_setting() const noexcept { return about_setting_; }
+
+  // `text` with each setting_ref(name) written as name_of(name), or as the
+  // bare name when name_of is empty.
+  static std::string fill(const std::string& text, const Namer& name_of) {
+    std::string out;
+    size_t i = 0;
+    while (i < text.size()) {
+      const size_t open = text.find('\x01', i);
+      const size_t close = open == std::string::npos ? std::string::npos : text.find('\x02', open);
+      if (close == std::string::npos) {
+        out += text.substr(i);
+        break;
+      }
+      const std::string name = text.substr(open + 1, close - open - 1);
+      out += text.substr(i, open - i);
+      out += name_of ? name_of(name) : name;
+      i = close + 1;
+    }
+    return out;
+  }
+
+ protected:
+  SettingsNamingError(const std::string& where, const std::string& reason, bool about_setting)
+      : Error(where, fill(reason, nullptr)), template_(reason), about_setting_(about_setting) {}
+
+ private:
+  std::string template_;
+  bool about_setting_;
+};
+
+// A setting that is missing, malformed or in conflict: where() names it.
+class SettingError : public SettingsNamingError {
+ public:
+  SettingError(const std::string& setting, const std::string& reason) : SettingsNamingError(setting, reason, true) {}
+  const std::string& setting() const noexcept { return where(); }
+};
+
+// A file that cannot be used as it is, with a reason that may tell which
+// setting would change that: InputError(path, "give " + setting_ref("preprocess") + " none").
+class InputError : public SettingsNamingError {
+ public:
+  InputError(const std::string& file, const std::string& reason) : SettingsNamingError(file, reason, false) {}
+};
+
+// Where a configuration value came from (ConfigMap::origin): a file, or a
+// setting written "{name}" (ConfigMap::apply_override gives "{overrides}").
+inline bool origin_is_setting(const std::string& origin) {
+  return origin.size() > 2 && origin.front() == '{' && origin.back() == '}';
+}
+// The error about a value from `origin`: a SettingError naming the setting,
+// or an Error naming the file.
+[[noreturn]] inline void throw_at_origin(const std::string& origin, const std::string& reason) {
+  if (origin_is_setting(origin)) throw SettingError(origin.substr(1, origin.size() - 2), reason);
+  throw Error(origin, reason);
+}
+
+}  // namespace iris
