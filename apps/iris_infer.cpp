@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
                       {"probabilities", "--probabilities"}, {"dicom_seg", "--dicom-seg"},
                       {"num_parts", "--num-parts"},     {"part_id", "--part-id"},
                       {"overwrite", "--overwrite"},     {"skip_finished", "--continue"},
-                      {"series", "--series"}});
+                      {"series", "--series"},           {"nan_as", "--nan-as"}});
   app::name_memory_settings("--window, --window-batch and --classes-per-pass (stitching on the GPU: "
                             "--aggregate-on-cpu), and the query's size");
 

@@ -46,25 +46,27 @@ fi
 # version, and VENV/cuda, a toolkit folder of links into the wheel's CUDA
 # (nvidia/cu13) that CMake takes (cmake/IrisDependencies.cmake). So iris still
 # compiles every CUDA and NCCL path there, rather than a CPU-only build.
-if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ] && [ ! -x "$VENV/cuda/bin/nvcc" ]; then
-  cuda_version=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("cuda-toolkit"))')
-  "$VENV/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[nvcc]==$cuda_version"
-  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  wheel_cuda="$site/nvidia/cu13"
-  [ -x "$wheel_cuda/bin/nvcc" ] || { echo "setup: PyPI's nvcc is not at $wheel_cuda/bin/nvcc" >&2; exit 1; }
-  rm -rf "$VENV/cuda.tmp" && mkdir -p "$VENV/cuda.tmp/lib"
-  for d in bin include nvvm; do ln -s "$wheel_cuda/$d" "$VENV/cuda.tmp/$d"; done
-  # The wheel ships libcudart.so.13 and the like; CMake looks for libcudart.so.
-  for f in "$wheel_cuda"/lib/*; do
-    name=$(basename "$f")
-    ln -s "$f" "$VENV/cuda.tmp/lib/$name"
-    case "$name" in *.so.*) [ -e "$VENV/cuda.tmp/lib/${name%%.so.*}.so" ] || ln -s "$f" "$VENV/cuda.tmp/lib/${name%%.so.*}.so" ;; esac
-  done
-  mv "$VENV/cuda.tmp" "$VENV/cuda"
-  echo "setup: no CUDA toolkit here; iris builds with PyPI's nvcc $cuda_version ($VENV/cuda)"
-fi
-FIX=third_party/fixtures
-if [ ! -f "$FIX/SHA256" ] || [ tools/make_test_fixtures.py -nt "$FIX/SHA256" ] || [ "$stamp" -nt "$FIX/SHA256" ]; then
-  "$VENV/bin/python" tools/make_test_fixtures.py "$FIX"
+cuda_version=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("cuda-toolkit"))' 2> /dev/null || true)
+if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  if [ -z "$cuda_version" ]; then
+    echo "setup: no CUDA toolkit here, and $VENV's torch brings no cuda-toolkit: iris builds for the CPU only" >&2
+  elif [ "$(cat "$VENV/cuda/.iris-version" 2> /dev/null)" != "$cuda_version" ] || [ ! -x "$VENV/cuda/bin/nvcc" ]; then
+    "$VENV/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[nvcc]==$cuda_version"
+    site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    wheel_cuda="$site/nvidia/cu13"
+    [ -x "$wheel_cuda/bin/nvcc" ] || { echo "setup: PyPI's nvcc is not at $wheel_cuda/bin/nvcc" >&2; exit 1; }
+    rm -rf "$VENV/cuda.tmp" && mkdir -p "$VENV/cuda.tmp/lib"
+    for d in bin include nvvm; do ln -s "$wheel_cuda/$d" "$VENV/cuda.tmp/$d"; done
+    # The wheel ships libcudart.so.13 and the like; CMake looks for libcudart.so.
+    for f in "$wheel_cuda"/lib/*; do
+      name=$(basename "$f")
+      ln -s "$f" "$VENV/cuda.tmp/lib/$name"
+      case "$name" in *.so.*) [ -e "$VENV/cuda.tmp/lib/${name%%.so.*}.so" ] || ln -s "$f" "$VENV/cuda.tmp/lib/${name%%.so.*}.so" ;; esac
+    done
+    echo "$cuda_version" > "$VENV/cuda.tmp/.iris-version"
+    rm -rf "$VENV/cuda"  # an older one (another torch pin) is replaced, never nested
+    mv "$VENV/cuda.tmp" "$VENV/cuda"
+    echo "setup: no CUDA toolkit here; iris builds with PyPI's nvcc $cuda_version ($VENV/cuda)"
+  fi
 fi
 echo "iris setup: ok"

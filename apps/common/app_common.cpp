@@ -56,6 +56,8 @@ std::map<std::string, std::string>& setting_flags() {
 
 void name_settings(std::initializer_list<std::pair<const char*, const char*>> pairs) {
   for (const auto& [setting, flag] : pairs) setting_flags()[setting] = flag;
+  // Every message of this process, reports and warnings too, names them so.
+  iris::setting_namer() = flag_of;
 }
 
 std::string flag_of(const std::string& setting) {
@@ -86,6 +88,7 @@ void name_memory_settings(const std::string& settings) { memory_settings() = set
 
 int run_main(const std::string& program, const std::function<int()>& body) {
   install_write_signal_handlers();
+  iris::setting_namer() = flag_of;
   try {
     return body();
   } catch (const CLI::ParseError& e) {
@@ -95,11 +98,10 @@ int run_main(const std::string& program, const std::function<int()>& body) {
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kFailure;
   } catch (const iris::SettingsNamingError& e) {
-    // A setting is this program's flag: a usage error. A file: bad input.
-    const std::string where = e.about_setting() ? flag_of(e.where()) : e.where();
-    const std::string reason = e.reason_naming(flag_of);
+    // A setting (named as this program's flag): a usage error. A file: bad input.
     std::cerr << program << (e.about_setting() ? ": usage error: " : ": error: ")
-              << (where.empty() ? reason : where + ": " + reason) << std::endl;
+              << (e.where().empty() ? e.reason_naming(flag_of) : e.where() + ": " + e.reason_naming(flag_of))
+              << std::endl;
     return e.about_setting() ? kUsage : kBadInput;
   } catch (const iris::Error& e) {
     // A flag that is missing, malformed or in conflict is a usage error,

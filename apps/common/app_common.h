@@ -47,7 +47,8 @@ int run_main(const std::string& program, const std::function<int()>& body);
 // The library's errors name settings (iris/common/setting_error.h), the
 // program's messages name its flags: {"pool_dir", "--pool"} makes
 // "pool_dir: only with strategy retrieval" read "--pool: only with
-// --strategy retrieval". Declared next to the flags; a setting this program
+// --strategy retrieval", in errors, reports and warnings alike (it installs
+// iris::setting_namer). Declared next to the flags; a setting this program
 // has no flag for keeps its name.
 void name_settings(std::initializer_list<std::pair<const char*, const char*>> setting_flags);
 // The flag for `setting` in this program, or the setting's name.

@@ -147,7 +147,7 @@ void Segmenter::State::build_tuned_task(Member& member) {
   std::string source = member.model.loss ? "the model file" : "default: the model file records none";
   if (spec.tune_loss) {
     tuning.loss.region = *spec.tune_loss;
-    source = "the tune_loss setting";
+    source = setting_name("tune_loss");
   }
   std::ostringstream weights;
   weights << tuning.loss.dice << ":" << tuning.loss.bce;

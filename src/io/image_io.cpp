@@ -9,6 +9,7 @@
 
 #include "iris/common/atomic_file.h"
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 #include "iris/io/dicom.h"
 #include "image_checks.h"
 #include "nifti.h"
@@ -53,7 +54,7 @@ void check_finite(at::Tensor& voxels, const std::string& source, double nan_as, 
   voxels.masked_fill_(bad_mask, nan_as);
   if (warnings)
     warnings->push_back(std::to_string(bad) + " NaN or infinite voxel(s) replaced by " + std::to_string(nan_as) +
-                        " (nan_as)");
+                        " (" + setting_name("nan_as") + ")");
 }
 
 }  // namespace detail

@@ -366,7 +366,7 @@ RunOutcome run_training(ConfigMap config, const TrainingRunOptions& options) {
   if (outcome == train::TrainOutcome::kPreempted) {
     if (comm->rank() == 0)
       log::info("stopped on request; checkpoint " + trainer.last_checkpoint() +
-                " (resume with --resume; exit code 124 asks SLURM to requeue)");
+                " (resume with " + setting_name("resume") + "; exit code 124 asks SLURM to requeue)");
     return RunOutcome::kPreempted;
   }
   if (comm->rank() == 0) log::info("done; model written to " + trainer.final_model_path());

@@ -65,3 +65,20 @@ TEST(SettingError, TheLibraryPlacesNoErrorAtAFlag) {
   EXPECT_GT(files, 50);
   EXPECT_EQ(found, "") << "library errors name settings (SettingError), programs map them to flags";
 }
+
+// A program's names (app::name_settings installs them) reach every message
+// of the process, also one kept in a report or a warning; the setting keeps
+// its own name.
+TEST(SettingError, AProgramsNamesReachEveryMessage) {
+  setting_namer() = [](const std::string& s) { return s == "pool_dir" ? std::string("--pool") : "--" + s; };
+  const SettingError e("pool_dir", "only with " + setting_ref("strategy") + " retrieval");
+  const InputError file("x.task", "give " + setting_ref("task_file"));
+  const std::string warning = "replaced (" + setting_name("nan_as") + ")";
+  setting_namer() = nullptr;
+  EXPECT_EQ(std::string(e.what()), "--pool: only with --strategy retrieval");
+  EXPECT_EQ(e.setting(), "pool_dir");
+  EXPECT_EQ(e.where(), "--pool");
+  EXPECT_EQ(std::string(file.what()), "x.task: give --task_file");
+  EXPECT_EQ(warning, "replaced (--nan_as)");
+  EXPECT_EQ(setting_name("nan_as"), "nan_as");
+}

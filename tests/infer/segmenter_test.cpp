@@ -306,7 +306,7 @@ TEST_F(SegmenterTest, TuningOptimisesTheLossTheModelWasTrainedWith) {
   const double forced = first_loss(tversky_path, spec, &forced_loss);
   EXPECT_EQ(plain_loss, "soft_dice + BCE, 1:1 (default: the model file records none)");
   EXPECT_EQ(model_loss, "adaptive_tversky + BCE, 1:1 (the model file)");
-  EXPECT_EQ(forced_loss, "soft_dice + BCE, 1:1 (the tune_loss setting)");
+  EXPECT_EQ(forced_loss, "soft_dice + BCE, 1:1 (tune_loss)");
   EXPECT_GT(std::abs(recorded - plain), 1e-4) << "the model's adaptive Tversky loss was not the one tuned";
   EXPECT_EQ(forced, plain);
   infer::TaskSpec one = one_shot();

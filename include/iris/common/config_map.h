@@ -15,7 +15,9 @@ class ConfigMap {
   void set(const std::string& key, const std::string& value, const std::string& origin = "");
   bool has(const std::string& key) const;
   const std::string& get(const std::string& key) const;
-  // Where the value came from ("configs/x.yaml", "--set", ...), for messages.
+  // Where the value came from, for messages: a file ("configs/x.yaml"), or
+  // a setting written "{name}" (apply_override: "{overrides}";
+  // iris/common/setting_error.h: throw_at_origin).
   const std::string& origin(const std::string& key) const;
   const std::map<std::string, std::string>& entries() const { return values_; }
 

@@ -4,8 +4,8 @@
 // program's flags. SettingError: a setting is missing, malformed or in
 // conflict, and where() is its name (the field's). InputError: a file cannot
 // be used as it is. Either reason may name settings with setting_ref(name).
-// Each program shows a setting as its own flag (apps/common: name_settings,
-// run_main); what() gives the settings' names:
+// Each program shows a setting as its own flag (apps/common: name_settings
+// installs setting_namer); without one, what() gives the settings' names:
 //   throw SettingError("pool_dir", "only with " + setting_ref("strategy") + " retrieval");
 //   what():     "pool_dir: only with strategy retrieval"
 //   iris-infer: "usage error: --pool: only with --strategy retrieval"
@@ -20,8 +20,19 @@ namespace iris {
 // path or value (which may hold braces or words) is ever taken for one.
 inline std::string setting_ref(const std::string& name) { return '\x01' + name + '\x02'; }
 
-// An Error whose reason names settings (setting_ref); what() gives the bare
-// names.
+// How this process names settings: a program installs its flags once at
+// start (apps/common: name_settings), so that every message, also one kept
+// in a report or a warning, reads as the user gave the setting. Unset (a
+// library caller): the settings' own names.
+inline std::function<std::string(const std::string&)>& setting_namer() {
+  static std::function<std::string(const std::string&)> namer;
+  return namer;
+}
+// `name` as this process names it (setting_namer), e.g. in a warning.
+inline std::string setting_name(const std::string& name) { return setting_namer() ? setting_namer()(name) : name; }
+
+// An Error whose reason names settings (setting_ref); what() gives them as
+// this process names them (setting_namer).
 class SettingsNamingError : public Error {
  public:
   using Namer = std::function<std::string(const std::string&)>;
@@ -52,19 +63,26 @@ class SettingsNamingError : public Error {
   }
 
  protected:
+  // what() and where() name settings as this process does (setting_namer).
   SettingsNamingError(const std::string& where, const std::string& reason, bool about_setting)
-      : Error(where, fill(reason, nullptr)), template_(reason), about_setting_(about_setting) {}
+      : Error(about_setting ? setting_name(where) : where, fill(reason, setting_namer())),
+        subject_(where),
+        template_(reason),
+        about_setting_(about_setting) {}
+
+  std::string subject_;  // the setting's own name, or the file
 
  private:
   std::string template_;
   bool about_setting_;
 };
 
-// A setting that is missing, malformed or in conflict: where() names it.
+// A setting that is missing, malformed or in conflict: setting() is its own
+// name, where() its name in this process (a program's flag).
 class SettingError : public SettingsNamingError {
  public:
   SettingError(const std::string& setting, const std::string& reason) : SettingsNamingError(setting, reason, true) {}
-  const std::string& setting() const noexcept { return where(); }
+  const std::string& setting() const noexcept { return subject_; }
 };
 
 // A file that cannot be used as it is, with a reason that may tell which

@@ -70,7 +70,8 @@ std::string summary_json(const EvaluationSummary& summary);
 std::string metrics_csv(const EvaluationSummary& summary);
 std::string console_table(const EvaluationSummary& summary);
 
-// Parses "1,2,5" into labels; throws iris::Error on anything else.
+// Parses "1,2,5" into labels; an iris::SettingError naming "labels" for
+// anything else.
 std::vector<int32_t> parse_label_list(const std::string& text);
 // Label names file: lines "<value> <name>" or "<value>,<name>"; '#' comments.
 std::map<int32_t, std::string> read_label_names(const std::string& path);

@@ -36,8 +36,8 @@ struct ConvertSummary {
 };
 
 // Converts the dataset `format` found under `source` into the nnU-Net v2 raw
-// folder `destination` (which must not exist). iris::Error naming the flag,
-// file or folder for an unknown format (listing the known ones), a layout
+// folder `destination` (which must not exist). iris::Error naming the
+// argument (FORMAT), file or folder for an unknown format (listing the known ones), a layout
 // that does not match the format (saying which file was expected), or a
 // damaged file.
 ConvertSummary convert_dataset(const std::string& format, const std::string& source, const std::string& destination,
