@@ -69,4 +69,8 @@ if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
     echo "setup: no CUDA toolkit here; iris builds with PyPI's nvcc $cuda_version ($VENV/cuda)"
   fi
 fi
+FIX=third_party/fixtures
+if [ ! -f "$FIX/SHA256" ] || [ tools/make_test_fixtures.py -nt "$FIX/SHA256" ] || [ "$stamp" -nt "$FIX/SHA256" ]; then
+  "$VENV/bin/python" tools/make_test_fixtures.py "$FIX"
+fi
 echo "iris setup: ok"
