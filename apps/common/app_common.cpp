@@ -56,8 +56,6 @@ std::map<std::string, std::string>& setting_flags() {
 
 void name_settings(std::initializer_list<std::pair<const char*, const char*>> pairs) {
   for (const auto& [setting, flag] : pairs) setting_flags()[setting] = flag;
-  // Every message of this process, reports and warnings too, names them so.
-  iris::setting_namer() = flag_of;
 }
 
 std::string flag_of(const std::string& setting) {
@@ -88,6 +86,7 @@ void name_memory_settings(const std::string& settings) { memory_settings() = set
 
 int run_main(const std::string& program, const std::function<int()>& body) {
   install_write_signal_handlers();
+  // Every message of this process, reports and warnings too, names settings as its flags.
   iris::setting_namer() = flag_of;
   try {
     return body();
@@ -98,10 +97,8 @@ int run_main(const std::string& program, const std::function<int()>& body) {
     std::cerr << program << ": error: " << e.what() << std::endl;
     return kFailure;
   } catch (const iris::SettingsNamingError& e) {
-    // A setting (named as this program's flag): a usage error. A file: bad input.
-    std::cerr << program << (e.about_setting() ? ": usage error: " : ": error: ")
-              << (e.where().empty() ? e.reason_naming(flag_of) : e.where() + ": " + e.reason_naming(flag_of))
-              << std::endl;
+    // A setting (what() names it as this program's flag): a usage error. A file: bad input.
+    std::cerr << program << (e.about_setting() ? ": usage error: " : ": error: ") << e.what() << std::endl;
     return e.about_setting() ? kUsage : kBadInput;
   } catch (const iris::Error& e) {
     // A flag that is missing, malformed or in conflict is a usage error,

@@ -47,9 +47,9 @@ int run_main(const std::string& program, const std::function<int()>& body);
 // The library's errors name settings (iris/common/setting_error.h), the
 // program's messages name its flags: {"pool_dir", "--pool"} makes
 // "pool_dir: only with strategy retrieval" read "--pool: only with
-// --strategy retrieval", in errors, reports and warnings alike (it installs
-// iris::setting_namer). Declared next to the flags; a setting this program
-// has no flag for keeps its name.
+// --strategy retrieval", in errors, reports and warnings alike (run_main
+// installs flag_of as iris::setting_namer). Declared next to the flags; a
+// setting this program has no flag for keeps its name.
 void name_settings(std::initializer_list<std::pair<const char*, const char*>> setting_flags);
 // The flag for `setting` in this program, or the setting's name.
 std::string flag_of(const std::string& setting);

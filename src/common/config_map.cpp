@@ -22,14 +22,13 @@ std::string unquote(const std::string& s) {
   return s;
 }
 
-// A bad value of `key`: named with where it came from.
-[[noreturn]] void bad_value(const ConfigMap& m, const std::string& key, const std::string& reason) {
+}  // namespace
+
+void throw_bad_value(const ConfigMap& m, const std::string& key, const std::string& reason) {
   const std::string& o = m.origin(key);
   if (o.empty()) throw Error(key, reason);
   throw_at_origin(o, key + ": " + reason);
 }
-
-}  // namespace
 
 void ConfigMap::set(const std::string& key, const std::string& value, const std::string& origin) {
   values_[key] = value;
@@ -295,7 +294,7 @@ long config_int(const ConfigMap& m, const std::string& key) {
     if (used != v.size()) throw std::invalid_argument(v);
     return x;
   } catch (const std::exception&) {
-    bad_value(m, key, "expected an integer, got '" + v + "'");
+    throw_bad_value(m, key, "expected an integer, got '" + v + "'");
   }
 }
 
@@ -307,7 +306,7 @@ double config_double(const ConfigMap& m, const std::string& key) {
     if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument(v);
     return x;
   } catch (const std::exception&) {
-    bad_value(m, key, "expected a finite number, got '" + v + "'");
+    throw_bad_value(m, key, "expected a finite number, got '" + v + "'");
   }
 }
 
@@ -316,13 +315,13 @@ bool config_bool(const ConfigMap& m, const std::string& key) {
   std::transform(v.begin(), v.end(), v.begin(), ::tolower);
   if (v == "true" || v == "yes" || v == "on" || v == "1") return true;
   if (v == "false" || v == "no" || v == "off" || v == "0") return false;
-  bad_value(m, key, "expected true or false, got '" + v + "'");
+  throw_bad_value(m, key, "expected true or false, got '" + v + "'");
 }
 
 std::vector<long> config_int_list(const ConfigMap& m, const std::string& key) {
   std::string v = trim(m.get(key));
   if (v.size() < 2 || v.front() != '[' || v.back() != ']')
-    bad_value(m, key, "expected a list like [32, 64], got '" + v + "'");
+    throw_bad_value(m, key, "expected a list like [32, 64], got '" + v + "'");
   std::vector<long> out;
   std::stringstream ss(v.substr(1, v.size() - 2));
   std::string item;
@@ -334,7 +333,7 @@ std::vector<long> config_int_list(const ConfigMap& m, const std::string& key) {
       out.push_back(std::stol(item, &used));
       if (used != item.size()) throw std::invalid_argument(item);
     } catch (const std::exception&) {
-      bad_value(m, key, "list item '" + item + "' is not an integer");
+      throw_bad_value(m, key, "list item '" + item + "' is not an integer");
     }
   }
   return out;

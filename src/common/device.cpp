@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 #include "iris/common/error.h"
+#include "iris/common/setting_error.h"
 
 namespace iris {
 
@@ -70,21 +71,21 @@ c10::Device resolve_device(const std::string& requested, const DistributedEnv& e
   static const std::regex cuda(R"(^cuda(:([0-9]+))?$)");
   std::smatch m;
   if (!std::regex_match(requested, m, cuda))
-    throw Error(where, "unknown device '" + requested + "' (use cpu, cuda, or cuda:N)");
+    throw_at_origin(where, "unknown device '" + requested + "' (use cpu, cuda, or cuda:N)");
   if (cuda_devices <= 0)
-    throw Error(where, "'" + requested + "' asked for, but " +
+    throw_at_origin(where, "'" + requested + "' asked for, but " +
                            std::string(compat::cuda_available() ? "this machine has no visible GPU"
                                                                 : "this build has no CUDA (build against a CUDA LibTorch)"));
   int index = env.local_rank;
   if (m[1].matched) {
     index = std::atoi(m[2].str().c_str());
     if (env.local_world_size > 1)
-      throw Error(where, "'" + requested + "' with " + std::to_string(env.local_world_size) +
+      throw_at_origin(where, "'" + requested + "' with " + std::to_string(env.local_world_size) +
                              " ranks on this node would put them all on one GPU: use 'cuda' (rank r takes "
                              "cuda:LOCAL_RANK)");
   }
   if (index >= cuda_devices)
-    throw Error(where, "'" + requested + "' needs GPU " + std::to_string(index) + " but this process sees " +
+    throw_at_origin(where, "'" + requested + "' needs GPU " + std::to_string(index) + " but this process sees " +
                            std::to_string(cuda_devices) + " (check CUDA_VISIBLE_DEVICES and --gres)");
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
 }

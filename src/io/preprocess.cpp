@@ -39,11 +39,7 @@ std::vector<double> parse_number_list(const ConfigMap& m, const std::string& key
       used = 0;
     }
     if (used != word.size() || !std::isfinite(v))
-    {
-      const std::string reason = "'" + m.get(key) + "' is not a number or list of numbers";
-      if (origin_is_setting(m.origin(key))) throw_at_origin(m.origin(key), key + ": " + reason);
-      throw Error(key + (m.origin(key).empty() ? "" : " (" + m.origin(key) + ")"), reason);
-    }
+      throw_bad_value(m, key, "'" + m.get(key) + "' is not a number or list of numbers");
     values.push_back(v);
   }
   return values;

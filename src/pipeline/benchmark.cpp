@@ -68,18 +68,8 @@ Json benchmark(const BenchmarkOptions& o) {
   for (const auto& assignment : o.overrides) cfg.apply_override(assignment);
   auto config = model::ModelConfig::from_config(cfg);
   const long patch = o.patch > 0 ? o.patch : config.max_patch_size;
-  const DistributedEnv env = DistributedEnv::from_environment();  // its errors name the variable
-  const int gpus = visible_cuda_devices();
-  const torch::Device device = [&] {
-    try {
-      return resolve_device(o.device, env, gpus, "device");
-    } catch (const SettingError&) {
-      throw;
-    } catch (const Error& e) {
-      if (e.where() != "device") throw;
-      throw SettingError("device", e.reason());  // the device setting, not a file
-    }
-  }();
+  const torch::Device device =
+      resolve_device(o.device, DistributedEnv::from_environment(), visible_cuda_devices(), "{device}");
   torch::manual_seed(0);
   model::IrisNet net(config);
   net->to(device);

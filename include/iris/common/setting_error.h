@@ -24,8 +24,9 @@ inline std::string setting_ref(const std::string& name) { return '\x01' + name +
 // start (apps/common: name_settings), so that every message, also one kept
 // in a report or a warning, reads as the user gave the setting. Unset (a
 // library caller): the settings' own names.
-inline std::function<std::string(const std::string&)>& setting_namer() {
-  static std::function<std::string(const std::string&)> namer;
+using SettingNamer = std::function<std::string(const std::string&)>;
+inline SettingNamer& setting_namer() {
+  static SettingNamer namer;
   return namer;
 }
 // `name` as this process names it (setting_namer), e.g. in a warning.
@@ -35,16 +36,14 @@ inline std::string setting_name(const std::string& name) { return setting_namer(
 // this process names them (setting_namer).
 class SettingsNamingError : public Error {
  public:
-  using Namer = std::function<std::string(const std::string&)>;
-
   // The reason with each setting_ref(name) written as name_of(name).
-  std::string reason_naming(const Namer& name_of) const { return fill(template_, name_of); }
+  std::string reason_naming(const SettingNamer& name_of) const { return fill(template_, name_of); }
   // True when where() is a setting (a usage error), false when it is a file.
   bool about_setting() const noexcept { return about_setting_; }
 
   // `text` with each setting_ref(name) written as name_of(name), or as the
   // bare name when name_of is empty.
-  static std::string fill(const std::string& text, const Namer& name_of) {
+  static std::string fill(const std::string& text, const SettingNamer& name_of) {
     std::string out;
     size_t i = 0;
     while (i < text.size()) {
@@ -97,11 +96,17 @@ class InputError : public SettingsNamingError {
 inline bool origin_is_setting(const std::string& origin) {
   return origin.size() > 2 && origin.front() == '{' && origin.back() == '}';
 }
-// The error about a value from `origin`: a SettingError naming the setting,
-// or an Error naming the file.
+// The error about a value from `origin` (or about an argument that a caller
+// names so, as resolve_device's `where`): a SettingError naming the setting,
+// or an Error naming the file or key.
 [[noreturn]] inline void throw_at_origin(const std::string& origin, const std::string& reason) {
   if (origin_is_setting(origin)) throw SettingError(origin.substr(1, origin.size() - 2), reason);
   throw Error(origin, reason);
 }
+
+class ConfigMap;
+// A bad value of `key` in `m`, named with where it came from
+// (config_map.cpp): "FILE: key: reason", or a SettingError for {overrides}.
+[[noreturn]] void throw_bad_value(const ConfigMap& m, const std::string& key, const std::string& reason);
 
 }  // namespace iris
