@@ -15,8 +15,9 @@ int main(int argc, char** argv) {
   pipeline::BenchmarkOptions o;
   std::string output;
   int threads = 0;
-  app::add_config_options(cli, o.config_path, o.overrides, "model config (configs/model/*.yaml; its model: keys)");
-  cli.add_option("--preset", o.preset, "model preset when no --config: mass, paper, small, tiny");
+  app::add_config_options(cli, o.config_path, o.overrides, {"model"},
+                          "the model's architecture (configs/model/*.yaml), on top of --preset");
+  cli.add_option("--preset", o.preset, "model preset under --config and --set: mass, paper, small, tiny");
   cli.add_option("--patch", o.patch, "cubic patch size (default: the model's max_patch_size)")->check(CLI::Range(0L, 4096L));
   cli.add_option("--batch", o.batch, "episodes per training step")->check(CLI::Range(1, 4096));
   cli.add_option("--classes", o.classes, "classes per episode / task")->check(CLI::Range(1, 4096));

@@ -27,9 +27,9 @@ int main(int argc, char** argv) {
   bool trust_legacy = false;
   cli.add_option("checkpoint", checkpoint, "file written by torch.save")->required();
   cli.add_option("--output", output, "iris model file to write (.iris)")->required();
-  app::add_config_options(cli, config_path, overrides,
-                          "YAML with model: keys (on top of the architecture read off the checkpoint; head_dim is required) "
-                          "and preprocess: keys (stored for iris-infer)");
+  app::add_config_options(cli, config_path, overrides, {"model", "preprocess"},
+                          "model keys go on top of the architecture read off the checkpoint (head_dim is required), "
+                          "preprocess keys are stored for iris-infer");
   cli.add_option("--state-dict-key", key, "take the weights from this entry (model, ema_model, ...)");
   cli.add_option("--preprocess-like", preprocess_like,
                  "store the preprocessing (spacing, orientation, intensity) of this iris model file; or give it as a "
@@ -88,20 +88,11 @@ int main(int argc, char** argv) {
                                   " file, not a PyTorch checkpoint: to convert one of iris' first format, add "
                                   "--trust-legacy (only for files you trust); to attach a skull-strip step to a model, "
                                   "--skull-strip-task");
-    // A config holds model: and preprocess: sections (a training config
-    // does), or model keys alone; --set KEY (a model key), model.KEY or
-    // preprocess.KEY go on top.
-    ConfigMap model_keys, preprocess_keys;
-    if (!config_path.empty()) {
-      const ConfigMap file = ConfigMap::load_yaml_file(config_path);
-      const bool sections = !file.subtree("model").entries().empty() || !file.subtree("preprocess").entries().empty();
-      model_keys = sections ? file.subtree("model") : file;
-      preprocess_keys = file.subtree("preprocess");
-    }
-    for (const auto& o : overrides) {
-      if (o.rfind("preprocess.", 0) == 0) preprocess_keys.apply_override(o.substr(11));
-      else model_keys.apply_override(o.rfind("model.", 0) == 0 ? o.substr(6) : o);
-    }
+    // The one --config/--set rule (config_map.h): model: and preprocess:
+    // sections, a bare key being a model key.
+    auto read = read_config_sections(config_path, overrides, {"model", "preprocess"});
+    const ConfigMap& model_keys = read["model"];
+    ConfigMap& preprocess_keys = read["preprocess"];
     if (!preprocess_like.empty()) {
       if (!preprocess_keys.entries().empty())
         throw Error("--preprocess-like", "give the preprocessing once: from a model file or from --config/--set, not both");

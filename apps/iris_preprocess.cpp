@@ -25,21 +25,6 @@ std::string labels_path_next_to(const std::string& output) {
   return output.substr(0, output.size() - ext.size()) + "_labels" + ext;
 }
 
-iris::ConfigMap load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
-  iris::ConfigMap config;
-  if (!yaml_path.empty()) {
-    iris::ConfigMap file = iris::ConfigMap::load_yaml_file(yaml_path);
-    // A full training/inference config keeps these under "preprocess:".
-    iris::ConfigMap section = file.subtree("preprocess");
-    config = section.entries().empty() ? file : section;
-  }
-  for (std::string assignment : overrides) {
-    if (assignment.rfind("preprocess.", 0) == 0) assignment = assignment.substr(11);
-    config.apply_override(assignment);
-  }
-  return config;
-}
-
 std::string describe_steps(const iris::io::PreprocessedImage& p) {
   std::ostringstream s;
   s << "source       " << p.source_geometry.describe() << "\n";
@@ -70,7 +55,7 @@ int main(int argc, char** argv) {
     app.add_option("--labels", labels, "Label map on the image's grid");
     app.add_option("--output", output, "Preprocessed image to write (.nii.gz, .nrrd, .mha, ...)")->required();
     app.add_option("--output-labels", labels_output, "Preprocessed labels (default: <output>_labels.<ext>)");
-    iris::app::add_config_options(app, config_path, overrides, "preprocessing config (its preprocess: keys, or flat keys)");
+    iris::app::add_config_options(app, config_path, overrides, {"preprocess"}, "the preprocessing");
     app.add_flag("--inverse-check", inverse_check,
                  "Map the result back onto the input grid and check geometry (and labels)");
     app.add_option("--skull-strip", strip_model, "Skull-strip the input first, by in-context "
@@ -92,7 +77,8 @@ int main(int argc, char** argv) {
                                       {"--brain-mask-output", &brain_mask_output}})
       if (!value->empty() && strip_model.empty()) throw iris::Error(flag, "belongs to --skull-strip: it needs --skull-strip MODEL");
     iris::app::configure_threads(threads);
-    const auto config = iris::io::PreprocessConfig::from_config(load_config(config_path, overrides));
+    const auto config = iris::io::PreprocessConfig::from_config(
+        iris::read_config_sections(config_path, overrides, {"preprocess"})["preprocess"]);
 
     const auto start = std::chrono::steady_clock::now();
     iris::io::Image image = iris::io::read_image(input);

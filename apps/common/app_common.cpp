@@ -205,9 +205,17 @@ void add_threads_option(CLI::App& app, int& threads) {
 }
 
 void add_config_options(CLI::App& app, std::string& config, std::vector<std::string>& overrides,
-                        const std::string& what) {
-  app.add_option("--config", config, what + " (YAML)");
-  app.add_option("--set", overrides, "override a key of it: --set key=value (repeatable)");
+                        const std::vector<std::string>& sections, const std::string& what) {
+  std::string listed, keys;
+  for (const auto& s : sections) {
+    listed += (listed.empty() ? "" : sections.size() > 1 && &s == &sections.back() ? " and " : ", ") + s + ":";
+    keys += (keys.empty() ? "" : ", ") + s + ".KEY=VALUE";
+  }
+  app.add_option("--config", config,
+                 "YAML with " + listed + " sections (a training config will do), or " + sections.front() +
+                     " keys alone: " + what);
+  app.add_option("--set", overrides,
+                 "override a key: --set " + keys + ", or KEY=VALUE for a " + sections.front() + " key (repeatable)");
   name_settings({{"config", "--config"}, {"overrides", "--set"}});
 }
 

@@ -77,8 +77,10 @@ void keep_freed_memory();
 // The options every program spells the same way.
 void add_device_option(CLI::App& app, std::string& device);
 void add_threads_option(CLI::App& app, int& threads);
+// --config FILE and --set KEY=VALUE, read by read_config_sections
+// (iris/common/config_map.h) with these `sections`, the first taking bare keys.
 void add_config_options(CLI::App& app, std::string& config, std::vector<std::string>& overrides,
-                        const std::string& what);
+                        const std::vector<std::string>& sections, const std::string& what);
 
 // --quiet (warnings and errors only) and --verbose (debug messages) on `app`.
 void add_verbosity(CLI::App& app);

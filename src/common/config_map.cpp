@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "iris/common/error.h"
+#include "iris/common/internal_error.h"
 #include "iris/common/setting_error.h"
 #include "iris/common/text.h"
 
@@ -94,6 +95,52 @@ void ConfigMap::apply_override(const std::string& assignment) {
   if (eq == std::string::npos || eq == 0)
     throw SettingError("overrides", "'" + assignment + "': expected key=value");
   set(trim(assignment.substr(0, eq)), unquote(trim(assignment.substr(eq + 1))), "{overrides}");
+}
+
+std::map<std::string, ConfigMap> read_config_sections(const std::string& path,
+                                                      const std::vector<std::string>& overrides,
+                                                      const std::vector<std::string>& sections) {
+  if (sections.empty()) internal_error("read_config_sections", "no section");
+  std::map<std::string, ConfigMap> out;
+  for (const auto& s : sections) out[s];
+  auto section_of = [&sections](const std::string& key) -> std::string {
+    const auto dot = key.find('.');
+    if (dot == std::string::npos) return "";
+    const std::string head = key.substr(0, dot);
+    return std::find(sections.begin(), sections.end(), head) != sections.end() ? head : "";
+  };
+  auto sections_text = [&sections] {
+    std::string t;
+    for (const auto& s : sections) t += (t.empty() ? "" : ", ") + s;
+    return t;
+  };
+  if (!path.empty()) {
+    const ConfigMap file = ConfigMap::load_yaml_file(path);
+    bool has_section = false;
+    for (const auto& [k, v] : file.entries()) has_section = has_section || !section_of(k).empty();
+    if (!has_section) {
+      out[sections.front()] = file;
+    } else {
+      for (const auto& [k, v] : file.entries()) {
+        const std::string s = section_of(k);
+        if (!s.empty()) out[s].set(k.substr(s.size() + 1), v, file.origin(k));
+        else if (k.find('.') == std::string::npos)
+          throw Error(path, "key '" + k + "' stands outside any section, beside the sections " + sections_text() +
+                                ": put it under its section");
+      }
+    }
+  }
+  for (const auto& o : overrides) {
+    if (o.find('=') == std::string::npos) out[sections.front()].apply_override(o);  // refused: no '='
+    const std::string key = trim(o.substr(0, o.find('=')));
+    const std::string s = section_of(key);
+    if (s.empty() && key.find('.') != std::string::npos)
+      throw SettingError("overrides", "'" + o + "': this program reads only the section" +
+                                          (sections.size() > 1 ? "s " : " ") + sections_text() + " (write " +
+                                          sections.front() + ".KEY=VALUE, or KEY=VALUE)");
+    out[s.empty() ? sections.front() : s].apply_override(s.empty() ? o : trim(o).substr(s.size() + 1));
+  }
+  return out;
 }
 
 namespace {

@@ -94,7 +94,7 @@ void Segmenter::State::choose_strategy() {
   if (strategy == "one-shot" || strategy == "ensemble") {
     if (!spec.task_file.empty() && spec.task) throw SettingError("task_file", "give one stored task");
     if ((!spec.references.empty()) + stored_task() != 1)
-      throw SettingError("references", "give exactly one task source: " + setting_ref("references") + "/" + setting_ref("reference_masks") + ", " + setting_ref("task_file") + " or " + setting_ref("classes"));
+      throw SettingError("references", "give exactly one task source: " + setting_ref("references") + "/" + setting_ref("reference_masks") + " or " + setting_ref("task_file"));
     if (strategy == "one-shot" && spec.references.size() > 1)
       throw SettingError("strategy", "one-shot takes one reference (several make a context ensemble: " + setting_ref("strategy") + " ensemble)");
   }

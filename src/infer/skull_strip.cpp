@@ -35,14 +35,19 @@ SkullStripResult skull_strip(const Image& image, const std::string& model_path, 
   if (image.voxels.dim() != 3)
     throw Error(image.source.empty() ? "skull stripping" : image.source, "needs a single-channel 3-D image");
   TaskSpec task;
-  if (task_path.empty()) {
-    model::IrisModel m = model::load_model(model_path);
-    if (!m.skull_strip)
+  {
+    // The Segmenter's own refusal of a model without preprocessing offers a
+    // setting that skull stripping does not have.
+    const model::IrisModel m = model::load_model(model_path);
+    if (m.preprocess.empty())
+      throw InputError(model_path, "stores no preprocessing (spacing, orientation, intensity), which skull stripping "
+                                   "needs: import it again with its preprocessing (iris-import --preprocess-like "
+                                   "MODEL.iris, or preprocess: keys in --config)");
+    if (task_path.empty() && !m.skull_strip)
       throw InputError(model_path, "stores no skull-strip task: give one (" + setting_ref("skull_strip_task") + "), or attach one with "
                                    "iris-import MODEL --skull-strip-task TASK --output MODEL2");
-    task.task = *m.skull_strip;
-  } else {
-    task.task_file = task_path;
+    if (task_path.empty()) task.task = *m.skull_strip;
+    else task.task_file = task_path;
   }
   const std::string task_name = task_path.empty() ? model_path + " (its skull-strip task)" : task_path;
   SegmenterOptions options;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <sstream>
 
 #include <ATen/ATen.h>
@@ -53,12 +54,6 @@ bool is_none(const ConfigMap& m, const std::string& key) {
 
 }  // namespace
 
-std::vector<std::string> PreprocessConfig::known_keys() {
-  return {"reorient",        "spacing",         "fast_spacing",   "interpolation",  "label_interpolation",
-          "intensity",       "crop_foreground", "crop_percentile", "crop_threshold",
-          "crop_margin_mm",  "n4",              "n4_shrink",       "n4_iterations"};
-}
-
 void PreprocessConfig::validate() const {
   if (spacing)
     for (double s : *spacing)
@@ -94,67 +89,107 @@ void PreprocessConfig::validate() const {
     if (it < 1) throw Error("preprocess.n4_iterations", "each level needs at least one iteration");
 }
 
+namespace {
+
+std::string bool_text(bool b) { return b ? "true" : "false"; }
+
+std::string spacing_text(const std::optional<std::array<double, 3>>& s) {
+  return s ? "[" + format_number((*s)[0]) + ", " + format_number((*s)[1]) + ", " + format_number((*s)[2]) + "]"
+           : "none";
+}
+
+void read_spacing(const ConfigMap& m, const std::string& key, std::optional<std::array<double, 3>>& out) {
+  if (is_none(m, key)) {
+    out.reset();
+    return;
+  }
+  const auto v = parse_number_list(m, key);
+  if (v.size() == 1) out = std::array<double, 3>{v[0], v[0], v[0]};
+  else if (v.size() == 3) out = std::array<double, 3>{v[0], v[1], v[2]};
+  else throw Error("preprocess." + key, "needs one number (isotropic), three (x, y, z) or none");
+}
+
+// Each preprocess.* key once: its name, how it is read and how it is written.
+struct Key {
+  const char* name;
+  std::function<void(const ConfigMap&, const std::string&, PreprocessConfig&)> read;
+  std::function<std::string(const PreprocessConfig&)> write;
+};
+
+const std::vector<Key>& keys() {
+  using C = PreprocessConfig;
+  using M = ConfigMap;
+  using S = std::string;
+  static const std::vector<Key> table{
+      {"reorient", [](const M& m, const S& k, C& c) { c.reorient = config_bool(m, k); },
+       [](const C& c) { return bool_text(c.reorient); }},
+      {"spacing", [](const M& m, const S& k, C& c) { read_spacing(m, k, c.spacing); },
+       [](const C& c) { return spacing_text(c.spacing); }},
+      {"fast_spacing", [](const M& m, const S& k, C& c) { read_spacing(m, k, c.fast_spacing); },
+       [](const C& c) { return spacing_text(c.fast_spacing); }},
+      {"interpolation",
+       [](const M& m, const S& k, C& c) {
+         c.image_interpolation = parse_interpolation(config_string(m, k), "preprocess." + k);
+       },
+       [](const C& c) { return interpolation_name(c.image_interpolation); }},
+      {"label_interpolation",
+       [](const M& m, const S& k, C& c) {
+         c.label_interpolation = parse_interpolation(config_string(m, k), "preprocess." + k);
+       },
+       [](const C& c) { return interpolation_name(c.label_interpolation); }},
+      {"intensity", [](const M& m, const S& k, C& c) { c.intensity = config_string(m, k); },
+       [](const C& c) { return c.intensity; }},
+      {"crop_foreground", [](const M& m, const S& k, C& c) { c.crop_foreground = config_bool(m, k); },
+       [](const C& c) { return bool_text(c.crop_foreground); }},
+      {"crop_percentile", [](const M& m, const S& k, C& c) { c.crop.percentile = config_double(m, k); },
+       [](const C& c) { return format_number(c.crop.percentile); }},
+      {"crop_threshold",
+       [](const M& m, const S& k, C& c) {
+         c.crop.use_threshold = !is_none(m, k);
+         if (c.crop.use_threshold) c.crop.threshold = config_double(m, k);
+       },
+       [](const C& c) { return c.crop.use_threshold ? format_number(c.crop.threshold) : S("none"); }},
+      {"crop_margin_mm", [](const M& m, const S& k, C& c) { c.crop.margin_mm = config_double(m, k); },
+       [](const C& c) { return format_number(c.crop.margin_mm); }},
+      {"n4", [](const M& m, const S& k, C& c) { c.n4 = config_bool(m, k); },
+       [](const C& c) { return bool_text(c.n4); }},
+      {"n4_shrink",
+       [](const M& m, const S& k, C& c) { c.n4_options.shrink_factor = static_cast<int>(config_int(m, k)); },
+       [](const C& c) { return std::to_string(c.n4_options.shrink_factor); }},
+      {"n4_iterations",
+       [](const M& m, const S& k, C& c) {
+         const auto v = config_int_list(m, k);
+         if (v.size() != 3) throw Error("preprocess." + k, "needs three counts (one per fitting level)");
+         for (int i = 0; i < 3; ++i) c.n4_options.iterations[i] = static_cast<int>(v[i]);
+       },
+       [](const C& c) {
+         const auto& it = c.n4_options.iterations;
+         return format_int_list({it[0], it[1], it[2]});
+       }},
+  };
+  return table;
+}
+
+}  // namespace
+
+std::vector<std::string> PreprocessConfig::known_keys() {
+  std::vector<std::string> names;
+  for (const auto& k : keys()) names.push_back(k.name);
+  return names;
+}
+
 PreprocessConfig PreprocessConfig::from_config(const ConfigMap& m) {
   reject_unknown_keys(m, known_keys(), "preprocess");
   PreprocessConfig c;
-  if (m.has("reorient")) c.reorient = config_bool(m, "reorient");
-  auto read_spacing = [&m](const std::string& key, std::optional<std::array<double, 3>>& out) {
-    if (!m.has(key)) return;
-    if (is_none(m, key)) {
-      out.reset();
-      return;
-    }
-    const auto v = parse_number_list(m, key);
-    if (v.size() == 1) out = std::array<double, 3>{v[0], v[0], v[0]};
-    else if (v.size() == 3) out = std::array<double, 3>{v[0], v[1], v[2]};
-    else throw Error("preprocess." + key, "needs one number (isotropic), three (x, y, z) or none");
-  };
-  read_spacing("spacing", c.spacing);
-  read_spacing("fast_spacing", c.fast_spacing);
-  if (m.has("interpolation"))
-    c.image_interpolation = parse_interpolation(config_string(m, "interpolation"), "preprocess.interpolation");
-  if (m.has("label_interpolation"))
-    c.label_interpolation =
-        parse_interpolation(config_string(m, "label_interpolation"), "preprocess.label_interpolation");
-  if (m.has("intensity")) c.intensity = config_string(m, "intensity");
-  if (m.has("crop_foreground")) c.crop_foreground = config_bool(m, "crop_foreground");
-  if (m.has("crop_percentile")) c.crop.percentile = config_double(m, "crop_percentile");
-  if (m.has("crop_threshold")) {
-    c.crop.use_threshold = !is_none(m, "crop_threshold");
-    if (c.crop.use_threshold) c.crop.threshold = config_double(m, "crop_threshold");
-  }
-  if (m.has("crop_margin_mm")) c.crop.margin_mm = config_double(m, "crop_margin_mm");
-  if (m.has("n4")) c.n4 = config_bool(m, "n4");
-  if (m.has("n4_shrink")) c.n4_options.shrink_factor = static_cast<int>(config_int(m, "n4_shrink"));
-  if (m.has("n4_iterations")) {
-    const auto v = config_int_list(m, "n4_iterations");
-    if (v.size() != 3) throw Error("preprocess.n4_iterations", "needs three counts (one per fitting level)");
-    for (int i = 0; i < 3; ++i) c.n4_options.iterations[i] = static_cast<int>(v[i]);
-  }
+  for (const auto& k : keys())
+    if (m.has(k.name)) k.read(m, k.name, c);
   c.validate();
   return c;
 }
 
 ConfigMap PreprocessConfig::to_config() const {
   ConfigMap m;
-  m.set("reorient", reorient ? "true" : "false");
-  auto spacing_text = [](const std::optional<std::array<double, 3>>& s) -> std::string {
-    return s ? "[" + format_number((*s)[0]) + ", " + format_number((*s)[1]) + ", " + format_number((*s)[2]) + "]"
-             : "none";
-  };
-  m.set("spacing", spacing_text(spacing));
-  m.set("fast_spacing", spacing_text(fast_spacing));
-  m.set("interpolation", interpolation_name(image_interpolation));
-  m.set("label_interpolation", interpolation_name(label_interpolation));
-  m.set("intensity", intensity);
-  m.set("crop_foreground", crop_foreground ? "true" : "false");
-  m.set("crop_percentile", format_number(crop.percentile));
-  m.set("crop_threshold", crop.use_threshold ? format_number(crop.threshold) : "none");
-  m.set("crop_margin_mm", format_number(crop.margin_mm));
-  m.set("n4", n4 ? "true" : "false");
-  m.set("n4_shrink", std::to_string(n4_options.shrink_factor));
-  m.set("n4_iterations", format_int_list({n4_options.iterations[0], n4_options.iterations[1],
-                                          n4_options.iterations[2]}));
+  for (const auto& k : keys()) m.set(k.name, k.write(*this));
   return m;
 }
 

@@ -1,5 +1,6 @@
 #include "iris/model/model_config.h"
 
+#include <functional>
 #include <sstream>
 
 #include "iris/common/error.h"
@@ -43,48 +44,81 @@ void ModelConfig::validate() const {
   if (!(dropout >= 0.0 && dropout < 1.0)) fail("dropout", "must be in [0, 1)");
 }
 
+namespace {
+
+// Each model.* key once: its name, how it is read and how it is written.
+struct Key {
+  const char* name;
+  std::function<void(const ConfigMap&, const std::string&, ModelConfig&)> read;
+  // "" leaves the key out of to_config.
+  std::function<std::string(const ModelConfig&)> write;
+};
+
+Key field(const char* name, long ModelConfig::*f) {
+  return {name, [f](const ConfigMap& m, const std::string& k, ModelConfig& c) { c.*f = config_int(m, k); },
+          [f](const ModelConfig& c) { return std::to_string(c.*f); }};
+}
+Key field(const char* name, std::vector<long> ModelConfig::*f) {
+  return {name, [f](const ConfigMap& m, const std::string& k, ModelConfig& c) { c.*f = config_int_list(m, k); },
+          [f](const ModelConfig& c) { return format_int_list(c.*f); }};
+}
+Key field(const char* name, double ModelConfig::*f) {
+  return {name, [f](const ConfigMap& m, const std::string& k, ModelConfig& c) { c.*f = config_double(m, k); },
+          [f](const ModelConfig& c) { return format_exact_number(c.*f); }};
+}
+Key field(const char* name, bool ModelConfig::*f) {
+  return {name, [f](const ConfigMap& m, const std::string& k, ModelConfig& c) { c.*f = config_bool(m, k); },
+          [f](const ModelConfig& c) { return std::string(c.*f ? "true" : "false"); }};
+}
+
+const std::vector<Key>& keys() {
+  static const std::vector<Key> table = [] {
+    std::vector<Key> t{
+        field("in_channels", &ModelConfig::in_channels),
+        field("channels", &ModelConfig::channels),
+        field("blocks_per_stage", &ModelConfig::blocks_per_stage),
+        field("prior_stages", &ModelConfig::prior_stages),
+        field("query_tokens", &ModelConfig::query_tokens),
+        field("head_dim", &ModelConfig::head_dim),
+        field("mlp_ratio", &ModelConfig::mlp_ratio),
+        field("attention_blocks", &ModelConfig::attention_blocks),
+        field("memory_bank_size", &ModelConfig::memory_bank_size),
+        field("ema_momentum", &ModelConfig::ema_momentum),
+        field("max_patch_size", &ModelConfig::max_patch_size),
+        field("foreground_token_in_attention", &ModelConfig::foreground_token_in_attention),
+        field("dropout", &ModelConfig::dropout),
+    };
+    // Written only when used, so that models without it keep their fingerprints.
+    auto& dropout = t.back();
+    dropout.write = [w = dropout.write](const ModelConfig& c) { return c.dropout > 0 ? w(c) : std::string(); };
+    return t;
+  }();
+  return table;
+}
+
+}  // namespace
+
 std::vector<std::string> ModelConfig::known_keys() {
-  return {"in_channels", "channels", "blocks_per_stage", "prior_stages", "query_tokens",
-          "head_dim", "mlp_ratio", "attention_blocks", "memory_bank_size", "ema_momentum",
-          "max_patch_size", "foreground_token_in_attention", "dropout", "preset"};
+  std::vector<std::string> names;
+  for (const auto& k : keys()) names.push_back(k.name);
+  names.push_back("preset");  // read first: the other keys go on top of it
+  return names;
 }
 
 ConfigMap ModelConfig::to_config() const {
   ConfigMap m;
-  m.set("in_channels", std::to_string(in_channels));
-  m.set("channels", format_int_list(channels));
-  m.set("blocks_per_stage", format_int_list(blocks_per_stage));
-  m.set("prior_stages", std::to_string(prior_stages));
-  m.set("query_tokens", std::to_string(query_tokens));
-  m.set("head_dim", std::to_string(head_dim));
-  m.set("mlp_ratio", std::to_string(mlp_ratio));
-  m.set("attention_blocks", std::to_string(attention_blocks));
-  m.set("memory_bank_size", std::to_string(memory_bank_size));
-  m.set("ema_momentum", format_exact_number(ema_momentum));
-  m.set("max_patch_size", std::to_string(max_patch_size));
-  m.set("foreground_token_in_attention", foreground_token_in_attention ? "true" : "false");
-  // Written only when used, so that models without it keep their fingerprints.
-  if (dropout > 0) m.set("dropout", format_exact_number(dropout));
+  for (const auto& k : keys()) {
+    const std::string value = k.write(*this);
+    if (!value.empty()) m.set(k.name, value);
+  }
   return m;
 }
 
 ModelConfig ModelConfig::from_config(const ConfigMap& m) {
   reject_unknown_keys(m, known_keys(), "model");
   ModelConfig c = m.has("preset") ? preset(m.get("preset")) : ModelConfig{};
-  if (m.has("in_channels")) c.in_channels = config_int(m, "in_channels");
-  if (m.has("channels")) c.channels = config_int_list(m, "channels");
-  if (m.has("blocks_per_stage")) c.blocks_per_stage = config_int_list(m, "blocks_per_stage");
-  if (m.has("prior_stages")) c.prior_stages = config_int(m, "prior_stages");
-  if (m.has("query_tokens")) c.query_tokens = config_int(m, "query_tokens");
-  if (m.has("head_dim")) c.head_dim = config_int(m, "head_dim");
-  if (m.has("mlp_ratio")) c.mlp_ratio = config_int(m, "mlp_ratio");
-  if (m.has("attention_blocks")) c.attention_blocks = config_int(m, "attention_blocks");
-  if (m.has("memory_bank_size")) c.memory_bank_size = config_int(m, "memory_bank_size");
-  if (m.has("ema_momentum")) c.ema_momentum = config_double(m, "ema_momentum");
-  if (m.has("max_patch_size")) c.max_patch_size = config_int(m, "max_patch_size");
-  if (m.has("foreground_token_in_attention"))
-    c.foreground_token_in_attention = config_bool(m, "foreground_token_in_attention");
-  if (m.has("dropout")) c.dropout = config_double(m, "dropout");
+  for (const auto& k : keys())
+    if (m.has(k.name)) k.read(m, k.name, c);
   c.validate();
   return c;
 }

@@ -64,8 +64,7 @@ Json measure(const std::function<void()>& step, int warmup, int repeats, const t
 Json benchmark(const BenchmarkOptions& o) {
   ConfigMap cfg;
   cfg.set("preset", o.preset, "{preset}");
-  if (!o.config_path.empty()) cfg.merge(ConfigMap::load_yaml_file(o.config_path).subtree("model"));
-  for (const auto& assignment : o.overrides) cfg.apply_override(assignment);
+  cfg.merge(read_config_sections(o.config_path, o.overrides, {"model"})["model"]);
   auto config = model::ModelConfig::from_config(cfg);
   const long patch = o.patch > 0 ? o.patch : config.max_patch_size;
   const torch::Device device =

@@ -98,6 +98,20 @@ TEST(SkullStrip, StripsAnUnseenHeadWithTheShippedBrainTask) {
   EXPECT_TRUE(at::equal(iris::io::read_labels((dir / "mask.nii.gz").string()).voxels.gt(0), brain));
   const at::Tensor stripped = iris::io::read_image((dir / "stripped.nii.gz").string()).voxels;
   EXPECT_TRUE(stripped.masked_select(brain.logical_not()).eq(0).all().item<bool>());
+  // A model without preprocessing is refused with advice iris-preprocess
+  // can follow (it has no --preprocess to run the model raw).
+  iris::model::IrisModel bare = iris::model::load_model(kModel);
+  bare.preprocess.clear();
+  iris::model::save_model(bare, (dir / "bare.iris").string());
+  const auto refused = iris::testing::run_program(
+      program, "--input " + kKmeans + "KmeansTest_T1UCharRaw.nii.gz --skull-strip " + (dir / "bare.iris").string() +
+                   " --skull-strip-task " + kTask + " --output " + (dir / "bare_out.nii.gz").string(),
+      (dir / "bare.log").string());
+  EXPECT_EQ(refused.exit_code, 3) << refused.output;
+  EXPECT_NE(refused.output.find("bare.iris: stores no preprocessing"), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find("import it again with its preprocessing"), std::string::npos) << refused.output;
+  EXPECT_EQ(refused.output.find("preprocess none"), std::string::npos) << refused.output;
+  EXPECT_FALSE(fs::exists(dir / "bare_out.nii.gz"));
   // --skull-strip-task alone is a usage error.
   EXPECT_NE(iris::testing::run_program(program, "--input x.nii.gz --output y.nii.gz --skull-strip-task " + kTask,
                                        (dir / "usage.log").string()).exit_code, 0);

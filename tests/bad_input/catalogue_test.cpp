@@ -364,6 +364,18 @@ std::vector<Row> rows() {
                         " --preset tiny --patch 256 --batch 16 --no-backward --warmup 0 --repeats 1 --threads 1";
                },
                1, {"error: out of memory: ", "GB asked for and refused; the memory grows with --patch, --batch"}, {}});
+  // --config/--set: one rule in every program (#37). iris-bench read only a
+  // model: section, so a file of model keys alone was ignored without a word.
+  r.push_back({"BenchConfigOfModelKeysAlone",
+               [=](const fs::path& d) {
+                 std::ofstream(d / "flat.yaml") << "head_dim: many\n";
+                 return program("iris-bench") + " --config " + shell_quoted((d / "flat.yaml").string()) +
+                        " --warmup 0 --repeats 1 --threads 1";
+               },
+               3, {"flat.yaml: head_dim: expected an integer, got 'many'"}, {}});
+  r.push_back({"BenchOverrideOfASectionItDoesNotRead",
+               [=](const fs::path&) { return program("iris-bench") + " --set train.lr=1"; }, 2,
+               {"usage error: --set: 'train.lr=1': this program reads only the section model"}, {}});
   r.push_back({"OverrideThatIsNoNumber",
                [=](const fs::path& d) {
                  return program("iris-train") + " " + shell_quoted(train_config(d, (d / "run").string())) +

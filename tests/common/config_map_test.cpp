@@ -269,3 +269,36 @@ TEST(ConfigMap, TheCleanConfigResolvesToItsWholeFormerSelf) {
   }
   EXPECT_EQ(m.entries().size(), 110u);  // as many keys as the whole file had
 }
+
+// --config and --set follow one rule in iris-import, iris-bench and
+// iris-preprocess: keys as in a full config, section first; a bare key is the
+// first section's; a file without the sections holds the first section's keys.
+TEST(ConfigMap, ConfigSectionsFollowOneRuleInEveryProgram) {
+  const auto dir = iris::testing::temp_folder("config_sections");
+  // A full (training) config: its other sections are not read.
+  const std::string full =
+      write_file(dir, "full.yaml", "model:\n  head_dim: 8\ntrain:\n  lr: 0.1\npreprocess:\n  spacing: 2\n");
+  auto read = read_config_sections(full, {"model.channels=[1, 2, 3, 4, 5]", "preprocess.intensity=ct", "mlp_ratio=2"},
+                                   {"model", "preprocess"});
+  EXPECT_EQ(read["model"].entries(), (std::map<std::string, std::string>{
+                                         {"head_dim", "8"}, {"channels", "[1, 2, 3, 4, 5]"}, {"mlp_ratio", "2"}}));
+  EXPECT_EQ(read["preprocess"].entries(),
+            (std::map<std::string, std::string>{{"spacing", "2"}, {"intensity", "ct"}}));
+  EXPECT_EQ(read["model"].origin("head_dim"), full);
+  EXPECT_EQ(read["model"].origin("mlp_ratio"), "{overrides}");
+  // A file of one section's keys alone (configs/model/*.yaml written flat).
+  const std::string flat = write_file(dir, "flat.yaml", "head_dim: 16\nquery_tokens: 4\n");
+  EXPECT_EQ(read_config_sections(flat, {"model.head_dim=4"}, {"model"})["model"].entries(),
+            (std::map<std::string, std::string>{{"head_dim", "4"}, {"query_tokens", "4"}}));
+  // The same file for a program whose first section is preprocess: its keys are preprocess keys.
+  EXPECT_EQ(read_config_sections(flat, {}, {"preprocess", "model"})["preprocess"].get("head_dim"), "16");
+  // A dotted key of a section this program does not read, a key outside the
+  // sections beside them, and an override without '=' are refused.
+  EXPECT_EQ(iris::testing::error_of([&] { read_config_sections("", {"train.lr=1"}, {"model"}); }),
+            "overrides: 'train.lr=1': this program reads only the section model (write model.KEY=VALUE, or "
+            "KEY=VALUE)");
+  const std::string mixed = write_file(dir, "mixed.yaml", "head_dim: 8\nmodel:\n  channels: [1, 2, 3, 4, 5]\n");
+  EXPECT_EQ(iris::testing::error_of([&] { read_config_sections(mixed, {}, {"model"}); }),
+            mixed + ": key 'head_dim' stands outside any section, beside the sections model: put it under its section");
+  EXPECT_THROW(read_config_sections("", {"model.head_dim"}, {"model"}), SettingError);
+}

@@ -56,6 +56,20 @@ class ConfigMap {
   std::map<std::string, std::string> origins_;
 };
 
+// The one rule of --config FILE and --set KEY=VALUE in every program that reads
+// a few sections of a config (iris-import: model and preprocess; iris-bench:
+// model; iris-preprocess: preprocess). A key is written as in a full config,
+// section first (model.head_dim=16, preprocess.spacing=1), as iris-train's
+// --set takes it; a bare key belongs to the first of `sections`. The file is a
+// full config, whose other sections are not read (a training config may be
+// given), or, when it has none of `sections`, the keys of the first one alone.
+// Returns each section's keys, the overrides on top (origin "{overrides}"); a
+// dotted --set key of a section not read here is refused, as is a file that
+// mixes section-less keys with sections.
+std::map<std::string, ConfigMap> read_config_sections(const std::string& path,
+                                                      const std::vector<std::string>& overrides,
+                                                      const std::vector<std::string>& sections);
+
 // Typed readers that name the key and its origin in their errors.
 long config_int(const ConfigMap& m, const std::string& key);
 double config_double(const ConfigMap& m, const std::string& key);

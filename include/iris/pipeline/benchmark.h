@@ -12,7 +12,7 @@
 namespace iris::pipeline {
 
 struct BenchmarkOptions {
-  std::string config_path;  // model YAML (its model: section); "" = preset
+  std::string config_path;  // model YAML (read_config_sections: its model: section, or model keys alone)
   std::string preset = "tiny";
   std::vector<std::string> overrides;  // model key=value
   long patch = 0;                      // 0 = the model's max_patch_size
