@@ -1,6 +1,7 @@
 #include "iris/io/dicom.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -48,6 +49,10 @@ void quiet_dcmtk() {
     // Elements stored with VR UN (some converters do that) are read with the
     // VR the data dictionary gives them, so their values are text again.
     dcmEnableUnknownVRConversion.set(OFTrue);
+    // Nothing iris reads comes after the pixels; a file with bytes of
+    // padding or garbage there (2.5 MB in one real series) would otherwise be
+    // parsed element by element, for nothing.
+    dcmStopParsingAfterElement.set(DCM_PixelData);
     return true;
   }();
   (void)once;
@@ -206,6 +211,18 @@ std::vector<double> functional_value(DcmItem* frame, DcmItem* shared, DcmItem* t
 // from the Plane Orientation and Pixel Measures groups (shared or per
 // frame), rescale from Pixel Value Transformation; frames sorted along the
 // slice normal, the same checks and tolerances as a single-frame series.
+// ImageOrientationPatient's row and column cosines scaled to unit length,
+// as GDCM gives them to ITK (headers round them to 6 digits or so).
+std::array<double, 6> unit_cosines(const std::vector<double>& o) {
+  std::array<double, 6> u{};
+  for (int v = 0; v < 2; ++v) {
+    const double* x = o.data() + 3 * v;
+    const double norm = std::sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]);
+    for (int i = 0; i < 3; ++i) u[3 * v + i] = x[i] / norm;
+  }
+  return u;
+}
+
 Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, const DicomReadOptions& options) {
   quiet_dcmtk();
   const std::string& file = chosen.files.front();
@@ -303,9 +320,10 @@ Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, 
   out.geometry.size = {columns, rows, frames};
   out.geometry.spacing = {spacing[1], spacing[0], stack.mean_step};
   out.geometry.origin = sorted.front();
+  const auto unit = unit_cosines(orientation);
   for (int i = 0; i < 3; ++i) {
-    out.geometry.direction[3 * i + 0] = r[i];
-    out.geometry.direction[3 * i + 1] = c[i];
+    out.geometry.direction[3 * i + 0] = unit[i];
+    out.geometry.direction[3 * i + 1] = unit[3 + i];
     out.geometry.direction[3 * i + 2] = stack.normal[i];
   }
   if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
@@ -313,6 +331,61 @@ Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, 
   detail::check_finite(out.voxels, source, kNaN, nullptr);
   return out;
 }
+// The pixels of a single-frame series read with DCMTK, when they are plain
+// monochrome samples that GDCM would give unchanged: uncompressed,
+// MONOCHROME2, one sample, 8 or 16 bits, no bits above BitsStored (GDCM
+// cleans those). DCMTK takes a damaged file's trailing bytes in one pass,
+// where GDCM parses them element by element (seconds for 2.5 MB of padding).
+// Returns an undefined tensor to leave the series to GDCM. [slices, rows,
+// columns], each slice rescaled (in double, as GDCM does) by its own
+// RescaleSlope/RescaleIntercept, in `files` order.
+at::Tensor read_plain_slices(const std::vector<std::string>& files, const std::string& source,
+                             const std::string& series_uid) {
+  at::Tensor volume;
+  for (size_t i = 0; i < files.size(); ++i) {
+    DcmFileFormat ff;
+    if (ff.loadFile(files[i].c_str()).bad()) return {};
+    DcmDataset& ds = *ff.getDataset();
+    if (DcmXfer(ds.getOriginalXfer()).isEncapsulated()) return {};
+    Uint16 rows = 0, columns = 0, bits = 0, stored = 0, representation = 0, samples = 1;
+    if (ds.findAndGetUint16(DCM_Rows, rows).bad() || ds.findAndGetUint16(DCM_Columns, columns).bad() ||
+        ds.findAndGetUint16(DCM_BitsAllocated, bits).bad() || ds.findAndGetUint16(DCM_BitsStored, stored).bad() ||
+        ds.findAndGetUint16(DCM_PixelRepresentation, representation).bad())
+      return {};
+    ds.findAndGetUint16(DCM_SamplesPerPixel, samples);
+    if (samples != 1 || text_of(ds, DCM_PhotometricInterpretation) != "MONOCHROME2") return {};
+    if ((bits != 8 && bits != 16) || stored < 1 || stored > bits || (representation != 0 && stored != bits)) return {};
+    if (text_of(ds, DCM_NumberOfFrames).size() > 0 && text_of(ds, DCM_NumberOfFrames) != "1") return {};
+    if (i == 0) volume = at::empty({static_cast<int64_t>(files.size()), rows, columns}, at::kFloat);
+    else if (volume.size(1) != rows || volume.size(2) != columns) return {};
+    DcmElement* pixels = nullptr;
+    if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || !pixels) return {};
+    const size_t count = static_cast<size_t>(rows) * columns;
+    if (pixels->getLength() < count * (bits / 8)) return {};
+    at::Tensor raw;
+    if (bits == 16) {
+      Uint16* data = nullptr;
+      if (pixels->getUint16Array(data).bad() || !data) return {};
+      const at::Tensor words = at::from_blob(data, {rows, columns}, at::kShort);
+      raw = representation ? words.to(at::kDouble) : words.to(at::kInt).bitwise_and(0xFFFF).to(at::kDouble);
+    } else {
+      Uint8* data = nullptr;
+      if (pixels->getUint8Array(data).bad() || !data) return {};
+      raw = at::from_blob(data, {rows, columns}, representation ? at::kChar : at::kByte).to(at::kDouble);
+    }
+    if (representation == 0 && stored < bits && raw.max().item<double>() >= std::ldexp(1.0, stored)) return {};
+    const auto slope = numbers_of(ds, DCM_RescaleSlope, 1);
+    const auto intercept = numbers_of(ds, DCM_RescaleIntercept, 1);
+    if (!slope.empty() && slope[0] == 0)
+      throw Error(source, "slice " + files[i] + " of series " + series_uid + " has RescaleSlope 0: every voxel would be "
+                                                                          "the intercept");
+    if (!slope.empty() || !intercept.empty())
+      raw = raw.mul(slope.empty() ? 1.0 : slope[0]).add(intercept.empty() ? 0.0 : intercept[0]);
+    volume[static_cast<int64_t>(i)].copy_(raw);
+  }
+  return volume;
+}
+
 }  // namespace
 
 std::vector<DicomSeriesInfo> list_dicom_series(const std::string& folder, bool recursive,
@@ -484,6 +557,26 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
   if (relative > options.spacing_error_fraction)
     throw Error(source, note.str() + "; missing slices? refusing to build a volume");
 
+  if (at::Tensor plain = read_plain_slices(chosen.files, source, chosen.uid); plain.defined()) {
+    Image out;
+    out.source = source;
+    out.voxels = plain;
+    out.geometry.size = {plain.size(2), plain.size(1), plain.size(0)};
+    out.geometry.spacing = {spacing[1], spacing[0], stack.mean_step};
+    out.geometry.origin = positions.front();
+    const auto unit = unit_cosines(orientation);
+    for (int i = 0; i < 3; ++i) {
+      out.geometry.direction[3 * i + 0] = unit[i];
+      out.geometry.direction[3 * i + 1] = unit[3 + i];
+      out.geometry.direction[3 * i + 2] = stack.normal[i];
+    }
+    if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
+    detail::check_geometry(out.geometry, source);
+    detail::check_finite(out.voxels, source, kNaN, nullptr);
+    return out;
+  }
+
+  // Compressed or unusual pixels: GDCM, through ITK.
   using Volume = itk::Image<float, 3>;
   const detail::ToolkitMessages messages;
   auto reader = itk::ImageSeriesReader<Volume>::New();
