@@ -212,7 +212,8 @@ void add_config_options(CLI::App& app, std::string& config, std::vector<std::str
     keys += (keys.empty() ? "" : ", ") + s + ".KEY=VALUE";
   }
   app.add_option("--config", config,
-                 "YAML with " + listed + " sections (a training config will do), or " + sections.front() +
+                 "YAML with " + listed + (sections.size() > 1 ? " sections" : " section") +
+                     " (a training config will do), or " + sections.front() +
                      " keys alone: " + what);
   app.add_option("--set", overrides,
                  "override a key: --set " + keys + ", or KEY=VALUE for a " + sections.front() + " key (repeatable)");

@@ -138,6 +138,8 @@ std::map<std::string, ConfigMap> read_config_sections(const std::string& path,
       throw SettingError("overrides", "'" + o + "': this program reads only the section" +
                                           (sections.size() > 1 ? "s " : " ") + sections_text() + " (write " +
                                           sections.front() + ".KEY=VALUE, or KEY=VALUE)");
+    if (!s.empty() && trim(key.substr(s.size() + 1)).empty())
+      throw SettingError("overrides", "'" + o + "': expected key=value");
     out[s.empty() ? sections.front() : s].apply_override(s.empty() ? o : trim(o).substr(s.size() + 1));
   }
   return out;

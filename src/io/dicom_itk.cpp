@@ -206,23 +206,31 @@ std::vector<double> functional_value(DcmItem* frame, DcmItem* shared, DcmItem* t
   return top ? numbers_of(*top, tag, count) : std::vector<double>{};
 }
 
+// ImageOrientationPatient's row and column cosines as ITK's GDCMImageIO
+// makes them (headers round them to 6 digits or so): the column scaled to
+// unit length, the row made exactly perpendicular to it, in the plane of the
+// two (row = unit(column x unit(row x column))).
+std::array<double, 6> unit_cosines(const std::vector<double>& o) {
+  auto cross = [](const std::array<double, 3>& a, const std::array<double, 3>& b) {
+    return std::array<double, 3>{a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]};
+  };
+  auto unit = [](std::array<double, 3> a) {
+    const double norm = std::sqrt(a[0] * a[0] + a[1] * a[1] + a[2] * a[2]);
+    for (double& v : a) v /= norm;
+    return a;
+  };
+  const std::array<double, 3> row{o[0], o[1], o[2]}, column{o[3], o[4], o[5]};
+  const auto slice = unit(cross(row, column));
+  const auto r = unit(cross(column, slice));
+  const auto c = unit(column);
+  return {r[0], r[1], r[2], c[0], c[1], c[2]};
+}
+
 // An enhanced (multi-frame) CT/MR/... file as a volume: frame positions
 // from the per-frame Plane Position groups, orientation and pixel spacing
 // from the Plane Orientation and Pixel Measures groups (shared or per
 // frame), rescale from Pixel Value Transformation; frames sorted along the
 // slice normal, the same checks and tolerances as a single-frame series.
-// ImageOrientationPatient's row and column cosines scaled to unit length,
-// as GDCM gives them to ITK (headers round them to 6 digits or so).
-std::array<double, 6> unit_cosines(const std::vector<double>& o) {
-  std::array<double, 6> u{};
-  for (int v = 0; v < 2; ++v) {
-    const double* x = o.data() + 3 * v;
-    const double norm = std::sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]);
-    for (int i = 0; i < 3; ++i) u[3 * v + i] = x[i] / norm;
-  }
-  return u;
-}
-
 Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, const DicomReadOptions& options) {
   quiet_dcmtk();
   const std::string& file = chosen.files.front();
@@ -271,6 +279,9 @@ Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, 
     const auto slope = functional_value(per_frame[f], shared, &ds, DCM_PixelValueTransformationSequence, DCM_RescaleSlope, 1);
     const auto intercept =
         functional_value(per_frame[f], shared, &ds, DCM_PixelValueTransformationSequence, DCM_RescaleIntercept, 1);
+    if (!slope.empty() && slope[0] == 0)
+      throw Error(source, what + ": frame " + std::to_string(f + 1) + " has RescaleSlope 0: every voxel would be "
+                                                                      "the intercept");
     slopes.push_back(slope.empty() ? 1.0 : slope[0]);
     intercepts.push_back(intercept.empty() ? 0.0 : intercept[0]);
   }
@@ -339,19 +350,19 @@ Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, 
 // Returns an undefined tensor to leave the series to GDCM. [slices, rows,
 // columns], each slice rescaled (in double, as GDCM does) by its own
 // RescaleSlope/RescaleIntercept, in `files` order.
-at::Tensor read_plain_slices(const std::vector<std::string>& files, const std::string& source,
-                             const std::string& series_uid) {
+at::Tensor read_plain_slices(const std::vector<std::string>& files) {
   at::Tensor volume;
   for (size_t i = 0; i < files.size(); ++i) {
     DcmFileFormat ff;
     if (ff.loadFile(files[i].c_str()).bad()) return {};
     DcmDataset& ds = *ff.getDataset();
     if (DcmXfer(ds.getOriginalXfer()).isEncapsulated()) return {};
-    Uint16 rows = 0, columns = 0, bits = 0, stored = 0, representation = 0, samples = 1;
+    Uint16 rows = 0, columns = 0, bits = 0, stored = 0, high = 0, representation = 0, samples = 1;
     if (ds.findAndGetUint16(DCM_Rows, rows).bad() || ds.findAndGetUint16(DCM_Columns, columns).bad() ||
         ds.findAndGetUint16(DCM_BitsAllocated, bits).bad() || ds.findAndGetUint16(DCM_BitsStored, stored).bad() ||
-        ds.findAndGetUint16(DCM_PixelRepresentation, representation).bad())
+        ds.findAndGetUint16(DCM_HighBit, high).bad() || ds.findAndGetUint16(DCM_PixelRepresentation, representation).bad())
       return {};
+    if (high + 1 != stored) return {};  // bits not at the bottom of their word: GDCM shifts them
     ds.findAndGetUint16(DCM_SamplesPerPixel, samples);
     if (samples != 1 || text_of(ds, DCM_PhotometricInterpretation) != "MONOCHROME2") return {};
     if ((bits != 8 && bits != 16) || stored < 1 || stored > bits || (representation != 0 && stored != bits)) return {};
@@ -376,9 +387,6 @@ at::Tensor read_plain_slices(const std::vector<std::string>& files, const std::s
     if (representation == 0 && stored < bits && raw.max().item<double>() >= std::ldexp(1.0, stored)) return {};
     const auto slope = numbers_of(ds, DCM_RescaleSlope, 1);
     const auto intercept = numbers_of(ds, DCM_RescaleIntercept, 1);
-    if (!slope.empty() && slope[0] == 0)
-      throw Error(source, "slice " + files[i] + " of series " + series_uid + " has RescaleSlope 0: every voxel would be "
-                                                                          "the intercept");
     if (!slope.empty() || !intercept.empty())
       raw = raw.mul(slope.empty() ? 1.0 : slope[0]).add(intercept.empty() ? 0.0 : intercept[0]);
     volume[static_cast<int64_t>(i)].copy_(raw);
@@ -529,6 +537,10 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
     if (ipp.size() != 3) throw Error(source, "slice " + file + " of series " + chosen.uid + " has no ImagePositionPatient");
     if (iop.size() != 6) throw Error(source, "slice " + file + " of series " + chosen.uid + " has no ImageOrientationPatient");
     positions.push_back({ipp[0], ipp[1], ipp[2]});
+    const auto slope = numbers_of(ds, DCM_RescaleSlope, 1);
+    if (!slope.empty() && slope[0] == 0)
+      throw Error(source, "slice " + file + " of series " + chosen.uid + " has RescaleSlope 0: every voxel would be "
+                                                                         "the intercept");
     if (orientation.empty()) {
       // Without a pixel size the volume's scale is unknown: no silent 1 mm.
       if (ps.size() != 2 || !(ps[0] > 0) || !(ps[1] > 0) || !std::isfinite(ps[0]) || !std::isfinite(ps[1]))
@@ -557,23 +569,30 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
   if (relative > options.spacing_error_fraction)
     throw Error(source, note.str() + "; missing slices? refusing to build a volume");
 
-  if (at::Tensor plain = read_plain_slices(chosen.files, source, chosen.uid); plain.defined()) {
-    Image out;
-    out.source = source;
-    out.voxels = plain;
-    out.geometry.size = {plain.size(2), plain.size(1), plain.size(0)};
-    out.geometry.spacing = {spacing[1], spacing[0], stack.mean_step};
-    out.geometry.origin = positions.front();
+  // One grid whichever library reads the pixels: from the headers read
+  // above (ITK takes the 3rd axis from first-to-last position; the slice
+  // normal is exact and keeps the direction orthonormal when positions are
+  // rounded).
+  auto on_the_series_grid = [&](Image out) {
     const auto unit = unit_cosines(orientation);
     for (int i = 0; i < 3; ++i) {
       out.geometry.direction[3 * i + 0] = unit[i];
       out.geometry.direction[3 * i + 1] = unit[3 + i];
       out.geometry.direction[3 * i + 2] = stack.normal[i];
     }
+    out.geometry.spacing = {spacing[1], spacing[0], stack.mean_step};
+    out.geometry.origin = positions.front();
     if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
     detail::check_geometry(out.geometry, source);
     detail::check_finite(out.voxels, source, kNaN, nullptr);
     return out;
+  };
+  if (at::Tensor plain = read_plain_slices(chosen.files); plain.defined()) {
+    Image out;
+    out.source = source;
+    out.voxels = plain;
+    out.geometry.size = {plain.size(2), plain.size(1), plain.size(0)};
+    return on_the_series_grid(std::move(out));
   }
 
   // Compressed or unusual pixels: GDCM, through ITK.
@@ -594,15 +613,8 @@ Image read_dicom_series(const std::string& folder, const std::string& series_uid
   Volume::Pointer volume = reader->GetOutput();
   volume->DisconnectPipeline();
 
-  Image out = detail::image_from_itk<float>(volume, source);
-  // ITK takes the 3rd axis from first-to-last position; the slice normal is
-  // exact and keeps the direction orthonormal when positions are rounded.
-  for (int r = 0; r < 3; ++r) out.geometry.direction[3 * r + 2] = stack.normal[r];
-  out.geometry.spacing[2] = stack.mean_step;
-  out.geometry.origin = positions.front();
-  if (relative > options.spacing_warn_fraction) out.warnings.push_back(note.str());
-  detail::check_geometry(out.geometry, source);
-  detail::check_finite(out.voxels, source, kNaN, nullptr);
+  ++detail::gdcm_series_reads();
+  Image out = on_the_series_grid(detail::image_from_itk<float>(volume, source));
   const std::string noise = messages.summary("series " + chosen.uid);
   if (!noise.empty()) out.warnings.push_back(noise);
   return out;

@@ -192,6 +192,8 @@ SourceSeries read_source_series(const std::vector<std::string>& files, const std
 void quiet_dcmtk_warnings() {
   static const bool once = [] {
     OFLog::getLogger("dcmtk").setLogLevel(OFLogger::ERROR_LOG_LEVEL);
+    // As the series reader does: nothing iris reads comes after the pixels.
+    dcmStopParsingAfterElement.set(DCM_PixelData);
     return true;
   }();
   (void)once;

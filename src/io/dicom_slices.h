@@ -5,6 +5,7 @@
 #include <sstream>
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -12,6 +13,13 @@
 #include "iris/common/error.h"
 
 namespace iris::io::detail {
+
+// Single-frame series whose pixels went to GDCM (through ITK) rather than
+// DCMTK: counted for the tests that check which library read what.
+inline std::atomic<long>& gdcm_series_reads() {
+  static std::atomic<long> count{0};
+  return count;
+}
 
 struct SliceStack {
   std::array<double, 3> normal{};  // unit, pointing from the first slice to the last

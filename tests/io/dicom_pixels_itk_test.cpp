@@ -14,6 +14,7 @@
 #include "support/test_support.h"
 #include "iris/io/dicom.h"
 #include "iris/io/image_io.h"
+#include "../../src/io/dicom_slices.h"
 
 namespace fs = std::filesystem;
 
@@ -50,7 +51,7 @@ at::Tensor pydicom_volume(const std::string& folder, const fs::path& work) {
 
 // Unsigned 16-bit MR (rescale 1/0) and signed 16-bit CT (intercept -1024;
 // four slices far apart, not a volume a model would take, hence the
-// tolerance).
+// spacing tolerances).
 TEST(DicomPixels, PlainSeriesGiveWhatPydicomDecodes) {
   REQUIRE_DATA(kObliqueMr);
   REQUIRE_DATA(kCtSeries);
@@ -68,28 +69,66 @@ TEST(DicomPixels, PlainSeriesGiveWhatPydicomDecodes) {
   EXPECT_LT(iris::io::read_dicom_series(kCtSeries, "", any_spacing).voxels.min().item<float>(), 0.0f);  // intercept
 }
 
-// A series in a compressed transfer syntax (RLE Lossless, encoded by
-// pydicom) is decoded by GDCM to the same voxels and grid.
-TEST(DicomPixels, ACompressedSeriesGivesTheSameVolumeAsItsPlainCopy) {
-  REQUIRE_DATA(kObliqueMr);
-  const fs::path work = iris::testing::temp_folder("dicom_pixels_rle");
-  const fs::path rle = work / "rle";
-  fs::create_directories(rle);
-  const fs::path script = work / "compress.py";
+// Copies of the oblique MR series made by pydicom in `work`: rle/ (RLE
+// Lossless), tilted/ and tilted_rle/ (a row cosine 0.05 degrees off
+// perpendicular, as rounded headers have it; plain and RLE), high_bits/
+// (BitsStored 12 with one value above 4095).
+void make_variants(const fs::path& work) {
+  const fs::path script = work / "variants.py";
   std::ofstream(script) << "import sys, glob, os, pydicom\n"
                            "from pydicom.uid import RLELossless\n"
-                           "for f in sorted(glob.glob(sys.argv[1] + '/*')):\n"
+                           "src, out = sys.argv[1], sys.argv[2]\n"
+                           "for name in ['rle', 'tilted', 'tilted_rle', 'high_bits']:\n"
+                           "    os.makedirs(os.path.join(out, name))\n"
+                           "for f in sorted(glob.glob(src + '/*')):\n"
+                           "    base = os.path.basename(f)\n"
                            "    d = pydicom.dcmread(f)\n"
                            "    d.compress(RLELossless)\n"
-                           "    d.save_as(os.path.join(sys.argv[2], os.path.basename(f)))\n";
+                           "    d.save_as(os.path.join(out, 'rle', base))\n"
+                           "    for name, rle in [('tilted', False), ('tilted_rle', True)]:\n"
+                           "        d = pydicom.dcmread(f)\n"
+                           "        d.ImageOrientationPatient = [1, 0, 0.0008, 0, 0.990960, 0.134158]\n"
+                           "        if rle: d.compress(RLELossless)\n"
+                           "        d.save_as(os.path.join(out, name, base))\n"
+                           "    d = pydicom.dcmread(f)\n"
+                           "    a = d.pixel_array.copy()\n"
+                           "    a[0, 0] = 5000\n"
+                           "    d.PixelData = a.tobytes()\n"
+                           "    d.BitsStored, d.HighBit = 12, 11\n"
+                           "    d.save_as(os.path.join(out, 'high_bits', base))\n";
   const auto run = iris::testing::run_program(kPython,
                                               iris::testing::shell_quoted(script.string()) + " " +
                                                   iris::testing::shell_quoted(kObliqueMr) + " " +
-                                                  iris::testing::shell_quoted(rle.string()),
-                                              (work / "compress.log").string());
+                                                  iris::testing::shell_quoted(work.string()),
+                                              (work / "variants.log").string());
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  const iris::io::Image plain = iris::io::read_image(kObliqueMr);
-  const iris::io::Image compressed = iris::io::read_image(rle.string());
-  EXPECT_TRUE(at::equal(plain.voxels, compressed.voxels));
-  EXPECT_TRUE(plain.geometry.same_grid(compressed.geometry, 1e-12));
+}
+
+// Compressed or unusual pixels go to GDCM, plain ones never; whichever
+// library reads them, a series gives the same voxels on the same grid.
+TEST(DicomPixels, CompressedOrUnusualPixelsGoToGdcmAndGiveTheSameVolume) {
+  REQUIRE_DATA(kObliqueMr);
+  const fs::path work = iris::testing::temp_folder("dicom_pixels_variants");
+  make_variants(work);
+  auto read = [](const fs::path& folder, long expected_gdcm_reads) {
+    const long before = iris::io::detail::gdcm_series_reads();
+    iris::io::Image image = iris::io::read_image(folder.string());
+    EXPECT_EQ(iris::io::detail::gdcm_series_reads() - before, expected_gdcm_reads) << folder;
+    return image;
+  };
+  const iris::io::Image plain = read(kObliqueMr, 0);
+  const iris::io::Image rle = read(work / "rle", 1);
+  EXPECT_TRUE(at::equal(plain.voxels, rle.voxels));
+  EXPECT_TRUE(plain.geometry.same_grid(rle.geometry, 1e-12));
+  // The same grid from a header whose cosines are not quite perpendicular,
+  // and the row made perpendicular to the column (as ITK makes it).
+  const iris::io::Image tilted = read(work / "tilted", 0);
+  const iris::io::Image tilted_rle = read(work / "tilted_rle", 1);
+  EXPECT_TRUE(at::equal(tilted.voxels, tilted_rle.voxels));
+  EXPECT_TRUE(tilted.geometry.same_grid(tilted_rle.geometry, 1e-12));
+  const auto& d = tilted.geometry.direction;  // columns: row, column, normal cosines
+  EXPECT_NEAR(d[0] * d[1] + d[3] * d[4] + d[6] * d[7], 0.0, 1e-12);
+  EXPECT_GT(std::abs(d[6]), 1e-4);  // the row still leans as the header says
+  // Bits above BitsStored: GDCM decides what they mean.
+  read(work / "high_bits", 1);
 }
