@@ -2,19 +2,18 @@
 // plain monochrome series with DCMTK and leaves compressed ones to GDCM, and
 // both must give what pydicom decodes (pixel_array x RescaleSlope +
 // RescaleIntercept, slices along the normal).
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include <ATen/ATen.h>
-
-#include "support/float_file.h"
-#include "support/test_support.h"
+#include "../../src/io/dicom_slices.h"
 #include "iris/io/dicom.h"
 #include "iris/io/image_io.h"
-#include "../../src/io/dicom_slices.h"
+#include "support/float_file.h"
+#include "support/test_support.h"
 
 namespace fs = std::filesystem;
 
@@ -24,22 +23,28 @@ using iris::testing::kObliqueMr;
 using iris::testing::kPython;
 const std::string kCtSeries = "/usr/lib/python3/dist-packages/pydicom/data/test_files/dicomdirtests/77654033/CT2";
 
+// Runs `script` (Python with pydicom) with `args` in `work`, as NAME.py.
+iris::testing::ProgramRun run_python(const fs::path& work, const std::string& name, const std::string& script,
+                                     const std::vector<std::string>& args) {
+  std::ofstream(work / (name + ".py")) << script;
+  std::string line = iris::testing::shell_quoted((work / (name + ".py")).string());
+  for (const auto& a : args) line += " " + iris::testing::shell_quoted(a);
+  return iris::testing::run_program(kPython, line, (work / (name + ".log")).string());
+}
+
 // pydicom's volume of the series in `folder`: [slices, rows, columns] float32.
 at::Tensor pydicom_volume(const std::string& folder, const fs::path& work) {
-  const fs::path script = work / "volume.py";
-  std::ofstream(script) << "import sys, glob, numpy as np, pydicom\n"
-                           "slices = [pydicom.dcmread(f) for f in sorted(glob.glob(sys.argv[1] + '/*'))]\n"
-                           "o = np.array(slices[0].ImageOrientationPatient, float)\n"
-                           "n = np.cross(o[:3], o[3:])\n"
-                           "slices.sort(key=lambda d: float(np.dot(n, np.array(d.ImagePositionPatient, float))))\n"
-                           "v = np.stack([d.pixel_array.astype(np.float64) * float(getattr(d, 'RescaleSlope', 1))\n"
-                           "              + float(getattr(d, 'RescaleIntercept', 0)) for d in slices])\n"
-                           "v.astype('<f4').tofile(sys.argv[2])\n"
-                           "print(*v.shape)\n";
-  const auto run = iris::testing::run_program(
-      kPython, iris::testing::shell_quoted(script.string()) + " " + iris::testing::shell_quoted(folder) + " " +
-                   iris::testing::shell_quoted((work / "volume.f32").string()),
-      (work / "volume.log").string());
+  const auto run = run_python(work, "volume",
+                              "import sys, glob, numpy as np, pydicom\n"
+                              "slices = [pydicom.dcmread(f) for f in sorted(glob.glob(sys.argv[1] + '/*'))]\n"
+                              "o = np.array(slices[0].ImageOrientationPatient, float)\n"
+                              "n = np.cross(o[:3], o[3:])\n"
+                              "slices.sort(key=lambda d: float(np.dot(n, np.array(d.ImagePositionPatient, float))))\n"
+                              "v = np.stack([d.pixel_array.astype(np.float64) * float(getattr(d, 'RescaleSlope', 1))\n"
+                              "              + float(getattr(d, 'RescaleIntercept', 0)) for d in slices])\n"
+                              "v.astype('<f4').tofile(sys.argv[2])\n"
+                              "print(*v.shape)\n",
+                              {folder, (work / "volume.f32").string()});
   EXPECT_EQ(run.exit_code, 0) << run.output;
   std::istringstream shape_text(run.output);
   std::vector<int64_t> shape(3);
@@ -69,40 +74,40 @@ TEST(DicomPixels, PlainSeriesGiveWhatPydicomDecodes) {
   EXPECT_LT(iris::io::read_dicom_series(kCtSeries, "", any_spacing).voxels.min().item<float>(), 0.0f);  // intercept
 }
 
+namespace {
+
 // Copies of the oblique MR series made by pydicom in `work`: rle/ (RLE
 // Lossless), tilted/ and tilted_rle/ (a row cosine 0.05 degrees off
 // perpendicular, as rounded headers have it; plain and RLE), high_bits/
 // (BitsStored 12 with one value above 4095).
 void make_variants(const fs::path& work) {
-  const fs::path script = work / "variants.py";
-  std::ofstream(script) << "import sys, glob, os, pydicom\n"
-                           "from pydicom.uid import RLELossless\n"
-                           "src, out = sys.argv[1], sys.argv[2]\n"
-                           "for name in ['rle', 'tilted', 'tilted_rle', 'high_bits']:\n"
-                           "    os.makedirs(os.path.join(out, name))\n"
-                           "for f in sorted(glob.glob(src + '/*')):\n"
-                           "    base = os.path.basename(f)\n"
-                           "    d = pydicom.dcmread(f)\n"
-                           "    d.compress(RLELossless)\n"
-                           "    d.save_as(os.path.join(out, 'rle', base))\n"
-                           "    for name, rle in [('tilted', False), ('tilted_rle', True)]:\n"
-                           "        d = pydicom.dcmread(f)\n"
-                           "        d.ImageOrientationPatient = [1, 0, 0.0008, 0, 0.990960, 0.134158]\n"
-                           "        if rle: d.compress(RLELossless)\n"
-                           "        d.save_as(os.path.join(out, name, base))\n"
-                           "    d = pydicom.dcmread(f)\n"
-                           "    a = d.pixel_array.copy()\n"
-                           "    a[0, 0] = 5000\n"
-                           "    d.PixelData = a.tobytes()\n"
-                           "    d.BitsStored, d.HighBit = 12, 11\n"
-                           "    d.save_as(os.path.join(out, 'high_bits', base))\n";
-  const auto run = iris::testing::run_program(kPython,
-                                              iris::testing::shell_quoted(script.string()) + " " +
-                                                  iris::testing::shell_quoted(kObliqueMr) + " " +
-                                                  iris::testing::shell_quoted(work.string()),
-                                              (work / "variants.log").string());
+  const auto run = run_python(work, "variants",
+                              "import sys, glob, os, pydicom\n"
+                              "from pydicom.uid import RLELossless\n"
+                              "src, out = sys.argv[1], sys.argv[2]\n"
+                              "for name in ['rle', 'tilted', 'tilted_rle', 'high_bits']:\n"
+                              "    os.makedirs(os.path.join(out, name))\n"
+                              "for f in sorted(glob.glob(src + '/*')):\n"
+                              "    base = os.path.basename(f)\n"
+                              "    d = pydicom.dcmread(f)\n"
+                              "    d.compress(RLELossless)\n"
+                              "    d.save_as(os.path.join(out, 'rle', base))\n"
+                              "    for name, rle in [('tilted', False), ('tilted_rle', True)]:\n"
+                              "        d = pydicom.dcmread(f)\n"
+                              "        d.ImageOrientationPatient = [1, 0, 0.0008, 0, 0.990960, 0.134158]\n"
+                              "        if rle: d.compress(RLELossless)\n"
+                              "        d.save_as(os.path.join(out, name, base))\n"
+                              "    d = pydicom.dcmread(f)\n"
+                              "    a = d.pixel_array.copy()\n"
+                              "    a[0, 0] = 5000\n"
+                              "    d.PixelData = a.tobytes()\n"
+                              "    d.BitsStored, d.HighBit = 12, 11\n"
+                              "    d.save_as(os.path.join(out, 'high_bits', base))\n",
+                              {kObliqueMr, work.string()});
   ASSERT_EQ(run.exit_code, 0) << run.output;
 }
+
+}  // namespace
 
 // Compressed or unusual pixels go to GDCM, plain ones never; whichever
 // library reads them, a series gives the same voxels on the same grid.
