@@ -372,7 +372,7 @@ std::vector<Row> rows() {
                  return program("iris-bench") + " --config " + shell_quoted((d / "flat.yaml").string()) +
                         " --warmup 0 --repeats 1 --threads 1";
                },
-               3, {"flat.yaml: head_dim: expected an integer, got 'many'"}, {}});
+               3, {"flat.yaml", "head_dim: expected an integer, got 'many'"}, {}});
   r.push_back({"BenchOverrideOfASectionItDoesNotRead",
                [=](const fs::path&) { return program("iris-bench") + " --set train.lr=1"; }, 2,
                {"usage error: --set: 'train.lr=1': this program reads only the section model"}, {}});
