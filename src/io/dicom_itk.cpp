@@ -226,6 +226,25 @@ std::array<double, 6> unit_cosines(const std::vector<double>& o) {
   return {r[0], r[1], r[2], c[0], c[1], c[2]};
 }
 
+// The pixel words of `pixels` as numbers of `type` in `shape`, signed where
+// `representation` is 1; undefined when DCMTK cannot give them, when they
+// are not 8 or 16 bits, or when there are fewer than `shape` holds.
+at::Tensor pixel_values(DcmElement& pixels, Uint16 bits, Uint16 representation, const std::vector<int64_t>& shape,
+                        at::ScalarType type) {
+  size_t count = 1;
+  for (int64_t n : shape) count *= static_cast<size_t>(n);
+  if ((bits != 8 && bits != 16) || pixels.getLength() < count * (bits / 8)) return {};
+  if (bits == 16) {
+    Uint16* data = nullptr;
+    if (pixels.getUint16Array(data).bad() || !data) return {};
+    const at::Tensor words = at::from_blob(data, shape, at::kShort);
+    return representation ? words.to(type) : words.to(at::kInt).bitwise_and(0xFFFF).to(type);
+  }
+  Uint8* data = nullptr;
+  if (pixels.getUint8Array(data).bad() || !data) return {};
+  return at::from_blob(data, shape, representation ? at::kChar : at::kByte).to(type);
+}
+
 // An enhanced (multi-frame) CT/MR/... file as a volume: frame positions
 // from the per-frame Plane Position groups, orientation and pixel spacing
 // from the Plane Orientation and Pixel Measures groups (shared or per
@@ -286,26 +305,15 @@ Image read_multiframe(const DicomSeriesInfo& chosen, const std::string& source, 
     intercepts.push_back(intercept.empty() ? 0.0 : intercept[0]);
   }
   // Pixel data: frames one after another, rows x columns each.
-  const size_t per_frame_pixels = static_cast<size_t>(rows) * columns;
-  at::Tensor raw;
   DcmElement* pixels = nullptr;
   if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || !pixels) throw Error(source, what + " has no pixel data");
   const auto shape = std::vector<int64_t>{frames, rows, columns};
-  if (bits == 16) {
-    Uint16* data = nullptr;
-    if (pixels->getUint16Array(data).bad() || !data) throw Error(source, what + ": its 16-bit pixel data cannot be read");
-    raw = representation ? at::from_blob(data, shape, at::kShort).to(at::kFloat)
-                         : at::from_blob(data, shape, at::kShort).to(at::kInt).bitwise_and(0xFFFF).to(at::kFloat);
-  } else if (bits == 8) {
-    Uint8* data = nullptr;
-    if (pixels->getUint8Array(data).bad() || !data) throw Error(source, what + ": its 8-bit pixel data cannot be read");
-    raw = at::from_blob(data, shape, at::kByte).to(at::kFloat);
-    if (representation) raw = at::from_blob(data, shape, at::kChar).to(at::kFloat);
-  } else {
+  if (bits != 8 && bits != 16)
     throw Error(source, what + " has " + std::to_string(bits) + "-bit pixels; iris reads 8- and 16-bit multi-frame files");
-  }
-  if (pixels->getLength() < per_frame_pixels * frames * (bits / 8))
-    throw Error(source, what + ": its pixel data is shorter than " + std::to_string(frames) + " frames");
+  at::Tensor raw = pixel_values(*pixels, bits, representation, shape, at::kFloat);
+  if (!raw.defined())
+    throw Error(source, what + ": its pixel data cannot be read, or holds fewer than " + std::to_string(frames) +
+                            " frames");
   for (Sint32 f = 0; f < frames; ++f)
     if (slopes[f] != 1.0 || intercepts[f] != 0.0) raw[f].mul_(slopes[f]).add_(intercepts[f]);
   // Along the slice normal, as a single-frame series is sorted.
@@ -371,19 +379,8 @@ at::Tensor read_plain_slices(const std::vector<std::string>& files) {
     else if (volume.size(1) != rows || volume.size(2) != columns) return {};
     DcmElement* pixels = nullptr;
     if (ds.findAndGetElement(DCM_PixelData, pixels).bad() || !pixels) return {};
-    const size_t count = static_cast<size_t>(rows) * columns;
-    if (pixels->getLength() < count * (bits / 8)) return {};
-    at::Tensor raw;
-    if (bits == 16) {
-      Uint16* data = nullptr;
-      if (pixels->getUint16Array(data).bad() || !data) return {};
-      const at::Tensor words = at::from_blob(data, {rows, columns}, at::kShort);
-      raw = representation ? words.to(at::kDouble) : words.to(at::kInt).bitwise_and(0xFFFF).to(at::kDouble);
-    } else {
-      Uint8* data = nullptr;
-      if (pixels->getUint8Array(data).bad() || !data) return {};
-      raw = at::from_blob(data, {rows, columns}, representation ? at::kChar : at::kByte).to(at::kDouble);
-    }
+    at::Tensor raw = pixel_values(*pixels, bits, representation, {rows, columns}, at::kDouble);
+    if (!raw.defined()) return {};
     if (representation == 0 && stored < bits && raw.max().item<double>() >= std::ldexp(1.0, stored)) return {};
     const auto slope = numbers_of(ds, DCM_RescaleSlope, 1);
     const auto intercept = numbers_of(ds, DCM_RescaleIntercept, 1);
