@@ -4,7 +4,7 @@
 # its brain mask as the only reference, then an honest Dice report next to
 # two baselines that need no learning. Also transfers four atlas structures
 # from Colin27 to the MNI152 average, one-shot (one class per pass and all
-# four in one pass) and with in-context tuning, and two structures held out
+# four in one pass, also with --tta) and with in-context tuning, and two structures held out
 # of the AAL and AICHA training tasks (hippocampus, amygdala; docs/demo.md
 # says which overlapping regions of other atlases the shipped model saw),
 # one-shot and tuned.
@@ -30,7 +30,7 @@ fi
 # refuses any other folder, such as one an older iris wrote (no .iris-report).
 rm -rf "$OUT/report_brain" "$OUT/report_structures" "$OUT/report_structures_one_pass" "$OUT/report_heldout"
 mkdir -p "$OUT/pred/brain" "$OUT/gt/brain" "$OUT/pred/structures" "$OUT/gt/structures" \
-         "$OUT/one_pass/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
+         "$OUT/one_pass/structures" "$OUT/one_pass_tta/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
          "$OUT/baseline_world/brain" "$OUT/baseline_otsu/brain" "$OUT/baseline_world/structures" "$OUT/img/brain" "$OUT/img/structures" \
          "$OUT/tuned/structures" "$OUT/tuned/heldout"
 echo "== 1. brain mask of KmeansTest from one reference (Colin27 + brain mask)"
@@ -56,6 +56,11 @@ echo "== 2b. the same four structures in one pass, and two held-out structures"
 # In one pass the four classes' tokens attend to each other in the decoder.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass/structures/mni152.nii.gz" --report "$OUT/infer_structures_one_pass.json" --quiet
+# With --tta: averaged with the query's left-right mirror image, the axis the
+# shipped model learnt mirror invariance on (train.augment_mirror [x]).
+"$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
+  --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass_tta/structures/mni152.nii.gz" --tta \
+  --report "$OUT/infer_structures_one_pass_tta.json" --quiet
 # Hippocampus and amygdala (AAL 37-38, 41-42): held out of the AAL and AICHA tasks.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_heldout.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/pred/heldout/mni152.nii.gz" --report "$OUT/infer_heldout.json" --quiet
@@ -92,6 +97,9 @@ echo "== Dice report: AAL structures, Colin27 -> MNI152 (iris, one-shot)"
 echo "-- iris, all four in one pass"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_one_pass.json" --html "$OUT/report_structures_one_pass" --image "$OUT/img/structures"
+echo "-- iris, all four in one pass, with its left-right mirror image (--tta)"
+"$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass_tta/structures" --label-names "$OUT/structure_names.tsv" \
+  --output "$OUT/eval_structures_one_pass_tta.json"
 echo "-- iris with in-context tuning (--strategy tuning)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/tuned/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_tuned.json"
