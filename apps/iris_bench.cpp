@@ -6,6 +6,7 @@
 
 #include "common/app_common.h"
 #include "iris/common/atomic_file.h"
+#include "iris/common/error.h"
 #include "iris/pipeline/benchmark.h"
 
 using namespace iris;
@@ -39,7 +40,11 @@ int main(int argc, char** argv) {
                  "also time the episode sampler: N episodes of --patch/--classes from synthetic cases, one thread")
       ->check(CLI::Range(0L, 1000000L));
   cli.add_option("--volume", o.volume, "edge of the synthetic cases for --episodes (voxels)")->check(CLI::Range(16L, 2048L));
-  cli.add_flag("--channels-last", o.channels_last, "channels-last 3-D conv layout");
+  // The conv layout iris-infer and iris-train run is the default.
+  bool channels_first = false, channels_last = false;
+  cli.add_flag("--channels-last", channels_last,
+               "channels-last 3-D conv layout, as iris-infer and iris-train run (the default)");
+  cli.add_flag("--channels-first", channels_first, "channels-first 3-D conv layout instead, as the author's code runs");
   bool loader = false;
   pipeline::LoaderBenchmarkOptions lo;
   cli.add_flag("--loader", loader, "measure the training loader over data larger than memory instead of a network");
@@ -57,8 +62,10 @@ int main(int argc, char** argv) {
   IRIS_PARSE(cli, argc, argv);
   o.backward = !no_backward;
   o.forward = !no_forward;
+  o.channels_last = !channels_first;
 
   return app::run_main("iris-bench", [&]() -> int {
+    if (channels_first && channels_last) throw Error("--channels-first", "goes with --channels-last: give one layout");
     configure_threads(threads);
     app::keep_freed_memory();
     if (loader) {

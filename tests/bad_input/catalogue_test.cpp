@@ -376,6 +376,9 @@ std::vector<Row> rows() {
   r.push_back({"BenchOverrideOfASectionItDoesNotRead",
                [=](const fs::path&) { return program("iris-bench") + " --set train.lr=1"; }, 2,
                {"usage error: --set: 'train.lr=1': this program reads only the section model"}, {}});
+  r.push_back({"BenchGivenBothLayouts",
+               [=](const fs::path&) { return program("iris-bench") + " --channels-last --channels-first"; }, 2,
+               {"usage error: --channels-first: goes with --channels-last"}, {}});
   r.push_back({"OverrideThatIsNoNumber",
                [=](const fs::path& d) {
                  return program("iris-train") + " " + shell_quoted(train_config(d, (d / "run").string())) +

@@ -18,7 +18,7 @@ struct BenchmarkOptions {
   long patch = 0;                      // 0 = the model's max_patch_size
   int batch = 1, classes = 3, queries = 1, warmup = 1, repeats = 3;
   std::string device = "cpu";          // cpu, cuda, cuda:N
-  bool backward = true, forward = true, channels_last = false, activation_checkpointing = false, bf16 = false;
+  bool backward = true, forward = true, channels_last = true, activation_checkpointing = false, bf16 = false;
   long episodes = 0, volume = 160;     // episode sampling: N episodes from synthetic volume^3 cases
   // The one-shot workload (one reference encoded, one query segmented) timed
   // stage by stage (model/stage_timer.h): milliseconds per repeat and share.
