@@ -28,7 +28,7 @@ fi
 
 # The HTML reports are this script's own: iris-eval replaces an iris report but
 # refuses any other folder, such as one an older iris wrote (no .iris-report).
-rm -rf "$OUT/report_brain" "$OUT/report_structures" "$OUT/report_structures_one_pass" "$OUT/report_heldout"
+rm -rf "$OUT/report_brain" "$OUT/report_structures" "$OUT/report_structures_one_pass" "$OUT/report_heldout" "$OUT/one_pass_tta"
 mkdir -p "$OUT/pred/brain" "$OUT/gt/brain" "$OUT/pred/structures" "$OUT/gt/structures" \
          "$OUT/one_pass/structures" "$OUT/one_pass_tta/structures" "$OUT/pred/heldout" "$OUT/gt/heldout" \
          "$OUT/baseline_world/brain" "$OUT/baseline_otsu/brain" "$OUT/baseline_world/structures" "$OUT/img/brain" "$OUT/img/structures" \
@@ -57,10 +57,21 @@ echo "== 2b. the same four structures in one pass, and two held-out structures"
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass/structures/mni152.nii.gz" --report "$OUT/infer_structures_one_pass.json" --quiet
 # With --tta: averaged with the query's left-right mirror image, the axis the
-# shipped model learnt mirror invariance on (train.augment_mirror [x]).
-"$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
+# shipped model learnt mirror invariance on (train.augment_mirror [x]). A
+# model that learnt none (IRIS_DEMO_MODEL, or one trained above) refuses
+# --tta with exit 2 and that reason: the row is then left out.
+TTA=yes
+if ! "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_structures.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/one_pass_tta/structures/mni152.nii.gz" --tta \
-  --report "$OUT/infer_structures_one_pass_tta.json" --quiet
+  --report "$OUT/infer_structures_one_pass_tta.json" --quiet 2> "$OUT/infer_structures_one_pass_tta.log"; then
+  if grep -q "not trained with mirror augmentation" "$OUT/infer_structures_one_pass_tta.log"; then
+    TTA=no
+    echo "(no --tta row: $MODEL learnt no mirror invariance)"
+  else
+    cat "$OUT/infer_structures_one_pass_tta.log" >&2
+    exit 1
+  fi
+fi
 # Hippocampus and amygdala (AAL 37-38, 41-42): held out of the AAL and AICHA tasks.
 "$BUILD/iris-infer" --model "$MODEL" --reference "$DATA/colin27.nii.gz" --reference-mask "$DATA/colin_heldout.nii.gz" \
   --query "$DATA/mni152.nii.gz" --output "$OUT/pred/heldout/mni152.nii.gz" --report "$OUT/infer_heldout.json" --quiet
@@ -97,9 +108,11 @@ echo "== Dice report: AAL structures, Colin27 -> MNI152 (iris, one-shot)"
 echo "-- iris, all four in one pass"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_one_pass.json" --html "$OUT/report_structures_one_pass" --image "$OUT/img/structures"
-echo "-- iris, all four in one pass, with its left-right mirror image (--tta)"
-"$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass_tta/structures" --label-names "$OUT/structure_names.tsv" \
-  --output "$OUT/eval_structures_one_pass_tta.json"
+if [ "$TTA" = yes ]; then
+  echo "-- iris, all four in one pass, with its left-right mirror image (--tta)"
+  "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/one_pass_tta/structures" --label-names "$OUT/structure_names.tsv" \
+    --output "$OUT/eval_structures_one_pass_tta.json"
+fi
 echo "-- iris with in-context tuning (--strategy tuning)"
 "$BUILD/iris-eval" --reference "$OUT/gt/structures" --prediction "$OUT/tuned/structures" --label-names "$OUT/structure_names.tsv" \
   --output "$OUT/eval_structures_tuned.json"

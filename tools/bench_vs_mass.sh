@@ -18,8 +18,9 @@
 # both sides report 8,999,061 parameters. 128^3, 3 classes, one reference
 # encoded and one query segmented.
 set -euo pipefail
-BUILD=${1:?usage: bench_vs_mass.sh BUILD_DIR MASS_CHECKOUT [PATCH] [THREADS] [REPEATS]}
-MASS=${2:?usage: bench_vs_mass.sh BUILD_DIR MASS_CHECKOUT [PATCH] [THREADS] [REPEATS]}
+USAGE="usage: bench_vs_mass.sh BUILD_DIR MASS_CHECKOUT [PATCH] [THREADS] [REPEATS] [WARMUP] [inference|train]"
+BUILD=${1:?$USAGE}
+MASS=${2:?$USAGE}
 PATCH=${3:-128}
 THREADS=${4:-1}
 REPEATS=${5:-3}

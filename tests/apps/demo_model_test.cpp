@@ -41,7 +41,7 @@ void write_mask(const iris::io::Image& like, const at::Tensor& mask, const fs::p
 
 // One-pass Dice of the four structures (test below), under what the shipped
 // stage-6 model measures on this MNI152 file (ICBM 2009c, the demo's query
-// too): 0.688 / 0.716 / 0.739 / 0.754 (2026-12-07); stage 5 0.653 / 0.692 /
+// too): 0.687 / 0.716 / 0.739 / 0.754 (2026-12-07); stage 5 0.653 / 0.692 /
 // 0.705 / 0.717 (2026-12-06, both builds). On the former npm
 // MNI152 with its letters it measured 0.670 / 0.562 / 0.522 / 0.622 (stage 4:
 // 0.696 / 0.540 / 0.434 / 0.616; stage 2: thalamus and caudate 0).

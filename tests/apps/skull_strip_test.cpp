@@ -61,7 +61,7 @@ TEST(SkullStrip, StripsAnUnseenHeadWithTheShippedBrainTask) {
   ASSERT_EQ(brain.sizes(), truth.sizes());
   const double d = dice(brain, truth);
   std::cout << "skull strip Dice " << d << std::endl;
-  EXPECT_GE(d, 0.92) << "measured 0.935 (stage 5; stage 4 0.938)";
+  EXPECT_GE(d, 0.92) << "measured 0.933 (stage 6; stage 5 0.935, stage 4 0.938)";
   // Inside the brain the voxels are the input's, outside they are 0.
   EXPECT_EQ(r.image.voxels.scalar_type(), head.voxels.scalar_type());
   EXPECT_TRUE(at::equal(r.image.voxels.masked_select(brain), head.voxels.masked_select(brain)));
