@@ -15,6 +15,7 @@ namespace {
 nlohmann::json bench(const std::string& flags, const fs::path& dir) {
   const std::string bench = iris::testing::program_path("iris-bench");
   EXPECT_TRUE(fs::exists(bench)) << bench << " not built";
+  fs::remove(dir / "bench.json");  // a run that writes nothing must not be read as the one before
   const auto r = iris::testing::run_program(
       bench,
       "--preset tiny --patch 16 --classes 1 --repeats 1 --warmup 0 --no-forward --no-backward --threads 1 --quiet "
